@@ -1,0 +1,5 @@
+import sys
+
+from twinnet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,97 @@
+"""The seam between the shared training loop and the two twins.
+
+A backend holds one model (its parameters and its optimizer state) and offers
+the few operations the loop, metrics, report and CLI need. Neither twin is
+imported here, so ``twinnet`` imports without TensorFlow.
+
+Shapes: ``x`` is float32 (N, 28, 28, 1) with pixels in [0, 1], NHWC; ``y`` is
+integer labels (N,) in 0..9; logits are float32 (N, 10). Parameter dicts map
+canonical names (``dense1/W`` ...) to NumPy arrays in the canonical layouts of
+``twinnet.models.param_shapes``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from twinnet.models import get_spec, init_params
+from twinnet.weights import check_params, load_weights
+
+BACKENDS = ("tf", "numpy")
+OPTIMIZERS = ("sgd", "adam")
+
+
+class Backend(Protocol):
+    """What either twin offers; see the module docstring for shapes."""
+
+    backend: str  # "tf" or "numpy"
+    model: str  # one of twinnet.models.MODEL_NAMES
+    optimizer: str  # "sgd" or "adam"
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """A copy of the parameters, canonical names -> float32 arrays."""
+        ...
+
+    def set_params(self, params: dict[str, np.ndarray]) -> None:
+        """Replace all parameters (checked against the spec by the caller)."""
+        ...
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Forward pass: x (N, 28, 28, 1) -> logits (N, 10)."""
+        ...
+
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """Mean softmax cross-entropy on the batch and its gradient for every parameter."""
+        ...
+
+    def apply(self, grads: dict[str, np.ndarray], lr: float) -> None:
+        """One optimizer update with learning rate ``lr`` (Keras semantics)."""
+        ...
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
+        """loss_and_grads then apply, fused where the twin can; returns the batch's
+        mean loss and number of correct predictions, both measured before the update."""
+        ...
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """The optimizer's slots (for Adam: ``<param>/m``, ``<param>/v`` and ``iterations``)."""
+        ...
+
+    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what ``optimizer_state`` returned."""
+        ...
+
+
+def load_model(
+    name: str,
+    backend: str = "tf",
+    weights: str | None = None,
+    seed: int = 0,
+    optimizer: str = "sgd",
+) -> Backend:
+    """Build model ``name`` on ``backend`` ("tf" or "numpy").
+
+    Parameters come from the ``weights`` file (canonical .npz) if given, else from
+    ``twinnet.models.init_params(name, seed)``, so both twins start from the very
+    same arrays for the same seed.
+    """
+    get_spec(name)  # fail early on an unknown model name
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+    if weights is not None:
+        params, _meta = load_weights(weights, expected_model=name)
+    else:
+        params = init_params(name, seed)
+    check_params(name, params)
+    if backend == "numpy":
+        from twinnet.numpy_nn import NumpyModel
+
+        return NumpyModel(name, params, optimizer=optimizer)
+    from twinnet.tf_nn import TFModel
+
+    return TFModel(name, params, optimizer=optimizer, seed=seed)

@@ -1,0 +1,183 @@
+"""The ``twinnet`` command: train, evaluate and check the twins from a shell.
+
+Every user-facing fault (bad data file, bad weights file, bad value) ends in one
+line ``twinnet: error: ...`` on stderr and exit code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from twinnet import __version__
+from twinnet.backend import BACKENDS, OPTIMIZERS
+from twinnet.errors import TwinnetError
+from twinnet.models import DESCRIPTIONS, MODEL_NAMES
+
+MODELS_HELP = "; ".join(f"{name}: {text}" for name, text in DESCRIPTIONS.items())
+
+
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir", metavar="DIR", default=None,
+        help="folder with the four MNIST IDX files, .gz or raw (default: $TWINNET_DATA, "
+             "else ~/.cache/twinnet/mnist, downloading the files there if missing)")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from twinnet.train import SCHEDULES
+
+    parser.add_argument("model", choices=MODEL_NAMES, help=f"which model ({MODELS_HELP})")
+    parser.add_argument("--backend", choices=BACKENDS, default="tf",
+                        help="tf: the TensorFlow twin; numpy: the hand-derived NumPy twin "
+                             "(default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=2000,
+                        help="number of parameter updates (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=100,
+                        help="images per update (default: %(default)s)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
+                        help="sgd (plain) or adam, both with Keras semantics "
+                             "(default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate (default: 0.1 for sgd, 0.001 for adam)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
+                        help="learning-rate schedule over the run (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the initial weights and the data order (default: %(default)s)")
+    parser.add_argument("--eval-every", type=int, default=0, metavar="N",
+                        help="record training and validation loss/accuracy every N steps "
+                             "(default: steps/50)")
+    add_data_dir(parser)
+
+
+def config_from_args(args: argparse.Namespace):
+    from twinnet.train import DEFAULT_LR, TrainConfig
+
+    return TrainConfig(
+        model=args.model, backend=args.backend, optimizer=args.optimizer,
+        lr=args.lr if args.lr is not None else DEFAULT_LR[args.optimizer],
+        steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+        eval_every=args.eval_every, schedule=args.schedule,
+    )
+
+
+def format_confusion(confusion: list[list[int]]) -> str:
+    """The 10x10 matrix as aligned text; rows = true digit, columns = predicted digit."""
+    lines = ["true\\pred " + " ".join(f"{d:>5}" for d in range(10))]
+    for digit, row in enumerate(confusion):
+        lines.append(f"{digit:>9} " + " ".join(f"{c:>5}" for c in row))
+    return "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from twinnet.data import load_mnist
+    from twinnet.train import train, write_run
+
+    config = config_from_args(args)
+    out = Path(args.out or f"runs/{config.model}-{config.backend}")
+    data = load_mnist(args.data_dir)
+    model, metrics = train(config, data)
+    write_run(out, model, metrics)
+    final = metrics["final"]
+    print(f"{config.model} ({config.backend}, {config.optimizer} lr={config.lr:g}, "
+          f"{config.steps} steps) in {metrics['train_seconds']:.1f} s")
+    for split in ("train", "validation", "test"):
+        print(f"  {split:<10} accuracy {final[split]['accuracy']:.2%}  "
+              f"loss {final[split]['loss']:.4f}")
+    print(f"wrote {out}/weights.npz, metrics.json, curves.png, confusion.png")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from twinnet.backend import load_model
+    from twinnet.data import load_mnist
+    from twinnet.metrics import evaluate
+    from twinnet.weights import load_weights
+
+    _, meta = load_weights(args.weights)
+    backend = args.backend or meta.get("backend", "numpy")
+    if backend not in BACKENDS:
+        backend = "numpy"
+    model = load_model(meta["model"], backend, weights=args.weights)
+    test = load_mnist(args.data_dir).test
+    result = evaluate(model, test.x, test.y)
+    if args.json:
+        print(json.dumps({"weights": str(args.weights), "model": meta["model"],
+                          "backend": backend, **result}, indent=2))
+        return 0
+    print(f"{args.weights}: {meta['model']} evaluated by the {backend} twin on "
+          f"{result['count']} test images")
+    print(f"test accuracy {result['accuracy']:.2%} ({result['correct']}/{result['count']})  "
+          f"cross-entropy {result['loss']:.4f}")
+    print(format_confusion(result["confusion_matrix"]))
+    return 0
+
+
+def cmd_gradcheck(args: argparse.Namespace) -> int:
+    from twinnet.gradcheck import check_layers, check_model, format_table
+
+    names = MODEL_NAMES if args.model == "all" else (args.model,)
+    rows = check_layers(seed=args.seed) if args.model == "all" else []
+    for name in names:
+        rows += check_model(name, seed=args.seed)
+    print(format_table(rows))
+    failed = [row for row in rows if not row.passed]
+    print(f"{len(rows) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="twinnet",
+        description="Four MNIST classifiers trained twice: by TensorFlow (the framework twin) "
+                    "and by hand-derived NumPy backpropagation (the NumPy twin).",
+    )
+    parser.add_argument("--version", action="version", version=f"twinnet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train one model with one twin",
+                           description="Train one model with one twin and write weights.npz, "
+                                       "metrics.json, curves.png and confusion.png.")
+    add_train_arguments(train)
+    train.add_argument("--out", metavar="DIR", default=None,
+                       help="output folder (default: runs/MODEL-BACKEND)")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="test accuracy, loss and confusion matrix of a "
+                                               "weights file",
+                              description="Evaluate a weights file on the 10,000 test images.")
+    evaluate.add_argument("weights", help="a twinnet weights file (.npz)")
+    evaluate.add_argument("--backend", choices=BACKENDS, default=None,
+                          help="twin to evaluate with (default: the one that trained it)")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_data_dir(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    gradcheck = sub.add_parser(
+        "gradcheck", help="check the NumPy twin's gradients against finite differences",
+        description="Compare every analytic gradient of the NumPy twin with central finite "
+                    "differences in float64 and print the maximum relative error per parameter.")
+    gradcheck.add_argument("model", nargs="?", default="all", choices=(*MODEL_NAMES, "all"),
+                           help="a model, or all (also checks every layer alone; default)")
+    gradcheck.add_argument("--seed", type=int, default=0, help="seeds the random batch")
+    gradcheck.set_defaults(func=cmd_gradcheck)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except TwinnetError as exc:
+        print(f"twinnet: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
+    except KeyboardInterrupt:
+        print("twinnet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Accuracy, cross-entropy and the confusion matrix, computed the same way for both twins."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from twinnet.models import NUM_CLASSES
+
+if TYPE_CHECKING:
+    from twinnet.backend import Backend
+
+EVAL_BATCH = 1000
+
+
+def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
+    """Mean softmax cross-entropy of logits (N, 10) against labels (N,), computed in float64
+    from logits with the log-sum-exp shift so that large logits cannot overflow."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=1))
+    return float(np.mean(log_norm - z[np.arange(len(y)), y]))
+
+
+def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of rows of logits (N, 10) whose arg-max equals the label."""
+    return float(np.mean(logits.argmax(axis=1) == y))
+
+
+def confusion_matrix(predicted: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """10x10 int64 counts; row = true digit, column = predicted digit."""
+    return np.bincount(y * NUM_CLASSES + predicted, minlength=NUM_CLASSES**2).reshape(
+        NUM_CLASSES, NUM_CLASSES
+    )
+
+
+def predict_logits(model: Backend, x: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
+    """Logits (N, 10) for images x (N, 28, 28, 1), in batches to bound memory."""
+    return np.concatenate([model.logits(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def evaluate(model: Backend, x: np.ndarray, y: np.ndarray) -> dict:
+    """Loss, accuracy, correct count and confusion matrix (as nested lists) on (x, y)."""
+    logits = predict_logits(model, x)
+    confusion = confusion_matrix(logits.argmax(axis=1), y)
+    return {
+        "loss": cross_entropy(logits, y),
+        "accuracy": accuracy(logits, y),
+        "correct": int(np.trace(confusion)),
+        "count": int(len(y)),
+        "confusion_matrix": confusion.tolist(),
+    }

@@ -1,0 +1,154 @@
+"""The framework twin: the same four models in TensorFlow (Keras layers, autodiff).
+
+Built from ``twinnet.models`` specs, so the architecture is written only once. Keras
+stores parameters in exactly the canonical layouts (dense kernel (in, out), conv
+kernel HWIO, NHWC activations, row-major flatten), so canonical arrays are assigned
+to the layers as they are. Optimizers are Keras's own SGD and Adam; the NumPy twin
+copies their update rules.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter quiet
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from twinnet.models import (  # noqa: E402
+    IMAGE_SHAPE,
+    Conv2D,
+    Dense,
+    Flatten,
+    MaxPool2D,
+    ReLU,
+    get_spec,
+    param_shapes,
+)
+
+# Bit-reproducible kernels: the report's determinism promise covers both twins.
+tf.config.experimental.enable_op_determinism()
+
+IMAGES = tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)
+LABELS = tf.TensorSpec([None], tf.int64)
+
+
+def build_network(model: str) -> tuple[keras.Sequential, dict[str, keras.Variable]]:
+    """A Keras Sequential for ``model`` and its variables by canonical name."""
+    layers: list[keras.layers.Layer] = [keras.Input(IMAGE_SHAPE)]
+    named: list[keras.layers.Layer] = []
+    for layer in get_spec(model):
+        if isinstance(layer, Dense):
+            named.append(keras.layers.Dense(layer.n_out, name=layer.name))
+            layers.append(named[-1])
+        elif isinstance(layer, Conv2D):
+            named.append(keras.layers.Conv2D(layer.c_out, layer.size, padding="same",
+                                             name=layer.name))
+            layers.append(named[-1])
+        elif isinstance(layer, ReLU):
+            layers.append(keras.layers.ReLU())
+        elif isinstance(layer, MaxPool2D):
+            layers.append(keras.layers.MaxPooling2D(layer.size))
+        elif isinstance(layer, Flatten):
+            layers.append(keras.layers.Flatten())
+    network = keras.Sequential(layers, name=model)
+    variables = {}
+    for layer in named:
+        variables[f"{layer.name}/W"] = layer.kernel
+        variables[f"{layer.name}/b"] = layer.bias
+    return network, variables
+
+
+def make_optimizer(name: str) -> keras.optimizers.Optimizer:
+    """Keras SGD (no momentum) or Adam with Keras defaults; the rate is set every step."""
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=0.001)
+    return keras.optimizers.SGD(learning_rate=0.01)
+
+
+class TFModel:
+    """The TensorFlow twin of one model; implements ``twinnet.backend.Backend``."""
+
+    backend = "tf"
+
+    def __init__(self, model: str, params: dict[str, np.ndarray], optimizer: str = "sgd",
+                 seed: int = 0) -> None:
+        keras.utils.set_random_seed(seed)
+        self.model = model
+        self.optimizer = optimizer
+        self.network, self._variables = build_network(model)
+        self._names = list(param_shapes(model))
+        self._trainable = [self._variables[name] for name in self._names]
+        self.set_params(params)
+        self._opt = make_optimizer(optimizer)
+        self._opt.build(self._trainable)
+        self._forward = tf.function(self._forward_impl, input_signature=[IMAGES])
+        self._loss_and_grads = tf.function(self._loss_and_grads_impl,
+                                           input_signature=[IMAGES, LABELS])
+        self._train_step = tf.function(self._train_step_impl, input_signature=[IMAGES, LABELS])
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        return {name: np.array(self._variables[name].numpy()) for name in self._names}
+
+    def set_params(self, params: dict[str, np.ndarray]) -> None:
+        for name in self._names:
+            self._variables[name].assign(np.asarray(params[name], dtype=np.float32))
+
+    def _forward_impl(self, x: tf.Tensor) -> tf.Tensor:
+        return self.network(x, training=False)
+
+    def _loss_and_grads_impl(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, list, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            logits = self.network(x, training=True)
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+        grads = tape.gradient(loss, self._trainable)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=1), y), tf.int32))
+        return loss, grads, correct
+
+    def _train_step_impl(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        loss, grads, correct = self._loss_and_grads_impl(x, y)
+        self._opt.apply_gradients(zip(grads, self._trainable, strict=True))
+        return loss, correct
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self._forward(tf.convert_to_tensor(x, tf.float32)).numpy()
+
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        loss, grads, _ = self._loss_and_grads(tf.convert_to_tensor(x, tf.float32),
+                                              tf.convert_to_tensor(y, tf.int64))
+        return float(loss), {name: g.numpy() for name, g in zip(self._names, grads, strict=True)}
+
+    def apply(self, grads: dict[str, np.ndarray], lr: float) -> None:
+        self._opt.learning_rate = lr
+        self._opt.apply_gradients(
+            [(tf.convert_to_tensor(grads[name]), var)
+             for name, var in zip(self._names, self._trainable, strict=True)])
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
+        self._opt.learning_rate = lr
+        loss, correct = self._train_step(tf.convert_to_tensor(x, tf.float32),
+                                         tf.convert_to_tensor(y, tf.int64))
+        return float(loss), int(correct)
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """Adam's moments under ``<param>/m`` and ``<param>/v`` plus ``iterations``, the same
+        keys the NumPy twin uses; SGD without momentum keeps only ``iterations``."""
+        state = {"iterations": np.array(int(self._opt.iterations.numpy()), dtype=np.int64)}
+        if self.optimizer == "adam":
+            for name, m, v in zip(self._names, self._opt._momentums, self._opt._velocities,
+                                  strict=True):
+                state[f"{name}/m"] = np.array(m.numpy())
+                state[f"{name}/v"] = np.array(v.numpy())
+        return state
+
+    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        self._opt.iterations.assign(int(state["iterations"]))
+        if self.optimizer == "adam":
+            for name, m, v in zip(self._names, self._opt._momentums, self._opt._velocities,
+                                  strict=True):
+                m.assign(state[f"{name}/m"])
+                v.assign(state[f"{name}/v"])
