@@ -97,11 +97,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from twinnet.weights import load_weights
 
     _, meta = load_weights(args.weights)
-    backend = args.backend or meta.get("backend", "numpy")
+    test = load_mnist(args.data_dir).test
+    backend = args.backend or meta.get("backend")
     if backend not in BACKENDS:
         backend = "numpy"
     model = load_model(meta["model"], backend, weights=args.weights)
-    test = load_mnist(args.data_dir).test
     result = evaluate(model, test.x, test.y)
     if args.json:
         print(json.dumps({"weights": str(args.weights), "model": meta["model"],

@@ -66,6 +66,8 @@ def load_weights(path: str | os.PathLike,
     source = str(path)
     if not Path(path).is_file():
         raise WeightsError(f"{source}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise WeightsError(f"{source}: not a valid .npz weights file (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}

@@ -31,13 +31,22 @@ from twinnet.models import (  # noqa: E402
 # Bit-reproducible kernels: the report's determinism promise covers both twins.
 tf.config.experimental.enable_op_determinism()
 
-IMAGES = tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)
 LABELS = tf.TensorSpec([None], tf.int64)
 
 
-def build_network(model: str) -> tuple[keras.Sequential, dict[str, keras.Variable]]:
-    """A Keras Sequential for ``model`` and its variables by canonical name."""
-    layers: list[keras.layers.Layer] = [keras.Input(IMAGE_SHAPE)]
+def build_network(model: str, dtype: str = "float32") -> tuple[keras.Sequential, dict[str, keras.Variable]]:
+    """A Keras Sequential for ``model`` and its variables by canonical name.
+
+    ``dtype`` float64 serves the finite-difference checks; training uses float32."""
+    keras.config.set_floatx(dtype)
+    try:
+        return _build_network(model, dtype)
+    finally:
+        keras.config.set_floatx("float32")
+
+
+def _build_network(model: str, dtype: str) -> tuple[keras.Sequential, dict[str, keras.Variable]]:
+    layers: list[keras.layers.Layer] = [keras.Input(IMAGE_SHAPE, dtype=dtype)]
     named: list[keras.layers.Layer] = []
     for layer in get_spec(model):
         if isinstance(layer, Dense):
@@ -74,20 +83,22 @@ class TFModel:
     backend = "tf"
 
     def __init__(self, model: str, params: dict[str, np.ndarray], optimizer: str = "sgd",
-                 seed: int = 0) -> None:
+                 seed: int = 0, dtype: str = "float32") -> None:
         keras.utils.set_random_seed(seed)
         self.model = model
         self.optimizer = optimizer
-        self.network, self._variables = build_network(model)
+        self.dtype = tf.as_dtype(dtype)
+        self.network, self._variables = build_network(model, dtype)
         self._names = list(param_shapes(model))
         self._trainable = [self._variables[name] for name in self._names]
         self.set_params(params)
         self._opt = make_optimizer(optimizer)
         self._opt.build(self._trainable)
-        self._forward = tf.function(self._forward_impl, input_signature=[IMAGES])
+        images = tf.TensorSpec([None, *IMAGE_SHAPE], self.dtype)
+        self._forward = tf.function(self._forward_impl, input_signature=[images])
         self._loss_and_grads = tf.function(self._loss_and_grads_impl,
-                                           input_signature=[IMAGES, LABELS])
-        self._train_step = tf.function(self._train_step_impl, input_signature=[IMAGES, LABELS])
+                                           input_signature=[images, LABELS])
+        self._train_step = tf.function(self._train_step_impl, input_signature=[images, LABELS])
 
     @property
     def params(self) -> dict[str, np.ndarray]:
@@ -95,7 +106,7 @@ class TFModel:
 
     def set_params(self, params: dict[str, np.ndarray]) -> None:
         for name in self._names:
-            self._variables[name].assign(np.asarray(params[name], dtype=np.float32))
+            self._variables[name].assign(np.asarray(params[name], dtype=self.dtype.as_numpy_dtype))
 
     def _forward_impl(self, x: tf.Tensor) -> tf.Tensor:
         return self.network(x, training=False)
@@ -115,10 +126,10 @@ class TFModel:
         return loss, correct
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        return self._forward(tf.convert_to_tensor(x, tf.float32)).numpy()
+        return self._forward(tf.convert_to_tensor(x, self.dtype)).numpy()
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        loss, grads, _ = self._loss_and_grads(tf.convert_to_tensor(x, tf.float32),
+        loss, grads, _ = self._loss_and_grads(tf.convert_to_tensor(x, self.dtype),
                                               tf.convert_to_tensor(y, tf.int64))
         return float(loss), {name: g.numpy() for name, g in zip(self._names, grads, strict=True)}
 
@@ -130,7 +141,7 @@ class TFModel:
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
         self._opt.learning_rate = lr
-        loss, correct = self._train_step(tf.convert_to_tensor(x, tf.float32),
+        loss, correct = self._train_step(tf.convert_to_tensor(x, self.dtype),
                                          tf.convert_to_tensor(y, tf.int64))
         return float(loss), int(correct)
 

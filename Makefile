@@ -1,0 +1,35 @@
+# twinnet: `make report` regenerates the results report, `make test` runs the tests.
+# Both create the virtual environment on first use.
+
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+# The only MNIST copy on a machine without network is ../shared/mnist; use it when present.
+ifeq ($(origin TWINNET_DATA), undefined)
+  ifneq ($(wildcard ../shared/mnist/train-images-idx3-ubyte*),)
+    TWINNET_DATA := $(abspath ../shared/mnist)
+  endif
+endif
+export TWINNET_DATA
+
+.PHONY: report test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[tf,dev]'
+	touch $@
+
+report: $(VENV)/.installed
+	$(BIN)/twinnet report --out report
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check src tests
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed
+	$(BIN)/twinnet bench
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

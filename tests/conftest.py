@@ -1,0 +1,37 @@
+"""Shared fixtures: where the real MNIST lives, and small synthetic stand-ins."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def mnist_dir() -> Path | None:
+    """$TWINNET_DATA if set (CI sets it), else ../shared/mnist beside the checkout."""
+    if os.environ.get("TWINNET_DATA"):
+        return Path(os.environ["TWINNET_DATA"])
+    shared = REPO.parent / "shared" / "mnist"
+    return shared if shared.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """The real MNIST splits; skipped only where no copy exists at all."""
+    from twinnet.data import load_mnist
+
+    directory = mnist_dir()
+    if directory is None:
+        pytest.skip("no MNIST copy: set TWINNET_DATA or place ../shared/mnist")
+    return load_mnist(directory)
+
+
+@pytest.fixture(scope="session")
+def mnist_path() -> Path:
+    directory = mnist_dir()
+    if directory is None:
+        pytest.skip("no MNIST copy: set TWINNET_DATA or place ../shared/mnist")
+    return directory
