@@ -80,6 +80,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = load_mnist(args.data_dir)
     model, metrics = train(config, data)
     write_run(out, model, metrics)
+    if args.tensorboard:
+        from twinnet.tensorboard import write_tensorboard
+
+        write_tensorboard(metrics, args.tensorboard, f"{config.model}/{config.backend}")
     final = metrics["final"]
     print(f"{config.model} ({config.backend}, {config.optimizer} lr={config.lr:g}, "
           f"{config.steps} steps) in {metrics['train_seconds']:.1f} s")
@@ -128,6 +132,33 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from twinnet.sweep import DEFAULT_LRS, format_sweep, run_sweep, write_sweep
+
+    if args.workers < 1:
+        raise TwinnetError(f"--workers must be at least 1, got {args.workers}")
+    lrs = args.lrs or list(DEFAULT_LRS[args.optimizer])
+    if any(not lr > 0 for lr in lrs):
+        raise TwinnetError(f"--lrs must all be positive, got {lrs}")
+    args.lr = lrs[0]
+    result = run_sweep(config_from_args(args), lrs, workers=args.workers, data_dir=args.data_dir)
+    path = write_sweep(result, args.out)
+    print(format_sweep(result))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from twinnet.report import generate_report
+
+    if args.jobs < 1:
+        raise TwinnetError(f"--jobs must be at least 1, got {args.jobs}")
+    path = generate_report(out=args.out, only=args.only, jobs=args.jobs, data_dir=args.data_dir,
+                           tensorboard=args.tensorboard, presets_path=args.presets)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twinnet",
@@ -143,7 +174,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(train)
     train.add_argument("--out", metavar="DIR", default=None,
                        help="output folder (default: runs/MODEL-BACKEND)")
+    train.add_argument("--tensorboard", metavar="DIR", default=None,
+                       help="also write the curves as TensorBoard scalars under DIR/MODEL/BACKEND")
     train.set_defaults(func=cmd_train)
+
+    report = sub.add_parser(
+        "report", help="run the eight preset runs and write the results report",
+        description="Train the eight preset runs (both twins of all four models; finished runs "
+                    "whose configuration is unchanged are reused) and write DIR/REPORT.md with "
+                    "curves, confusion matrices and the error-rate table beside it.")
+    report.add_argument("--out", metavar="DIR", default="report",
+                        help="report folder; runs go to DIR/runs (default: %(default)s)")
+    report.add_argument("--only", metavar="RUNS", default=None,
+                        help="comma-separated run ids (P1a), labels (P1:a) or model names to "
+                             "(re)run; the report still shows every finished run")
+    report.add_argument("--jobs", type=int, default=2,
+                        help="runs trained at once in worker processes (default: %(default)s)")
+    report.add_argument("--presets", metavar="FILE", default=None,
+                        help="presets TOML file (default: the one shipped in twinnet/presets.toml)")
+    report.add_argument("--tensorboard", metavar="DIR", default=None,
+                        help="also write every run's curves as TensorBoard scalars under DIR")
+    add_data_dir(report)
+    report.set_defaults(func=cmd_report)
 
     evaluate = sub.add_parser("evaluate", help="test accuracy, loss and confusion matrix of a "
                                                "weights file",
@@ -154,6 +206,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     add_data_dir(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
+
+    sweep = sub.add_parser(
+        "sweep", help="short runs at several learning rates, ranked by validation accuracy",
+        description="Train short runs at each learning rate on the training split, in parallel "
+                    "worker processes, and rank them by validation accuracy (the test split is "
+                    "not evaluated). Writes a JSON file and a plot into --out.")
+    add_train_arguments(sweep)
+    sweep.set_defaults(steps=1000)
+    sweep.add_argument("--lrs", type=float, nargs="+", metavar="LR",
+                       help="learning rates to try (default: 0.03 0.1 0.3 0.5 1 for sgd, "
+                            "0.0003 0.001 0.002 0.005 for adam)")
+    sweep.add_argument("--workers", type=int, default=2,
+                       help="parallel worker processes, sharing the cores (default: %(default)s)")
+    sweep.add_argument("--out", metavar="DIR", default="sweeps",
+                       help="folder for MODEL-BACKEND-OPTIMIZER.json and .png (default: %(default)s)")
+    sweep.set_defaults(func=cmd_sweep)
 
     gradcheck = sub.add_parser(
         "gradcheck", help="check the NumPy twin's gradients against finite differences",

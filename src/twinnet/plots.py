@@ -58,3 +58,29 @@ def plot_confusion(confusion: list[list[int]] | np.ndarray, title: str,
     ax.set_title(f"{title}\ntest accuracy {accuracy:.2%} ({np.trace(matrix)}/{matrix.sum()})")
     fig.colorbar(image, ax=ax, label="log(1 + count)")
     _save(fig, path)
+
+
+def plot_twins(curves_by_run: dict[str, dict], title: str, path: str | os.PathLike) -> None:
+    """Both twins of one model on the same axes: validation (solid) and training-batch
+    (dotted) accuracy and cross-entropy against step. Keys of ``curves_by_run`` are labels."""
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    lows = []
+    for (label, curves), colour in zip(curves_by_run.items(), ("C0", "C1", "C2", "C3"), strict=False):
+        steps = curves["step"]
+        ax_acc.plot(steps, np.asarray(curves["val_accuracy"]) * 100, color=colour,
+                    label=f"{label} validation")
+        ax_acc.plot(steps, np.asarray(curves["train_accuracy"]) * 100, color=colour, linestyle=":",
+                    label=f"{label} training batches")
+        ax_loss.plot(steps, curves["val_loss"], color=colour, label=f"{label} validation")
+        ax_loss.plot(steps, curves["train_loss"], color=colour, linestyle=":",
+                     label=f"{label} training batches")
+        # Skip the first point: it sits far below the rest and would flatten the plot.
+        lows.append(min(curves["val_accuracy"][len(steps) // 10:], default=1))
+    ax_acc.set_ylim(max(0.0, min(lows, default=1) * 100 - 1), 100.2)
+    ax_acc.set(xlabel="step", ylabel="accuracy (%)", title="accuracy")
+    ax_loss.set(xlabel="step", ylabel="cross-entropy", title="cross-entropy", yscale="log")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    _save(fig, path)

@@ -155,10 +155,13 @@ def train(
     data: Mnist,
     progress: bool | None = None,
     on_record: Callable[[int, dict[str, float]], None] | None = None,
+    final_splits: tuple[str, ...] = ("train", "validation", "test"),
 ) -> tuple[Backend, dict[str, Any]]:
     """Train ``config.model`` on ``config.backend``; returns the model and the run's metrics.
 
-    ``on_record(step, values)`` is called at every curve point (TensorBoard uses it).
+    ``on_record(step, values)`` is called at every curve point. ``final_splits`` are
+    evaluated at the end; a learning-rate sweep leaves out "test", which must never
+    inform a choice. The confusion matrix is the test split's, when evaluated.
     Raises DivergenceError, naming the step, learning rate and backend, as soon as a
     training loss is not finite.
     """
@@ -200,11 +203,8 @@ def train(
                                 val_acc=f"{point['val_accuracy']:.2%}")
             bar.update(1)
     train_seconds = time.perf_counter() - train_started
-    final = {
-        "train": evaluate(model, data.train.x, data.train.y),
-        "validation": evaluate(model, data.validation.x, data.validation.y),
-        "test": evaluate(model, data.test.x, data.test.y),
-    }
+    final = {split: evaluate(model, getattr(data, split).x, getattr(data, split).y)
+             for split in final_splits}
     metrics = {
         "config": asdict(config),
         "architecture": DESCRIPTIONS[config.model],
@@ -212,7 +212,7 @@ def train(
         "curves": asdict(curves),
         "final": {split: {k: v for k, v in r.items() if k != "confusion_matrix"}
                   for split, r in final.items()},
-        "confusion_matrix": final["test"]["confusion_matrix"],
+        "confusion_matrix": final["test"]["confusion_matrix"] if "test" in final else None,
         "train_seconds": train_seconds,
         "wall_seconds": time.perf_counter() - started,
     }

@@ -1,0 +1,55 @@
+"""Run independent jobs (sweep points, report runs) in worker processes.
+
+Each worker gets an equal share of the cores: BLAS and TensorFlow thread pools are
+sized through the environment before the workers start, so K jobs on C cores do not
+oversubscribe the machine. Workers are spawned, never forked, because a forked
+TensorFlow runtime is not safe to use.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from typing import Any
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "TF_NUM_INTRAOP_THREADS")
+
+
+@contextmanager
+def thread_limits(threads: int) -> Iterator[None]:
+    """Set the thread-count variables that child processes read at start-up."""
+    saved = {name: os.environ.get(name) for name in (*THREAD_VARIABLES, "TF_NUM_INTEROP_THREADS")}
+    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
+    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_jobs(function: Callable[..., Any], jobs: list[tuple], workers: int) -> Iterator[tuple[tuple, Any]]:
+    """Yield ``(args, function(*args))`` for every tuple in ``jobs``, as each finishes.
+
+    With one worker the jobs run here, in order, in this process; otherwise in
+    ``workers`` spawned processes with ``cores // workers`` threads each.
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        for args in jobs:
+            yield args, function(*args)
+        return
+    workers = min(workers, len(jobs))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with thread_limits(threads), ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        futures = {pool.submit(function, *args): args for args in jobs}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
