@@ -26,10 +26,11 @@ def add_data_dir(parser: argparse.ArgumentParser) -> None:
              "else ~/.cache/twinnet/mnist, downloading the files there if missing)")
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+def add_train_arguments(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
     from twinnet.train import SCHEDULES
 
-    parser.add_argument("model", choices=MODEL_NAMES, help=f"which model ({MODELS_HELP})")
+    parser.add_argument("model", choices=MODEL_NAMES, nargs=None if sweep else "?",
+                        help=f"which model ({MODELS_HELP})")
     parser.add_argument("--backend", choices=BACKENDS, default="tf",
                         help="tf: the TensorFlow twin; numpy: the hand-derived NumPy twin "
                              "(default: %(default)s)")
@@ -72,14 +73,28 @@ def format_confusion(confusion: list[list[int]]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from twinnet.checkpoint import CHECKPOINT_NAME, read_checkpoint
     from twinnet.data import load_mnist
-    from twinnet.train import train, write_run
+    from twinnet.train import TrainConfig, train, write_run
 
-    config = config_from_args(args)
-    out = Path(args.out or f"runs/{config.model}-{config.backend}")
+    if args.checkpoint_every < 0:
+        raise TwinnetError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
+    if args.resume:
+        out = Path(args.resume)
+        state, _ = read_checkpoint(out / CHECKPOINT_NAME)
+        config = TrainConfig(**state["config"])
+        print(f"resuming {config.model} ({config.backend}) in {out} after step {state['step']}")
+    elif args.model is None:
+        raise TwinnetError("name a model to train, or --resume DIR to continue a run")
+    else:
+        config = config_from_args(args)
+        out = Path(args.out or f"runs/{config.model}-{config.backend}")
     data = load_mnist(args.data_dir)
-    model, metrics = train(config, data)
+    checkpoint = out / CHECKPOINT_NAME
+    model, metrics = train(config, data, checkpoint=checkpoint,
+                           checkpoint_every=args.checkpoint_every, resume=bool(args.resume))
     write_run(out, model, metrics)
+    checkpoint.unlink(missing_ok=True)  # the finished run supersedes it
     if args.tensorboard:
         from twinnet.tensorboard import write_tensorboard
 
@@ -174,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(train)
     train.add_argument("--out", metavar="DIR", default=None,
                        help="output folder (default: runs/MODEL-BACKEND)")
+    train.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                       help="save a checkpoint (model, optimizer, step, data order) to "
+                            "OUT/checkpoint.npz every N steps; Ctrl-C always saves one "
+                            "(default: only on Ctrl-C)")
+    train.add_argument("--resume", metavar="DIR", default=None,
+                       help="continue the interrupted run in DIR from its checkpoint, with its "
+                            "saved settings (other training flags are ignored)")
     train.add_argument("--tensorboard", metavar="DIR", default=None,
                        help="also write the curves as TensorBoard scalars under DIR/MODEL/BACKEND")
     train.set_defaults(func=cmd_train)
@@ -212,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train short runs at each learning rate on the training split, in parallel "
                     "worker processes, and rank them by validation accuracy (the test split is "
                     "not evaluated). Writes a JSON file and a plot into --out.")
-    add_train_arguments(sweep)
+    add_train_arguments(sweep, sweep=True)
     sweep.set_defaults(steps=1000)
     sweep.add_argument("--lrs", type=float, nargs="+", metavar="LR",
                        help="learning rates to try (default: 0.03 0.1 0.3 0.5 1 for sgd, "
@@ -240,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except TwinnetError as exc:
-        print(f"twinnet: error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 2)
+        code = getattr(exc, "exit_code", 2)
+        print(f"twinnet: {'error: ' if code != 130 else ''}{exc}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("twinnet: interrupted", file=sys.stderr)
         return 130

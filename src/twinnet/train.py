@@ -11,9 +11,12 @@ from __future__ import annotations
 import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,8 @@ SCHEDULES = ("constant", "cosine")
 
 class DivergenceError(TwinnetError):
     """The training loss became NaN or infinite."""
+
+    exit_code = 3
 
 
 @dataclass
@@ -150,30 +155,78 @@ def make_progress(total: int, description: str, enabled: bool | None = None):
                 disable=not (sys.stderr.isatty() if enabled is None else enabled))
 
 
+class TrainingInterruptedError(TwinnetError):
+    """Ctrl-C during training: the run stopped after a whole step, checkpoint saved."""
+
+    exit_code = 130
+
+
+@contextmanager
+def stop_on_sigint() -> Iterator[dict[str, bool]]:
+    """Turn Ctrl-C into a request that the loop honours after the current step, so an
+    interruption never leaves parameters half-updated."""
+    request = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        request["stop"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield request
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def train(
     config: TrainConfig,
     data: Mnist,
     progress: bool | None = None,
     on_record: Callable[[int, dict[str, float]], None] | None = None,
     final_splits: tuple[str, ...] = ("train", "validation", "test"),
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
 ) -> tuple[Backend, dict[str, Any]]:
     """Train ``config.model`` on ``config.backend``; returns the model and the run's metrics.
 
     ``on_record(step, values)`` is called at every curve point. ``final_splits`` are
     evaluated at the end; a learning-rate sweep leaves out "test", which must never
     inform a choice. The confusion matrix is the test split's, when evaluated.
-    Raises DivergenceError, naming the step, learning rate and backend, as soon as a
-    training loss is not finite.
+
+    With a ``checkpoint`` path, the state is saved there every ``checkpoint_every``
+    steps and on Ctrl-C (then TrainingInterruptedError is raised); ``resume`` first restores
+    it, so the run continues exactly where it stopped. Raises DivergenceError, naming
+    the step, learning rate and backend, as soon as a training loss is not finite.
     """
+    from twinnet.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
+
     started = time.perf_counter()
     model = load_model(config.model, config.backend, seed=config.seed, optimizer=config.optimizer)
     order = BatchOrder(len(data.train), config.batch_size, config.seed)
-    curves = Curves()
-    loss_sum, correct_sum, seen = 0.0, 0, 0
-    label = f"{config.model} ({config.backend})"
+    progress_state: dict[str, Any] = {"curves": asdict(Curves()), "sums": [0.0, 0, 0]}
+    first_step = 1
+    if resume:
+        state, arrays = read_checkpoint(checkpoint)
+        restore_checkpoint(arrays, state, model, order)
+        progress_state = {"curves": state["curves"], "sums": state["sums"]}
+        first_step = state["step"] + 1
+    curves = Curves(**progress_state["curves"])
+    sums = progress_state["sums"]  # loss sum, correct count, images seen since the last point
+
+    def save(step: int) -> None:
+        save_checkpoint(checkpoint, config, step, model, order,
+                        {"curves": asdict(curves), "sums": sums})
+
     train_started = time.perf_counter()
-    with make_progress(config.steps, label, progress) as bar:
-        for step in range(1, config.steps + 1):
+    label = f"{config.model} ({config.backend})"
+    # Divergence is caught from the loss below; NumPy's overflow warnings would only repeat it.
+    with make_progress(config.steps, label, progress) as bar, stop_on_sigint() as sigint, \
+            np.errstate(over="ignore", invalid="ignore"):
+        bar.update(first_step - 1)
+        for step in range(first_step, config.steps + 1):
             batch = order.next()
             lr = learning_rate(config, step - 1)
             loss, correct = model.train_step(data.train.x[batch], data.train.y[batch], lr)
@@ -182,14 +235,14 @@ def train(
                     f"training diverged at step {step}: loss is {loss} "
                     f"(learning rate {lr:g}, backend {config.backend}); try a smaller --lr"
                 )
-            loss_sum += loss
-            correct_sum += correct
-            seen += len(batch)
+            sums[0] += loss
+            sums[1] += correct
+            sums[2] += len(batch)
             if step % config.eval_every == 0 or step == config.steps:
                 val = evaluate(model, data.validation.x, data.validation.y)
                 point = {
-                    "train_loss": loss_sum / (seen / config.batch_size),
-                    "train_accuracy": correct_sum / seen,
+                    "train_loss": sums[0] / (sums[2] / config.batch_size),
+                    "train_accuracy": sums[1] / sums[2],
                     "val_loss": val["loss"],
                     "val_accuracy": val["accuracy"],
                 }
@@ -198,10 +251,20 @@ def train(
                     getattr(curves, key).append(value)
                 if on_record is not None:
                     on_record(step, point)
-                loss_sum, correct_sum, seen = 0.0, 0, 0
+                sums[:] = [0.0, 0, 0]
                 bar.set_postfix(loss=f"{point['train_loss']:.4f}",
                                 val_acc=f"{point['val_accuracy']:.2%}")
             bar.update(1)
+            if checkpoint is not None and step < config.steps:
+                if sigint["stop"]:
+                    save(step)
+                    raise TrainingInterruptedError(
+                        f"interrupted after step {step}; checkpoint saved to {checkpoint}; "
+                        f"continue with: twinnet train --resume {Path(checkpoint).parent}")
+                if checkpoint_every and step % checkpoint_every == 0:
+                    save(step)
+            if sigint["stop"]:
+                raise KeyboardInterrupt
     train_seconds = time.perf_counter() - train_started
     final = {split: evaluate(model, getattr(data, split).x, getattr(data, split).y)
              for split in final_splits}
@@ -215,6 +278,7 @@ def train(
         "confusion_matrix": final["test"]["confusion_matrix"] if "test" in final else None,
         "train_seconds": train_seconds,
         "wall_seconds": time.perf_counter() - started,
+        "resumed_at_step": first_step - 1 if resume else None,
     }
     return model, metrics
 
