@@ -174,6 +174,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from twinnet.bench import format_bench, run_bench
+
+    if args.repeats < 1 or args.steps < 1 or args.batch_size < 1:
+        raise TwinnetError("--repeats, --steps and --batch-size must be at least 1")
+    results = run_bench(args.models, args.backends, batch_size=args.batch_size,
+                        repeats=args.repeats, steps=args.steps, optimizer=args.optimizer)
+    print(json.dumps(results, indent=2) if args.json else format_bench(results))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twinnet",
@@ -244,6 +255,27 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", metavar="DIR", default="sweeps",
                        help="folder for MODEL-BACKEND-OPTIMIZER.json and .png (default: %(default)s)")
     sweep.set_defaults(func=cmd_sweep)
+
+    bench = sub.add_parser(
+        "bench", help="time training steps and inference of both twins",
+        description="Time training steps (forward, backward, update) and inference of every "
+                    "model on every backend in one process, interleaving backends, after "
+                    "warm-up, on random data. Prints ms per step, ms per 1,000 inference images, "
+                    "FLOPs counted from the spec, GFLOP/s and the NumPy/TensorFlow ratios.")
+    bench.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES),
+                       help="models to time (default: all)")
+    bench.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS),
+                       help="backends to time (default: both)")
+    bench.add_argument("--batch-size", type=int, default=100, help="images per step (default: 100)")
+    bench.add_argument("--repeats", type=int, default=7,
+                       help="timed repeats per model and backend; the median is reported "
+                            "(default: %(default)s)")
+    bench.add_argument("--steps", type=int, default=30,
+                       help="training steps per repeat (default: %(default)s)")
+    bench.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
+                       help="optimizer of the timed steps (default: %(default)s)")
+    bench.add_argument("--json", action="store_true", help="print the full results as JSON")
+    bench.set_defaults(func=cmd_bench)
 
     gradcheck = sub.add_parser(
         "gradcheck", help="check the NumPy twin's gradients against finite differences",
