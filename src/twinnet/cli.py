@@ -185,6 +185,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from twinnet.backend import load_model
+    from twinnet.predict import format_predictions, predict_images
+    from twinnet.weights import load_weights
+
+    _, meta = load_weights(args.weights)
+    model = load_model(meta["model"], args.backend, weights=args.weights)
+    results = predict_images(model, args.images)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(format_predictions(results))
+    failed = [r for r in results if "error" in r]
+    for result in failed:
+        print(f"twinnet: error: {result['file']}: {result['error']}", file=sys.stderr)
+    return 2 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twinnet",
@@ -239,6 +257,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     add_data_dir(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = sub.add_parser(
+        "predict", help="read digits from your own images",
+        description="Predict the digit in each image (PNG, JPEG or anything Pillow reads, any "
+                    "size, either polarity). Each image is made grayscale, inverted if dark on "
+                    "light, cropped to the digit, scaled to fit 20x20 and centred by centre of "
+                    "mass in 28x28, as MNIST was made. Prints the digit and the top-3 "
+                    "probabilities; a file that cannot be used is reported and the rest are "
+                    "still predicted (exit code 2 if any failed).")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    predict.add_argument("--weights", required=True, help="a twinnet weights file (.npz)")
+    predict.add_argument("--backend", choices=BACKENDS, default="numpy",
+                         help="twin to predict with (default: %(default)s, which needs no "
+                              "TensorFlow)")
+    predict.add_argument("--json", action="store_true", help="print the results as JSON")
+    predict.set_defaults(func=cmd_predict)
 
     sweep = sub.add_parser(
         "sweep", help="short runs at several learning rates, ranked by validation accuracy",

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import math
 import os
 import struct
 import sys
@@ -69,6 +71,9 @@ MIRRORS: list[str] = [
 ]
 DOWNLOAD_TIMEOUT_S = 20
 
+# Reading stops here, so a gzip bomb cannot exhaust memory; the largest file has 47,040,016 bytes.
+MAX_DECOMPRESSED_BYTES = 64 << 20
+
 TRAIN_SIZE = 55_000
 VALIDATION_SIZE = 5_000
 
@@ -109,7 +114,8 @@ def parse_idx(raw: bytes, source: str, magic: int) -> np.ndarray:
     if len(raw) < header:
         raise DataError(f"{source}: truncated: {len(raw)} bytes, header needs {header}")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = header + int(np.prod(dims, dtype=np.int64))
+    # Python ints: a product of huge dimensions must not wrap around as int64 would.
+    expected = header + math.prod(dims)
     if len(raw) != expected:
         state = "truncated" if len(raw) < expected else "too long"
         raise DataError(f"{source}: {state}: {len(raw)} bytes, header {dims} needs {expected}")
@@ -117,7 +123,8 @@ def parse_idx(raw: bytes, source: str, magic: int) -> np.ndarray:
 
 
 def read_bytes(path: Path) -> bytes:
-    """The decompressed content of ``path`` (gzip detected by its magic bytes, not its name)."""
+    """The decompressed content of ``path`` (gzip detected by its magic bytes, not its name),
+    refused beyond MAX_DECOMPRESSED_BYTES."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -125,9 +132,14 @@ def read_bytes(path: Path) -> bytes:
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+            content = stream.read(MAX_DECOMPRESSED_BYTES + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: bad gzip data ({exc})") from None
+    if len(content) > MAX_DECOMPRESSED_BYTES:
+        raise DataError(f"{path}: decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes; "
+                        "not an MNIST file")
+    return content
 
 
 def load_idx(path: Path, spec: IdxFile) -> np.ndarray:

@@ -9,8 +9,13 @@ Files load with ``allow_pickle=False``: nothing in a weights file is ever unpick
 from __future__ import annotations
 
 import json
+import lzma
+import math
 import os
+import struct
+import tokenize
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,21 @@ from twinnet.util import atomic_path
 
 class WeightsError(TwinnetError):
     """A weights file that cannot be used: unreadable, wrong model, bad keys or values."""
+
+
+# Far above the largest legitimate entry (mlp256x2's dense1/W, 784 * 256 * 4 = 802,816 bytes),
+# far below anything that could exhaust memory.
+MAX_ENTRY_BYTES = 64 << 20
+
+# What zipfile, its decompressors and NumPy's header parser raise on damaged input
+# (TokenError: NumPy retries a header it cannot parse as Python 2 text, through tokenize).
+DAMAGED = (OSError, EOFError, ValueError, RuntimeError, zipfile.BadZipFile, zlib.error,
+           lzma.LZMAError, struct.error, OverflowError, tokenize.TokenError)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (some of NumPy's span several)."""
+    return " ".join(str(exc).split())
 
 
 def check_params(model: str, params: dict[str, np.ndarray], source: str = "parameters") -> None:
@@ -69,15 +89,10 @@ def load_weights(path: str | os.PathLike,
     if not zipfile.is_zipfile(path):
         raise WeightsError(f"{source}: not a valid .npz weights file (not a zip archive)")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise WeightsError(f"{source}: holds pickled object arrays, which are refused") from None
-        raise WeightsError(f"{source}: not a valid .npz weights file ({exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError, RuntimeError) as exc:
-        raise WeightsError(f"{source}: not a valid .npz weights file ({exc})") from None
-    if not isinstance(arrays, dict) or "meta" not in arrays:
+        arrays = read_npz(path, source)
+    except DAMAGED as exc:
+        raise WeightsError(f"{source}: not a valid .npz weights file ({one_line(exc)})") from None
+    if "meta" not in arrays:
         raise WeightsError(f"{source}: no 'meta' entry; not a twinnet weights file")
     meta_array = arrays.pop("meta")
     try:
@@ -86,8 +101,8 @@ def load_weights(path: str | os.PathLike,
         meta = json.loads(str(meta_array))
         if not isinstance(meta, dict):
             raise ValueError("not a JSON object")
-    except ValueError as exc:
-        raise WeightsError(f"{source}: unreadable 'meta' entry ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+        raise WeightsError(f"{source}: unreadable 'meta' entry ({one_line(exc)})") from None
     model = meta.get("model")
     if model not in MODEL_NAMES:
         raise WeightsError(f"{source}: meta names unknown model {model!r}")
@@ -95,3 +110,47 @@ def load_weights(path: str | os.PathLike,
         raise WeightsError(f"{source}: holds weights for model {model!r}, not {expected_model!r}")
     check_params(model, arrays, source)
     return arrays, meta
+
+
+def read_npz(path: str | os.PathLike, source: str) -> dict[str, np.ndarray]:
+    """Every array of the .npz at ``path``, by entry name without ``.npy``.
+
+    Reads what ``np.load(path, allow_pickle=False)`` reads, but trusts no header:
+    every entry must be a .npy of at most MAX_ENTRY_BYTES whose data is exactly as
+    long as its header's shape and dtype say, checked before anything is allocated.
+    Object arrays are refused with WeightsError, never unpickled. Damaged archives
+    raise one of DAMAGED.
+    """
+    arrays = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            name = info.filename
+            if not name.endswith(".npy"):
+                raise WeightsError(f"{source}: unexpected entry {name!r}; not a .npz of arrays")
+            if info.file_size > MAX_ENTRY_BYTES:
+                raise WeightsError(f"{source}: entry {name!r} has {info.file_size} bytes, "
+                                   f"more than any weights array ({MAX_ENTRY_BYTES})")
+            with archive.open(info) as entry:
+                arrays[name.removesuffix(".npy")] = read_npy(entry, name, source)
+    return arrays
+
+
+def read_npy(entry: zipfile.ZipExtFile, name: str, source: str) -> np.ndarray:
+    """One .npy entry of an archive as a writable array, its length checked against its header."""
+    version = np.lib.format.read_magic(entry)
+    if version == (1, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(entry)
+    elif version == (2, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(entry)
+    else:
+        raise WeightsError(f"{source}: entry {name!r} has unsupported .npy version {version}")
+    if dtype.hasobject:
+        raise WeightsError(f"{source}: holds pickled object arrays, which are refused")
+    if dtype.itemsize == 0:
+        raise WeightsError(f"{source}: entry {name!r} has the zero-size dtype {dtype}")
+    declared = math.prod(shape) * dtype.itemsize
+    data = bytearray(entry.read(MAX_ENTRY_BYTES + 1))  # entries are capped, so this is bounded
+    if len(data) != declared:
+        raise WeightsError(f"{source}: entry {name!r} declares shape {shape} of {dtype} "
+                           f"({declared} bytes) but holds {len(data)} bytes")
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")

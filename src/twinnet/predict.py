@@ -1,0 +1,203 @@
+"""Prediction on users' own digit images, prepared the way MNIST itself was made.
+
+MNIST digits are white on black, size-normalised so the longer side of the
+digit's bounding box is 20 px (aspect ratio kept, anti-aliased), then pasted
+into a 28x28 field so that the centre of mass of the pixel intensities sits at
+the centre (LeCun et al.). Measured on the training set, that centre is (14, 14)
+in row/column index coordinates. ``prepare_image`` repeats those steps on any
+image Pillow can open, in either polarity, so a photo or scan of a dark digit on
+light paper becomes an input the models have seen the like of.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from twinnet.errors import TwinnetError
+from twinnet.metrics import predict_logits
+
+if TYPE_CHECKING:
+    from twinnet.backend import Backend
+
+FIELD = 28  # side of an MNIST image
+BOX = 20  # longer side of the digit's bounding box in MNIST
+CENTRE = 14.0  # where MNIST puts the centre of mass (row and column index)
+# Ink below this fraction of the strongest ink is paper texture, shadow or JPEG noise.
+INK_THRESHOLD = 0.3
+# Strongest ink, as a fraction of full scale, below which an image counts as blank.
+MIN_CONTRAST = 0.1
+TOP = 3
+
+
+class ImageError(TwinnetError):
+    """An image file that cannot be read, or holds no digit."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def read_grayscale(path: str | os.PathLike) -> np.ndarray:
+    """The image at ``path`` as float64 (H, W) in [0, 1], 0 = black; transparency over white.
+
+    Any mode Pillow opens is accepted: 1-bit, palette, RGB(A), CMYK, 16- and 32-bit
+    integer, float. EXIF orientation is applied, so phone photos stand upright.
+    """
+    if not os.path.isfile(path):
+        raise ImageError(path, "no such file" if not os.path.exists(path) else "not a file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return to_grayscale(image)
+    except UnidentifiedImageError:
+        raise ImageError(path, "cannot identify image file (not an image Pillow can read)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(path, f"image too large ({exc})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        # Pillow reports damaged or truncated data through any of these.
+        raise ImageError(path, f"cannot read image ({exc})") from None
+
+
+def to_grayscale(image: Image.Image) -> np.ndarray:
+    """A Pillow image as float64 (H, W) in [0, 1]; transparent areas composited on white."""
+    if image.mode.startswith("I;16"):
+        return np.asarray(image, dtype=np.float64) / 65535.0
+    if image.mode in ("I", "F"):
+        # 32-bit integer or float pixels carry no full scale: take 8 or 16 bits if they fit.
+        values = np.asarray(image, dtype=np.float64)
+        top = values.max(initial=0.0)
+        full_scale = 1.0 if top <= 1.0 else 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
+        return np.clip(values / full_scale, 0.0, 1.0)
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return np.asarray(image.convert("L"), dtype=np.float64) / 255.0
+
+
+def ink_map(gray: np.ndarray) -> np.ndarray:
+    """Ink intensity (H, W) in [0, 1], 1 = strongest ink, 0 = background.
+
+    The background level is the median of the border pixels; the ink is whichever
+    extreme lies farther from it, so a dark digit on light paper is inverted and a
+    light digit on dark ground is not. Returns all zeros for a blank image.
+    """
+    border = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
+    background = float(np.median(border))
+    dark_ink = background - gray.min() > gray.max() - background
+    ink = background - gray if dark_ink else gray - background
+    ink = np.clip(ink, 0.0, None)
+    strongest = ink.max(initial=0.0)
+    if strongest < MIN_CONTRAST:
+        return np.zeros_like(gray)
+    ink /= strongest
+    # Zero the faint rest so stains and uneven lighting neither widen the box nor pull the centre.
+    ink[ink < INK_THRESHOLD] = 0.0
+    return ink
+
+
+def crop_to_ink(ink: np.ndarray) -> np.ndarray:
+    """The smallest (h, w) window of ``ink`` (H, W) holding every non-zero pixel."""
+    rows = np.flatnonzero(ink.any(axis=1))
+    cols = np.flatnonzero(ink.any(axis=0))
+    return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def fit_box(digit: np.ndarray) -> np.ndarray:
+    """Resize (h, w) so its longer side is BOX px, keeping the aspect ratio; float32 in [0, 1]."""
+    h, w = digit.shape
+    scale = BOX / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # Pillow wants (width, height)
+    # BOX averaging when shrinking is the anti-aliasing MNIST describes; LANCZOS when growing.
+    resample = Image.Resampling.BOX if scale <= 1 else Image.Resampling.LANCZOS
+    resized = Image.fromarray(digit.astype(np.float32)).resize(size, resample)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+def paste_centred(digit: np.ndarray) -> np.ndarray:
+    """Paste (h, w) with h, w <= FIELD into a FIELD x FIELD zero field so that its centre
+    of mass lands on (CENTRE, CENTRE), shifted by whole pixels (MNIST did not resample
+    when centring); parts pushed past the edge are cut off."""
+    h, w = digit.shape
+    mass = digit.sum(dtype=np.float64)
+    com_row = (digit.sum(axis=1) @ np.arange(h)) / mass
+    com_col = (digit.sum(axis=0) @ np.arange(w)) / mass
+    top, left = round(CENTRE - com_row), round(CENTRE - com_col)
+    field = np.zeros((FIELD, FIELD), dtype=np.float32)
+    r0, c0 = max(top, 0), max(left, 0)
+    r1, c1 = min(top + h, FIELD), min(left + w, FIELD)
+    field[r0:r1, c0:c1] = digit[r0 - top : r1 - top, c0 - left : c1 - left]
+    return field
+
+
+def prepare_image(path: str | os.PathLike) -> np.ndarray:
+    """Read the digit image at ``path`` and make it look like MNIST.
+
+    Returns float32 (28, 28, 1) in [0, 1], white digit on black, the digit's longer
+    side 20 px and its centre of mass at the centre. Raises ImageError, naming the
+    file, if it is missing, unreadable, not an image, empty or blank.
+    """
+    gray = read_grayscale(path)
+    if gray.size == 0:
+        raise ImageError(path, "empty image (zero size)")
+    ink = ink_map(gray)
+    if not ink.any():
+        raise ImageError(path, "blank image: no digit found")
+    digit = fit_box(crop_to_ink(ink))
+    if not digit.any():
+        raise ImageError(path, "blank image: no digit found")
+    return paste_centred(digit)[..., np.newaxis]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits (N, 10) in float64, shifted by the row max so exp cannot overflow."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict_images(model: Backend, paths: list[str]) -> list[dict[str, Any]]:
+    """Predict the digit in each image file, in the order given.
+
+    Each result is ``{"file", "digit", "top3": [[digit, probability], ...]}`` or, for a
+    file that cannot be used, ``{"file", "error"}``; a bad file does not stop the others.
+    """
+    results: list[dict[str, Any]] = []
+    images, good = [], []
+    for path in paths:
+        try:
+            images.append(prepare_image(path))
+        except ImageError as exc:
+            results.append({"file": str(path), "error": exc.reason})
+            continue
+        good.append(len(results))
+        results.append({"file": str(path)})
+    if images:
+        probabilities = softmax(predict_logits(model, np.stack(images)))
+        for index, p in zip(good, probabilities, strict=True):
+            ranked = np.argsort(-p, kind="stable")[:TOP]
+            results[index]["digit"] = int(ranked[0])
+            results[index]["top3"] = [[int(d), float(p[d])] for d in ranked]
+    return results
+
+
+def format_predictions(results: list[dict[str, Any]]) -> str:
+    """One line per file: ``digit.png: 7  (7 99.1%, 1 0.5%, 9 0.2%)`` or ``bad.txt: error: ...``."""
+    lines = []
+    for result in results:
+        if "error" in result:
+            lines.append(f"{result['file']}: error: {result['error']}")
+        else:
+            top = ", ".join(f"{d} {p:.1%}" for d, p in result["top3"])
+            lines.append(f"{result['file']}: {result['digit']}  ({top})")
+    return "\n".join(lines)
