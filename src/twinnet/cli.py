@@ -193,13 +193,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _, meta = load_weights(args.weights)
     model = load_model(meta["model"], args.backend, weights=args.weights)
     results = predict_images(model, args.images)
+    failed = [r for r in results if "error" in r]
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print(format_predictions(results))
-    failed = [r for r in results if "error" in r]
-    for result in failed:
-        print(f"twinnet: error: {result['file']}: {result['error']}", file=sys.stderr)
+        predicted = [r for r in results if "error" not in r]
+        if predicted:
+            print(format_predictions(predicted))
+        for result in failed:
+            print(f"twinnet: error: {result['file']}: {result['error']}", file=sys.stderr)
     return 2 if failed else 0
 
 
