@@ -1,0 +1,275 @@
+"""Gradient checks of the NumPy twin by central finite differences, in float64.
+
+Two levels:
+
+- ``check_layers``: every layer alone (Dense, ReLU, Conv2D, MaxPool2D, Flatten) and the
+  softmax cross-entropy. A layer is checked through the scalar
+  ``f = sum(forward(x) * upstream)`` with a fixed random ``upstream``, whose gradient
+  is exactly what ``backward(upstream)`` returns (dx) and stores (dW, db).
+- ``check_model``: a whole model, ``NumpyModel(dtype=float64).loss_and_grads`` on a
+  small random batch, against finite differences of the same mean loss.
+
+Numerical derivative: ``(f(t + eps) - f(t - eps)) / (2 eps)``, eps = 1e-5 for models
+and 1e-3 for the piecewise-linear layers (see the constants below for why); a step
+that would cross a ReLU kink or change a max-pool arg-max is detected and replaced
+by a one-sided difference (``numeric_grad``). Error of one entry:
+``|a - n| / max(|a| + |n|, floor)``, so entries where both are ~0 (e.g. a dead ReLU
+unit) count as agreeing; the row reports the maximum over the checked entries and
+passes at <= 1e-6. Test data are random normal, so exact kinks and ties have
+probability ~0.
+
+Only NumPy and the NumPy twin are imported, never TensorFlow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from twinnet import models
+from twinnet.numpy_nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from twinnet.numpy_nn.losses import softmax_cross_entropy
+from twinnet.numpy_nn.network import NumpyModel
+
+# 1e-5 rather than 1e-6: the rounding error of f (~1e-16 |f|) divided by eps must stay
+# well below 1e-6 of the smaller gradient entries; kinks crossed by the larger step
+# are detected and avoided (see numeric_grad).
+EPS = 1e-5
+# The layers alone are piecewise linear in each of x, W, b, so a central difference
+# inside one linear piece is exact whatever the step: a larger step only shrinks the
+# rounding error, which otherwise dominates entries that are small by cancellation.
+LAYER_EPS = 1e-3
+THRESHOLD = 1e-6
+DENOMINATOR_FLOOR = 1e-8
+# Whole-model checks differentiate the mean loss, f ~ 1, whose rounding error
+# (~1e-16 |f|, divided by the step) makes a finite difference noisy at ~1e-11
+# absolute: a gradient entry below ~1e-5 (an input pixel or activation near 0)
+# cannot be resolved to a relative 1e-6, so below this scale an entry counts as ~0
+# and passes when |a - n| <= 1e-6 * 1e-5. A wrong gradient still fails on the
+# tensor's larger entries.
+MODEL_DENOMINATOR_FLOOR = 1e-5
+# Whole-model checks look at this many seeded random entries of each parameter
+# (all entries of smaller ones); every parameter tensor is always checked.
+ENTRIES_PER_PARAM = 30
+MODEL_BATCH = 4
+
+
+@dataclass(frozen=True)
+class GradcheckRow:
+    """One checked tensor: ``target`` ("cnn", "layer:Conv2D" ...), ``parameter``
+    ("conv1/W", "x", "W" ...), the max relative error and whether it is <= THRESHOLD."""
+
+    target: str
+    parameter: str
+    max_rel_error: float
+    passed: bool
+
+
+def rel_error(
+    analytic: np.ndarray, numeric: np.ndarray, floor: float = DENOMINATOR_FLOOR
+) -> float:
+    """Max over entries of ``|a - n| / max(|a| + |n|, floor)``; 0.0 for empty input.
+
+    Entries with |a| + |n| below ``floor`` count as ~0: they pass when
+    ``|a - n| <= THRESHOLD * floor``.
+    """
+    a = np.asarray(analytic, dtype=np.float64).ravel()
+    n = np.asarray(numeric, dtype=np.float64).ravel()
+    if a.size == 0:
+        return 0.0
+    return float(np.max(np.abs(a - n) / np.maximum(np.abs(a) + np.abs(n), floor)))
+
+
+def numeric_grad(
+    f: Callable[[], float],
+    t: np.ndarray,
+    index: np.ndarray | None = None,
+    pattern: Callable[[], bytes] | None = None,
+    eps: float | None = None,
+) -> np.ndarray:
+    """Finite-difference derivatives of the scalar ``f()`` w.r.t. entries of the array ``t``.
+
+    ``t`` is perturbed in place (and restored), so ``f`` must read it. ``index`` lists
+    flat indices to check (default: all); returns their derivatives, in that order.
+    ``eps`` defaults to ``EPS``.
+
+    Central differences ``(f(t + eps) - f(t - eps)) / (2 eps)``. ``pattern()``, if
+    given, returns the on/off pattern of the kinks the last ``f()`` went through
+    (ReLU masks, max-pool arg-maxes). Where a step changes the pattern, the central
+    difference would straddle a kink and mean nothing, so the second-order one-sided
+    formula on a side s (-1 or +1) that keeps the pattern is used instead,
+    ``-s (3 f(t) - 4 f(t + s eps) + f(t + 2 s eps)) / (2 eps)``; if both sides cross
+    a kink, eps is divided by 10 (at most twice), after which the entry is NaN.
+    """
+    flat = t.reshape(-1)
+    if not np.shares_memory(flat, t):
+        raise ValueError("numeric_grad perturbs t in place: t must be C-contiguous")
+    indices = np.arange(flat.size) if index is None else index
+    step = EPS if eps is None else eps
+
+    def at(i: int, value: float) -> tuple[float, bytes | None]:
+        flat[i] = value
+        return f(), (pattern() if pattern is not None else None)
+
+    # f and the kink pattern at the unperturbed point are the same for every entry.
+    # (Without a pattern every step counts as kink-free: central differences only.)
+    f_0, p_0 = (f(), pattern()) if pattern is not None else (0.0, None)
+
+    def derivative(i: int) -> float:
+        old = float(flat[i])
+        for h in (step, step / 10, step / 100):
+            (f_plus, p_plus), (f_minus, p_minus) = at(i, old + h), at(i, old - h)
+            if p_plus == p_0 and p_minus == p_0:
+                return (f_plus - f_minus) / (2 * h)
+            for s, (f_1, p_1) in ((-1, (f_minus, p_minus)), (1, (f_plus, p_plus))):
+                if p_1 == p_0:
+                    f_2, p_2 = at(i, old + 2 * s * h)
+                    if p_2 == p_0:
+                        return -s * (3 * f_0 - 4 * f_1 + f_2) / (2 * h)
+        return float("nan")
+
+    out = np.empty(len(indices), dtype=np.float64)
+    for k, i in enumerate(indices):
+        old = flat[i]
+        try:
+            out[k] = derivative(int(i))
+        finally:
+            flat[i] = old
+    return out
+
+
+def _kink_pattern(layers: list) -> Callable[[], bytes]:
+    """The ReLU masks and max-pool arg-max masks of ``layers``' last forward, as bytes."""
+
+    def pattern() -> bytes:
+        parts = []
+        for layer in layers:
+            if isinstance(layer, ReLU):
+                parts.append(np.packbits(layer.cache_mask).tobytes())
+            elif isinstance(layer, MaxPool2D):
+                parts.extend(np.packbits(m).tobytes() for m in layer.cache_masks)
+        return b"|".join(parts)
+
+    return pattern
+
+
+def _row(
+    target: str, parameter: str, analytic: np.ndarray, numeric: np.ndarray,
+    floor: float = DENOMINATOR_FLOOR,
+) -> GradcheckRow:
+    err = rel_error(analytic, numeric, floor)
+    return GradcheckRow(target, parameter, err, err <= THRESHOLD)
+
+
+def _check_layer(
+    target: str, layer: Dense | Conv2D | ReLU | MaxPool2D | Flatten, x: np.ndarray,
+    rng: np.random.Generator,
+) -> list[GradcheckRow]:
+    """Check dx and (if any) dW, db of ``layer`` at input ``x`` via f = sum(out * upstream)."""
+    upstream = rng.standard_normal(layer.forward(x).shape)
+
+    def f() -> float:
+        return float(np.sum(layer.forward(x) * upstream))
+
+    pattern = _kink_pattern([layer])
+    layer.forward(x)
+    dx = layer.backward(upstream.copy())
+    rows = [_row(target, "x", dx, numeric_grad(f, x, pattern=pattern, eps=LAYER_EPS))]
+    if isinstance(layer, Dense | Conv2D):
+        grads = layer.grads  # kept: the numerical forwards below overwrite the caches
+        rows.append(_row(target, "W", grads["W"], numeric_grad(f, layer.W, pattern=pattern, eps=LAYER_EPS)))
+        rows.append(_row(target, "b", grads["b"], numeric_grad(f, layer.b, pattern=pattern, eps=LAYER_EPS)))
+    return rows
+
+
+def _away_from_zero(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Random normal values with |v| >= 0.1, so a +-eps step never crosses a ReLU kink."""
+    v = rng.standard_normal(shape)
+    return np.sign(v) * (0.1 + np.abs(v))
+
+
+def check_layers(seed: int = 0) -> list[GradcheckRow]:
+    """Gradient-check every layer type alone and the softmax cross-entropy, in float64.
+
+    Small shapes: Dense (4, 5) -> (4, 3); ReLU (3, 4, 5); Conv2D (2, 5, 6, 3) -> 4
+    channels; MaxPool2D (2, 4, 6, 3); Flatten (2, 3, 4, 2); softmax-CE logits (5, 7).
+    """
+    rng = np.random.default_rng(seed)
+    rows: list[GradcheckRow] = []
+
+    dense = Dense(rng.standard_normal((5, 3)), rng.standard_normal(3))
+    rows += _check_layer("layer:Dense", dense, rng.standard_normal((4, 5)), rng)
+
+    rows += _check_layer("layer:ReLU", ReLU(), _away_from_zero(rng, (3, 4, 5)), rng)
+
+    conv = Conv2D(rng.standard_normal((3, 3, 3, 4)), rng.standard_normal(4))
+    rows += _check_layer("layer:Conv2D", conv, rng.standard_normal((2, 5, 6, 3)), rng)
+
+    rows += _check_layer("layer:MaxPool2D", MaxPool2D(), rng.standard_normal((2, 4, 6, 3)), rng)
+
+    rows += _check_layer("layer:Flatten", Flatten(), rng.standard_normal((2, 3, 4, 2)), rng)
+
+    logits = rng.standard_normal((5, 7))
+    labels = rng.integers(0, 7, size=5)
+    _, dlogits = softmax_cross_entropy(logits, labels)
+    numeric = numeric_grad(lambda: softmax_cross_entropy(logits, labels)[0], logits)
+    rows.append(_row("layer:SoftmaxCrossEntropy", "logits", dlogits, numeric))
+    return rows
+
+
+def check_model(name: str, seed: int = 0) -> list[GradcheckRow]:
+    """Gradient-check every parameter of model ``name`` through ``loss_and_grads``.
+
+    float64 model from ``init_params(name, seed)`` with small random biases (so the
+    bias gradients are checked away from a special point), a batch of MODEL_BATCH
+    random-normal images and random labels; up to ENTRIES_PER_PARAM seeded random
+    entries of each parameter. One row per parameter, in canonical order.
+    """
+    rng = np.random.default_rng(seed)
+    params = {k: v.astype(np.float64) for k, v in models.init_params(name, seed).items()}
+    for key in params:
+        if key.endswith("/b"):
+            params[key] = 0.1 * rng.standard_normal(params[key].shape)
+    model = NumpyModel(name, params, dtype=np.float64)
+    x = rng.standard_normal((MODEL_BATCH, *models.IMAGE_SHAPE))
+    y = rng.integers(0, models.NUM_CLASSES, size=MODEL_BATCH)
+    _, grads = model.loss_and_grads(x, y)
+
+    # Perturb the model's own arrays in place: the layers hold them by reference,
+    # whereas model.params returns copies.
+    live = model._params
+
+    def f() -> float:  # the same mean loss that loss_and_grads differentiates
+        return softmax_cross_entropy(model.logits(x), y)[0]
+
+    rows = []
+    for key, p in live.items():
+        if p.size <= ENTRIES_PER_PARAM:
+            index = np.arange(p.size)
+        else:
+            index = np.sort(rng.choice(p.size, size=ENTRIES_PER_PARAM, replace=False))
+        numeric = numeric_grad(f, p, index, pattern=_kink_pattern(model.layers))
+        analytic = grads[key].reshape(-1)[index]
+        rows.append(_row(name, key, analytic, numeric, MODEL_DENOMINATOR_FLOOR))
+    return rows
+
+
+def format_table(rows: list[GradcheckRow]) -> str:
+    """Aligned plain-text table: target, parameter, max relative error, PASS/FAIL."""
+    header = ("target", "parameter", "max rel error", "result")
+    body = [
+        (r.target, r.parameter, f"{r.max_rel_error:.2e}", "PASS" if r.passed else "FAIL")
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+
+    def fmt(line: tuple[str, ...]) -> str:
+        return "  ".join(
+            cell.rjust(w) if i == 2 else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        ).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt(header), rule, *(fmt(line) for line in body)])

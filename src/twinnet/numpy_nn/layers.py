@@ -1,0 +1,243 @@
+"""The NumPy twin's layers: forward and hand-derived backward passes.
+
+Each layer follows one pattern (cs231n style):
+
+- ``forward(x)`` returns the output and keeps in explicit ``cache_*`` attributes
+  exactly what ``backward`` needs;
+- ``backward(dout)`` takes d(loss)/d(output) and returns d(loss)/d(input); layers
+  with parameters also fill ``self.grads = {"W": dW, "b": db}``.
+
+``backward`` must follow the ``forward`` whose cache it uses, with no other
+``forward`` of the same layer in between. Arrays keep the dtype they arrive in
+(float32 in training, float64 in gradient checks); parameters are held by
+reference, so an optimizer updating them in place is seen by the layer.
+
+The derivations of every ``backward`` are in ``docs/derivations.md``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+
+class Dense:
+    """Affine layer ``z = x @ W + b``.
+
+    Shapes: x (N, n_in), W (n_in, n_out), b (n_out,), z (N, n_out).
+    Backward: dx = dz @ W.T, dW = x.T @ dz, db = dz summed over N.
+
+    ``needs_input_grad=False`` skips dx (returns None): the first layer of a
+    model sees the images, whose gradient nobody uses.
+    """
+
+    def __init__(self, W: np.ndarray, b: np.ndarray, needs_input_grad: bool = True) -> None:
+        self.W = W
+        self.b = b
+        self.needs_input_grad = needs_input_grad
+        self.grads: dict[str, np.ndarray] = {}
+        self.cache_x: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.cache_x = x
+        z = x @ self.W  # 2-D float32 matmul -> one BLAS sgemm call
+        z += self.b
+        return z
+
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
+        x = self.cache_x
+        self.grads = {"W": x.T @ dout, "b": dout.sum(axis=0)}
+        if not self.needs_input_grad:
+            return None
+        return dout @ self.W.T
+
+
+class ReLU:
+    """Elementwise ``max(x, 0)``; x and output of any shape (same shape).
+
+    Backward: dx = dout where x > 0, else 0 (the subgradient at exactly 0 is
+    taken as 0, as TensorFlow does).
+    """
+
+    def __init__(self) -> None:
+        self.cache_mask: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.cache_mask = x > 0
+        return np.maximum(x, 0, dtype=x.dtype)
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        return dout * self.cache_mask  # bool mask: keeps dout's dtype
+
+
+class _PaddedBuffer:
+    """A zero-bordered (N, H+2, W+2, C) array reused across calls with the same shape.
+
+    Its one-pixel border is zeroed once at allocation and never written again, so
+    each call only copies the interior: cheaper than ``np.pad`` every step.
+    """
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
+
+    def fill(self, x: np.ndarray) -> np.ndarray:
+        n, h, w, c = x.shape
+        shape = (n, h + 2, w + 2, c)
+        if self.array is None or self.array.shape != shape or self.array.dtype != x.dtype:
+            self.array = np.zeros(shape, dtype=x.dtype)
+        self.array[:, 1:-1, 1:-1, :] = x
+        return self.array
+
+
+def im2col_3x3(xpad: np.ndarray) -> np.ndarray:
+    """All 3x3 windows of a padded NHWC batch as rows of one matrix.
+
+    xpad (N, H+2, W+2, C) -> cols (N*H*W, 9*C) with
+    ``cols[(n*H + i)*W + j, (p*3 + q)*C + c] = xpad[n, i+p, j+q, c]``: one row per
+    output pixel, columns in (p, q, c) order, the row order of an HWIO kernel
+    reshaped to (9*C, C_out).
+    """
+    n, hp, wp, c = xpad.shape
+    h, w = hp - 2, wp - 2
+    cols = np.empty((n, h, w, 3, 3, c), dtype=xpad.dtype)
+    if c == 1:
+        # One channel: nine slab copies beat the strided copy below, whose
+        # innermost runs would be a single element long.
+        for p in range(3):
+            for q in range(3):
+                cols[:, :, :, p, q, :] = xpad[:, p:p + h, q:q + w, :]
+    else:
+        s_n, s_h, s_w, s_c = xpad.strides
+        # windows[n, i, j, p, q, c] = xpad[n, i+p, j+q, c], a view: nothing is copied
+        # until copyto writes the contiguous cols.
+        windows = as_strided(
+            xpad, shape=(n, h, w, 3, 3, c), strides=(s_n, s_h, s_w, s_h, s_w, s_c),
+            writeable=False,
+        )
+        np.copyto(cols, windows)
+    return cols.reshape(n * h * w, 9 * c)
+
+
+class Conv2D:
+    """3x3 cross-correlation, stride 1, zero padding 1 ('same'), NHWC / HWIO.
+
+    Shapes: x (N, H, W, C_in), kernel W (3, 3, C_in, C_out), b (C_out,),
+    z (N, H, W, C_out) with
+    ``z[n, i, j, o] = b[o] + sum_{p, q, c} xpad[n, i + p, j + q, c] * W[p, q, c, o]``
+    where ``xpad`` is x with one row/column of zeros on every side.
+
+    Forward (im2col): ``cols = im2col_3x3(xpad)`` of shape (N*H*W, 9*C_in), then one
+    matmul ``cols @ W.reshape(9*C_in, C_out)``.
+
+    Backward: dW = cols.T @ dz2d (the cols of the forward), db = dz summed over
+    N, H, W, and dx = the 'full' correlation of dz with the kernel flipped in both
+    spatial axes and with in/out channels swapped (a transposed convolution), done
+    the same way as the forward: ``im2col_3x3(dzpad) @ Wflip.reshape(9*C_out, C_in)``.
+    ``needs_input_grad=False`` skips dx (returns None).
+    """
+
+    def __init__(self, W: np.ndarray, b: np.ndarray, needs_input_grad: bool = True) -> None:
+        if W.shape[0] != 3 or W.shape[1] != 3:
+            raise ValueError(f"Conv2D supports 3x3 kernels only, got {W.shape[:2]}")
+        self.W = W
+        self.b = b
+        self.needs_input_grad = needs_input_grad
+        self.grads: dict[str, np.ndarray] = {}
+        self.cache_cols: np.ndarray | None = None
+        self.cache_shape: tuple[int, ...] | None = None
+        self._xpad = _PaddedBuffer()
+        self._dzpad = _PaddedBuffer()
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        n, h, w, c_in = x.shape
+        c_out = self.W.shape[3]
+        cols = im2col_3x3(self._xpad.fill(x))
+        self.cache_cols = cols
+        self.cache_shape = x.shape
+        z = cols @ self.W.reshape(9 * c_in, c_out)
+        z += self.b
+        return z.reshape(n, h, w, c_out)
+
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
+        n, h, w, c_in = self.cache_shape
+        c_out = self.W.shape[3]
+        dout2d = dout.reshape(n * h * w, c_out)
+        self.grads = {
+            "W": (self.cache_cols.T @ dout2d).reshape(self.W.shape),
+            "b": dout2d.sum(axis=0),
+        }
+        if not self.needs_input_grad:
+            return None
+        # dx[n, i, j, c] = sum_{p, q, o} dzpad[n, i+p, j+q, o] * W[2-p, 2-q, c, o]:
+        # a 'same' correlation of dz with W_flip[p, q, o, c] = W[2-p, 2-q, c, o].
+        w_flip = np.ascontiguousarray(self.W[::-1, ::-1].transpose(0, 1, 3, 2))
+        dcols = im2col_3x3(self._dzpad.fill(dout))
+        dx = dcols @ w_flip.reshape(9 * c_out, c_in)
+        return dx.reshape(n, h, w, c_in)
+
+
+class MaxPool2D:
+    """2x2 max-pooling with stride 2 (H and W must be even).
+
+    Shapes: x (N, H, W, C) -> out (N, H/2, W/2, C), out = max over each 2x2 window.
+    Backward: each window's upstream gradient goes to the one element that was
+    the max; on ties it goes to the first maximal element in row-major window
+    order ((0,0), (0,1), (1,0), (1,1)), so every window passes on exactly its
+    gradient, never a multiple of it.
+    """
+
+    def __init__(self) -> None:
+        self.cache_masks: tuple[np.ndarray, ...] | None = None
+        self.cache_shape: tuple[int, ...] | None = None
+
+    @staticmethod
+    def _taps(x6: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The four window positions of x6 (N, H/2, 2, W/2, 2, C) as (N, H/2, W/2, C) views."""
+        return x6[:, :, 0, :, 0, :], x6[:, :, 0, :, 1, :], x6[:, :, 1, :, 0, :], x6[:, :, 1, :, 1, :]
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        n, h, w, c = x.shape
+        if h % 2 or w % 2:
+            raise ValueError(f"MaxPool2D needs even height and width, got {h}x{w}")
+        a, b, c_, d = self._taps(x.reshape(n, h // 2, 2, w // 2, 2, c))
+        out = np.maximum(a, b)
+        np.maximum(out, c_, out=out)
+        np.maximum(out, d, out=out)
+        # First-arg-max masks, one per window position, mutually exclusive.
+        m_a = a == out
+        taken = m_a.copy()
+        m_b = b == out
+        m_b &= ~taken
+        taken |= m_b
+        m_c = c_ == out
+        m_c &= ~taken
+        taken |= m_c
+        m_d = ~taken  # the max is somewhere in the window; NaN windows route here too
+        self.cache_masks = (m_a, m_b, m_c, m_d)
+        self.cache_shape = x.shape
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        n, h, w, c = self.cache_shape
+        dx = np.empty(self.cache_shape, dtype=dout.dtype)
+        for tap, mask in zip(self._taps(dx.reshape(n, h // 2, 2, w // 2, 2, c)),
+                             self.cache_masks, strict=True):
+            np.multiply(dout, mask, out=tap)
+        return dx
+
+
+class Flatten:
+    """Row-major flatten: x (N, d1, d2, ...) -> (N, d1*d2*...), ``x.reshape(N, -1)``.
+
+    Backward reshapes the gradient back to the input shape.
+    """
+
+    def __init__(self) -> None:
+        self.cache_shape: tuple[int, ...] | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.cache_shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        return dout.reshape(self.cache_shape)

@@ -1,0 +1,176 @@
+"""``NumpyModel``: one of the four models on the NumPy twin (the Backend protocol).
+
+The layer objects are built from ``twinnet.models.get_spec``; their weights are the
+very arrays of ``self._params`` (canonical names and layouts of
+``twinnet.models.param_shapes``), so the optimizer's in-place updates reach them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from twinnet import models
+from twinnet.numpy_nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from twinnet.numpy_nn.losses import softmax_cross_entropy
+from twinnet.numpy_nn.optimizers import make_optimizer
+
+NumpyLayer = Dense | Conv2D | ReLU | MaxPool2D | Flatten
+
+# logits() runs large batches in chunks of this many images, so evaluating the
+# whole test set does not build a multi-gigabyte im2col matrix for the cnn.
+EVAL_CHUNK = 500
+
+
+class NumpyModel:
+    """Model ``model`` trained by hand-derived backpropagation in NumPy.
+
+    Shapes: x (N, 28, 28, 1) NHWC with pixels in [0, 1], cast to ``dtype``; y (N,)
+    integer labels; logits (N, 10). ``params`` maps canonical names (``dense1/W``,
+    ``conv1/b`` ...) to arrays of the shapes in ``twinnet.models.param_shapes``.
+    ``dtype`` is float32 for training and float64 for gradient checks; every array
+    the model holds or returns is of that dtype.
+    """
+
+    backend = "numpy"
+
+    def __init__(
+        self,
+        model: str,
+        params: dict[str, np.ndarray],
+        optimizer: str = "sgd",
+        dtype: type[np.floating] | np.dtype = np.float32,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.dtype = np.dtype(dtype)
+        self._shapes = models.param_shapes(model)
+        self._check_params(params)
+        self._params = {k: np.array(params[k], dtype=self.dtype, copy=True) for k in self._shapes}
+        self._opt = make_optimizer(optimizer)
+        self.layers: list[NumpyLayer] = []
+        # Parametrised layers in spec order: (name, layer), for collecting grads.
+        self._param_layers: list[tuple[str, Dense | Conv2D]] = []
+        for spec in models.get_spec(model):
+            self.layers.append(self._build(spec, first=not self._param_layers))
+        # Backward stops at the first parametrised layer: below it lies only the
+        # input (and parameter-free reshapes of it), whose gradient nobody needs.
+        self._first_param_index = next(
+            i for i, layer in enumerate(self.layers) if isinstance(layer, Dense | Conv2D)
+        )
+
+    def _build(self, spec: models.Layer, first: bool) -> NumpyLayer:
+        if isinstance(spec, models.Dense | models.Conv2D):
+            W, b = self._params[f"{spec.name}/W"], self._params[f"{spec.name}/b"]
+            cls = Dense if isinstance(spec, models.Dense) else Conv2D
+            layer = cls(W, b, needs_input_grad=not first)
+            self._param_layers.append((spec.name, layer))
+            return layer
+        if isinstance(spec, models.ReLU):
+            return ReLU()
+        if isinstance(spec, models.MaxPool2D):
+            if spec.size != 2:
+                raise ValueError(f"MaxPool2D supports size 2 only, got {spec.size}")
+            return MaxPool2D()
+        if isinstance(spec, models.Flatten):
+            return Flatten()
+        raise TypeError(f"no NumPy layer for spec {spec!r}")
+
+    def _check_params(self, params: dict[str, np.ndarray]) -> None:
+        if set(params) != set(self._shapes):
+            raise ValueError(
+                f"{self.model}: expected parameters {sorted(self._shapes)}, got {sorted(params)}"
+            )
+        for key, shape in self._shapes.items():
+            if tuple(np.shape(params[key])) != shape:
+                raise ValueError(
+                    f"{self.model}: {key} has shape {np.shape(params[key])}, expected {shape}"
+                )
+
+    # -- parameters ---------------------------------------------------------------
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """A copy of the parameters, canonical names -> arrays of ``self.dtype``."""
+        return {k: p.copy() for k, p in self._params.items()}
+
+    def set_params(self, params: dict[str, np.ndarray]) -> None:
+        """Replace all parameters (copied into the existing arrays, cast to ``self.dtype``)."""
+        self._check_params(params)
+        for key, p in self._params.items():
+            np.copyto(p, params[key], casting="unsafe")
+
+    # -- forward / backward -------------------------------------------------------
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def _backward(self, dlogits: np.ndarray) -> dict[str, np.ndarray]:
+        d = dlogits
+        for layer in reversed(self.layers[self._first_param_index:]):
+            d = layer.backward(d)
+        grads: dict[str, np.ndarray] = {}
+        for name, layer in self._param_layers:
+            grads[f"{name}/W"] = layer.grads["W"]
+            grads[f"{name}/b"] = layer.grads["b"]
+        return grads
+
+    def _inputs(self, x: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(x, dtype=self.dtype)
+        if x.ndim == 3:  # (N, 28, 28) without the channel axis
+            x = x[..., None]
+        labels = None if y is None else np.asarray(y).astype(np.intp, copy=False)
+        return x, labels
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Forward pass: x (N, 28, 28, 1) -> logits (N, 10) of ``self.dtype``."""
+        x, _ = self._inputs(x)
+        if len(x) <= EVAL_CHUNK:
+            return self._forward(x)
+        return np.concatenate(
+            [self._forward(x[i:i + EVAL_CHUNK]) for i in range(0, len(x), EVAL_CHUNK)]
+        )
+
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """Mean softmax cross-entropy of the batch and d(loss)/d(param) for every parameter.
+
+        x (N, 28, 28, 1), y (N,) -> (loss, {canonical name: gradient of the param's shape}).
+        """
+        x, y = self._inputs(x, y)
+        loss, dlogits = softmax_cross_entropy(self._forward(x), y)
+        return loss, self._backward(dlogits)
+
+    def apply(self, grads: dict[str, np.ndarray], lr: float) -> None:
+        """One optimizer update with learning rate ``lr`` (Keras semantics), in place."""
+        grads = {k: np.asarray(grads[k], dtype=self.dtype) for k in self._params}
+        self._opt.step(self._params, grads, lr)
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
+        """One forward, one backward, one update; returns (mean loss, number correct)
+        of the batch, both measured before the update."""
+        x, y = self._inputs(x, y)
+        logits = self._forward(x)
+        correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
+        loss, dlogits = softmax_cross_entropy(logits, y)
+        self._opt.step(self._params, self._backward(dlogits), lr)
+        return loss, correct
+
+    # -- optimizer state ----------------------------------------------------------
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """The optimizer's slots: for Adam ``<param>/m``, ``<param>/v``, ``iterations``;
+        empty for SGD."""
+        return self._opt.state()
+
+    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what ``optimizer_state`` returned (slots cast to ``self.dtype``)."""
+        state = dict(state)
+        for key, arr in state.items():
+            if key == "iterations":
+                continue
+            param = key.rsplit("/", 1)[0]
+            if param not in self._shapes or np.shape(arr) != self._shapes[param]:
+                raise ValueError(f"optimizer state {key!r} does not match model {self.model}")
+            state[key] = np.asarray(arr, dtype=self.dtype)
+        self._opt.set_state(state)

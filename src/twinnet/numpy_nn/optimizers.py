@@ -1,0 +1,129 @@
+"""SGD and Adam with Keras 3 semantics, updating NumPy arrays in place.
+
+The learning rate is passed to every ``step`` because the schedule lives in the
+shared training loop. Arithmetic happens in each parameter's own dtype (float32 in
+training), in the same order as ``keras.optimizers`` so both twins round alike.
+
+``state()`` / ``set_state()`` expose the slots for checkpoints as a flat dict of
+arrays: ``<param>/m``, ``<param>/v`` and a 0-d int64 ``iterations`` for Adam, only
+``iterations`` for SGD.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class SGD:
+    """Plain gradient descent (Keras ``SGD(momentum=0)``): ``w -= lr * g``.
+
+    Its only state is ``iterations``, the number of updates, kept as Keras does so
+    that checkpoints of both twins hold the same keys."""
+
+    name = "sgd"
+
+    def __init__(self) -> None:
+        self.iterations = 0
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
+        """Update every array of ``params`` in place with its gradient in ``grads`` (same keys)."""
+        for key, p in params.items():
+            # lr as a scalar of the parameter's dtype: float32 stays float32.
+            p -= grads[key] * p.dtype.type(lr)
+        self.iterations += 1
+
+    def state(self) -> dict[str, np.ndarray]:
+        """``iterations`` as a 0-d int64 array."""
+        return {"iterations": np.array(self.iterations, dtype=np.int64)}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what ``state()`` returned (an empty dict resets the count)."""
+        if set(state) - {"iterations"}:
+            raise ValueError(f"SGD keeps only 'iterations', got keys {sorted(state)}")
+        self.iterations = int(state.get("iterations", 0))
+
+
+class Adam:
+    """Adam exactly as Keras 3 computes it.
+
+    At update t = 1, 2, ... (``iterations`` counts updates, shared by all parameters)::
+
+        m += (g - m) * (1 - beta_1)
+        v += (g * g - v) * (1 - beta_2)
+        alpha = lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)
+        w -= (m * alpha) / (sqrt(v) + epsilon)
+
+    with Keras' defaults beta_1=0.9, beta_2=0.999, epsilon=1e-7. The bias
+    correction is folded into alpha, and epsilon is added to the uncorrected
+    sqrt(v), as Keras does (not the paper's sqrt(v_hat) + eps).
+    """
+
+    name = "adam"
+
+    def __init__(self, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7) -> None:
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.iterations = 0
+        self.m: dict[str, np.ndarray] = {}
+        self.v: dict[str, np.ndarray] = {}
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
+        """Update every array of ``params`` in place with its gradient in ``grads`` (same keys)."""
+        t = self.iterations + 1
+        for key, p in params.items():
+            g = grads[key]
+            if key not in self.m:  # slots are created lazily, zero, like Keras' build()
+                self.m[key] = np.zeros_like(p)
+                self.v[key] = np.zeros_like(p)
+            m, v = self.m[key], self.v[key]
+            # Scalars in the parameter's dtype, computed as Keras does (in float32 there).
+            one = p.dtype.type(1)
+            b1_power = p.dtype.type(self.beta_1) ** p.dtype.type(t)
+            b2_power = p.dtype.type(self.beta_2) ** p.dtype.type(t)
+            alpha = p.dtype.type(lr) * np.sqrt(one - b2_power) / (one - b1_power)
+            tmp = g - m
+            tmp *= 1 - self.beta_1  # Python float: weak scalar, keeps p's dtype
+            m += tmp
+            np.multiply(g, g, out=tmp)
+            tmp -= v
+            tmp *= 1 - self.beta_2
+            v += tmp
+            np.multiply(m, alpha, out=tmp)
+            denom = np.sqrt(v)
+            denom += self.epsilon
+            tmp /= denom
+            p -= tmp
+        self.iterations = t
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Copies of the slots: ``<param>/m``, ``<param>/v`` and 0-d int64 ``iterations``."""
+        out: dict[str, np.ndarray] = {"iterations": np.array(self.iterations, dtype=np.int64)}
+        for key in self.m:
+            out[f"{key}/m"] = self.m[key].copy()
+            out[f"{key}/v"] = self.v[key].copy()
+        return out
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what ``state()`` returned (an empty dict resets to a fresh optimizer)."""
+        if not state:
+            self.iterations, self.m, self.v = 0, {}, {}
+            return
+        if "iterations" not in state:
+            raise ValueError("Adam state lacks 'iterations'")
+        m = {k[: -len("/m")]: np.array(a, copy=True) for k, a in state.items() if k.endswith("/m")}
+        v = {k[: -len("/v")]: np.array(a, copy=True) for k, a in state.items() if k.endswith("/v")}
+        unknown = set(state) - {"iterations"} - {f"{k}/m" for k in m} - {f"{k}/v" for k in v}
+        if set(m) != set(v) or unknown:
+            raise ValueError(f"malformed Adam state: keys {sorted(state)}")
+        self.iterations = int(state["iterations"])
+        self.m, self.v = m, v
+
+
+def make_optimizer(name: str) -> SGD | Adam:
+    """A fresh optimizer by name: "sgd" or "adam" (Keras default hyperparameters)."""
+    if name == "sgd":
+        return SGD()
+    if name == "adam":
+        return Adam()
+    raise ValueError(f"unknown optimizer {name!r}: expected 'sgd' or 'adam'")
