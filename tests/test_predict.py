@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,24 @@ def test_real_digits_get_the_models_own_answers(mnist, tmp_path):
         results = predict_images(model, write_mnist_pngs(x, tmp_path, invert))
         agreement = np.mean([r["digit"] for r in results] == reference)
         assert agreement >= 0.95, f"invert={invert}: agreement {agreement:.2%}"
+
+
+def test_predict_command(tmp_path, capsys):
+    from twinnet.cli import main
+    from twinnet.models import init_params
+    from twinnet.weights import save_weights
+
+    weights = tmp_path / "w.npz"
+    save_weights(weights, "mlp128", init_params("mlp128"), {"backend": "numpy"})
+    good = save(draw_seven(), tmp_path / "seven.png")
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    assert main(["predict", good, str(bad), "--weights", str(weights)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{good}: ") and "%" in captured.out
+    assert len(captured.out.strip().splitlines()) == 1
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 1 and str(bad) in errors[0] and "cannot identify image" in errors[0]
+    assert main(["predict", good, "--weights", str(weights), "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["file"] == good and len(result["top3"]) == 3

@@ -33,11 +33,16 @@ from twinnet.util import write_json_atomic
 from twinnet.weights import save_weights
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.001}
+# A batch's mean cross-entropy above this means the true digits get probability below
+# e^-100 on average. A learning run starts near ln(10) = 2.3 and never comes close; a
+# diverged one rarely becomes NaN, because softmax cross-entropy computed from logits
+# stays finite while the weights run off, so this bound is what catches it.
+DIVERGED_LOSS = 100.0
 SCHEDULES = ("constant", "cosine")
 
 
 class DivergenceError(TwinnetError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN, infinite, or larger than DIVERGED_LOSS."""
 
     exit_code = 3
 
@@ -199,7 +204,8 @@ def train(
     With a ``checkpoint`` path, the state is saved there every ``checkpoint_every``
     steps and on Ctrl-C (then TrainingInterruptedError is raised); ``resume`` first restores
     it, so the run continues exactly where it stopped. Raises DivergenceError, naming
-    the step, learning rate and backend, as soon as a training loss is not finite.
+    the step, learning rate and backend, as soon as a batch loss is NaN, infinite or
+    above DIVERGED_LOSS.
     """
     from twinnet.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 
@@ -230,7 +236,7 @@ def train(
             batch = order.next()
             lr = learning_rate(config, step - 1)
             loss, correct = model.train_step(data.train.x[batch], data.train.y[batch], lr)
-            if not math.isfinite(loss):
+            if not loss <= DIVERGED_LOSS:  # also true for NaN
                 raise DivergenceError(
                     f"training diverged at step {step}: loss is {loss} "
                     f"(learning rate {lr:g}, backend {config.backend}); try a smaller --lr"
