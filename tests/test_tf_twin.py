@@ -45,6 +45,7 @@ def test_loss_and_grads_match_finite_differences(model):
         if key.endswith("/b"):
             params[key] = rng.normal(0, 0.1, params[key].shape)
     tf_model = TFModel(model, params, dtype="float64")
+    assert tf_model.logits(x.astype(np.float64)).dtype == np.float64
     loss, grads = tf_model.loss_and_grads(x.astype(np.float64), y)
     assert loss == pytest.approx(cross_entropy(tf_model.logits(x.astype(np.float64)), y), rel=1e-12)
     eps = 1e-6

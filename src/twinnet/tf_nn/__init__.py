@@ -37,31 +37,25 @@ LABELS = tf.TensorSpec([None], tf.int64)
 def build_network(model: str, dtype: str = "float32") -> tuple[keras.Sequential, dict[str, keras.Variable]]:
     """A Keras Sequential for ``model`` and its variables by canonical name.
 
-    ``dtype`` float64 serves the finite-difference checks; training uses float32."""
-    keras.config.set_floatx(dtype)
-    try:
-        return _build_network(model, dtype)
-    finally:
-        keras.config.set_floatx("float32")
-
-
-def _build_network(model: str, dtype: str) -> tuple[keras.Sequential, dict[str, keras.Variable]]:
+    ``dtype`` float64 serves the finite-difference checks; training uses float32. It is
+    given to every layer rather than set globally, so building one model never changes
+    another."""
     layers: list[keras.layers.Layer] = [keras.Input(IMAGE_SHAPE, dtype=dtype)]
     named: list[keras.layers.Layer] = []
     for layer in get_spec(model):
         if isinstance(layer, Dense):
-            named.append(keras.layers.Dense(layer.n_out, name=layer.name))
+            named.append(keras.layers.Dense(layer.n_out, name=layer.name, dtype=dtype))
             layers.append(named[-1])
         elif isinstance(layer, Conv2D):
             named.append(keras.layers.Conv2D(layer.c_out, layer.size, padding="same",
-                                             name=layer.name))
+                                             name=layer.name, dtype=dtype))
             layers.append(named[-1])
         elif isinstance(layer, ReLU):
-            layers.append(keras.layers.ReLU())
+            layers.append(keras.layers.ReLU(dtype=dtype))
         elif isinstance(layer, MaxPool2D):
-            layers.append(keras.layers.MaxPooling2D(layer.size))
+            layers.append(keras.layers.MaxPooling2D(layer.size, dtype=dtype))
         elif isinstance(layer, Flatten):
-            layers.append(keras.layers.Flatten())
+            layers.append(keras.layers.Flatten(dtype=dtype))
     network = keras.Sequential(layers, name=model)
     variables = {}
     for layer in named:
