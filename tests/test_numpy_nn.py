@@ -331,6 +331,23 @@ def test_logits_in_chunks_equals_one_pass() -> None:
     np.testing.assert_allclose(chunked, direct, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_inference_logits_equal_training_forward(name: str) -> None:
+    model = NumpyModel(name, init_params(name, 0))
+    x, _ = _batch(30)
+    train_logits = model._forward(x, train=True)
+    np.testing.assert_allclose(model.logits(x), train_logits, rtol=1e-6, atol=1e-6)
+    # Inference keeps no caches: the training caches are those of the forward above.
+    model._forward(x[:3], train=False)
+    if name == "cnn":
+        assert model.layers[0].cache_cols.shape[0] == 30 * 28 * 28
+
+
+def test_maxpool_inference_matches_training_forward() -> None:
+    x = np.random.default_rng(7).standard_normal((3, 4, 6, 2)).astype(np.float32)
+    np.testing.assert_array_equal(MaxPool2D().forward(x, train=False), MaxPool2D().forward(x))
+
+
 # -- independence from TensorFlow ----------------------------------------------------
 
 

@@ -241,8 +241,10 @@ def check_model(name: str, seed: int = 0) -> list[GradcheckRow]:
     # whereas model.params returns copies.
     live = model._params
 
-    def f() -> float:  # the same mean loss that loss_and_grads differentiates
-        return softmax_cross_entropy(model.logits(x), y)[0]
+    def f() -> float:
+        # The same mean loss that loss_and_grads differentiates, through the training
+        # forward, which caches the ReLU and max-pool masks that _kink_pattern reads.
+        return softmax_cross_entropy(model._forward(x, train=True), y)[0]
 
     rows = []
     for key, p in live.items():
