@@ -95,6 +95,7 @@ def time_steps(model, x: np.ndarray, y: np.ndarray, steps: int) -> float:
 def run_bench(models: list[str], backends: list[str], batch_size: int = 100, repeats: int = 5,
               steps: int = 30, optimizer: str = "sgd", seed: int = 0) -> dict[str, Any]:
     """Median and spread of ms per step and per 1,000 inference images, with GFLOP/s."""
+    load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rng = np.random.default_rng(seed)
     x = rng.random((steps, batch_size, *IMAGE_SHAPE), dtype=np.float32)
     y = rng.integers(0, 10, (steps, batch_size))
@@ -134,6 +135,7 @@ def run_bench(models: list[str], backends: list[str], batch_size: int = 100, rep
         results["models"][name] = per_model
     results["environment"] = {
         "cpu": cpu_name(), "platform": platform.platform(), "numpy": np.__version__,
+        "load_average": load_average,
         "peak_gflop_per_s": cpu_peak_gflops(), **blas_info(),
     }
     if "tf" in backends:
@@ -155,6 +157,9 @@ def format_bench(results: dict[str, Any]) -> str:
         + (f"; TensorFlow {env['tensorflow']}, intra-op threads: {env['tf_intra_op_threads']}"
            if "tensorflow" in env else ""),
     ]
+    if env.get("load_average") is not None:
+        lines.append(f"load average before the run: {env['load_average']:.2f} "
+                     "(above ~0.5 other work was competing for the cores)")
     if env.get("peak_gflop_per_s"):
         lines.append(f"CPU float32 peak (estimate): {env['peak_gflop_per_s']:.0f} GFLOP/s")
     lines += ["",
