@@ -68,7 +68,10 @@ class ReLU:
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         if train:
             self.cache_mask = x > 0
-        return np.maximum(x, 0, dtype=x.dtype)
+            return np.maximum(x, 0, dtype=x.dtype)
+        # Inference keeps nothing for a backward pass, so x (the fresh output of the
+        # layer below) is clipped in place rather than copied.
+        return np.maximum(x, 0, out=x)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         # In place: dout is the fresh array the layer above returned, used by no one

@@ -16,10 +16,29 @@ from twinnet.numpy_nn.optimizers import make_optimizer
 
 NumpyLayer = Dense | Conv2D | ReLU | MaxPool2D | Flatten
 
-# logits() runs large batches in chunks of this many images: the cnn's im2col
-# matrices (50 * 196 * 144 floats = 5.6 MB for conv2) then stay in the CPU caches.
-# Chosen by measurement (docs/performance.md): 1000-image chunks were about 2x slower.
-EVAL_CHUNK = 50
+# logits() runs large batches in chunks whose largest intermediate array stays near
+# this size, inside the CPU caches: for the cnn (conv2's im2col matrix, 196 x 144
+# floats per image) that is about 50 images, which measured ~1.8x faster than 1,000
+# (docs/performance.md). The MLPs' activations are small, so they take 1,000 at once
+# and pay the per-chunk Python overhead less often.
+EVAL_CHUNK_BYTES = 6 << 20
+MAX_EVAL_CHUNK = 1000
+
+
+def eval_chunk(model: str, itemsize: int = 4) -> int:
+    """Images per inference chunk for ``model``: EVAL_CHUNK_BYTES over the largest
+    per-image intermediate (an im2col matrix, an activation or the input)."""
+    height, width = models.IMAGE_SHAPE[:2]
+    largest = height * width * models.IMAGE_SHAPE[2]
+    for spec in models.get_spec(model):
+        if isinstance(spec, models.Conv2D):
+            largest = max(largest, height * width * spec.size**2 * spec.c_in,
+                          height * width * spec.c_out)
+        elif isinstance(spec, models.MaxPool2D):
+            height, width = height // spec.size, width // spec.size
+        elif isinstance(spec, models.Dense):
+            largest = max(largest, spec.n_out)
+    return max(1, min(MAX_EVAL_CHUNK, EVAL_CHUNK_BYTES // (largest * itemsize)))
 
 
 class NumpyModel:
@@ -48,6 +67,7 @@ class NumpyModel:
         self._check_params(params)
         self._params = {k: np.array(params[k], dtype=self.dtype, copy=True) for k in self._shapes}
         self._opt = make_optimizer(optimizer)
+        self._eval_chunk = eval_chunk(model, self.dtype.itemsize)
         self.layers: list[NumpyLayer] = []
         # Parametrised layers in spec order: (name, layer), for collecting grads.
         self._param_layers: list[tuple[str, Dense | Conv2D]] = []
@@ -128,12 +148,13 @@ class NumpyModel:
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Inference forward pass: x (N, 28, 28, 1) -> logits (N, 10) of ``self.dtype``.
 
-        The layers run with ``train=False`` (no caches kept), in chunks of EVAL_CHUNK
-        images; the logits are the same as those of the training forward.
+        The layers run with ``train=False`` (no caches kept), in chunks of
+        ``eval_chunk(model)`` images; the logits are those of the training forward.
         """
         x, _ = self._inputs(x)
+        chunk = self._eval_chunk
         return np.concatenate(
-            [self._forward(x[i:i + EVAL_CHUNK], train=False) for i in range(0, len(x), EVAL_CHUNK)]
+            [self._forward(x[i:i + chunk], train=False) for i in range(0, len(x), chunk)]
         )
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
