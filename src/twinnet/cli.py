@@ -42,7 +42,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, sweep: bool = False) ->
                         help="sgd (plain) or adam, both with Keras semantics "
                              "(default: %(default)s)")
     parser.add_argument("--lr", type=float, default=None,
-                        help="learning rate (default: 0.1 for sgd, 0.001 for adam)")
+                        help=argparse.SUPPRESS if sweep else
+                        "learning rate (default: 0.1 for sgd, 0.001 for adam)")
     parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
                         help="learning-rate schedule over the run (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
