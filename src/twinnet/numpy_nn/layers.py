@@ -113,26 +113,29 @@ def im2col_3x3(xpad: np.ndarray) -> np.ndarray:
     xpad (N, H+2, W+2, C) -> cols (N*H*W, 9*C) with
     ``cols[(n*H + i)*W + j, (p*3 + q)*C + c] = xpad[n, i+p, j+q, c]``: one row per
     output pixel, columns in (p, q, c) order, the row order of an HWIO kernel
-    reshaped to (9*C, C_out).
+    reshaped to (9*C, C_out). For C = 1 the result is a transposed (Fortran-ordered)
+    view with the same values.
     """
     n, hp, wp, c = xpad.shape
     h, w = hp - 2, wp - 2
-    cols = np.empty((n, h, w, 3, 3, c), dtype=xpad.dtype)
     if c == 1:
-        # One channel: nine slab copies beat the strided copy below, whose
-        # innermost runs would be a single element long.
+        # One channel: nine contiguous slab copies into a tap-major (9, N*H*W) array,
+        # returned transposed. The strided copy below would write runs one element
+        # long; BLAS reads the transposed (Fortran-ordered) view without a copy.
+        taps = np.empty((3, 3, n, h, w), dtype=xpad.dtype)
         for p in range(3):
             for q in range(3):
-                cols[:, :, :, p, q, :] = xpad[:, p:p + h, q:q + w, :]
-    else:
-        s_n, s_h, s_w, s_c = xpad.strides
-        # windows[n, i, j, p, q, c] = xpad[n, i+p, j+q, c], a view: nothing is copied
-        # until copyto writes the contiguous cols.
-        windows = as_strided(
-            xpad, shape=(n, h, w, 3, 3, c), strides=(s_n, s_h, s_w, s_h, s_w, s_c),
-            writeable=False,
-        )
-        np.copyto(cols, windows)
+                taps[p, q] = xpad[:, p:p + h, q:q + w, 0]
+        return taps.reshape(9, n * h * w).T
+    cols = np.empty((n, h, w, 3, 3, c), dtype=xpad.dtype)
+    s_n, s_h, s_w, s_c = xpad.strides
+    # windows[n, i, j, p, q, c] = xpad[n, i+p, j+q, c], a view: nothing is copied
+    # until copyto writes the contiguous cols.
+    windows = as_strided(
+        xpad, shape=(n, h, w, 3, 3, c), strides=(s_n, s_h, s_w, s_h, s_w, s_c),
+        writeable=False,
+    )
+    np.copyto(cols, windows)
     return cols.reshape(n * h * w, 9 * c)
 
 

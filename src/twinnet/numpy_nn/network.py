@@ -41,6 +41,20 @@ def eval_chunk(model: str, itemsize: int = 4) -> int:
     return max(1, min(MAX_EVAL_CHUNK, EVAL_CHUNK_BYTES // (largest * itemsize)))
 
 
+def pool_before_relu(layers: list[NumpyLayer]) -> list[NumpyLayer]:
+    """``layers`` with every ReLU -> MaxPool2D pair swapped, for inference.
+
+    ReLU is monotonic, so max(relu(a), relu(b)) = relu(max(a, b)): pooling first gives
+    the same output and clips a quarter as many values. Training keeps the spec's
+    order, whose cached masks the backward pass follows.
+    """
+    order = list(layers)
+    for i in range(len(order) - 1):
+        if isinstance(order[i], ReLU) and isinstance(order[i + 1], MaxPool2D):
+            order[i], order[i + 1] = order[i + 1], order[i]
+    return order
+
+
 class NumpyModel:
     """Model ``model`` trained by hand-derived backpropagation in NumPy.
 
@@ -78,6 +92,7 @@ class NumpyModel:
         self._first_param_index = next(
             i for i, layer in enumerate(self.layers) if isinstance(layer, Dense | Conv2D)
         )
+        self._inference_layers = pool_before_relu(self.layers)
 
     def _build(self, spec: models.Layer, first: bool) -> NumpyLayer:
         if isinstance(spec, models.Dense | models.Conv2D):
@@ -124,7 +139,7 @@ class NumpyModel:
 
     def _forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         """All layers in order; ``train=False`` keeps no caches (inference only)."""
-        for layer in self.layers:
+        for layer in self.layers if train else self._inference_layers:
             x = layer.forward(x, train=train)
         return x
 
