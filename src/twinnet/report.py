@@ -7,6 +7,7 @@ written, each run's test accuracy is checked against the trace of its confusion 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import time
 import tomllib
@@ -85,8 +86,6 @@ def run_dir(out: Path, preset: Preset) -> Path:
 
 def finished_metrics(directory: Path, config: TrainConfig) -> dict[str, Any] | None:
     """The run's metrics if it finished with exactly this configuration, else None."""
-    import json
-
     try:
         metrics = json.loads((directory / "metrics.json").read_text())
     except (OSError, ValueError):

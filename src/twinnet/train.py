@@ -261,16 +261,17 @@ def train(
                 bar.set_postfix(loss=f"{point['train_loss']:.4f}",
                                 val_acc=f"{point['val_accuracy']:.2%}")
             bar.update(1)
-            if checkpoint is not None and step < config.steps:
-                if sigint["stop"]:
-                    save(step)
-                    raise TrainingInterruptedError(
-                        f"interrupted after step {step}; checkpoint saved to {checkpoint}; "
-                        f"continue with: twinnet train --resume {Path(checkpoint).parent}")
-                if checkpoint_every and step % checkpoint_every == 0:
-                    save(step)
+            if step == config.steps:
+                break  # a Ctrl-C during the last step lets the run finish
             if sigint["stop"]:
-                raise KeyboardInterrupt
+                if checkpoint is None:
+                    raise KeyboardInterrupt
+                save(step)
+                raise TrainingInterruptedError(
+                    f"interrupted after step {step}; checkpoint saved to {checkpoint}; "
+                    f"continue with: twinnet train --resume {Path(checkpoint).parent}")
+            if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+                save(step)
     train_seconds = time.perf_counter() - train_started
     final = {split: evaluate(model, getattr(data, split).x, getattr(data, split).y)
              for split in final_splits}
