@@ -18,10 +18,10 @@ NumpyLayer = Dense | Conv2D | ReLU | MaxPool2D | Flatten
 
 # logits() runs large batches in chunks whose largest intermediate array stays near
 # this size, inside the CPU caches: for the cnn (conv2's im2col matrix, 196 x 144
-# floats per image) that is about 50 images, which measured ~1.8x faster than 1,000
+# floats per image) that is 37 images, which measured about 2x faster than 1,000
 # (docs/performance.md). The MLPs' activations are small, so they take 1,000 at once
 # and pay the per-chunk Python overhead less often.
-EVAL_CHUNK_BYTES = 6 << 20
+EVAL_CHUNK_BYTES = 4 << 20
 MAX_EVAL_CHUNK = 1000
 
 
