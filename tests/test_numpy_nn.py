@@ -16,11 +16,15 @@ from twinnet.numpy_nn import (
     SGD,
     Adam,
     Conv2D,
+    ConvReLUPool,
     Dense,
     MaxPool2D,
     NumpyModel,
+    ReLU,
     softmax_cross_entropy,
 )
+from twinnet.numpy_nn.layers import add_bias, im2col_3x3, relu
+from twinnet.numpy_nn.network import MAX_EVAL_CHUNK, image_chunk
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -335,10 +339,10 @@ def test_logits_in_chunks_equals_one_pass() -> None:
 def test_inference_logits_equal_training_forward(name: str) -> None:
     model = NumpyModel(name, init_params(name, 0))
     x, _ = _batch(30)
-    train_logits = model._forward(x, train=True)
+    train_logits = model._forward(x)
     np.testing.assert_allclose(model.logits(x), train_logits, rtol=1e-6, atol=1e-6)
     # Inference keeps no caches: the training caches are those of the forward above.
-    model._forward(x[:3], train=False)
+    model.logits(x[:3])
     if name == "cnn":
         assert model.layers[0].cache_cols.shape[0] == 30 * 28 * 28
 
@@ -346,6 +350,64 @@ def test_inference_logits_equal_training_forward(name: str) -> None:
 def test_maxpool_inference_matches_training_forward() -> None:
     x = np.random.default_rng(7).standard_normal((3, 4, 6, 2)).astype(np.float32)
     np.testing.assert_array_equal(MaxPool2D().forward(x, train=False), MaxPool2D().forward(x))
+
+
+@pytest.mark.parametrize("c_in", [1, 3])
+def test_pool_order_im2col_permutes_the_rows(c_in: int) -> None:
+    xpad = np.random.default_rng(8).standard_normal((2, 6, 8, c_in))  # 4x6 images
+    plain = im2col_3x3(xpad).reshape(2, 2, 2, 3, 2, 9 * c_in)  # (n, i', a, j', b, taps)
+    pooled = im2col_3x3(xpad, pool_order=True).reshape(2, 2, 2, 2, 3, 9 * c_in)
+    np.testing.assert_array_equal(pooled, plain.transpose(2, 4, 0, 1, 3, 5))
+
+
+@pytest.mark.parametrize("c_in", [1, 3])
+def test_conv_relu_pool_equals_the_three_layers(c_in: int) -> None:
+    rng = np.random.default_rng(9)
+    conv = Conv2D(rng.standard_normal((3, 3, c_in, 4)), rng.standard_normal(4))
+    fused = ConvReLUPool(conv)
+    for shape in [(3, 4, 6, c_in), (2, 8, 8, c_in)]:  # new shapes reuse no stale buffer
+        x = rng.standard_normal(shape)
+        layers = MaxPool2D().forward(ReLU().forward(conv.forward(x)))
+        np.testing.assert_allclose(fused.forward(x), layers, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_relu_pool_rejects_odd_sizes_and_training() -> None:
+    conv = Conv2D(np.ones((3, 3, 1, 2)), np.zeros(2))
+    with pytest.raises(ValueError, match="even height and width"):
+        ConvReLUPool(conv).forward(np.ones((1, 5, 4, 1)))
+    with pytest.raises(ValueError, match="inference"):
+        ConvReLUPool(conv).forward(np.ones((1, 4, 4, 1)), train=True)
+
+
+def test_relu_and_add_bias_helpers() -> None:
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((3, 2, 5, 4)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    np.testing.assert_array_equal(relu(x), np.maximum(x, 0))
+    expected = x + b
+    np.testing.assert_array_equal(add_bias(x, b), expected)
+    np.testing.assert_array_equal(x, expected)  # in place
+    same = relu(x, out=x)
+    assert same is x and x.min() >= 0
+    assert relu(np.zeros((0, 3, 3, 4), np.float32)).shape == (0, 3, 3, 4)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        relu(x[:, :, ::2], out=x[:, :, ::2])
+
+
+def test_logits_of_no_images() -> None:
+    for name in ("mlp128", "cnn"):
+        logits = NumpyModel(name, init_params(name, 0)).logits(np.zeros((0, 28, 28, 1)))
+        assert logits.shape == (0, 10) and logits.dtype == np.float32
+
+
+def test_inference_chunks() -> None:
+    # conv2's im2col matrix is 196 x 144 floats per image; 3 MB holds 27 of them.
+    assert image_chunk("cnn") == 27
+    model = NumpyModel("cnn", init_params("cnn", 0))
+    assert [len(layers) for layers, _ in model._inference_stages] == [2, 4]
+    assert [chunk for _, chunk in model._inference_stages] == [27, MAX_EVAL_CHUNK]
+    # The MLPs start with Flatten: everything runs in the second stage.
+    assert len(NumpyModel("linear", init_params("linear", 0))._inference_stages[0][0]) == 0
 
 
 # -- independence from TensorFlow ----------------------------------------------------

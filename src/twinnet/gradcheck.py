@@ -244,7 +244,7 @@ def check_model(name: str, seed: int = 0) -> list[GradcheckRow]:
     def f() -> float:
         # The same mean loss that loss_and_grads differentiates, through the training
         # forward, which caches the ReLU and max-pool masks that _kink_pattern reads.
-        return softmax_cross_entropy(model._forward(x, train=True), y)[0]
+        return softmax_cross_entropy(model._forward(x), y)[0]
 
     rows = []
     for key, p in live.items():

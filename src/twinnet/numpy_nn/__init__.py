@@ -4,7 +4,7 @@ Imports NumPy and ``twinnet.models`` only, never TensorFlow, so it works where
 TensorFlow is absent.
 """
 
-from twinnet.numpy_nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from twinnet.numpy_nn.layers import Conv2D, ConvReLUPool, Dense, Flatten, MaxPool2D, ReLU
 from twinnet.numpy_nn.losses import softmax_cross_entropy
 from twinnet.numpy_nn.network import NumpyModel
 from twinnet.numpy_nn.optimizers import SGD, Adam, make_optimizer
@@ -12,6 +12,7 @@ from twinnet.numpy_nn.optimizers import SGD, Adam, make_optimizer
 __all__ = [
     "Adam",
     "Conv2D",
+    "ConvReLUPool",
     "Dense",
     "Flatten",
     "MaxPool2D",

@@ -19,8 +19,47 @@ The derivations of every ``backward`` are in ``docs/derivations.md``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+
+# NumPy runs an elementwise ufunc as an outer loop over an inner loop, and both
+# helpers below shape their operands so the inner loop is long and SIMD-vectorised.
+# Measured with NumPy 2.4 on this project's CPU (docs/performance.md): adding a
+# (C,) bias to an (N*H*W, C) array makes N*H*W inner loops of C = 16 elements, 4x
+# slower than adding a per-image row; and np.maximum against the scalar 0 misses the
+# vectorised loop that np.maximum of two arrays takes, 4x slower than a zero row.
+
+
+def per_image_rows(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous x (N, ...) as an (N, rest) view, one row per sample (N may be 0).
+
+    Every layer output is a fresh C-contiguous array; the check keeps an in-place
+    update from silently landing in a reshaped copy instead.
+    """
+    if not x.flags.c_contiguous:
+        raise ValueError(f"expected a C-contiguous array, got strides {x.strides}")
+    return x.reshape(len(x), math.prod(x.shape[1:]))
+
+
+def add_bias(z: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``z += b`` in place and return z; z (N, ..., C) C-contiguous, b (C,). The bias
+    is tiled into one image's row, broadcast over N."""
+    rows = per_image_rows(z)
+    rows += np.tile(b, rows.shape[1] // len(b))
+    return z
+
+
+def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``np.maximum(x, 0)`` of a contiguous x (N, ...) into ``out`` (x itself for an
+    in-place clip) or a new array; the zeros are one image's row, broadcast over N."""
+    rows = per_image_rows(x)
+    zeros = np.zeros(rows.shape[1], dtype=x.dtype)
+    if out is None:
+        return np.maximum(rows, zeros).reshape(x.shape)
+    np.maximum(rows, zeros, out=out.reshape(rows.shape))
+    return out
 
 
 class Dense:
@@ -44,8 +83,7 @@ class Dense:
         if train:
             self.cache_x = x
         z = x @ self.W  # 2-D float32 matmul -> one BLAS sgemm call
-        z += self.b
-        return z
+        return add_bias(z, self.b)
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         x = self.cache_x
@@ -68,10 +106,10 @@ class ReLU:
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         if train:
             self.cache_mask = x > 0
-            return np.maximum(x, 0, dtype=x.dtype)
+            return relu(x)
         # Inference keeps nothing for a backward pass, so x (the fresh output of the
         # layer below) is clipped in place rather than copied.
-        return np.maximum(x, 0, out=x)
+        return relu(x, out=x)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         # In place: dout is the fresh array the layer above returned, used by no one
@@ -107,36 +145,45 @@ class _PaddedBuffer:
         return self.array
 
 
-def im2col_3x3(xpad: np.ndarray) -> np.ndarray:
+def im2col_3x3(xpad: np.ndarray, pool_order: bool = False) -> np.ndarray:
     """All 3x3 windows of a padded NHWC batch as rows of one matrix.
 
     xpad (N, H+2, W+2, C) -> cols (N*H*W, 9*C) with
     ``cols[(n*H + i)*W + j, (p*3 + q)*C + c] = xpad[n, i+p, j+q, c]``: one row per
     output pixel, columns in (p, q, c) order, the row order of an HWIO kernel
-    reshaped to (9*C, C_out). For C = 1 the result is a transposed (Fortran-ordered)
-    view with the same values.
+    reshaped to (9*C, C_out).
+
+    ``pool_order=True`` (H and W even) orders the rows by position in the 2x2
+    pooling window first: row ``((a*2 + b)*N + n)*(H/2)*(W/2) + i'*(W/2) + j'`` is
+    output pixel (n, 2i' + a, 2j' + b). A matmul then yields four contiguous
+    (N*H/2*W/2, C_out) blocks, one per window position, and 2x2 max-pooling becomes
+    three elementwise maxima of whole blocks (``ConvReLUPool``).
+
+    For C = 1 the matrix is built tap-major, (9, rows), and returned as its transpose
+    (a Fortran-ordered view with the same values): a row-major copy would write runs
+    one element long, while BLAS reads the transposed view without a copy.
     """
     n, hp, wp, c = xpad.shape
     h, w = hp - 2, wp - 2
-    if c == 1:
-        # One channel: nine contiguous slab copies into a tap-major (9, N*H*W) array,
-        # returned transposed. The strided copy below would write runs one element
-        # long; BLAS reads the transposed (Fortran-ordered) view without a copy.
-        taps = np.empty((3, 3, n, h, w), dtype=xpad.dtype)
-        for p in range(3):
-            for q in range(3):
-                taps[p, q] = xpad[:, p:p + h, q:q + w, 0]
-        return taps.reshape(9, n * h * w).T
-    cols = np.empty((n, h, w, 3, 3, c), dtype=xpad.dtype)
     s_n, s_h, s_w, s_c = xpad.strides
     # windows[n, i, j, p, q, c] = xpad[n, i+p, j+q, c], a view: nothing is copied
-    # until copyto writes the contiguous cols.
+    # until copyto writes the contiguous result.
     windows = as_strided(
         xpad, shape=(n, h, w, 3, 3, c), strides=(s_n, s_h, s_w, s_h, s_w, s_c),
         writeable=False,
     )
+    if pool_order:
+        # Split i = 2i' + a and j = 2j' + b (still a view), then put (a, b) first.
+        windows = windows.reshape(n, h // 2, 2, w // 2, 2, 3, 3, c)
+        windows = windows.transpose(2, 4, 0, 1, 3, 5, 6, 7)
+    if c == 1:
+        taps = np.moveaxis(windows[..., 0], (-2, -1), (0, 1))  # (3, 3, *pixel axes)
+        cols_t = np.empty(taps.shape, dtype=xpad.dtype)
+        np.copyto(cols_t, taps)
+        return cols_t.reshape(9, -1).T
+    cols = np.empty(windows.shape, dtype=xpad.dtype)
     np.copyto(cols, windows)
-    return cols.reshape(n * h * w, 9 * c)
+    return cols.reshape(-1, 9 * c)
 
 
 class Conv2D:
@@ -176,9 +223,8 @@ class Conv2D:
         if train:
             self.cache_cols = cols
             self.cache_shape = x.shape
-        z = cols @ self.W.reshape(9 * c_in, c_out)
-        z += self.b
-        return z.reshape(n, h, w, c_out)
+        z = (cols @ self.W.reshape(9 * c_in, c_out)).reshape(n, h, w, c_out)
+        return add_bias(z, self.b)
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         n, h, w, c_in = self.cache_shape
@@ -253,6 +299,43 @@ class MaxPool2D:
         # One broadcast multiply: each window's dout, times the mask of its elements.
         dx6 = dout[:, :, None, :, None, :] * self.cache_mask
         return dx6.reshape(self.cache_shape)
+
+
+class ConvReLUPool:
+    """Inference-only fusion of ``Conv2D -> ReLU -> MaxPool2D`` (the cnn's two blocks).
+
+    Shapes: x (N, H, W, C_in) with H and W even -> out (N, H/2, W/2, C_out), equal to
+    ``MaxPool2D().forward(ReLU().forward(conv.forward(x)))``; the weights are those
+    of ``conv``. Three identities make it cheaper than the three layers:
+
+    - the matmul over ``im2col_3x3(xpad, pool_order=True)`` writes the conv output as
+      four contiguous blocks, one per 2x2 window position, so pooling is three
+      maxima of whole blocks instead of strided 16-float runs;
+    - the bias is the same for every position of a window, so
+      max(z + b) = max(z) + b: it is added after pooling, to a quarter of the values;
+    - ReLU is monotonic, so max(relu(z)) = relu(max(z)): it clips the pooled values.
+
+    No caches and no gradients: training runs the three layers, whose backward passes
+    ``docs/derivations.md`` derives.
+    """
+
+    def __init__(self, conv: Conv2D) -> None:
+        self.conv = conv
+
+    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        if train:
+            raise ValueError("ConvReLUPool is for inference; training runs the three layers")
+        n, h, w, c_in = x.shape
+        if h % 2 or w % 2:
+            raise ValueError(f"MaxPool2D needs even height and width, got {h}x{w}")
+        c_out = self.conv.W.shape[3]
+        cols = im2col_3x3(self.conv._xpad.fill(x), pool_order=True)
+        z = (cols @ self.conv.W.reshape(9 * c_in, c_out)).reshape(4, -1, c_out)
+        out = np.maximum(z[0], z[1])
+        np.maximum(out, z[2], out=out)
+        np.maximum(out, z[3], out=out)
+        out = out.reshape(n, h // 2, w // 2, c_out)  # rows were (n, i', j') already
+        return relu(add_bias(out, self.conv.b), out=out)
 
 
 class Flatten:

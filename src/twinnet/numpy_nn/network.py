@@ -10,49 +10,67 @@ from __future__ import annotations
 import numpy as np
 
 from twinnet import models
-from twinnet.numpy_nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from twinnet.numpy_nn.layers import Conv2D, ConvReLUPool, Dense, Flatten, MaxPool2D, ReLU
 from twinnet.numpy_nn.losses import softmax_cross_entropy
 from twinnet.numpy_nn.optimizers import make_optimizer
 
 NumpyLayer = Dense | Conv2D | ReLU | MaxPool2D | Flatten
 
-# logits() runs large batches in chunks whose largest intermediate array stays near
-# this size, inside the CPU caches: for the cnn (conv2's im2col matrix, 196 x 144
-# floats per image) that is 37 images, which measured about 2x faster than 1,000
-# (docs/performance.md). The MLPs' activations are small, so they take 1,000 at once
+# logits() runs in two stages, each in chunks of images. The layers before Flatten
+# (convolutions, on images) take chunks whose largest intermediate array stays near
+# IMAGE_CHUNK_BYTES, inside the CPU caches: for the cnn (conv2's im2col matrix, 196 x
+# 144 floats per image) that is 27 images, measured faster than 50 or more
+# (docs/performance.md). The layers from Flatten on (dense, on vectors of at most 784
+# floats) take MAX_EVAL_CHUNK images at once: larger matmuls run nearer the BLAS peak
 # and pay the per-chunk Python overhead less often.
-EVAL_CHUNK_BYTES = 4 << 20
+IMAGE_CHUNK_BYTES = 3 << 20
 MAX_EVAL_CHUNK = 1000
 
 
-def eval_chunk(model: str, itemsize: int = 4) -> int:
-    """Images per inference chunk for ``model``: EVAL_CHUNK_BYTES over the largest
-    per-image intermediate (an im2col matrix, an activation or the input)."""
+def image_chunk(model: str, itemsize: int = 4) -> int:
+    """Images per inference chunk for the layers of ``model`` before its Flatten:
+    IMAGE_CHUNK_BYTES over the largest per-image array there (an im2col matrix, a
+    conv output or the input), at most MAX_EVAL_CHUNK."""
     height, width = models.IMAGE_SHAPE[:2]
     largest = height * width * models.IMAGE_SHAPE[2]
     for spec in models.get_spec(model):
+        if isinstance(spec, models.Flatten):
+            break
         if isinstance(spec, models.Conv2D):
             largest = max(largest, height * width * spec.size**2 * spec.c_in,
                           height * width * spec.c_out)
         elif isinstance(spec, models.MaxPool2D):
             height, width = height // spec.size, width // spec.size
-        elif isinstance(spec, models.Dense):
-            largest = max(largest, spec.n_out)
-    return max(1, min(MAX_EVAL_CHUNK, EVAL_CHUNK_BYTES // (largest * itemsize)))
+    return max(1, min(MAX_EVAL_CHUNK, IMAGE_CHUNK_BYTES // (largest * itemsize)))
 
 
-def pool_before_relu(layers: list[NumpyLayer]) -> list[NumpyLayer]:
-    """``layers`` with every ReLU -> MaxPool2D pair swapped, for inference.
+def run_in_chunks(layers: list, x: np.ndarray, chunk: int) -> np.ndarray:
+    """The inference forward of ``layers`` over x, ``chunk`` samples at a time."""
+    def forward(batch: np.ndarray) -> np.ndarray:
+        for layer in layers:
+            batch = layer.forward(batch, train=False)
+        return batch
 
-    ReLU is monotonic, so max(relu(a), relu(b)) = relu(max(a, b)): pooling first gives
-    the same output and clips a quarter as many values. Training keeps the spec's
-    order, whose cached masks the backward pass follows.
+    return np.concatenate([forward(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+
+
+def fuse_for_inference(layers: list[NumpyLayer]) -> list[NumpyLayer | ConvReLUPool]:
+    """``layers`` with every ``Conv2D -> ReLU -> MaxPool2D`` run replaced by one
+    ``ConvReLUPool`` sharing the conv's weights: the same function, computed without
+    caches and with pooling over contiguous blocks. Training keeps the spec's layers,
+    whose cached masks the backward pass follows.
     """
-    order = list(layers)
-    for i in range(len(order) - 1):
-        if isinstance(order[i], ReLU) and isinstance(order[i + 1], MaxPool2D):
-            order[i], order[i + 1] = order[i + 1], order[i]
-    return order
+    fused: list[NumpyLayer | ConvReLUPool] = []
+    i = 0
+    while i < len(layers):
+        run = layers[i:i + 3]
+        if [type(layer) for layer in run] == [Conv2D, ReLU, MaxPool2D]:
+            fused.append(ConvReLUPool(run[0]))
+            i += 3
+        else:
+            fused.append(layers[i])
+            i += 1
+    return fused
 
 
 class NumpyModel:
@@ -81,7 +99,6 @@ class NumpyModel:
         self._check_params(params)
         self._params = {k: np.array(params[k], dtype=self.dtype, copy=True) for k in self._shapes}
         self._opt = make_optimizer(optimizer)
-        self._eval_chunk = eval_chunk(model, self.dtype.itemsize)
         self.layers: list[NumpyLayer] = []
         # Parametrised layers in spec order: (name, layer), for collecting grads.
         self._param_layers: list[tuple[str, Dense | Conv2D]] = []
@@ -92,7 +109,15 @@ class NumpyModel:
         self._first_param_index = next(
             i for i, layer in enumerate(self.layers) if isinstance(layer, Dense | Conv2D)
         )
-        self._inference_layers = pool_before_relu(self.layers)
+        self._inference_layers = fuse_for_inference(self.layers)
+        split = next(i for i, layer in enumerate(self._inference_layers)
+                     if isinstance(layer, Flatten))
+        # (layers, images per chunk): the image stage, empty for the MLPs, then the rest.
+        self._inference_stages = [
+            (self._inference_layers[:split], image_chunk(model, self.dtype.itemsize)),
+            (self._inference_layers[split:], MAX_EVAL_CHUNK),
+        ]
+        self._n_classes = self._param_layers[-1][1].b.shape[0]
 
     def _build(self, spec: models.Layer, first: bool) -> NumpyLayer:
         if isinstance(spec, models.Dense | models.Conv2D):
@@ -137,10 +162,11 @@ class NumpyModel:
 
     # -- forward / backward -------------------------------------------------------
 
-    def _forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
-        """All layers in order; ``train=False`` keeps no caches (inference only)."""
-        for layer in self.layers if train else self._inference_layers:
-            x = layer.forward(x, train=train)
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        """The training forward: the spec's layers in order, each caching what its
+        backward needs."""
+        for layer in self.layers:
+            x = layer.forward(x)
         return x
 
     def _backward(self, dlogits: np.ndarray) -> dict[str, np.ndarray]:
@@ -163,14 +189,17 @@ class NumpyModel:
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Inference forward pass: x (N, 28, 28, 1) -> logits (N, 10) of ``self.dtype``.
 
-        The layers run with ``train=False`` (no caches kept), in chunks of
-        ``eval_chunk(model)`` images; the logits are those of the training forward.
+        The inference layers (no caches, ``fuse_for_inference``) run in two stages:
+        those before Flatten in chunks of ``image_chunk(model)`` images, the rest in
+        chunks of MAX_EVAL_CHUNK. The logits are those of the training forward.
         """
         x, _ = self._inputs(x)
-        chunk = self._eval_chunk
-        return np.concatenate(
-            [self._forward(x[i:i + chunk], train=False) for i in range(0, len(x), chunk)]
-        )
+        if len(x) == 0:
+            return np.zeros((0, self._n_classes), dtype=self.dtype)
+        for layers, chunk in self._inference_stages:
+            if layers:
+                x = run_in_chunks(layers, x, chunk)
+        return x
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         """Mean softmax cross-entropy of the batch and d(loss)/d(param) for every parameter.
