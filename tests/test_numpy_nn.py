@@ -23,7 +23,7 @@ from twinnet.numpy_nn import (
     ReLU,
     softmax_cross_entropy,
 )
-from twinnet.numpy_nn.layers import add_bias, im2col_3x3, relu
+from twinnet.numpy_nn.layers import add_bias, im2col_3x3, relu, window_major_to_nhwc
 from twinnet.numpy_nn.network import MAX_EVAL_CHUNK, image_chunk
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -42,6 +42,7 @@ def test_every_layer_passes_gradcheck() -> None:
     targets = {r.target for r in rows}
     assert targets == {
         "layer:Dense", "layer:ReLU", "layer:Conv2D", "layer:MaxPool2D", "layer:Flatten",
+        "layer:Conv2D(window-major)", "layer:MaxPool2D(window-major)",
         "layer:SoftmaxCrossEntropy",
     }
     for r in rows:
@@ -369,6 +370,28 @@ def test_conv_relu_pool_equals_the_three_layers(c_in: int) -> None:
         x = rng.standard_normal(shape)
         layers = MaxPool2D().forward(ReLU().forward(conv.forward(x)))
         np.testing.assert_allclose(fused.forward(x), layers, rtol=1e-12, atol=1e-12)
+
+
+def test_window_major_layers_match_nhwc_layers() -> None:
+    rng = np.random.default_rng(11)
+    W, b = rng.standard_normal((3, 3, 3, 4)), rng.standard_normal(4)
+    x = rng.standard_normal((2, 4, 6, 3))
+    nhwc, wm = Conv2D(W, b), Conv2D(W, b, window_major=True)
+    z, z_wm = nhwc.forward(x), wm.forward(x)
+    assert z_wm.shape == (4, 2, 2, 3, 4)
+    np.testing.assert_array_equal(window_major_to_nhwc(z_wm), z)
+    # Ties (rounded values) and ReLU-like zeros exercise the first-arg-max routing.
+    z = np.round(np.maximum(z, 0))
+    z_wm = z.reshape(2, 2, 2, 3, 2, 4).transpose(2, 4, 0, 1, 3, 5).reshape(4, 2, 2, 3, 4)
+    pool, pool_wm = MaxPool2D(), MaxPool2D(window_major=True)
+    np.testing.assert_array_equal(pool_wm.forward(z_wm), pool.forward(z))
+    dy = rng.standard_normal((2, 2, 3, 4))
+    dz, dz_wm = pool.backward(dy), pool_wm.backward(dy)
+    np.testing.assert_array_equal(window_major_to_nhwc(dz_wm), dz)
+    dx, dx_wm = nhwc.backward(dz), wm.backward(dz_wm)
+    np.testing.assert_allclose(dx_wm, dx, rtol=1e-12, atol=1e-12)
+    for key in ("W", "b"):
+        np.testing.assert_allclose(wm.grads[key], nhwc.grads[key], rtol=1e-12, atol=1e-12)
 
 
 def test_conv_relu_pool_rejects_odd_sizes_and_training() -> None:

@@ -194,7 +194,8 @@ def check_layers(seed: int = 0) -> list[GradcheckRow]:
     """Gradient-check every layer type alone and the softmax cross-entropy, in float64.
 
     Small shapes: Dense (4, 5) -> (4, 3); ReLU (3, 4, 5); Conv2D (2, 5, 6, 3) -> 4
-    channels; MaxPool2D (2, 4, 6, 3); Flatten (2, 3, 4, 2); softmax-CE logits (5, 7).
+    channels; MaxPool2D (2, 4, 6, 3); window-major Conv2D (2, 4, 6, 3) -> 4 channels
+    and MaxPool2D (4, 2, 2, 3, 3); Flatten (2, 3, 4, 2); softmax-CE logits (5, 7).
     """
     rng = np.random.default_rng(seed)
     rows: list[GradcheckRow] = []
@@ -208,6 +209,13 @@ def check_layers(seed: int = 0) -> list[GradcheckRow]:
     rows += _check_layer("layer:Conv2D", conv, rng.standard_normal((2, 5, 6, 3)), rng)
 
     rows += _check_layer("layer:MaxPool2D", MaxPool2D(), rng.standard_normal((2, 4, 6, 3)), rng)
+
+    # The window-major variants the cnn trains with (a conv that a max-pool follows).
+    conv = Conv2D(rng.standard_normal((3, 3, 3, 4)), rng.standard_normal(4), window_major=True)
+    rows += _check_layer("layer:Conv2D(window-major)", conv, rng.standard_normal((2, 4, 6, 3)), rng)
+    pool = MaxPool2D(window_major=True)
+    rows += _check_layer("layer:MaxPool2D(window-major)", pool,
+                         rng.standard_normal((4, 2, 2, 3, 3)), rng)
 
     rows += _check_layer("layer:Flatten", Flatten(), rng.standard_normal((2, 3, 4, 2)), rng)
 

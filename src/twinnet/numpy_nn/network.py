@@ -54,6 +54,13 @@ def run_in_chunks(layers: list, x: np.ndarray, chunk: int) -> np.ndarray:
     return np.concatenate([forward(x[i:i + chunk]) for i in range(0, len(x), chunk)])
 
 
+def conv_pool_runs(specs: tuple[models.Layer, ...]) -> set[int]:
+    """Indices i where ``specs[i:i + 3]`` is Conv2D, ReLU, MaxPool2D."""
+    kinds = [type(spec) for spec in specs]
+    return {i for i in range(len(specs))
+            if kinds[i:i + 3] == [models.Conv2D, models.ReLU, models.MaxPool2D]}
+
+
 def fuse_for_inference(layers: list[NumpyLayer]) -> list[NumpyLayer | ConvReLUPool]:
     """``layers`` with every ``Conv2D -> ReLU -> MaxPool2D`` run replaced by one
     ``ConvReLUPool`` sharing the conv's weights: the same function, computed without
@@ -102,8 +109,13 @@ class NumpyModel:
         self.layers: list[NumpyLayer] = []
         # Parametrised layers in spec order: (name, layer), for collecting grads.
         self._param_layers: list[tuple[str, Dense | Conv2D]] = []
-        for spec in models.get_spec(model):
-            self.layers.append(self._build(spec, first=not self._param_layers))
+        specs = models.get_spec(model)
+        pooled = conv_pool_runs(specs)
+        for i, spec in enumerate(specs):
+            # A conv that ReLU and a max-pool follow, and that max-pool, pass the conv's
+            # output in window-major layout (Conv2D): the pool then reads contiguous blocks.
+            window_major = i in pooled or i - 2 in pooled
+            self.layers.append(self._build(spec, not self._param_layers, window_major))
         # Backward stops at the first parametrised layer: below it lies only the
         # input (and parameter-free reshapes of it), whose gradient nobody needs.
         self._first_param_index = next(
@@ -119,11 +131,13 @@ class NumpyModel:
         ]
         self._n_classes = self._param_layers[-1][1].b.shape[0]
 
-    def _build(self, spec: models.Layer, first: bool) -> NumpyLayer:
+    def _build(self, spec: models.Layer, first: bool, window_major: bool) -> NumpyLayer:
         if isinstance(spec, models.Dense | models.Conv2D):
             W, b = self._params[f"{spec.name}/W"], self._params[f"{spec.name}/b"]
-            cls = Dense if isinstance(spec, models.Dense) else Conv2D
-            layer = cls(W, b, needs_input_grad=not first)
+            if isinstance(spec, models.Dense):
+                layer = Dense(W, b, needs_input_grad=not first)
+            else:
+                layer = Conv2D(W, b, needs_input_grad=not first, window_major=window_major)
             self._param_layers.append((spec.name, layer))
             return layer
         if isinstance(spec, models.ReLU):
@@ -131,7 +145,7 @@ class NumpyModel:
         if isinstance(spec, models.MaxPool2D):
             if spec.size != 2:
                 raise ValueError(f"MaxPool2D supports size 2 only, got {spec.size}")
-            return MaxPool2D()
+            return MaxPool2D(window_major=window_major)
         if isinstance(spec, models.Flatten):
             return Flatten()
         raise TypeError(f"no NumPy layer for spec {spec!r}")
