@@ -120,9 +120,13 @@ def test_report_runs_reuses_and_matches_every_confusion_matrix(tmp_path, mnist_p
     after = {p: (p / "metrics.json").stat().st_mtime_ns for p in (out / "runs").iterdir()}
     assert sorted(p.name for p in after if after[p] != before[p]) == ["P2b-linear-numpy"]
 
-    # --only trains only what it names; a missing run it does not name shows as not run.
+    # --only retrains what it names, finished or not, and nothing else; a missing run
+    # it does not name shows as not run.
     (out / "runs" / "P2c-mlp128-numpy" / "metrics.json").unlink()
+    p1a_metrics = out / "runs" / "P1a-linear-tf" / "metrics.json"
+    p1a_before = p1a_metrics.stat().st_mtime_ns
     generate_report(out=out, only="P1:a", jobs=1, data_dir=mnist_path, presets_path=presets_file)
+    assert p1a_metrics.stat().st_mtime_ns != p1a_before
     assert not (out / "runs" / "P2c-mlp128-numpy" / "metrics.json").exists()
     assert "| P2:c | mlp128 | numpy | not run yet |" in (out / "REPORT.md").read_text()
 

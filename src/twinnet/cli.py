@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="report folder; runs go to DIR/runs (default: %(default)s)")
     report.add_argument("--only", metavar="RUNS", default=None,
                         help="comma-separated run ids (P1a), labels (P1:a) or model names to "
-                             "(re)run; the report still shows every finished run")
+                             "train again even if finished; the report still shows every "
+                             "finished run")
     report.add_argument("--jobs", type=int, default=2,
                         help="runs trained at once in worker processes (default: %(default)s)")
     report.add_argument("--presets", metavar="FILE", default=None,

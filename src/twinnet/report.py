@@ -138,7 +138,9 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
     metrics: dict[str, dict[str, Any]] = {}
     todo = []
     for preset in chosen:
-        found = finished_metrics(run_dir(out, preset), preset.config)
+        # Runs named by --only are retrained even if finished: that is what it is for
+        # (after a code change, say). Without it, finished runs are reused.
+        found = None if only else finished_metrics(run_dir(out, preset), preset.config)
         if found is not None:
             metrics[preset.id] = found
         else:
