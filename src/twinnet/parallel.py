@@ -38,17 +38,19 @@ def thread_limits(threads: int) -> Iterator[None]:
 def run_jobs(function: Callable[..., Any], jobs: list[tuple], workers: int) -> Iterator[tuple[tuple, Any]]:
     """Yield ``(args, function(*args))`` for every tuple in ``jobs``, as each finishes.
 
-    With one worker the jobs run here, in order, in this process; otherwise in
-    ``workers`` spawned processes with ``cores // workers`` threads each.
+    With one worker the jobs run here, in order, in this process; otherwise in spawned
+    processes with ``cores // workers`` threads each, even when fewer jobs than
+    workers remain: a job's thread count, and with it the rounding of its results
+    (BLAS splits its sums between threads), then depends only on ``workers``, so a
+    run retrained alone matches the same run trained among others bit for bit.
     """
-    if workers <= 1 or len(jobs) <= 1:
+    if workers <= 1 or not jobs:
         for args in jobs:
             yield args, function(*args)
         return
-    workers = min(workers, len(jobs))
     threads = max(1, (os.cpu_count() or 1) // workers)
     with thread_limits(threads), ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn")
+        min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")
     ) as pool:
         futures = {pool.submit(function, *args): args for args in jobs}
         for future in as_completed(futures):
