@@ -61,25 +61,6 @@ def conv_pool_runs(specs: tuple[models.Layer, ...]) -> set[int]:
             if kinds[i:i + 3] == [models.Conv2D, models.ReLU, models.MaxPool2D]}
 
 
-def fuse_for_inference(layers: list[NumpyLayer]) -> list[NumpyLayer | ConvReLUPool]:
-    """``layers`` with every ``Conv2D -> ReLU -> MaxPool2D`` run replaced by one
-    ``ConvReLUPool`` sharing the conv's weights: the same function, computed without
-    caches and with pooling over contiguous blocks. Training keeps the spec's layers,
-    whose cached masks the backward pass follows.
-    """
-    fused: list[NumpyLayer | ConvReLUPool] = []
-    i = 0
-    while i < len(layers):
-        run = layers[i:i + 3]
-        if [type(layer) for layer in run] == [Conv2D, ReLU, MaxPool2D]:
-            fused.append(ConvReLUPool(run[0]))
-            i += 3
-        else:
-            fused.append(layers[i])
-            i += 1
-    return fused
-
-
 class NumpyModel:
     """Model ``model`` trained by hand-derived backpropagation in NumPy.
 
@@ -121,7 +102,14 @@ class NumpyModel:
         self._first_param_index = next(
             i for i, layer in enumerate(self.layers) if isinstance(layer, Dense | Conv2D)
         )
-        self._inference_layers = fuse_for_inference(self.layers)
+        # Inference runs each conv -> ReLU -> max-pool as one ConvReLUPool sharing the
+        # conv's weights: the same function, without caches, pooling before the bias
+        # and ReLU. Training keeps the three layers, whose caches the backward follows.
+        self._inference_layers = [
+            ConvReLUPool(layer) if i in pooled else layer
+            for i, layer in enumerate(self.layers)
+            if i - 1 not in pooled and i - 2 not in pooled
+        ]
         split = next(i for i, layer in enumerate(self._inference_layers)
                      if isinstance(layer, Flatten))
         # (layers, images per chunk): the image stage, empty for the MLPs, then the rest.
@@ -129,7 +117,6 @@ class NumpyModel:
             (self._inference_layers[:split], image_chunk(model, self.dtype.itemsize)),
             (self._inference_layers[split:], MAX_EVAL_CHUNK),
         ]
-        self._n_classes = self._param_layers[-1][1].b.shape[0]
 
     def _build(self, spec: models.Layer, first: bool, window_major: bool) -> NumpyLayer:
         if isinstance(spec, models.Dense | models.Conv2D):
@@ -203,13 +190,13 @@ class NumpyModel:
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Inference forward pass: x (N, 28, 28, 1) -> logits (N, 10) of ``self.dtype``.
 
-        The inference layers (no caches, ``fuse_for_inference``) run in two stages:
+        The inference layers (no caches, ``ConvReLUPool`` blocks) run in two stages:
         those before Flatten in chunks of ``image_chunk(model)`` images, the rest in
         chunks of MAX_EVAL_CHUNK. The logits are those of the training forward.
         """
         x, _ = self._inputs(x)
         if len(x) == 0:
-            return np.zeros((0, self._n_classes), dtype=self.dtype)
+            return np.zeros((0, models.NUM_CLASSES), dtype=self.dtype)
         for layers, chunk in self._inference_stages:
             if layers:
                 x = run_in_chunks(layers, x, chunk)
