@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from twinnet.backend import load_model
+from twinnet.environment import cpu_name
 from twinnet.metrics import predict_logits
 from twinnet.models import IMAGE_SHAPE, Conv2D, Dense, MaxPool2D, get_spec
-from twinnet.train import cpu_name
 
 INFERENCE_IMAGES = 10_000
 

@@ -156,19 +156,51 @@ def count_params(name: str) -> int:
     return sum(int(np.prod(s)) for s in param_shapes(name).values())
 
 
+@dataclass(frozen=True)
+class LayerShapes:
+    """One layer of a spec with the per-image shapes around it: ``inp`` and ``out`` are
+    (H, W, C) for image layers and (features,) after Flatten."""
+
+    layer: Layer
+    inp: tuple[int, ...]
+    out: tuple[int, ...]
+
+    @property
+    def multiply_adds(self) -> int:
+        """Multiply-adds of this layer's forward pass on one image (0 without weights)."""
+        if isinstance(self.layer, Dense):
+            return self.layer.n_in * self.layer.n_out
+        if isinstance(self.layer, Conv2D):
+            height, width, _ = self.out
+            return height * width * self.layer.size**2 * self.layer.c_in * self.layer.c_out
+        return 0
+
+
+def walk(name: str) -> list[LayerShapes]:
+    """The layers of model ``name`` in order, each with its per-image input and output
+    shapes; the one place that follows an image's shape through a spec."""
+    shape: tuple[int, ...] = IMAGE_SHAPE
+    steps = []
+    for layer in get_spec(name):
+        if isinstance(layer, Dense):
+            out: tuple[int, ...] = (layer.n_out,)
+        elif isinstance(layer, Conv2D):
+            out = (*shape[:2], layer.c_out)
+        elif isinstance(layer, MaxPool2D):
+            out = (shape[0] // layer.size, shape[1] // layer.size, shape[2])
+        elif isinstance(layer, Flatten):
+            out = (int(np.prod(shape)),)
+        else:
+            out = shape
+        steps.append(LayerShapes(layer, shape, out))
+        shape = out
+    return steps
+
+
 def multiply_adds_per_image(name: str) -> int:
     """Multiply-adds of one forward pass on one image (dense and conv layers only).
 
     The backward pass costs about twice this (gradients with respect to the input
     and to the weights), so a training step is about 3x forward; see ``bench``.
     """
-    height, width = IMAGE_SHAPE[:2]
-    total = 0
-    for layer in get_spec(name):
-        if isinstance(layer, Dense):
-            total += layer.n_in * layer.n_out
-        elif isinstance(layer, Conv2D):
-            total += height * width * layer.size * layer.size * layer.c_in * layer.c_out
-        elif isinstance(layer, MaxPool2D):
-            height, width = height // layer.size, width // layer.size
-    return total
+    return sum(step.multiply_adds for step in walk(name))

@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from twinnet.errors import TwinnetError
 from twinnet.metrics import predict_logits
+from twinnet.numpy_nn.losses import log_softmax
 
 if TYPE_CHECKING:
     from twinnet.backend import Backend
@@ -159,11 +160,8 @@ def prepare_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of logits (N, 10) in float64, shifted by the row max so exp cannot overflow."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    """Row-wise softmax of logits (N, 10), in float64."""
+    return np.exp(log_softmax(logits.astype(np.float64)))
 
 
 def predict_images(model: Backend, paths: list[str]) -> list[dict[str, Any]]:

@@ -16,10 +16,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from twinnet.environment import environment
 from twinnet.errors import TwinnetError
 from twinnet.models import DESCRIPTIONS, MODEL_NAMES, count_params, multiply_adds_per_image
 from twinnet.parallel import run_jobs
-from twinnet.train import TrainConfig, environment, train, write_run
+from twinnet.train import TrainConfig, train, write_run
 from twinnet.util import write_text_atomic
 
 BACKEND_NAMES = {"tf": "TensorFlow twin", "numpy": "NumPy twin"}

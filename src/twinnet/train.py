@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import signal
 import sys
 import threading
@@ -26,6 +25,7 @@ import numpy as np
 from twinnet import __version__
 from twinnet.backend import Backend, load_model
 from twinnet.data import Mnist
+from twinnet.environment import environment
 from twinnet.errors import TwinnetError
 from twinnet.metrics import evaluate
 from twinnet.models import DESCRIPTIONS
@@ -124,32 +124,6 @@ class Curves:
     train_accuracy: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
-
-
-def environment() -> dict[str, Any]:
-    """Versions and machine facts recorded with every run."""
-    env: dict[str, Any] = {
-        "twinnet": __version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-    }
-    if "tensorflow" in sys.modules:
-        env["tensorflow"] = sys.modules["tensorflow"].__version__
-    return env
-
-
-def cpu_name() -> str:
-    """The processor's model name from /proc/cpuinfo, else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_progress(total: int, description: str, enabled: bool | None = None):

@@ -5,6 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax of logits (N, K), in their dtype: ``z - logsumexp(z)``.
+
+    The row maximum is subtracted first, so every exp is <= 1, the sum is >= 1 and
+    nothing overflows for any finite logits. The one log-sum-exp of the project: the
+    loss, the metrics and ``predict`` all go through it.
+    """
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    shifted -= np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return shifted
+
+
 def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     """Mean softmax cross-entropy of a batch and its gradient with respect to the logits.
 
@@ -13,20 +25,13 @@ def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.
     as a Python float, and dlogits (N, K) = (softmax(logits) - onehot(y)) / N in the
     dtype of ``logits``.
 
-    Numerically stable for any finite logits: the row maximum is subtracted before
-    exponentiating, so every exp is <= 1 and the log-sum-exp cannot overflow.
+    Numerically stable for any finite logits (``log_softmax``).
     """
     n = logits.shape[0]
     rows = np.arange(n)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    sum_exp = exp.sum(axis=1, keepdims=True)
-    # log p(y) = shifted[y] - log(sum exp(shifted)); shifted has a 0 in each row, so
-    # sum_exp >= 1 and the log is finite.
-    log_prob_y = shifted[rows, y] - np.log(sum_exp[:, 0])
-    loss = -float(log_prob_y.mean())
-    dlogits = exp
-    dlogits /= sum_exp
+    log_probs = log_softmax(logits)
+    loss = -float(log_probs[rows, y].mean())
+    dlogits = np.exp(log_probs)
     dlogits[rows, y] -= 1
     dlogits /= n  # Python int: stays in the logits dtype
     return loss, dlogits
