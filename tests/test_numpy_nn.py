@@ -12,19 +12,12 @@ import pytest
 
 from twinnet import gradcheck
 from twinnet.models import MODEL_NAMES, init_params, param_shapes
-from twinnet.numpy_nn import (
-    SGD,
-    Adam,
-    Conv2D,
-    ConvReLUPool,
-    Dense,
-    MaxPool2D,
-    NumpyModel,
-    ReLU,
-    softmax_cross_entropy,
-)
-from twinnet.numpy_nn.layers import add_bias, im2col_3x3, relu, window_major_to_nhwc
-from twinnet.numpy_nn.network import MAX_EVAL_CHUNK, image_chunk
+from twinnet.numpy_nn import SGD, Adam, NumpyModel, softmax_cross_entropy
+from twinnet.numpy_nn.blocks import ConvReLUPool, DenseBlock, FlattenBlock
+from twinnet.numpy_nn.kernels import add_bias, im2col_3x3, relu
+from twinnet.numpy_nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from twinnet.numpy_nn.network import forward
+from twinnet.weights import WeightsError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -42,7 +35,6 @@ def test_every_layer_passes_gradcheck() -> None:
     targets = {r.target for r in rows}
     assert targets == {
         "layer:Dense", "layer:ReLU", "layer:Conv2D", "layer:MaxPool2D", "layer:Flatten",
-        "layer:Conv2D(window-major)", "layer:MaxPool2D(window-major)",
         "layer:SoftmaxCrossEntropy",
     }
     for r in rows:
@@ -58,14 +50,24 @@ def test_every_model_passes_gradcheck(name: str) -> None:
 
 
 def test_gradcheck_catches_a_wrong_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
-    def wrong_backward(self: Dense, dout: np.ndarray) -> np.ndarray:
-        self.grads = {"W": 1.01 * (self.cache_x.T @ dout), "b": dout.sum(axis=0)}
-        return dout @ self.W.T
+    right_backward = DenseBlock.backward
 
-    monkeypatch.setattr(Dense, "backward", wrong_backward)
+    def wrong_backward(self: DenseBlock, dout: np.ndarray) -> np.ndarray | None:
+        dx = right_backward(self, dout)
+        self.grads[f"{self.name}/W"] *= 1.01
+        return dx
+
+    monkeypatch.setattr(DenseBlock, "backward", wrong_backward)
     rows = gradcheck.check_model("mlp128", seed=0)
     failed = {r.parameter for r in rows if not r.passed}
-    assert {"dense1/W", "dense2/W"} <= failed
+    assert failed == {"dense1/W", "dense2/W"}
+
+
+def test_gradcheck_catches_a_wrong_reference_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    right_backward = Conv2D.backward
+    monkeypatch.setattr(Conv2D, "backward", lambda self, dz: 0.99 * right_backward(self, dz))
+    failed = {(r.target, r.parameter) for r in gradcheck.check_layers(seed=0) if not r.passed}
+    assert failed == {("layer:Conv2D", "x")}
 
 
 def test_format_table_has_pass_fail_column() -> None:
@@ -136,19 +138,7 @@ def test_conv2d_forward_matches_loop_reference(c_in: int) -> None:
     x = rng.standard_normal((2, 4, 5, c_in))
     W = rng.standard_normal((3, 3, c_in, 2))
     b = rng.standard_normal(2)
-    conv = Conv2D(W, b)
-    np.testing.assert_allclose(conv.forward(x), _conv_reference(x, W, b), rtol=1e-12, atol=1e-12)
-    # The padded buffer is reused: a second input must not see the first one's data.
-    x2 = rng.standard_normal(x.shape)
-    np.testing.assert_allclose(conv.forward(x2), _conv_reference(x2, W, b), rtol=1e-12, atol=1e-12)
-
-
-def test_conv2d_skips_input_gradient_when_not_needed() -> None:
-    rng = np.random.default_rng(3)
-    conv = Conv2D(rng.standard_normal((3, 3, 1, 2)), np.zeros(2), needs_input_grad=False)
-    out = conv.forward(rng.standard_normal((2, 4, 4, 1)))
-    assert conv.backward(np.ones_like(out)) is None
-    assert conv.grads["W"].shape == (3, 3, 1, 2) and conv.grads["b"].shape == (2,)
+    np.testing.assert_allclose(Conv2D(W, b).forward(x), _conv_reference(x, W, b), rtol=1e-12, atol=1e-12)
 
 
 def test_maxpool_forward_backward_hand_example() -> None:
@@ -278,14 +268,14 @@ def test_float64_model_end_to_end() -> None:
 def test_protocol_attributes_and_params_are_copies() -> None:
     params = init_params("mlp128", 0)
     model = NumpyModel("mlp128", params)
-    assert (model.backend, model.model, model.optimizer) == ("numpy", "mlp128", "sgd")
+    assert (model.backend, model.model_name, model.optimizer) == ("numpy", "mlp128", "sgd")
     copy = model.params
     copy["dense1/W"][:] = 0
     assert np.any(model.params["dense1/W"] != 0)
     model.set_params({k: np.zeros_like(v) for k, v in params.items()})
     x, _ = _batch(2)
     np.testing.assert_array_equal(model.logits(x), np.zeros((2, 10), dtype=np.float32))
-    with pytest.raises(ValueError):
+    with pytest.raises(WeightsError, match="missing dense1/b"):
         NumpyModel("mlp128", {"dense1/W": params["dense1/W"]})
 
 
@@ -327,82 +317,111 @@ def test_optimizer_state_roundtrip_through_model() -> None:
         np.testing.assert_array_equal(p, b.params[key])
 
 
-def test_logits_in_chunks_equals_one_pass() -> None:
-    model = NumpyModel("cnn", init_params("cnn", 0))
-    x, _ = _batch(1100)
-    chunked = model.logits(x)
-    direct = np.concatenate([model._forward(x[:600]), model._forward(x[600:])])
-    assert chunked.shape == (1100, 10)
-    np.testing.assert_allclose(chunked, direct, rtol=1e-5, atol=1e-6)
+# -- fused blocks against the reference layers ------------------------------------------
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_inference_logits_equal_training_forward(name: str) -> None:
-    model = NumpyModel(name, init_params(name, 0))
-    x, _ = _batch(30)
-    train_logits = model._forward(x)
-    np.testing.assert_allclose(model.logits(x), train_logits, rtol=1e-6, atol=1e-6)
-    # Inference keeps no caches: the training caches are those of the forward above.
-    model.logits(x[:3])
-    if name == "cnn":
-        assert model.layers[0].cache_cols.shape[0] == 30 * 28 * 28
+def _block_data(shape: tuple[int, ...], dtype: type, rng: np.random.Generator) -> np.ndarray:
+    """Random values; in float32, multiples of 1/8 in [-1, 1], so that every sum a block or
+    a layer forms is exact whatever its order, and ties between maxima are common."""
+    if dtype == np.float64:
+        return rng.standard_normal(shape)
+    return (rng.integers(-8, 9, size=shape) / 8).astype(np.float32)
 
 
-def test_maxpool_inference_matches_training_forward() -> None:
-    x = np.random.default_rng(7).standard_normal((3, 4, 6, 2)).astype(np.float32)
-    np.testing.assert_array_equal(MaxPool2D().forward(x, train=False), MaxPool2D().forward(x))
+def _compose(parts: list, x: np.ndarray, dout: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    for part in parts:
+        x = part.forward(x)
+    d = dout.copy()
+    for part in reversed(parts):
+        d = part.backward(d)
+    return x, d, parts[0].grads if hasattr(parts[0], "grads") else {}
 
 
-@pytest.mark.parametrize("c_in", [1, 3])
-def test_pool_order_im2col_permutes_the_rows(c_in: int) -> None:
-    xpad = np.random.default_rng(8).standard_normal((2, 6, 8, c_in))  # 4x6 images
-    plain = im2col_3x3(xpad).reshape(2, 2, 2, 3, 2, 9 * c_in)  # (n, i', a, j', b, taps)
-    pooled = im2col_3x3(xpad, pool_order=True).reshape(2, 2, 2, 2, 3, 9 * c_in)
-    np.testing.assert_array_equal(pooled, plain.transpose(2, 4, 0, 1, 3, 5))
+def _assert_close(actual: np.ndarray, expected: np.ndarray) -> None:
+    tolerance = 1e-12 if expected.dtype == np.float64 else 1e-6
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance)
 
 
-@pytest.mark.parametrize("c_in", [1, 3])
-def test_conv_relu_pool_equals_the_three_layers(c_in: int) -> None:
-    rng = np.random.default_rng(9)
-    conv = Conv2D(rng.standard_normal((3, 3, c_in, 4)), rng.standard_normal(4))
-    fused = ConvReLUPool(conv)
-    for shape in [(3, 4, 6, c_in), (2, 8, 8, c_in)]:  # new shapes reuse no stale buffer
-        x = rng.standard_normal(shape)
-        layers = MaxPool2D().forward(ReLU().forward(conv.forward(x)))
-        np.testing.assert_allclose(fused.forward(x), layers, rtol=1e-12, atol=1e-12)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, 100])
+@pytest.mark.parametrize(("c_in", "size"), [(1, 28), (16, 14)])
+def test_conv_relu_pool_equals_the_reference_layers(dtype: type, n: int, c_in: int, size: int) -> None:
+    rng = np.random.default_rng(n * c_in)
+    W, b = _block_data((3, 3, c_in, 16), dtype, rng) / 4, _block_data((16,), dtype, rng)
+    x = _block_data((n, size, size, c_in), dtype, rng)
+    dout = _block_data((n, size // 2, size // 2, 16), dtype, rng)
+    out, dx, grads = _compose([Conv2D(W, b), ReLU(), MaxPool2D()], x, dout)
+    block = ConvReLUPool("conv", W, b)
+    _assert_close(block.forward(x), out)
+    _assert_close(block.backward(dout.copy()), dx)
+    _assert_close(block.grads["conv/W"], grads["W"])
+    _assert_close(block.grads["conv/b"], grads["b"])
+    _assert_close(block.forward(x, train=False), out)
 
 
-def test_window_major_layers_match_nhwc_layers() -> None:
-    rng = np.random.default_rng(11)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, 100])
+@pytest.mark.parametrize("with_relu", [True, False])
+def test_dense_block_equals_the_reference_layers(dtype: type, n: int, with_relu: bool) -> None:
+    rng = np.random.default_rng(n)
+    W, b = _block_data((64, 32), dtype, rng), _block_data((32,), dtype, rng)
+    x, dout = _block_data((n, 64), dtype, rng), _block_data((n, 32), dtype, rng)
+    out, dx, grads = _compose([Dense(W, b), ReLU()] if with_relu else [Dense(W, b)], x, dout)
+    block = DenseBlock("dense", W, b, relu=with_relu)
+    _assert_close(block.forward(x), out)
+    _assert_close(block.backward(dout.copy()), dx)
+    _assert_close(block.grads["dense/W"], grads["W"])
+    _assert_close(block.grads["dense/b"], grads["b"])
+    _assert_close(block.forward(x, train=False), out)
+
+
+def test_flatten_block_equals_the_reference_layer() -> None:
+    x = np.arange(2 * 7 * 7 * 16, dtype=np.float32).reshape(2, 7, 7, 16)
+    block, layer = FlattenBlock(), Flatten()
+    np.testing.assert_array_equal(block.forward(x), layer.forward(x))
+    d = np.ones((2, 784), dtype=np.float32)
+    np.testing.assert_array_equal(block.backward(d), layer.backward(d))
+
+
+def test_first_block_skips_the_input_gradient() -> None:
+    rng = np.random.default_rng(3)
+    block = ConvReLUPool("conv1", rng.standard_normal((3, 3, 1, 2)), np.zeros(2), needs_input_grad=False)
+    out = block.forward(rng.standard_normal((2, 4, 4, 1)))
+    assert block.backward(np.ones_like(out)) is None
+    assert block.grads["conv1/W"].shape == (3, 3, 1, 2) and block.grads["conv1/b"].shape == (2,)
+
+
+def test_conv_relu_pool_rejects_odd_sizes() -> None:
+    block = ConvReLUPool("conv1", np.ones((3, 3, 1, 2)), np.zeros(2))
+    with pytest.raises(ValueError, match="conv1: .*even height and width"):
+        block.forward(np.ones((1, 5, 4, 1)))
+
+
+def test_conv_relu_pool_buffers_follow_the_input_shape() -> None:
+    rng = np.random.default_rng(12)
     W, b = rng.standard_normal((3, 3, 3, 4)), rng.standard_normal(4)
-    x = rng.standard_normal((2, 4, 6, 3))
-    nhwc, wm = Conv2D(W, b), Conv2D(W, b, window_major=True)
-    z, z_wm = nhwc.forward(x), wm.forward(x)
-    assert z_wm.shape == (4, 2, 2, 3, 4)
-    np.testing.assert_array_equal(window_major_to_nhwc(z_wm), z)
-    # Ties (rounded values) and ReLU-like zeros exercise the first-arg-max routing.
-    z = np.round(np.maximum(z, 0))
-    z_wm = z.reshape(2, 2, 2, 3, 2, 4).transpose(2, 4, 0, 1, 3, 5).reshape(4, 2, 2, 3, 4)
-    pool, pool_wm = MaxPool2D(), MaxPool2D(window_major=True)
-    np.testing.assert_array_equal(pool_wm.forward(z_wm), pool.forward(z))
-    dy = rng.standard_normal((2, 2, 3, 4))
-    dz, dz_wm = pool.backward(dy), pool_wm.backward(dy)
-    np.testing.assert_array_equal(window_major_to_nhwc(dz_wm), dz)
-    dx, dx_wm = nhwc.backward(dz), wm.backward(dz_wm)
-    np.testing.assert_allclose(dx_wm, dx, rtol=1e-12, atol=1e-12)
-    for key in ("W", "b"):
-        np.testing.assert_allclose(wm.grads[key], nhwc.grads[key], rtol=1e-12, atol=1e-12)
+    block = ConvReLUPool("conv", W, b)
+    for shape in [(3, 4, 6, 3), (2, 8, 8, 3), (3, 4, 6, 3)]:  # a new shape reuses no stale buffer
+        x = rng.standard_normal(shape)
+        expected = MaxPool2D().forward(ReLU().forward(Conv2D(W, b).forward(x)))
+        np.testing.assert_allclose(block.forward(x), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_conv_relu_pool_rejects_odd_sizes_and_training() -> None:
-    conv = Conv2D(np.ones((3, 3, 1, 2)), np.zeros(2))
-    with pytest.raises(ValueError, match="even height and width"):
-        ConvReLUPool(conv).forward(np.ones((1, 5, 4, 1)))
-    with pytest.raises(ValueError, match="inference"):
-        ConvReLUPool(conv).forward(np.ones((1, 4, 4, 1)), train=True)
+@pytest.mark.parametrize("c_in", [1, 3])
+@pytest.mark.parametrize("pool_order", [False, True])
+def test_fast_im2col_equals_the_reference(c_in: int, pool_order: bool) -> None:
+    from twinnet.numpy_nn.layers import im2col_3x3 as reference_im2col
+
+    xpad = np.random.default_rng(8).standard_normal((2, 6, 8, c_in))  # 4x6 images
+    plain = reference_im2col(xpad)
+    fast = im2col_3x3(xpad, pool_order=pool_order)
+    if pool_order:  # rows ordered (a, b, n, i', j') instead of (n, i, j)
+        plain = plain.reshape(2, 2, 2, 3, 2, 9 * c_in).transpose(2, 4, 0, 1, 3, 5).reshape(plain.shape)
+    np.testing.assert_array_equal(fast, plain)
 
 
-def test_relu_and_add_bias_helpers() -> None:
+def test_relu_and_add_bias_kernels() -> None:
     rng = np.random.default_rng(10)
     x = rng.standard_normal((3, 2, 5, 4)).astype(np.float32)
     b = rng.standard_normal(4).astype(np.float32)
@@ -417,21 +436,72 @@ def test_relu_and_add_bias_helpers() -> None:
         relu(x[:, :, ::2], out=x[:, :, ::2])
 
 
+# -- the model as one graph -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_the_graph_is_one_list_of_blocks(name: str) -> None:
+    model = NumpyModel(name, init_params(name, 0))
+    kinds = [type(block).__name__ for block in model.blocks]
+    expected = {
+        "linear": ["FlattenBlock", "DenseBlock"],
+        "mlp128": ["FlattenBlock", "DenseBlock", "DenseBlock"],
+        "mlp256x2": ["FlattenBlock", "DenseBlock", "DenseBlock", "DenseBlock"],
+        "cnn": ["ConvReLUPool", "ConvReLUPool", "FlattenBlock", "DenseBlock", "DenseBlock"],
+    }
+    assert kinds == expected[name]
+    names = [block.name for block in model.blocks if hasattr(block, "W")]
+    assert names == list(dict.fromkeys(key.split("/")[0] for key in param_shapes(name)))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_inference_logits_equal_training_forward(name: str) -> None:
+    model = NumpyModel(name, init_params(name, 0), threads=1)
+    x, _ = _batch(30)
+    train_logits = forward(model.blocks, x, train=True)
+    np.testing.assert_allclose(model.logits(x), train_logits, rtol=1e-6, atol=1e-6)
+
+
+def test_logits_in_chunks_equal_one_pass() -> None:
+    model = NumpyModel("cnn", init_params("cnn", 0), threads=1)
+    x, _ = _batch(1100)
+    chunked = model.logits(x)
+    direct = np.concatenate([forward(model.blocks, x[:600], train=False),
+                             forward(model.blocks, x[600:], train=False)])
+    assert chunked.shape == (1100, 10)
+    np.testing.assert_allclose(chunked, direct, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["mlp128", "cnn"])
+@pytest.mark.parametrize("n", [1, 3, 100])
+def test_threads_split_the_batch_without_changing_the_result(name: str, n: int) -> None:
+    params = {k: v.astype(np.float64) for k, v in init_params(name, 2).items()}
+    x, y = _batch(n, seed=n)
+    one, three = (NumpyModel(name, params, dtype=np.float64, threads=t) for t in (1, 3))
+    loss_1, grads_1 = one.loss_and_grads(x, y)
+    loss_3, grads_3 = three.loss_and_grads(x, y)
+    assert loss_3 == pytest.approx(loss_1, rel=1e-12)
+    for key, g in grads_1.items():
+        np.testing.assert_allclose(grads_3[key], g, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(three.logits(x), one.logits(x), rtol=1e-12, atol=1e-12)
+
+
+def test_threaded_training_is_deterministic() -> None:
+    x, y = _batch(100, seed=4)
+    runs = []
+    for _ in range(2):
+        model = NumpyModel("cnn", init_params("cnn", 3), optimizer="adam", threads=2)
+        for _ in range(3):
+            model.train_step(x, y, 1e-3)
+        runs.append(model.params)
+    for key, p in runs[0].items():
+        np.testing.assert_array_equal(p, runs[1][key])
+
+
 def test_logits_of_no_images() -> None:
     for name in ("mlp128", "cnn"):
         logits = NumpyModel(name, init_params(name, 0)).logits(np.zeros((0, 28, 28, 1)))
         assert logits.shape == (0, 10) and logits.dtype == np.float32
-
-
-def test_inference_chunks() -> None:
-    # conv2's im2col matrix is 196 x 144 floats per image; 3 MB holds 27 of them.
-    assert image_chunk("cnn") == 27
-    model = NumpyModel("cnn", init_params("cnn", 0))
-    assert [len(layers) for layers, _ in model._inference_stages] == [2, 4]
-    assert [chunk for _, chunk in model._inference_stages] == [27, MAX_EVAL_CHUNK]
-    # The MLPs start with Flatten: everything runs in the second stage.
-    assert len(NumpyModel("linear", init_params("linear", 0))._inference_stages[0][0]) == 0
-
 
 # -- independence from TensorFlow ----------------------------------------------------
 

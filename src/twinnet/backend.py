@@ -27,7 +27,7 @@ class Backend(Protocol):
     """What either twin offers; see the module docstring for shapes."""
 
     backend: str  # "tf" or "numpy"
-    model: str  # one of twinnet.models.MODEL_NAMES
+    model_name: str  # one of twinnet.models.MODEL_NAMES
     optimizer: str  # "sgd" or "adam"
 
     @property

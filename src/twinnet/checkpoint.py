@@ -73,7 +73,7 @@ def restore_checkpoint(arrays: dict[str, np.ndarray], state: dict[str, Any], mod
     from twinnet.weights import check_params
 
     params = {k.removeprefix("params/"): v for k, v in arrays.items() if k.startswith("params/")}
-    check_params(model.model, params, "checkpoint")
+    check_params(model.model_name, params, "checkpoint")
     model.set_params(params)
     model.set_optimizer_state({k.removeprefix("optimizer/"): v for k, v in arrays.items()
                                if k.startswith("optimizer/")})

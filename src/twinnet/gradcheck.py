@@ -2,12 +2,14 @@
 
 Two levels:
 
-- ``check_layers``: every layer alone (Dense, ReLU, Conv2D, MaxPool2D, Flatten) and the
-  softmax cross-entropy. A layer is checked through the scalar
+- ``check_layers``: every reference layer alone (Dense, ReLU, Conv2D, MaxPool2D,
+  Flatten, from ``numpy_nn.layers``) and the softmax cross-entropy. A layer is checked
+  through the scalar
   ``f = sum(forward(x) * upstream)`` with a fixed random ``upstream``, whose gradient
   is exactly what ``backward(upstream)`` returns (dx) and stores (dW, db).
-- ``check_model``: a whole model, ``NumpyModel(dtype=float64).loss_and_grads`` on a
-  small random batch, against finite differences of the same mean loss.
+- ``check_model``: a whole model as it trains, ``NumpyModel(dtype=float64)`` with its
+  fused blocks, ``loss_and_grads`` on a small random batch, against finite differences
+  of the same mean loss.
 
 Numerical derivative: ``(f(t + eps) - f(t - eps)) / (2 eps)``, eps = 1e-5 for models
 and 1e-3 for the piecewise-linear layers (see the constants below for why); a step
@@ -29,9 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from twinnet import models
-from twinnet.numpy_nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from twinnet.numpy_nn.blocks import ConvReLUPool, DenseBlock
+from twinnet.numpy_nn.layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
 from twinnet.numpy_nn.losses import softmax_cross_entropy
-from twinnet.numpy_nn.network import NumpyModel
+from twinnet.numpy_nn.network import NumpyModel, forward
 
 # 1e-5 rather than 1e-6: the rounding error of f (~1e-16 |f|) divided by eps must stay
 # well below 1e-6 of the smaller gradient entries; kinks crossed by the larger step
@@ -140,17 +143,23 @@ def numeric_grad(
     return out
 
 
-def _kink_pattern(layers: list) -> Callable[[], bytes]:
-    """The ReLU masks and max-pool arg-max masks of ``layers``' last forward, as bytes."""
+def _kink_pattern(parts: list) -> Callable[[], bytes]:
+    """The on/off pattern of every kink in ``parts``' last training forward, as bytes: the
+    ReLU masks and max-pool arg-max masks of reference layers and of fused blocks."""
+
+    def masks(part: object) -> list[np.ndarray]:
+        if isinstance(part, ReLU):
+            return [part.cache]
+        if isinstance(part, MaxPool2D):
+            return [part.routing]
+        if isinstance(part, ConvReLUPool):
+            return [part.cache[2], part.cache[3]]  # arg-max routing, ReLU mask
+        if isinstance(part, DenseBlock) and part.relu:
+            return [part.cache[1]]
+        return []
 
     def pattern() -> bytes:
-        parts = []
-        for layer in layers:
-            if isinstance(layer, ReLU):
-                parts.append(np.packbits(layer.cache_mask).tobytes())
-            elif isinstance(layer, MaxPool2D):
-                parts.extend(np.packbits(m).tobytes() for m in layer.cache_masks)
-        return b"|".join(parts)
+        return b"|".join(np.packbits(m).tobytes() for part in parts for m in masks(part))
 
     return pattern
 
@@ -163,10 +172,7 @@ def _row(
     return GradcheckRow(target, parameter, err, err <= THRESHOLD)
 
 
-def _check_layer(
-    target: str, layer: Dense | Conv2D | ReLU | MaxPool2D | Flatten, x: np.ndarray,
-    rng: np.random.Generator,
-) -> list[GradcheckRow]:
+def _check_layer(target: str, layer: Layer, x: np.ndarray, rng: np.random.Generator) -> list[GradcheckRow]:
     """Check dx and (if any) dW, db of ``layer`` at input ``x`` via f = sum(out * upstream)."""
     upstream = rng.standard_normal(layer.forward(x).shape)
 
@@ -194,8 +200,7 @@ def check_layers(seed: int = 0) -> list[GradcheckRow]:
     """Gradient-check every layer type alone and the softmax cross-entropy, in float64.
 
     Small shapes: Dense (4, 5) -> (4, 3); ReLU (3, 4, 5); Conv2D (2, 5, 6, 3) -> 4
-    channels; MaxPool2D (2, 4, 6, 3); window-major Conv2D (2, 4, 6, 3) -> 4 channels
-    and MaxPool2D (4, 2, 2, 3, 3); Flatten (2, 3, 4, 2); softmax-CE logits (5, 7).
+    channels; MaxPool2D (2, 4, 6, 3); Flatten (2, 3, 4, 2); softmax-CE logits (5, 7).
     """
     rng = np.random.default_rng(seed)
     rows: list[GradcheckRow] = []
@@ -209,13 +214,6 @@ def check_layers(seed: int = 0) -> list[GradcheckRow]:
     rows += _check_layer("layer:Conv2D", conv, rng.standard_normal((2, 5, 6, 3)), rng)
 
     rows += _check_layer("layer:MaxPool2D", MaxPool2D(), rng.standard_normal((2, 4, 6, 3)), rng)
-
-    # The window-major variants the cnn trains with (a conv that a max-pool follows).
-    conv = Conv2D(rng.standard_normal((3, 3, 3, 4)), rng.standard_normal(4), window_major=True)
-    rows += _check_layer("layer:Conv2D(window-major)", conv, rng.standard_normal((2, 4, 6, 3)), rng)
-    pool = MaxPool2D(window_major=True)
-    rows += _check_layer("layer:MaxPool2D(window-major)", pool,
-                         rng.standard_normal((4, 2, 2, 3, 3)), rng)
 
     rows += _check_layer("layer:Flatten", Flatten(), rng.standard_normal((2, 3, 4, 2)), rng)
 
@@ -240,19 +238,19 @@ def check_model(name: str, seed: int = 0) -> list[GradcheckRow]:
     for key in params:
         if key.endswith("/b"):
             params[key] = 0.1 * rng.standard_normal(params[key].shape)
-    model = NumpyModel(name, params, dtype=np.float64)
+    model = NumpyModel(name, params, dtype=np.float64, threads=1)
     x = rng.standard_normal((MODEL_BATCH, *models.IMAGE_SHAPE))
     y = rng.integers(0, models.NUM_CLASSES, size=MODEL_BATCH)
     _, grads = model.loss_and_grads(x, y)
 
-    # Perturb the model's own arrays in place: the layers hold them by reference,
+    # Perturb the model's own arrays in place: the blocks hold them by reference,
     # whereas model.params returns copies.
     live = model._params
 
     def f() -> float:
         # The same mean loss that loss_and_grads differentiates, through the training
         # forward, which caches the ReLU and max-pool masks that _kink_pattern reads.
-        return softmax_cross_entropy(model._forward(x), y)[0]
+        return softmax_cross_entropy(forward(model.blocks, x, train=True), y)[0]
 
     rows = []
     for key, p in live.items():
@@ -260,7 +258,7 @@ def check_model(name: str, seed: int = 0) -> list[GradcheckRow]:
             index = np.arange(p.size)
         else:
             index = np.sort(rng.choice(p.size, size=ENTRIES_PER_PARAM, replace=False))
-        numeric = numeric_grad(f, p, index, pattern=_kink_pattern(model.layers))
+        numeric = numeric_grad(f, p, index, pattern=_kink_pattern(model.blocks))
         analytic = grads[key].reshape(-1)[index]
         rows.append(_row(name, key, analytic, numeric, MODEL_DENOMINATOR_FLOOR))
     return rows

@@ -8,6 +8,7 @@ import numpy as np
 
 from twinnet.models import NUM_CLASSES
 from twinnet.numpy_nn.losses import log_softmax
+from twinnet.util import in_chunks
 
 if TYPE_CHECKING:
     from twinnet.backend import Backend
@@ -36,7 +37,7 @@ def confusion_matrix(predicted: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def predict_logits(model: Backend, x: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
     """Logits (N, 10) for images x (N, 28, 28, 1), in batches to bound memory."""
-    return np.concatenate([model.logits(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    return in_chunks(model.logits, x, batch_size)
 
 
 def evaluate(model: Backend, x: np.ndarray, y: np.ndarray) -> dict:

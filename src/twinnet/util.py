@@ -1,14 +1,16 @@
-"""Small helpers shared by every module that writes files."""
+"""Small helpers shared across the package: atomic file writes, chunked array work."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 @contextmanager
@@ -39,3 +41,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def in_chunks(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, size: int) -> np.ndarray:
+    """``fn`` applied to x[0:size], x[size:2*size], ... and the results concatenated along
+    axis 0: the one place where work on many images is cut to bound memory. x has at
+    least one row."""
+    return np.concatenate([fn(x[i:i + size]) for i in range(0, len(x), size)])

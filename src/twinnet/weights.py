@@ -45,9 +45,11 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def check_params(model: str, params: dict[str, np.ndarray], source: str = "parameters") -> None:
-    """Raise WeightsError unless ``params`` has exactly the keys, shapes and dtype of ``model``,
-    with finite values. ``source`` names the file in the message."""
+def check_params(model: str, params: dict[str, np.ndarray], source: str = "parameters",
+                 dtype: np.dtype | type | None = np.float32) -> None:
+    """Raise WeightsError unless ``params`` has exactly the keys and shapes of ``model``, with
+    finite values of ``dtype`` (any floating dtype if None). ``source`` names the file in
+    the message. The one parameter validator: weights files, checkpoints and both twins."""
     expected = param_shapes(model)
     missing = [k for k in expected if k not in params]
     extra = [k for k in params if k not in expected]
@@ -56,9 +58,11 @@ def check_params(model: str, params: dict[str, np.ndarray], source: str = "param
     if extra:
         raise WeightsError(f"{source}: unexpected key(s) {', '.join(extra)} for model {model!r}")
     for key, shape in expected.items():
-        value = params[key]
-        if value.dtype != np.float32:
-            raise WeightsError(f"{source}: {key} has dtype {value.dtype}, expected float32")
+        value = np.asarray(params[key])
+        if dtype is not None and value.dtype != dtype:
+            raise WeightsError(f"{source}: {key} has dtype {value.dtype}, expected {np.dtype(dtype)}")
+        if dtype is None and value.dtype.kind != "f":
+            raise WeightsError(f"{source}: {key} has dtype {value.dtype}, expected floating point")
         if value.shape != shape:
             raise WeightsError(f"{source}: {key} has shape {value.shape}, expected {shape}")
         if not np.all(np.isfinite(value)):

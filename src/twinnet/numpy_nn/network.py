@@ -1,152 +1,167 @@
 """``NumpyModel``: one of the four models on the NumPy twin (the Backend protocol).
 
-The layer objects are built from ``twinnet.models.get_spec``; their weights are the
-very arrays of ``self._params`` (canonical names and layouts of
-``twinnet.models.param_shapes``), so the optimizer's in-place updates reach them.
+The network is one list of blocks (``blocks.py``) built from the model's spec. Training
+and inference run the same list; inference passes ``train=False``. Both use every core:
+a batch is split into one contiguous part per thread, each thread runs the blocks on its
+part with single-threaded BLAS, and the parts' gradients are added in a fixed order, so
+the same seed, thread count and machine give the same bits.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import cache
+
 import numpy as np
 
 from twinnet import models
-from twinnet.numpy_nn.layers import Conv2D, ConvReLUPool, Dense, Flatten, MaxPool2D, ReLU
+from twinnet.numpy_nn import layers
+from twinnet.numpy_nn.blocks import Block, ConvReLUPool, DenseBlock, FlattenBlock
 from twinnet.numpy_nn.losses import softmax_cross_entropy
 from twinnet.numpy_nn.optimizers import make_optimizer
+from twinnet.util import in_chunks
+from twinnet.weights import check_params
 
-NumpyLayer = Dense | Conv2D | ReLU | MaxPool2D | Flatten
-
-# logits() runs in two stages, each in chunks of images. The layers before Flatten
-# (convolutions, on images) take chunks whose largest intermediate array stays near
-# IMAGE_CHUNK_BYTES, inside the CPU caches: for the cnn (conv2's im2col matrix, 196 x
-# 144 floats per image) that is 27 images, measured faster than 50 or more
-# (docs/performance.md). The layers from Flatten on (dense, on vectors of at most 784
-# floats) take MAX_EVAL_CHUNK images at once: larger matmuls run nearer the BLAS peak
-# and pay the per-chunk Python overhead less often.
+# Inference runs the blocks before Flatten (on images) in chunks whose largest array stays
+# near IMAGE_CHUNK_BYTES, inside the CPU caches, and the blocks from Flatten on (dense
+# layers) in chunks of up to MAX_EVAL_CHUNK images, where larger matmuls run nearer the
+# BLAS peak (docs/performance.md, "Inference chunks").
 IMAGE_CHUNK_BYTES = 3 << 20
 MAX_EVAL_CHUNK = 1000
 
 
-def image_chunk(model: str, itemsize: int = 4) -> int:
-    """Images per inference chunk for the layers of ``model`` before its Flatten:
-    IMAGE_CHUNK_BYTES over the largest per-image array there (an im2col matrix, a
-    conv output or the input), at most MAX_EVAL_CHUNK."""
-    height, width = models.IMAGE_SHAPE[:2]
-    largest = height * width * models.IMAGE_SHAPE[2]
-    for spec in models.get_spec(model):
+def build_blocks(model_name: str, params: dict[str, np.ndarray]) -> list[Block]:
+    """The blocks of ``model_name`` over ``params`` (held by reference), in spec order:
+    conv -> ReLU -> max-pool runs become ConvReLUPool, dense [-> ReLU] a DenseBlock.
+
+    The first block with parameters gets ``needs_input_grad=False``: below it lies only
+    the image, whose gradient nobody needs.
+    """
+    specs = list(models.get_spec(model_name))
+    blocks: list[Block] = []
+    while specs:
+        spec = specs.pop(0)
+        first = not any(isinstance(b, ConvReLUPool | DenseBlock) for b in blocks)
         if isinstance(spec, models.Flatten):
-            break
+            blocks.append(FlattenBlock())
+            continue
+        if not isinstance(spec, models.Dense | models.Conv2D):
+            raise ValueError(f"{model_name}: no NumPy block starts with {spec!r}")
+        W, b = params[f"{spec.name}/W"], params[f"{spec.name}/b"]
+        follows = [type(s) for s in specs[:2]]
         if isinstance(spec, models.Conv2D):
-            largest = max(largest, height * width * spec.size**2 * spec.c_in,
-                          height * width * spec.c_out)
+            if follows != [models.ReLU, models.MaxPool2D] or specs[1].size != 2:
+                raise ValueError(f"{model_name}: {spec.name} must be followed by ReLU and a 2x2 max-pool")
+            del specs[:2]
+            blocks.append(ConvReLUPool(spec.name, W, b, needs_input_grad=not first))
+        else:
+            relu = follows[:1] == [models.ReLU]
+            del specs[:relu]
+            blocks.append(DenseBlock(spec.name, W, b, relu, needs_input_grad=not first))
+    return blocks
+
+
+def reference_layers(model_name: str, params: dict[str, np.ndarray]) -> list[tuple[str | None, layers.Layer]]:
+    """The model as reference layers (``layers.py``), one per spec layer, each with the
+    parameter name prefix it reads (``"conv1"``) or None; for checks and for reading."""
+    built: list[tuple[str | None, layers.Layer]] = []
+    for spec in models.get_spec(model_name):
+        if isinstance(spec, models.Dense | models.Conv2D):
+            cls = layers.Dense if isinstance(spec, models.Dense) else layers.Conv2D
+            built.append((spec.name, cls(params[f"{spec.name}/W"], params[f"{spec.name}/b"])))
         elif isinstance(spec, models.MaxPool2D):
-            height, width = height // spec.size, width // spec.size
-    return max(1, min(MAX_EVAL_CHUNK, IMAGE_CHUNK_BYTES // (largest * itemsize)))
+            built.append((None, layers.MaxPool2D()))
+        else:
+            built.append((None, layers.ReLU() if isinstance(spec, models.ReLU) else layers.Flatten()))
+    return built
 
 
-def run_in_chunks(layers: list, x: np.ndarray, chunk: int) -> np.ndarray:
-    """The inference forward of ``layers`` over x, ``chunk`` samples at a time."""
-    def forward(batch: np.ndarray) -> np.ndarray:
-        for layer in layers:
-            batch = layer.forward(batch, train=False)
-        return batch
+def image_chunk(model_name: str, itemsize: int = 4) -> int:
+    """Images per inference chunk for the blocks before Flatten: IMAGE_CHUNK_BYTES over the
+    largest per-image array there (an im2col matrix, a conv output or the input)."""
+    largest = 1
+    for step in models.walk(model_name):
+        if isinstance(step.layer, models.Flatten):
+            break
+        largest = max(largest, np.prod(step.inp), np.prod(step.out))
+        if isinstance(step.layer, models.Conv2D):
+            largest = max(largest, np.prod(step.out[:2]) * step.layer.size**2 * step.layer.c_in)
+    return int(max(1, min(MAX_EVAL_CHUNK, IMAGE_CHUNK_BYTES // (largest * itemsize))))
 
-    return np.concatenate([forward(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+
+@cache
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="twinnet-numpy")
 
 
-def conv_pool_runs(specs: tuple[models.Layer, ...]) -> set[int]:
-    """Indices i where ``specs[i:i + 3]`` is Conv2D, ReLU, MaxPool2D."""
-    kinds = [type(spec) for spec in specs]
-    return {i for i in range(len(specs))
-            if kinds[i:i + 3] == [models.Conv2D, models.ReLU, models.MaxPool2D]}
+@cache
+def _blas_controller():  # noqa: ANN202 (a threadpoolctl.ThreadpoolController)
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread inside: our own threads split the work instead."""
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        yield
+
+
+def blas_threads() -> int:
+    """BLAS's thread count now (e.g. 1 in a report worker given one core), else the cores."""
+    from threadpoolctl import threadpool_info
+
+    counts = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    return max(counts, default=os.cpu_count() or 1)
+
+
+def forward(blocks: list[Block], x: np.ndarray, train: bool) -> np.ndarray:
+    """Run ``blocks`` in order on x."""
+    for block in blocks:
+        x = block.forward(x, train)
+    return x
+
+
+def backward(blocks: list[Block], d: np.ndarray) -> dict[str, np.ndarray]:
+    """Run the blocks' backward passes in reverse, from d(loss)/d(logits); their gradients
+    by canonical name. Stops at the first block that returns no input gradient."""
+    grads: dict[str, np.ndarray] = {}
+    for block in reversed(blocks):
+        d = block.backward(d)
+        grads.update(block.grads)
+        if d is None:
+            break
+    return grads
 
 
 class NumpyModel:
-    """Model ``model`` trained by hand-derived backpropagation in NumPy.
+    """Model ``model_name`` trained by hand-derived backpropagation in NumPy.
 
     Shapes: x (N, 28, 28, 1) NHWC with pixels in [0, 1], cast to ``dtype``; y (N,)
-    integer labels; logits (N, 10). ``params`` maps canonical names (``dense1/W``,
-    ``conv1/b`` ...) to arrays of the shapes in ``twinnet.models.param_shapes``.
-    ``dtype`` is float32 for training and float64 for gradient checks; every array
-    the model holds or returns is of that dtype.
+    integer labels; logits (N, 10). ``params`` maps canonical names (``dense1/W`` ...)
+    to arrays of the shapes in ``twinnet.models.param_shapes``. ``dtype`` is float32 for
+    training and float64 for gradient checks. ``threads`` (default: BLAS's thread count)
+    is how many parts a batch is split into; results depend on it only by rounding.
     """
 
     backend = "numpy"
 
-    def __init__(
-        self,
-        model: str,
-        params: dict[str, np.ndarray],
-        optimizer: str = "sgd",
-        dtype: type[np.floating] | np.dtype = np.float32,
-    ) -> None:
-        self.model = model
+    def __init__(self, model_name: str, params: dict[str, np.ndarray], optimizer: str = "sgd",
+                 dtype: type[np.floating] | np.dtype = np.float32, threads: int | None = None) -> None:
+        self.model_name = model_name
         self.optimizer = optimizer
         self.dtype = np.dtype(dtype)
-        self._shapes = models.param_shapes(model)
-        self._check_params(params)
-        self._params = {k: np.array(params[k], dtype=self.dtype, copy=True) for k in self._shapes}
+        check_params(model_name, params, dtype=None)
+        self._params = {k: np.array(params[k], dtype=self.dtype) for k in models.param_shapes(model_name)}
         self._opt = make_optimizer(optimizer)
-        self.layers: list[NumpyLayer] = []
-        # Parametrised layers in spec order: (name, layer), for collecting grads.
-        self._param_layers: list[tuple[str, Dense | Conv2D]] = []
-        specs = models.get_spec(model)
-        pooled = conv_pool_runs(specs)
-        for i, spec in enumerate(specs):
-            # A conv that ReLU and a max-pool follow, and that max-pool, pass the conv's
-            # output in window-major layout (Conv2D): the pool then reads contiguous blocks.
-            window_major = i in pooled or i - 2 in pooled
-            self.layers.append(self._build(spec, not self._param_layers, window_major))
-        # Backward stops at the first parametrised layer: below it lies only the
-        # input (and parameter-free reshapes of it), whose gradient nobody needs.
-        self._first_param_index = next(
-            i for i, layer in enumerate(self.layers) if isinstance(layer, Dense | Conv2D)
-        )
-        # Inference runs each conv -> ReLU -> max-pool as one ConvReLUPool sharing the
-        # conv's weights: the same function, without caches, pooling before the bias
-        # and ReLU. Training keeps the three layers, whose caches the backward follows.
-        self._inference_layers = [
-            ConvReLUPool(layer) if i in pooled else layer
-            for i, layer in enumerate(self.layers)
-            if i - 1 not in pooled and i - 2 not in pooled
-        ]
-        split = next(i for i, layer in enumerate(self._inference_layers)
-                     if isinstance(layer, Flatten))
-        # (layers, images per chunk): the image stage, empty for the MLPs, then the rest.
-        self._inference_stages = [
-            (self._inference_layers[:split], image_chunk(model, self.dtype.itemsize)),
-            (self._inference_layers[split:], MAX_EVAL_CHUNK),
-        ]
-
-    def _build(self, spec: models.Layer, first: bool, window_major: bool) -> NumpyLayer:
-        if isinstance(spec, models.Dense | models.Conv2D):
-            W, b = self._params[f"{spec.name}/W"], self._params[f"{spec.name}/b"]
-            if isinstance(spec, models.Dense):
-                layer = Dense(W, b, needs_input_grad=not first)
-            else:
-                layer = Conv2D(W, b, needs_input_grad=not first, window_major=window_major)
-            self._param_layers.append((spec.name, layer))
-            return layer
-        if isinstance(spec, models.ReLU):
-            return ReLU()
-        if isinstance(spec, models.MaxPool2D):
-            if spec.size != 2:
-                raise ValueError(f"MaxPool2D supports size 2 only, got {spec.size}")
-            return MaxPool2D(window_major=window_major)
-        if isinstance(spec, models.Flatten):
-            return Flatten()
-        raise TypeError(f"no NumPy layer for spec {spec!r}")
-
-    def _check_params(self, params: dict[str, np.ndarray]) -> None:
-        if set(params) != set(self._shapes):
-            raise ValueError(
-                f"{self.model}: expected parameters {sorted(self._shapes)}, got {sorted(params)}"
-            )
-        for key, shape in self._shapes.items():
-            if tuple(np.shape(params[key])) != shape:
-                raise ValueError(
-                    f"{self.model}: {key} has shape {np.shape(params[key])}, expected {shape}"
-                )
+        self.threads = max(1, threads if threads is not None else blas_threads())
+        # One list of blocks per thread: each keeps the caches of its own part of a batch.
+        self._replicas = [build_blocks(model_name, self._params) for _ in range(self.threads)]
+        self.blocks = self._replicas[0]
 
     # -- parameters ---------------------------------------------------------------
 
@@ -157,90 +172,102 @@ class NumpyModel:
 
     def set_params(self, params: dict[str, np.ndarray]) -> None:
         """Replace all parameters (copied into the existing arrays, cast to ``self.dtype``)."""
-        self._check_params(params)
+        check_params(self.model_name, params, dtype=None)
         for key, p in self._params.items():
             np.copyto(p, params[key], casting="unsafe")
 
-    # -- forward / backward -------------------------------------------------------
+    # -- running the blocks on every thread ---------------------------------------
 
-    def _forward(self, x: np.ndarray) -> np.ndarray:
-        """The training forward: the spec's layers in order, each caching what its
-        backward needs."""
-        for layer in self.layers:
-            x = layer.forward(x)
-        return x
+    def _on_threads(self, work: Callable[[list[Block], slice], object], n: int) -> list:
+        """``work(blocks, part)`` for contiguous parts of range(n), one per thread (fewer
+        if n is small), each thread with its own blocks; results in part order."""
+        bounds = np.linspace(0, n, min(self.threads, max(n, 1)) + 1).astype(int)
+        parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        if len(parts) == 1:
+            return [work(self.blocks, parts[0])]
+        with one_blas_thread():
+            futures = [_thread_pool(self.threads).submit(work, blocks, part)
+                       for blocks, part in zip(self._replicas, parts, strict=False)]
+            return [future.result() for future in futures]
 
-    def _backward(self, dlogits: np.ndarray) -> dict[str, np.ndarray]:
-        d = dlogits
-        for layer in reversed(self.layers[self._first_param_index:]):
-            d = layer.backward(d)
-        grads: dict[str, np.ndarray] = {}
-        for name, layer in self._param_layers:
-            grads[f"{name}/W"] = layer.grads["W"]
-            grads[f"{name}/b"] = layer.grads["b"]
-        return grads
-
-    def _inputs(self, x: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _inputs(self, x: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         x = np.asarray(x, dtype=self.dtype)
         if x.ndim == 3:  # (N, 28, 28) without the channel axis
             x = x[..., None]
-        labels = None if y is None else np.asarray(y).astype(np.intp, copy=False)
-        return x, labels
+        return x, None if y is None else np.asarray(y).astype(np.intp, copy=False)
+
+    def _loss_correct_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int, dict[str, np.ndarray]]:
+        """Mean loss, number correct and gradients of the whole batch, from its parts."""
+        x, y = self._inputs(x, y)
+
+        def part_step(blocks: list[Block], part: slice) -> tuple[float, int, dict[str, np.ndarray]]:
+            logits = forward(blocks, x[part], train=True)
+            correct = int(np.count_nonzero(logits.argmax(axis=1) == y[part]))
+            loss, dlogits = softmax_cross_entropy(logits, y[part], total=len(x))
+            return loss, correct, backward(blocks, dlogits)
+
+        results = self._on_threads(part_step, len(x))
+        loss, correct, grads = results[0]
+        grads = {key: grads[key] for key in self._params}  # canonical order
+        for part_loss, part_correct, part_grads in results[1:]:
+            loss += part_loss
+            correct += part_correct
+            for key, g in part_grads.items():
+                grads[key] = grads[key] + g
+        return loss, correct, grads
+
+    # -- the Backend protocol -----------------------------------------------------
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        """Inference forward pass: x (N, 28, 28, 1) -> logits (N, 10) of ``self.dtype``.
-
-        The inference layers (no caches, ``ConvReLUPool`` blocks) run in two stages:
-        those before Flatten in chunks of ``image_chunk(model)`` images, the rest in
-        chunks of MAX_EVAL_CHUNK. The logits are those of the training forward.
-        """
+        """Inference forward pass: x (N, 28, 28, 1) -> logits (N, 10) of ``self.dtype``;
+        the same values as the training forward."""
         x, _ = self._inputs(x)
         if len(x) == 0:
             return np.zeros((0, models.NUM_CLASSES), dtype=self.dtype)
-        for layers, chunk in self._inference_stages:
-            if layers:
-                x = run_in_chunks(layers, x, chunk)
-        return x
+        flat = next(i for i, block in enumerate(self.blocks) if isinstance(block, FlattenBlock))
+        chunk = image_chunk(self.model_name, self.dtype.itemsize)
+
+        def part_logits(blocks: list[Block], part: slice) -> np.ndarray:
+            features = in_chunks(lambda c: forward(blocks[:flat], c, train=False), x[part], chunk)
+            return in_chunks(lambda c: forward(blocks[flat:], c, train=False), features, MAX_EVAL_CHUNK)
+
+        return np.concatenate(self._on_threads(part_logits, len(x)))
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         """Mean softmax cross-entropy of the batch and d(loss)/d(param) for every parameter.
 
         x (N, 28, 28, 1), y (N,) -> (loss, {canonical name: gradient of the param's shape}).
         """
-        x, y = self._inputs(x, y)
-        loss, dlogits = softmax_cross_entropy(self._forward(x), y)
-        return loss, self._backward(dlogits)
+        loss, _, grads = self._loss_correct_grads(x, y)
+        return loss, grads
 
     def apply(self, grads: dict[str, np.ndarray], lr: float) -> None:
         """One optimizer update with learning rate ``lr`` (Keras semantics), in place."""
-        grads = {k: np.asarray(grads[k], dtype=self.dtype) for k in self._params}
-        self._opt.step(self._params, grads, lr)
+        self._opt.step(self._params, {k: np.asarray(grads[k], dtype=self.dtype) for k in self._params}, lr)
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
-        """One forward, one backward, one update; returns (mean loss, number correct)
-        of the batch, both measured before the update."""
-        x, y = self._inputs(x, y)
-        logits = self._forward(x)
-        correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
-        loss, dlogits = softmax_cross_entropy(logits, y)
-        self._opt.step(self._params, self._backward(dlogits), lr)
+        """One forward, one backward, one update; returns (mean loss, number correct) of the
+        batch, both measured before the update."""
+        loss, correct, grads = self._loss_correct_grads(x, y)
+        self._opt.step(self._params, grads, lr)
         return loss, correct
 
     # -- optimizer state ----------------------------------------------------------
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """The optimizer's slots: for Adam ``<param>/m``, ``<param>/v``, ``iterations``;
-        empty for SGD."""
+        only ``iterations`` for SGD."""
         return self._opt.state()
 
     def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore what ``optimizer_state`` returned (slots cast to ``self.dtype``)."""
+        shapes = models.param_shapes(self.model_name)
         state = dict(state)
         for key, arr in state.items():
             if key == "iterations":
                 continue
             param = key.rsplit("/", 1)[0]
-            if param not in self._shapes or np.shape(arr) != self._shapes[param]:
-                raise ValueError(f"optimizer state {key!r} does not match model {self.model}")
+            if param not in shapes or np.shape(arr) != shapes[param]:
+                raise ValueError(f"optimizer state {key!r} does not match model {self.model_name}")
             state[key] = np.asarray(arr, dtype=self.dtype)
         self._opt.set_state(state)

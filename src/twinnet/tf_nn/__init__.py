@@ -79,7 +79,7 @@ class TFModel:
     def __init__(self, model: str, params: dict[str, np.ndarray], optimizer: str = "sgd",
                  seed: int = 0, dtype: str = "float32") -> None:
         keras.utils.set_random_seed(seed)
-        self.model = model
+        self.model_name = model
         self.optimizer = optimizer
         self.dtype = tf.as_dtype(dtype)
         self.network, self._variables = build_network(model, dtype)

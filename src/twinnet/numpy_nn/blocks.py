@@ -1,0 +1,138 @@
+"""The blocks the NumPy twin's network is made of: fused layers built from ``kernels.py``.
+
+A block computes exactly what a run of reference layers (``layers.py``) computes, and a
+test holds it equal to that composition, values and gradients:
+
+- ``ConvReLUPool``: Conv2D -> ReLU -> MaxPool2D (the cnn's two convolutional stages);
+- ``DenseBlock``: Dense, or Dense -> ReLU;
+- ``FlattenBlock``: Flatten.
+
+Every block has ``forward(x, train=True)`` and ``backward(dout)``. ``train=False``
+(inference) keeps no cache and may take shortcuts that give the same values.
+``backward`` uses the cache of the last training forward and returns d(loss)/d(input),
+or None when built with ``needs_input_grad=False`` (the first block, whose input is the
+image); blocks with parameters fill ``grads`` with their canonical names
+(``"conv1/W"`` ...). Parameters are held by reference, so in-place optimizer updates
+are seen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from twinnet.numpy_nn.kernels import (
+    PaddedBuffer,
+    add_bias,
+    column_sums,
+    im2col_3x3,
+    max_pool_blocks,
+    relu,
+    window_major_view,
+)
+
+
+class ConvReLUPool:
+    """conv 3x3 'same' -> ReLU -> 2x2 max-pool, one block (derivations, sections 4, 3, 5).
+
+    Shapes: x (N, H, W, C_in), H and W even; W (3, 3, C_in, C_out) HWIO; b (C_out,);
+    out (N, H/2, W/2, C_out).
+
+    Its layout is private: the conv output z is computed window-major, (4, N, H/2, W/2,
+    C_out) with ``z[2a + b, n, i, j] = conv(x)[n, 2i + a, 2j + b]``, by ordering the
+    im2col rows by window position, so the pool reads four contiguous blocks. Because
+    ReLU is monotonic, relu(max(z)) = max(relu(z)): ReLU runs on the pooled quarter of
+    the values, and in training its mask is kept at that size. Inference also adds the
+    bias after pooling (max(z + b) = max(z) + b).
+    """
+
+    def __init__(self, name: str, W: np.ndarray, b: np.ndarray, needs_input_grad: bool = True) -> None:
+        if W.shape[:2] != (3, 3):
+            raise ValueError(f"{name}: 3x3 kernels only, got {W.shape[:2]}")
+        self.name, self.W, self.b = name, W, b
+        self.needs_input_grad = needs_input_grad
+        self.cache: tuple | None = None
+        self.grads: dict[str, np.ndarray] = {}
+        self._xpad = PaddedBuffer()
+        self._dzpad = PaddedBuffer()
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        n, h, w, c_in = x.shape
+        if h % 2 or w % 2:
+            raise ValueError(f"{self.name}: max-pooling needs even height and width, got {h}x{w}")
+        c_out = self.W.shape[3]
+        cols = im2col_3x3(self._xpad.fill(x), pool_order=True)
+        z = (cols @ self.W.reshape(9 * c_in, c_out)).reshape(4, n, h // 2, w // 2, c_out)
+        if not train:
+            pooled = max_pool_blocks(z)
+            return relu(add_bias(pooled, self.b), out=pooled)
+        add_bias(z, self.b)
+        routing = np.empty(z.shape, dtype=bool)
+        pooled = max_pool_blocks(z, routing)
+        positive = pooled > 0
+        self.cache = (cols, x.shape, routing, positive)
+        return relu(pooled, out=pooled)
+
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
+        cols, (n, h, w, c_in), routing, positive = self.cache
+        c_out = self.W.shape[3]
+        dpooled = dout * positive  # through the ReLU
+        dz = dpooled[None] * routing  # each window's gradient to its first maximum
+        dz2d = dz.reshape(-1, c_out)  # rows in the order of cols'
+        self.grads = {f"{self.name}/W": (cols.T @ dz2d).reshape(self.W.shape),
+                      f"{self.name}/b": column_sums(dpooled.reshape(-1, c_out))}
+        if not self.needs_input_grad:
+            return None
+        # dx = 'same' correlation of dz (NHWC) with W_flip[p, q, o, c] = W[2-p, 2-q, c, o].
+        # dz goes from window-major straight into the padded buffer's interior.
+        window_major_view(self._dzpad.interior((n, h, w, c_out), dz.dtype))[...] = (
+            dz.reshape(2, 2, n, h // 2, w // 2, c_out))
+        w_flip = np.ascontiguousarray(self.W[::-1, ::-1].transpose(0, 1, 3, 2))
+        dx = im2col_3x3(self._dzpad.array) @ w_flip.reshape(9 * c_out, c_in)
+        return dx.reshape(n, h, w, c_in)
+
+
+class DenseBlock:
+    """``z = x @ W + b``, followed by ReLU when ``relu`` (derivations, sections 2 and 3).
+
+    Shapes: x (N, n_in), W (n_in, n_out), b (n_out,), out (N, n_out).
+    """
+
+    def __init__(self, name: str, W: np.ndarray, b: np.ndarray, relu: bool,
+                 needs_input_grad: bool = True) -> None:
+        self.name, self.W, self.b, self.relu = name, W, b, relu
+        self.needs_input_grad = needs_input_grad
+        self.cache: tuple | None = None
+        self.grads: dict[str, np.ndarray] = {}
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        z = add_bias(x @ self.W, self.b)
+        positive = z > 0 if (train and self.relu) else None
+        if train:
+            self.cache = (x, positive)
+        return relu(z, out=z) if self.relu else z
+
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
+        x, positive = self.cache
+        dz = np.multiply(dout, positive, out=dout) if self.relu else dout  # dout is ours to reuse
+        self.grads = {f"{self.name}/W": x.T @ dz, f"{self.name}/b": dz.sum(axis=0)}
+        return dz @ self.W.T if self.needs_input_grad else None
+
+
+class FlattenBlock:
+    """Row-major flatten (N, ...) -> (N, prod(...)); backward restores the shape."""
+
+    def __init__(self) -> None:
+        self.cache: tuple[int, ...] | None = None
+        self.grads: dict[str, np.ndarray] = {}
+        self.needs_input_grad = True
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        if train:
+            self.cache = x.shape
+        return x.reshape(len(x), -1)
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        return dout.reshape(self.cache)
+
+
+Block = ConvReLUPool | DenseBlock | FlattenBlock

@@ -1,0 +1,156 @@
+"""Measured fast primitives for the fused blocks of ``blocks.py``.
+
+Each function computes something a reference layer (``layers.py``) also computes, in
+a form that runs faster with NumPy on our CPUs; the first line of each docstring says
+what, the second why. The measurements behind them are in docs/performance.md
+("Kernels"). Nothing here is needed to understand the maths: read ``layers.py`` and
+docs/derivations.md for that.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+
+def per_image_rows(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous x (N, ...) as a 2-D view with one image per row.
+
+    The helpers below make NumPy's inner loop one image long; the contiguity check keeps
+    an in-place update from landing in a reshaped copy.
+    """
+    if not x.flags.c_contiguous:
+        raise ValueError(f"expected a C-contiguous array, got strides {x.strides}")
+    return x.reshape(len(x), math.prod(x.shape[1:]))
+
+
+def add_bias(z: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``z += b`` in place for z (N, ..., C) C-contiguous and b (C,); returns z.
+
+    The bias is tiled into one image's row first: broadcasting b (C,) directly makes one
+    inner loop of C = 16 elements per pixel, several times slower.
+    """
+    rows = per_image_rows(z)
+    rows += np.tile(b, rows.shape[1] // len(b))
+    return z
+
+
+def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``np.maximum(x, 0)`` of a C-contiguous x (N, ...) into ``out`` (may be x) or a new array.
+
+    The zeros are one image's row broadcast over N: np.maximum against the scalar 0
+    misses the vectorised loop that the maximum of two arrays takes.
+    """
+    rows = per_image_rows(x)
+    zeros = np.zeros(rows.shape[1], dtype=x.dtype)
+    if out is None:
+        return np.maximum(rows, zeros).reshape(x.shape)
+    np.maximum(rows, zeros, out=per_image_rows(out))
+    return out
+
+
+def column_sums(a: np.ndarray) -> np.ndarray:
+    """``a.sum(axis=0)`` of a 2-D array, as the matrix-vector product ``ones @ a``.
+
+    For tall, narrow gradients (78,400 x 16 for conv1) BLAS does it several times faster
+    than NumPy's reduction over axis 0.
+    """
+    return np.ones(a.shape[0], dtype=a.dtype) @ a
+
+
+class PaddedBuffer:
+    """A zero-bordered (N, H+2, W+2, C) array reused across calls of the same shape.
+
+    The one-pixel border is zeroed once and never written again, so each call copies only
+    the interior: cheaper than ``np.pad``, which allocates and zeroes every time.
+    """
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
+
+    def interior(self, shape: tuple[int, int, int, int], dtype: np.dtype) -> np.ndarray:
+        """The (N, H, W, C) interior view of a buffer for images of ``shape``."""
+        n, h, w, c = shape
+        padded = (n, h + 2, w + 2, c)
+        if self.array is None or self.array.shape != padded or self.array.dtype != dtype:
+            self.array = np.zeros(padded, dtype=dtype)
+        return self.array[:, 1:-1, 1:-1, :]
+
+    def fill(self, x: np.ndarray) -> np.ndarray:
+        """x (N, H, W, C) copied into the buffer; returns the padded (N, H+2, W+2, C) array."""
+        self.interior(x.shape, x.dtype)[...] = x
+        return self.array
+
+
+def im2col_3x3(xpad: np.ndarray, pool_order: bool = False) -> np.ndarray:
+    """The im2col matrix of ``layers.im2col_3x3``, built with long contiguous copies.
+
+    xpad (N, H+2, W+2, C) C-contiguous -> cols (N*H*W, 9*C), columns in (p, q, c) order.
+    In NHWC the three taps of one kernel row, (q, c) for q = 0..2, are 3*C adjacent
+    floats, so the copy moves runs of 3*C floats instead of C: NumPy's strided copy pays
+    per run.
+
+    ``pool_order=True`` (H and W even) orders the rows by position in the 2x2 pooling
+    window first: row ``((a*2 + b)*N + n)*(H/2)*(W/2) + i'*(W/2) + j'`` is output pixel
+    (n, 2i' + a, 2j' + b). A matmul then yields four contiguous (N*H/2*W/2, C_out)
+    blocks, one per window position, and the max-pool needs no strided access.
+
+    For C = 1 the matrix is built tap-major, (9, rows), and returned as its transpose (a
+    Fortran-ordered view that BLAS reads without a copy): a row-major copy would move
+    runs one float long.
+    """
+    n, hp, wp, c = xpad.shape
+    h, w = hp - 2, wp - 2
+    s_n, s_h, s_w, s_c = xpad.strides
+    if s_w != c * s_c:
+        raise ValueError("im2col_3x3 needs a C-contiguous NHWC array")
+    if c == 1:
+        # windows[n, i, j, p, q] = xpad[n, i+p, j+q, 0]
+        windows = as_strided(xpad, shape=(n, h, w, 3, 3), strides=(s_n, s_h, s_w, s_h, s_w),
+                             writeable=False)
+        taps = windows.transpose(3, 4, 0, 1, 2)  # (3, 3, N, H, W)
+        if pool_order:
+            taps = taps.reshape(3, 3, n, h // 2, 2, w // 2, 2).transpose(0, 1, 4, 6, 2, 3, 5)
+        cols_t = np.empty(taps.shape, dtype=xpad.dtype)
+        np.copyto(cols_t, taps)
+        return cols_t.reshape(9, -1).T
+    # windows[n, i, j, p, q*C + c] = xpad[n, i+p, j+q, c]: the last axis is contiguous.
+    windows = as_strided(xpad, shape=(n, h, w, 3, 3 * c), strides=(s_n, s_h, s_w, s_h, s_c),
+                         writeable=False)
+    if pool_order:
+        windows = windows.reshape(n, h // 2, 2, w // 2, 2, 3, 3 * c).transpose(2, 4, 0, 1, 3, 5, 6)
+    cols = np.empty(windows.shape, dtype=xpad.dtype)
+    np.copyto(cols, windows)
+    return cols.reshape(-1, 9 * c)
+
+
+def window_major_view(x: np.ndarray) -> np.ndarray:
+    """An NHWC array x (N, H, W, C) seen as (2, 2, N, H/2, W/2, C): ``[a, b, n, i, j]`` is
+    pixel (n, 2i + a, 2j + b). A view; assigning a window-major array to it writes NHWC."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).transpose(2, 4, 0, 1, 3, 5)
+
+
+def max_pool_blocks(z: np.ndarray, routing: np.ndarray | None = None) -> np.ndarray:
+    """2x2 max-pooling of a window-major z (4, N, H/2, W/2, C) -> (N, H/2, W/2, C).
+
+    Three elementwise maxima of contiguous blocks: faster than a reduction over strided
+    window axes. If ``routing`` (bool, z's shape) is given it receives the first-arg-max
+    mask of each window (window order (0,0), (0,1), (1,0), (1,1), as MaxPool2D).
+    """
+    a, b, c, d = z
+    out = np.maximum(a, b)
+    np.maximum(out, c, out=out)
+    np.maximum(out, d, out=out)
+    if routing is not None:
+        # Mutually exclusive: "is a max" > "taken by an earlier position" means "is a max
+        # and not taken". The last position takes what is left, NaN windows included.
+        np.equal(a, out, out=routing[0])
+        np.greater(b == out, routing[0], out=routing[1])
+        taken = routing[0] | routing[1]
+        np.greater(c == out, taken, out=routing[2])
+        taken |= routing[2]
+        np.logical_not(taken, out=routing[3])
+    return out
