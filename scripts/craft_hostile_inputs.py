@@ -27,8 +27,10 @@ import numpy as np
 from PIL import Image
 
 from twinnet.models import init_params
-from twinnet.weights import MAX_ENTRY_BYTES, save_weights
+from twinnet.weights import save_weights
 
+# The per-member cap of the reader before issue 16: each member could hold this much.
+OLD_MAX_ENTRY_BYTES = 64 << 20
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -61,7 +63,7 @@ def craft(out: Path) -> dict[str, Path]:
     np.save(meta_npy, meta)
 
     # 36 unknown members, each just under the old per-member cap: 2.3 GB decompressed.
-    just_under = MAX_ENTRY_BYTES - 4096
+    just_under = OLD_MAX_ENTRY_BYTES - 4096
     files["npz-bomb.npz"] = out / "npz-bomb.npz"
     zip_members(files["npz-bomb.npz"], {f"p{i:02d}.npy": just_under for i in range(36)})
 
