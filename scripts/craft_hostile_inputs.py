@@ -67,6 +67,11 @@ def craft(out: Path) -> dict[str, Path]:
     files["npz-bomb.npz"] = out / "npz-bomb.npz"
     zip_members(files["npz-bomb.npz"], {f"p{i:02d}.npy": just_under for i in range(36)})
 
+    # Four unknown keys, each inflating to 64 MB: refused from the directory, by name.
+    files["unknown-keys.npz"] = out / "unknown-keys.npz"
+    zip_members(files["unknown-keys.npz"], {"meta.npy": meta_npy.getvalue(),
+                                            **{f"x{i}.npy": just_under for i in range(4)}})
+
     # A known key whose member inflates far beyond any model's array.
     files["inflated-member.npz"] = out / "inflated-member.npz"
     zip_members(files["inflated-member.npz"],
@@ -96,6 +101,14 @@ def craft(out: Path) -> dict[str, Path]:
     files["huge.png"] = out / "huge.png"
     Image.new("L", (10_000, 10_000)).save(files["huge.png"], optimize=True)
 
+    # The largest image accepted (6000 x 6000 RGBA, 36 MP, under predict.MAX_PIXELS):
+    # the worst case of memory that predict still works through.
+    files["largest-accepted.png"] = out / "largest-accepted.png"
+    largest = Image.new("RGBA", (6000, 6000), (255, 255, 255, 255))
+    largest.paste((0, 0, 0, 255), (2500, 1500, 3500, 4500))
+    largest.save(files["largest-accepted.png"])
+    del largest
+
     # A float TIFF with a NaN and an Inf pixel, among good images.
     pixels = np.zeros((60, 60), dtype=np.float32)
     pixels[15:45, 28:32] = 1.0
@@ -111,7 +124,7 @@ def commands(files: dict[str, Path]) -> list[tuple[str, Path, list[str]]]:
     """(label, the hostile file, twinnet arguments) for every measured command."""
     good = str(files["good-weights.npz"])
     rows = []
-    for name in ("npz-bomb.npz", "inflated-member.npz", "many-members.npz"):
+    for name in ("npz-bomb.npz", "unknown-keys.npz", "inflated-member.npz", "many-members.npz"):
         rows.append((name, files[name], ["evaluate", str(files[name]), "--backend", "numpy"]))
         rows.append((name, files[name],
                      ["predict", str(files["digit.png"]), "--weights", str(files[name])]))
@@ -119,6 +132,8 @@ def commands(files: dict[str, Path]) -> list[tuple[str, Path, list[str]]]:
                  ["evaluate", good, "--backend", "numpy", "--data-dir", str(files["bad-magic-data/"])]))
     rows.append(("huge.png (10000x10000)", files["huge.png"],
                  ["predict", str(files["huge.png"]), "--weights", good]))
+    rows.append(("largest-accepted.png (6000x6000 RGBA)", files["largest-accepted.png"],
+                 ["predict", str(files["largest-accepted.png"]), "--weights", good]))
     rows.append(("nan.tif + digit.png", files["nan.tif"],
                  ["predict", str(files["nan.tif"]), str(files["digit.png"]), "--weights", good]))
     return rows

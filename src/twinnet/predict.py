@@ -79,7 +79,8 @@ def read_grayscale(path: str | os.PathLike) -> np.ndarray:
     except UnidentifiedImageError:
         raise ImageError(path, "cannot identify image file (not an image Pillow can read)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(path, f"image too large ({exc})") from None
+        # Pillow's own check, at a higher count than ours, fired while reading the header.
+        raise ImageError(path, f"image too large: more than {MAX_PIXELS} pixels") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         # Pillow reports damaged or truncated data through any of these.
         raise ImageError(path, f"cannot read image ({exc})") from None
