@@ -78,7 +78,7 @@ def read_grayscale(path: str | os.PathLike) -> np.ndarray:
                 return to_grayscale(image)
     except UnidentifiedImageError:
         raise ImageError(path, "cannot identify image file (not an image Pillow can read)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         # Pillow's own check, at a higher count than ours, fired while reading the header.
         raise ImageError(path, f"image too large: more than {MAX_PIXELS} pixels") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
