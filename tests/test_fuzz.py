@@ -120,7 +120,7 @@ def test_parse_idx_returns_the_header_shape_or_data_error(case):
     magic, content = case
     path = write("fuzz.idx", content)
     try:
-        raw = data.read_bytes(path)
+        raw = data.read_idx(path, magic)
         array = data.parse_idx(raw, str(path), magic)
     except DataError as exc:
         assert str(path) in str(exc) and "\n" not in str(exc)
@@ -153,9 +153,15 @@ def test_huge_dimensions_are_refused_without_allocating():
 
 def test_gzip_bomb_is_refused(monkeypatch):
     monkeypatch.setattr(data, "MAX_DECOMPRESSED_BYTES", 1000)
-    path = write("bomb.gz", gzip.compress(b"\x00" * 5000))
-    with pytest.raises(DataError, match="decompresses to more than 1000 bytes"):
-        data.read_bytes(path)
+    path = write("bomb.gz", gzip.compress(idx_bytes(data.IMAGE_MAGIC, (60_000, 28, 28), bytes(5000))))
+    with pytest.raises(DataError, match="more than 1000"):
+        data.read_idx(path, data.IMAGE_MAGIC)
+
+
+def test_gzip_body_is_read_only_as_far_as_the_header_says():
+    path = write("long.gz", gzip.compress(idx_bytes(data.IMAGE_MAGIC, (1, 28, 28), bytes(10**7))))
+    with pytest.raises(DataError, match="too long: 801 bytes"):
+        data.read_idx(path, data.IMAGE_MAGIC)
 
 
 # ---- weights -----------------------------------------------------------------------

@@ -99,7 +99,7 @@ def test_sixteen_bit_and_palette(tmp_path):
     ("text", "cannot identify image file"),
     ("blank", "blank image"),
     ("missing", "no such file"),
-    ("folder", "not a file"),
+    ("folder", "is a directory"),
     ("truncated", "cannot"),
 ])
 def test_bad_files_raise_image_error_naming_the_file(tmp_path, kind, fragment):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import math
 import os
 import struct
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from twinnet.errors import TwinnetError
-from twinnet.util import atomic_path
+from twinnet.util import FileAccessError, atomic_path, open_regular_file
 
 
 class DataError(TwinnetError):
@@ -98,53 +97,81 @@ class Mnist:
     test: Split
 
 
+def idx_header(head: bytes, source: str, magic: int) -> tuple[int, tuple[int, ...], int]:
+    """(header length, dimensions, total length the header implies) from the first bytes
+    of an IDX file; DataError (naming ``source``) for a wrong magic number or a short header."""
+    if len(head) < 4:
+        raise DataError(f"{source}: truncated: {len(head)} bytes, too short for an IDX header")
+    (found,) = struct.unpack(">I", head[:4])
+    if found != magic:
+        raise DataError(f"{source}: wrong magic number 0x{found:08x}, expected 0x{magic:08x}")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(head) < header:
+        raise DataError(f"{source}: truncated: {len(head)} bytes, header needs {header}")
+    dims = struct.unpack(f">{ndim}I", head[4:header])
+    # Python ints: a product of huge dimensions must not wrap around as int64 would.
+    return header, dims, header + math.prod(dims)
+
+
+def check_length(length: int, dims: tuple[int, ...], expected: int, source: str) -> None:
+    """DataError unless an IDX file of ``length`` bytes is as long as its header says."""
+    if length != expected:
+        state = "truncated" if length < expected else "too long"
+        raise DataError(f"{source}: {state}: {length} bytes, header {dims} needs {expected}")
+
+
 def parse_idx(raw: bytes, source: str, magic: int) -> np.ndarray:
     """Parse decompressed IDX bytes into a uint8 array of the dimensions in its header.
 
     Raises DataError (naming ``source``) for a wrong magic number, a short header,
     or a body whose length disagrees with the dimensions.
     """
-    if len(raw) < 4:
-        raise DataError(f"{source}: truncated: {len(raw)} bytes, too short for an IDX header")
-    (found,) = struct.unpack(">I", raw[:4])
-    if found != magic:
-        raise DataError(f"{source}: wrong magic number 0x{found:08x}, expected 0x{magic:08x}")
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{source}: truncated: {len(raw)} bytes, header needs {header}")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    # Python ints: a product of huge dimensions must not wrap around as int64 would.
-    expected = header + math.prod(dims)
-    if len(raw) != expected:
-        state = "truncated" if len(raw) < expected else "too long"
-        raise DataError(f"{source}: {state}: {len(raw)} bytes, header {dims} needs {expected}")
+    header, dims, expected = idx_header(raw[:4 + 4 * (magic & 0xFF)], source, magic)
+    check_length(len(raw), dims, expected, source)
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def read_bytes(path: Path) -> bytes:
-    """The decompressed content of ``path`` (gzip detected by its magic bytes, not its name),
-    refused beyond MAX_DECOMPRESSED_BYTES."""
+def read_idx(path: Path, magic: int) -> bytes:
+    """The decompressed content of the IDX file at ``path`` (gzip detected by its magic
+    bytes, not its name), its header checked before the body is read.
+
+    The magic number and dimensions are read first; a raw file whose size on disk
+    differs from what the header implies, or a header implying more than
+    MAX_DECOMPRESSED_BYTES, is refused without reading on, and a gzip stream is read
+    only up to the implied length (plus one byte, to see that it ends there).
+    """
+    source = str(path)
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if raw[:2] != b"\x1f\x8b":
-        return raw
+        fh = open_regular_file(path)
+    except FileAccessError as exc:
+        raise DataError(str(exc)) from None
+    gzipped = False
     try:
-        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
-            content = stream.read(MAX_DECOMPRESSED_BYTES + 1)
+        with fh:
+            gzipped = fh.read(2) == b"\x1f\x8b"
+            fh.seek(0)
+            stream = gzip.GzipFile(fileobj=fh, mode="rb") if gzipped else fh
+            head = stream.read(4)
+            if len(head) == 4 and struct.unpack(">I", head)[0] == magic:
+                head += stream.read(4 * (magic & 0xFF))
+            header, dims, expected = idx_header(head, source, magic)
+            if expected > MAX_DECOMPRESSED_BYTES:
+                raise DataError(f"{source}: header {dims} implies {expected} bytes, more than "
+                                f"{MAX_DECOMPRESSED_BYTES}; not an MNIST file")
+            if not gzipped:
+                check_length(os.fstat(fh.fileno()).st_size, dims, expected, source)
+            raw = head + stream.read(expected - header + 1)
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: bad gzip data ({exc})") from None
-    if len(content) > MAX_DECOMPRESSED_BYTES:
-        raise DataError(f"{path}: decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes; "
-                        "not an MNIST file")
-    return content
+        what = "bad gzip data" if gzipped else "cannot read"
+        raise DataError(f"{source}: {what} ({exc})") from None
+    check_length(len(raw), dims, expected, source)
+    return raw
 
 
 def load_idx(path: Path, spec: IdxFile) -> np.ndarray:
     """Read and verify one standard file: structure, count, dimensions, label range, MD5."""
-    raw = read_bytes(path)
+    raw = read_idx(path, spec.magic)
     array = parse_idx(raw, str(path), spec.magic)
     if array.shape[0] != spec.count:
         raise DataError(f"{path}: wrong item count {array.shape[0]}, expected {spec.count}")
@@ -167,9 +194,11 @@ def default_data_dir() -> Path:
 
 
 def find_file(directory: Path, spec: IdxFile) -> Path | None:
-    """The gzip or raw copy of ``spec`` in ``directory``, if there is one."""
+    """The gzip or raw copy of ``spec`` in ``directory`` (or whatever holds its name), if any."""
     for candidate in (directory / f"{spec.name}.gz", directory / spec.name):
-        if candidate.is_file():
+        # Anything under the name counts, so a folder or device is refused by name
+        # instead of being passed over for a download.
+        if os.path.lexists(candidate):
             return candidate
     return None
 

@@ -11,7 +11,9 @@ light paper becomes an input the models have seen the like of.
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from twinnet.errors import TwinnetError
 from twinnet.metrics import predict_logits
 from twinnet.numpy_nn.losses import log_softmax
+from twinnet.util import FileAccessError, open_regular_file
 
 if TYPE_CHECKING:
     from twinnet.backend import Backend
@@ -32,6 +35,12 @@ INK_THRESHOLD = 0.3
 # Strongest ink, as a fraction of full scale, below which an image counts as blank.
 MIN_CONTRAST = 0.1
 TOP = 3
+# Images above this many pixels are refused from their header, before decoding: reading
+# one takes about 10 bytes a pixel (decoded RGBA plus its upright copy), so this bounds a
+# prediction's memory to a few hundred MB whatever the file. 40 MP covers most cameras.
+MAX_PIXELS = 40_000_000
+# Larger images are box-averaged below this before the float arrays (24 bytes a pixel).
+WORK_PIXELS = 4_000_000
 
 
 class ImageError(TwinnetError):
@@ -47,22 +56,56 @@ def read_grayscale(path: str | os.PathLike) -> np.ndarray:
     """The image at ``path`` as float64 (H, W) in [0, 1], 0 = black; transparency over white.
 
     Any mode Pillow opens is accepted: 1-bit, palette, RGB(A), CMYK, 16- and 32-bit
-    integer, float. EXIF orientation is applied, so phone photos stand upright.
+    integer, float. EXIF orientation is applied, so phone photos stand upright. Images
+    of more than MAX_PIXELS pixels are refused from their header, before decoding; those
+    above WORK_PIXELS are box-averaged down by a whole factor first (see ``shrink``).
     """
-    if not os.path.isfile(path):
-        raise ImageError(path, "no such file" if not os.path.exists(path) else "not a file")
     try:
-        with Image.open(path) as image:
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return to_grayscale(image)
+        fh = open_regular_file(path)
+    except FileAccessError as exc:
+        raise ImageError(path, exc.reason) from None
+    try:
+        with fh, warnings.catch_warnings():
+            # Pillow's own bomb check warns on stderr; ours refuses first, in one line.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fh) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise ImageError(path, f"image too large: {width}x{height} pixels, "
+                                           f"more than {MAX_PIXELS}")
+                image.load()
+                image = ImageOps.exif_transpose(shrink(image))
+                return to_grayscale(image)
     except UnidentifiedImageError:
         raise ImageError(path, "cannot identify image file (not an image Pillow can read)") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(path, f"image too large ({exc})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own check, at a higher count than ours, fired while reading the header.
+        raise ImageError(path, f"image too large: more than {MAX_PIXELS} pixels") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         # Pillow reports damaged or truncated data through any of these.
         raise ImageError(path, f"cannot read image ({exc})") from None
+
+
+def shrink(image: Image.Image) -> Image.Image:
+    """``image`` box-averaged by the smallest whole factor that brings it to at most
+    WORK_PIXELS pixels, or unchanged if it is that small already.
+
+    The digit ends up 20 px high whatever the input size, and the later resize averages
+    boxes when shrinking too, so this changes little but bounds the float arrays made
+    from the image. Palette and 1-bit images are expanded first (averaging palette
+    indices means nothing) and 16-bit ones pass through 32-bit integers.
+    """
+    width, height = image.size
+    if width * height <= WORK_PIXELS:
+        return image
+    factor = math.ceil(math.sqrt(width * height / WORK_PIXELS))
+    if image.mode == "1":
+        return image.convert("L").reduce(factor)
+    if image.mode in ("P", "PA"):
+        return image.convert("RGBA").reduce(factor)
+    if image.mode.startswith("I;16"):
+        return image.convert("I").reduce(factor).convert("I;16")
+    return image.reduce(factor)
 
 
 def to_grayscale(image: Image.Image) -> np.ndarray:
@@ -72,6 +115,8 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
     if image.mode in ("I", "F"):
         # 32-bit integer or float pixels carry no full scale: take 8 or 16 bits if they fit.
         values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError("NaN or infinite pixel values")
         top = values.max(initial=0.0)
         full_scale = 1.0 if top <= 1.0 else 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
         return np.clip(values / full_scale, 0.0, 1.0)

@@ -16,23 +16,38 @@ import struct
 import tokenize
 import zipfile
 import zlib
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from twinnet.errors import TwinnetError
 from twinnet.models import MODEL_NAMES, param_shapes
-from twinnet.util import atomic_path
+from twinnet.util import FileAccessError, atomic_path, open_regular_file
 
 
 class WeightsError(TwinnetError):
     """A weights file that cannot be used: unreadable, wrong model, bad keys or values."""
 
 
-# Far above the largest legitimate entry (mlp256x2's dense1/W, 784 * 256 * 4 = 802,816 bytes),
-# far below anything that could exhaust memory.
-MAX_ENTRY_BYTES = 64 << 20
+# The largest .npy header read (NumPy itself refuses headers over 10,000 bytes by default;
+# a version-1 header cannot exceed 65,535 + 10).
+NPY_HEADER_MAX = 65_546
+# Bytes a zip spends on one member besides its data (local and central headers with ZIP64
+# extras and the name), and on the archive's end records and comment: generous bounds.
+ZIP_MEMBER_OVERHEAD = 1024
+ZIP_ARCHIVE_OVERHEAD = 65_536 + 1024
+
+# ``meta`` is JSON in a 0-d unicode array (4 bytes per character).
+META_MAX_BYTES = 1 << 20
+# Per key, the most data bytes any model's array under that name has.
+WEIGHTS_ALLOWED: dict[str, int] = {"meta": META_MAX_BYTES}
+for _model in MODEL_NAMES:
+    for _key, _shape in param_shapes(_model).items():
+        WEIGHTS_ALLOWED[_key] = max(WEIGHTS_ALLOWED.get(_key, 0), math.prod(_shape) * 4)
+WEIGHTS_MAX_MEMBERS = 1 + max(len(param_shapes(model)) for model in MODEL_NAMES)
+WEIGHTS_MAX_TOTAL_BYTES = (META_MAX_BYTES + WEIGHTS_MAX_MEMBERS * 4096 + max(
+    sum(math.prod(shape) * 4 for shape in param_shapes(model).values()) for model in MODEL_NAMES))
 
 # What zipfile, its decompressors and NumPy's header parser raise on damaged input
 # (TokenError: NumPy retries a header it cannot parse as Python 2 text, through tokenize).
@@ -83,19 +98,15 @@ def load_weights(path: str | os.PathLike,
                  expected_model: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read a weights file; returns (params, meta).
 
-    Raises WeightsError if the file is missing, is not an npz, holds pickled
-    (object) arrays, lacks a readable ``meta``, names an unknown model or another
-    model than ``expected_model``, or fails ``check_params``.
+    Raises WeightsError if the file is missing or not a regular readable file, is not
+    an npz, holds unknown keys, more or larger members than any model has, pickled
+    (object) arrays, lacks a readable ``meta``, names an unknown model or another model
+    than ``expected_model``, or fails ``check_params``. Memory stays bounded by
+    WEIGHTS_MAX_TOTAL_BYTES whatever the file holds.
     """
     source = str(path)
-    if not Path(path).is_file():
-        raise WeightsError(f"{source}: no such file")
-    if not zipfile.is_zipfile(path):
-        raise WeightsError(f"{source}: not a valid .npz weights file (not a zip archive)")
-    try:
-        arrays = read_npz(path, source)
-    except DAMAGED as exc:
-        raise WeightsError(f"{source}: not a valid .npz weights file ({one_line(exc)})") from None
+    arrays = read_npz(path, source, WEIGHTS_ALLOWED, max_total_bytes=WEIGHTS_MAX_TOTAL_BYTES,
+                      max_members=WEIGHTS_MAX_MEMBERS)
     if "meta" not in arrays:
         raise WeightsError(f"{source}: no 'meta' entry; not a twinnet weights file")
     meta_array = arrays.pop("meta")
@@ -116,45 +127,106 @@ def load_weights(path: str | os.PathLike,
     return arrays, meta
 
 
-def read_npz(path: str | os.PathLike, source: str) -> dict[str, np.ndarray]:
-    """Every array of the .npz at ``path``, by entry name without ``.npy``.
+def read_npz(path: str | os.PathLike, source: str,
+             allowed: Mapping[str, int] | Callable[[str], int | None], *,
+             max_total_bytes: int, max_members: int,
+             error: type[TwinnetError] = WeightsError) -> dict[str, np.ndarray]:
+    """Every array of the .npz at ``path``, by key (entry name without ``.npy``), in
+    bounded memory; the one reader for weights files and checkpoints.
 
-    Reads what ``np.load(path, allow_pickle=False)`` reads, but trusts no header:
-    every entry must be a .npy of at most MAX_ENTRY_BYTES whose data is exactly as
-    long as its header's shape and dtype say, checked before anything is allocated.
-    Object arrays are refused with WeightsError, never unpickled. Damaged archives
-    raise one of DAMAGED.
+    ``allowed`` says which keys may appear and how many data bytes (shape x itemsize,
+    without the .npy header) each may hold at most: a mapping key -> bytes, or a function
+    returning the bytes for a key or None for a key that is refused. ``max_total_bytes``
+    bounds the sum of the members' sizes (headers included) and ``max_members`` their
+    number. Everything the zip directory tells (file size on disk, member count, names,
+    sizes) is checked before any member is read; each member's .npy header is then
+    checked against its directory size and its limit before its data is allocated, so
+    at most ``max_total_bytes`` (plus one member's copy) is ever held. Object arrays are
+    refused, never unpickled. Missing keys are the caller's to check.
+
+    Raises ``error`` (a TwinnetError; one line beginning with ``source``) for any fault:
+    not a regular readable file, not a zip, damaged data, a refused key, limits exceeded.
     """
-    arrays = {}
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            name = info.filename
-            if not name.endswith(".npy"):
-                raise WeightsError(f"{source}: unexpected entry {name!r}; not a .npz of arrays")
-            if info.file_size > MAX_ENTRY_BYTES:
-                raise WeightsError(f"{source}: entry {name!r} has {info.file_size} bytes, "
-                                   f"more than any weights array ({MAX_ENTRY_BYTES})")
-            with archive.open(info) as entry:
-                arrays[name.removesuffix(".npy")] = read_npy(entry, name, source)
+    limit_of = allowed.get if isinstance(allowed, Mapping) else allowed
+    try:
+        fh = open_regular_file(path)
+    except FileAccessError as exc:
+        raise error(f"{source}: {exc.reason}") from None
+    with fh:
+        size_limit = max_total_bytes + max_members * ZIP_MEMBER_OVERHEAD + ZIP_ARCHIVE_OVERHEAD
+        size = os.fstat(fh.fileno()).st_size
+        if size > size_limit:
+            raise error(f"{source}: {size} bytes, larger than any valid file ({size_limit})")
+        try:
+            with zipfile.ZipFile(fh) as archive:
+                infos = archive.infolist()
+                limits = check_directory(infos, limit_of, max_total_bytes, max_members, source,
+                                         error)
+                arrays = {}
+                for info, limit in zip(infos, limits, strict=True):
+                    with archive.open(info) as entry:
+                        arrays[info.filename.removesuffix(".npy")] = read_npy(
+                            entry, info, limit, source, error)
+        except DAMAGED as exc:
+            raise error(f"{source}: not a valid .npz file ({one_line(exc)})") from None
     return arrays
 
 
-def read_npy(entry: zipfile.ZipExtFile, name: str, source: str) -> np.ndarray:
-    """One .npy entry of an archive as a writable array, its length checked against its header."""
+def check_directory(infos: list[zipfile.ZipInfo], limit_of: Callable[[str], int | None],
+                    max_total_bytes: int, max_members: int, source: str,
+                    error: type[TwinnetError]) -> list[int]:
+    """Each member's data-byte limit, after refusing (with ``error``) a directory that
+    has too many members, a name that is not an allowed ``KEY.npy``, a repeated name,
+    a member larger than its key allows, or more bytes in all than ``max_total_bytes``."""
+    if len(infos) > max_members:
+        raise error(f"{source}: {len(infos)} entries, more than the {max_members} allowed")
+    names = [info.filename for info in infos]
+    unknown = [name for name in names if not name.endswith(".npy") or limit_of(name[:-4]) is None]
+    if unknown:
+        shown = ", ".join(name.removesuffix(".npy") for name in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise error(f"{source}: unexpected key(s) {shown}{more}; not a .npz of the expected arrays")
+    limits, seen, total = [], set(), 0
+    for info in infos:
+        name = info.filename
+        limit = limit_of(name[:-4])
+        if name in seen:
+            raise error(f"{source}: entry {name!r} appears twice")
+        seen.add(name)
+        if info.file_size > limit + NPY_HEADER_MAX:
+            raise error(f"{source}: entry {name!r} has {info.file_size} bytes, "
+                        f"more than the {limit} its key allows")
+        total += info.file_size
+        if total > max_total_bytes:
+            raise error(f"{source}: entries hold more than the {max_total_bytes} bytes allowed")
+        limits.append(limit)
+    return limits
+
+
+def read_npy(entry: zipfile.ZipExtFile, info: zipfile.ZipInfo, limit: int, source: str,
+             error: type[TwinnetError]) -> np.ndarray:
+    """One .npy member as a writable array. Its header must declare at most ``limit`` data
+    bytes, exactly what the directory's size leaves after the header; checked before the
+    data is allocated."""
+    name = info.filename
     version = np.lib.format.read_magic(entry)
     if version == (1, 0):
         shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(entry)
     elif version == (2, 0):
         shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(entry)
     else:
-        raise WeightsError(f"{source}: entry {name!r} has unsupported .npy version {version}")
+        raise error(f"{source}: entry {name!r} has unsupported .npy version {version}")
     if dtype.hasobject:
-        raise WeightsError(f"{source}: holds pickled object arrays, which are refused")
+        raise error(f"{source}: holds pickled object arrays, which are refused")
     if dtype.itemsize == 0:
-        raise WeightsError(f"{source}: entry {name!r} has the zero-size dtype {dtype}")
+        raise error(f"{source}: entry {name!r} has the zero-size dtype {dtype}")
     declared = math.prod(shape) * dtype.itemsize
-    data = bytearray(entry.read(MAX_ENTRY_BYTES + 1))  # entries are capped, so this is bounded
-    if len(data) != declared:
-        raise WeightsError(f"{source}: entry {name!r} declares shape {shape} of {dtype} "
-                           f"({declared} bytes) but holds {len(data)} bytes")
+    stored = info.file_size - entry.tell()
+    if declared > limit or declared != stored:
+        raise error(f"{source}: entry {name!r} declares shape {shape} of {dtype} "
+                    f"({declared} bytes) but " + (f"its key allows at most {limit}"
+                                                   if declared > limit else f"holds {stored} bytes"))
+    data = bytearray(entry.read(declared))
+    if len(data) != declared or entry.read(1):  # reading to the end also checks the CRC
+        raise error(f"{source}: entry {name!r} is truncated or damaged")
     return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
