@@ -235,7 +235,8 @@ def test_bad_uploads_get_4xx_and_one_line(server):
 
 def test_fifty_concurrent_requests_all_answered_and_latency(server, mnist):
     url, process, _, _ = server
-    images = [digit_png(mnist.test.x[i]) for i in range(50)]
+    # 280x280 dark-on-light PNGs, the size and polarity of the page's drawings.
+    images = [digit_png(mnist.test.x[i], dark_on_light=True, scale=10) for i in range(50)]
     with ThreadPoolExecutor(max_workers=50) as pool:  # exactly 50 requests, all to 127.0.0.1
         start = time.perf_counter()
         answers = list(pool.map(lambda data: post(url + "api/predict", data), images))
@@ -354,7 +355,7 @@ def test_browser_draws_ten_test_digits_both_twins_read_them(server, browser, mni
     box = page.locator("#pad").bounding_box()
     scale = box["width"] / 28
 
-    rows, differences = [], []
+    rows, differences, server_ms = [], [], []
     for index in range(DIGITS_DRAWN):
         page.click("#clear")
         for stroke in strokes_of(mnist.test.x[index]):
@@ -370,6 +371,7 @@ def test_browser_draws_ten_test_digits_both_twins_read_them(server, browser, mni
         tf_digit, tf_p = read_twin(page, "tf")
         difference = float(np.max(np.abs(np.subtract(numpy_p, tf_p))))
         differences.append(difference)
+        server_ms.append(page.evaluate("() => window.twinnetPage.last.ms"))
         rows.append((int(mnist.test.y[index]), numpy_digit, tf_digit, max(numpy_p), difference))
         agree = "true" if numpy_digit == tf_digit else "false"
         assert page.get_attribute("#verdict", "data-agree") == agree
@@ -389,8 +391,25 @@ def test_browser_draws_ten_test_digits_both_twins_read_them(server, browser, mni
     numpy_correct = sum(label == by_numpy for label, by_numpy, *_ in rows)
     tf_correct = sum(label == by_tf for label, _, by_tf, *_ in rows)
     print(f"NumPy twin {numpy_correct}/{DIGITS_DRAWN}, TF twin {tf_correct}/{DIGITS_DRAWN}, "
-          f"max probability difference {max(differences):.2e}; screenshot {screenshot}")
+          f"max probability difference {max(differences):.2e}; server time per 280x280 drawing "
+          f"median {np.median(server_ms):.1f} ms (max {max(server_ms):.1f}); screenshot {screenshot}")
     assert numpy_correct >= 9 and tf_correct >= 9
     assert max(differences) <= 1e-4
     assert screenshot.stat().st_size > 10_000
     assert requested and all(u.startswith(url) for u in requested), requested  # loopback only
+
+
+def test_without_tensorflow_the_numpy_twin_serves_alone(monkeypatch, mnist):
+    import twinnet.serve as serve
+
+    monkeypatch.setattr(serve, "installed", lambda module: module != "tensorflow")
+    twins = serve.Twins(DEFAULT_WEIGHTS, DEFAULT_WEIGHTS)
+    told = []
+    twins.start_tf(lambda status, seconds: told.append(status))
+    assert told == [twins.tf_status]
+    assert twins.tf_status.startswith("unavailable: TensorFlow is not installed")
+    answer = twins.predict(digit_png(mnist.test.x[1]))
+    assert set(answer["twins"]) == {"numpy"} and answer["twins"]["numpy"]["digit"] == mnist.test.y[1]
+    assert answer["agree"] is None and answer["max_difference"] is None
+    assert answer["tf_status"] == twins.tf_status
+    twins.worker.shutdown()

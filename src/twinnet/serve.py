@@ -135,7 +135,7 @@ class Twins:
 
     def start_tf(self, on_done=None) -> None:
         """Build the TensorFlow twin in a daemon thread; ``on_done(status, seconds)`` after."""
-        if importlib.util.find_spec("tensorflow") is None:
+        if not installed("tensorflow"):
             self.tf_status = "unavailable: TensorFlow is not installed (pip install 'twinnet[tf]')"
             if on_done:
                 on_done(self.tf_status, 0.0)
@@ -368,10 +368,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return serve
 
 
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules holds None for it
+        return False
+
+
 def missing_dependency() -> str | None:
     """The name of the first [serve] package that is not installed, or None."""
-    for name in ("starlette", "uvicorn", "multipart"):
-        if importlib.util.find_spec(name) is None:
-            return name
-    return None
+    return next((name for name in ("starlette", "uvicorn", "multipart") if not installed(name)), None)
 

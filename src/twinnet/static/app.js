@@ -194,8 +194,9 @@ async function pollStatus() {
     const status = await (await fetch("/api/status")).json();
     const numpy = status.twins.numpy;
     const tf = status.twins.tf;
+    const alone = tf.status.startsWith("unavailable");
     $("weights").textContent = numpy.weights === tf.weights
-      ? `${numpy.model} weights ${numpy.weights}, loaded into both twins`
+      ? `${numpy.model} weights ${numpy.weights}, loaded into ${alone ? "the NumPy twin" : "both twins"}`
       : `NumPy twin: ${numpy.model} ${numpy.weights}; TensorFlow twin: ${tf.model} ${tf.weights}`;
     const changed = state.tf !== tf.status;
     state.tf = tf.status;
