@@ -148,7 +148,7 @@ class Twins:
             try:
                 model = load_model(self.models["tf"], "tf", weights=str(self.weights["tf"]))
                 model.logits(np.zeros((1, 28, 28, 1), np.float32))  # trace the graph now, not on a request
-            except Exception as exc:  # noqa: BLE001 - any failure leaves the NumPy twin serving
+            except Exception as exc:  # whatever goes wrong, the NumPy twin goes on serving
                 self.tf_status = f"unavailable: {type(exc).__name__}: {one_line(exc)}"
             else:
                 self.tf = model
@@ -166,21 +166,19 @@ class Twins:
     def predict(self, data: bytes) -> dict[str, Any]:
         """Decode, prepare and predict one upload (runs in the worker thread)."""
         start = time.perf_counter()
-        x = prepare_upload(data)
-        models = {"numpy": self.numpy} if self.tf is None else {"numpy": self.numpy, "tf": self.tf}
-        twins = {}
-        for name, model in models.items():
-            p = softmax(model.logits(x[np.newaxis]))[0]
-            twins[name] = {"model": self.models[name], "digit": int(np.argmax(p)),
-                           "probabilities": [float(v) for v in p]}
-        both = len(twins) == 2
+        x = prepare_upload(data)[np.newaxis]
+        tf = self.tf  # read once: the loader thread may publish it meanwhile
+        models = {"numpy": self.numpy, **({"tf": tf} if tf is not None else {})}
+        probabilities = {name: softmax(model.logits(x))[0] for name, model in models.items()}
+        digits = {name: int(np.argmax(p)) for name, p in probabilities.items()}
+        both = tf is not None
         return {
-            "input": np.round(x[..., 0].astype(np.float64), 4).tolist(),
-            "twins": twins,
-            "tf_status": self.tf_status,
-            "agree": twins["numpy"]["digit"] == twins["tf"]["digit"] if both else None,
-            "max_difference": float(np.max(np.abs(np.subtract(twins["numpy"]["probabilities"],
-                                                              twins["tf"]["probabilities"]))))
+            "input": np.round(x[0, ..., 0].astype(np.float64), 4).tolist(),
+            "twins": {name: {"model": self.models[name], "digit": digits[name],
+                             "probabilities": p.tolist()} for name, p in probabilities.items()},
+            "tf_status": "ready" if both else self.tf_status,
+            "agree": digits["numpy"] == digits["tf"] if both else None,
+            "max_difference": float(np.max(np.abs(probabilities["numpy"] - probabilities["tf"])))
             if both else None,
             "ms": round((time.perf_counter() - start) * 1000, 2),
         }
