@@ -1,5 +1,5 @@
-# twinnet: `make report` regenerates the results report, `make test` runs the tests.
-# Both create the virtual environment on first use.
+# twinnet: `make report` regenerates the results report, `make test` runs the tests,
+# `make serve` starts the draw-a-digit page. All create the virtual environment on first use.
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -13,12 +13,12 @@ ifeq ($(origin TWINNET_DATA), undefined)
 endif
 export TWINNET_DATA
 
-.PHONY: report test lint bench clean
+.PHONY: report test lint bench serve clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[tf,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[tf,serve,dev]'
 	touch $@
 
 report: $(VENV)/.installed
@@ -30,6 +30,9 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/twinnet bench
+
+serve: $(VENV)/.installed
+	$(BIN)/twinnet serve
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -324,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="a model, or all (also checks every layer alone; default)")
     gradcheck.add_argument("--seed", type=int, default=0, help="seeds the random batch")
     gradcheck.set_defaults(func=cmd_gradcheck)
+
+    from twinnet.serve import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 

@@ -192,7 +192,12 @@ def prepare_image(path: str | os.PathLike) -> np.ndarray:
     side 20 px and its centre of mass at the centre. Raises ImageError, naming the
     file, if it is missing, unreadable, not an image, empty or blank.
     """
-    gray = read_grayscale(path)
+    return prepare_grayscale(read_grayscale(path), path)
+
+
+def prepare_grayscale(gray: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """``prepare_image`` on an image already read (float64 (H, W) in [0, 1], as ``to_grayscale``
+    returns it) -> float32 (28, 28, 1); ``path`` only names the image in an ImageError."""
     if gray.size == 0:
         raise ImageError(path, "empty image (zero size)")
     ink = ink_map(gray)

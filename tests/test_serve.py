@@ -1,0 +1,415 @@
+"""`twinnet serve`: start-up errors, the JSON endpoint, bad uploads, load, and the page in a
+real headless Chromium that draws ten MNIST test digits as mouse strokes.
+
+All traffic goes to the server this module starts on 127.0.0.1. Figures (start-up time,
+latency, the ten digits) are printed; run with ``-s`` to see them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("starlette", reason="needs the serve extra: pip install 'twinnet[serve]'")
+pytest.importorskip("uvicorn", reason="needs the serve extra: pip install 'twinnet[serve]'")
+
+from twinnet.cli import main  # noqa: E402
+from twinnet.serve import DEFAULT_WEIGHTS, MAX_UPLOAD_BYTES  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+DIGITS_DRAWN = 10
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """uint8 (H, W) -> PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def digit_png(image: np.ndarray, dark_on_light: bool = False, scale: int = 1) -> bytes:
+    """An MNIST image float32 (28, 28, 1) as a PNG, optionally inverted and enlarged."""
+    pixels = np.round(image[..., 0] * 255).astype(np.uint8)
+    if dark_on_light:
+        pixels = 255 - pixels
+    return png_bytes(np.kron(pixels, np.ones((scale, scale), np.uint8)))
+
+
+def post(url: str, data: bytes, content_type: str = "image/png", timeout: float = 60) -> tuple[int, dict]:
+    """POST ``data`` to ``url`` (loopback only); returns (status, decoded JSON)."""
+    assert url.startswith("http://127.0.0.1:"), url
+    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def get_json(url: str) -> dict:
+    assert url.startswith("http://127.0.0.1:"), url
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def multipart(fields: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body of (filename, bytes) file fields; returns (body, content type)."""
+    boundary = "twinnet-test-boundary"
+    parts = []
+    for name, (filename, data) in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                     f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+                     + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`twinnet serve --port 0` in a subprocess: yields (base URL, process, timings)."""
+    out = tmp_path_factory.mktemp("serve") / "stdout.txt"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    start = time.perf_counter()
+    with open(out, "w") as fh:
+        process = subprocess.Popen([sys.executable, "-m", "twinnet", "serve", "--port", "0"],
+                                   stdout=fh, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
+    try:
+        url = None
+        while url is None:
+            assert process.poll() is None, f"twinnet serve exited: {out.read_text()}"
+            assert time.perf_counter() - start < 60, "twinnet serve printed no address in 60 s"
+            words = out.read_text().split()
+            url = next((w for w in words if w.startswith("http://127.0.0.1:")), None)
+            time.sleep(0.05)
+        printed = time.perf_counter() - start
+        while True:
+            try:
+                status = get_json(url + "api/status")
+                break
+            except OSError:
+                time.sleep(0.05)
+        answering = time.perf_counter() - start
+        while status["twins"]["tf"]["status"] == "loading":
+            assert time.perf_counter() - start < 180, "the TensorFlow twin did not load in 180 s"
+            time.sleep(0.2)
+            status = get_json(url + "api/status")
+        timings = {"address printed": printed, "answering": answering,
+                   "both twins ready": time.perf_counter() - start}
+        yield url, process, timings, status
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def need_tf(status: dict) -> None:
+    if status["twins"]["tf"]["status"] != "ready":
+        pytest.skip(f"TensorFlow twin {status['twins']['tf']['status']}")
+
+
+# --- start-up ---------------------------------------------------------------------------------
+
+
+def test_startup_time_and_status(server):
+    url, process, timings, status = server
+    print("\nstart-up of twinnet serve: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
+    for twin in ("numpy", "tf"):
+        assert status["twins"][twin]["model"] == "cnn"
+        assert (REPO / status["twins"][twin]["weights"]).resolve() == DEFAULT_WEIGHTS
+    assert status["twins"]["numpy"]["status"] == "ready"
+    assert timings["answering"] < 30  # the figure that matters is printed; this only catches a hang
+
+
+def test_page_and_assets_are_served_from_the_package(server):
+    url = server[0]
+    with urllib.request.urlopen(url, timeout=10) as response:
+        html = response.read().decode()
+        assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    assert 'src="/static/app.js"' in html and 'href="/static/style.css"' in html
+    assert "http" not in html.replace("http-equiv", "")  # nothing fetched from elsewhere
+    for asset in ("app.js", "style.css"):
+        with urllib.request.urlopen(f"{url}static/{asset}", timeout=10) as response:
+            text = response.read()
+        assert b"http://" not in text and b"https://" not in text
+
+
+def test_missing_or_hostile_weights_stop_before_binding(tmp_path, capsys):
+    hostile = tmp_path / "hostile.npz"
+    hostile.write_bytes(b"PK\x03\x04 not really a zip")
+    with socket.socket() as busy:  # the weights error must come first, before the port is tried
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        for args in (["--weights", str(tmp_path / "missing.npz")], ["--weights", str(hostile)],
+                     ["--weights-tf", str(hostile)]):
+            assert main(["serve", "--port", port, *args]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("twinnet: error: ") and err.count("\n") == 1, err
+            assert ("missing.npz" in err) or ("hostile.npz" in err), err
+
+
+def test_busy_port_is_one_clear_line(capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"twinnet: error: port {port} on 127.0.0.1 is already in use; stop what uses it or " \
+                  f"pick another with --port\n"
+
+
+# --- the JSON endpoint --------------------------------------------------------------------------
+
+
+def test_endpoint_reads_test_digits_like_twinnet_predict(server, mnist, tmp_path):
+    from twinnet import load_model
+    from twinnet.predict import prepare_image, softmax
+
+    url, _, _, status = server
+    model = load_model("cnn", "numpy", weights=str(DEFAULT_WEIGHTS))
+    for index, (dark, scale) in enumerate([(False, 1), (True, 4), (False, 3), (True, 1), (False, 2)]):
+        data = digit_png(mnist.test.x[index], dark_on_light=dark, scale=scale)
+        code, answer = post(url + "api/predict", data)
+        assert code == 200, answer
+        assert answer["twins"]["numpy"]["digit"] == mnist.test.y[index]
+        # The very preparation and probabilities `twinnet predict` gives for the same file.
+        path = tmp_path / f"digit{index}.png"
+        path.write_bytes(data)
+        x = prepare_image(path)
+        np.testing.assert_allclose(answer["input"], x[..., 0], atol=5e-5)
+        np.testing.assert_allclose(answer["twins"]["numpy"]["probabilities"],
+                                   softmax(model.logits(x[np.newaxis]))[0], rtol=1e-12, atol=1e-15)
+        if status["twins"]["tf"]["status"] == "ready":
+            assert answer["agree"] is True and answer["max_difference"] <= 1e-4
+    body, content_type = multipart({"image": ("seven.png", digit_png(mnist.test.x[0]))})
+    code, answer = post(url + "api/predict", body, content_type)
+    assert code == 200 and answer["twins"]["numpy"]["digit"] == mnist.test.y[0]
+
+
+def test_bad_uploads_get_4xx_and_one_line(server):
+    url = server[0]
+    huge_sides = png_bytes(np.zeros((8, 5000), np.uint8))  # a few hundred bytes declaring 5000 px
+    too_many_pixels = png_bytes(np.zeros((2100, 2100), np.uint8))
+    digit = png_bytes(np.pad(np.full((10, 4), 255, np.uint8), 9))
+    cases = [
+        ("empty body", b"", "image/png", 400),
+        ("text", b"this is not an image\n" * 10, "image/png", 415),
+        ("over 2 MB", os.urandom(MAX_UPLOAD_BYTES + 1), "image/png", 413),
+        ("5000 px wide", huge_sides, "image/png", 422),
+        ("4.4 megapixels", too_many_pixels, "image/png", 422),
+        ("blank", png_bytes(np.full((50, 50), 255, np.uint8)), "image/png", 422),
+        ("truncated PNG", digit[: len(digit) // 2], "image/png", None),
+        ("multipart without a file",
+         b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--b--\r\n",
+         "multipart/form-data; boundary=b", 400),
+        ("multipart over 2 MB", *multipart({"image": ("big.png", os.urandom(MAX_UPLOAD_BYTES + 10))}), 413),
+    ]
+    for name, data, content_type, expected in cases:
+        code, answer = post(url + "api/predict", data, content_type)
+        assert (code == expected) if expected else (400 <= code < 500), (name, code, answer)
+        assert set(answer) == {"error"} and "\n" not in answer["error"] and answer["error"], (name, answer)
+    code, _ = post(url + "api/predict", digit)  # still serving
+    assert code == 200
+
+
+def test_fifty_concurrent_requests_all_answered_and_latency(server, mnist):
+    url, process, _, _ = server
+    # 280x280 dark-on-light PNGs, the size and polarity of the page's drawings.
+    images = [digit_png(mnist.test.x[i], dark_on_light=True, scale=10) for i in range(50)]
+    with ThreadPoolExecutor(max_workers=50) as pool:  # exactly 50 requests, all to 127.0.0.1
+        start = time.perf_counter()
+        answers = list(pool.map(lambda data: post(url + "api/predict", data), images))
+        burst = time.perf_counter() - start
+    assert [code for code, _ in answers] == [200] * 50
+    digits = [answer["twins"]["numpy"]["digit"] for _, answer in answers]
+    correct = int(np.sum(np.array(digits) == mnist.test.y[:50]))
+    assert correct >= 45
+    assert process.poll() is None and get_json(url + "api/status")["twins"]["numpy"]["status"] == "ready"
+
+    round_trips, compute = [], []
+    for data in images[:30]:
+        start = time.perf_counter()
+        code, answer = post(url + "api/predict", data)
+        round_trips.append(1000 * (time.perf_counter() - start))
+        compute.append(answer["ms"])
+    print(f"\n50 concurrent requests answered in {burst:.2f} s; per image, one at a time: "
+          f"round trip median {np.median(round_trips):.1f} ms (max {max(round_trips):.1f}), "
+          f"server time median {np.median(compute):.1f} ms (max {max(compute):.1f})")
+
+
+# --- the page in a real browser -----------------------------------------------------------------
+
+
+def thin(mask: np.ndarray) -> np.ndarray:
+    """Zhang-Suen thinning of a boolean (H, W) image to one-pixel-wide strokes."""
+    img = np.pad(mask.astype(np.uint8), 1)
+    changed = True
+    while changed:
+        changed = False
+        for step in (0, 1):
+            c = img[1:-1, 1:-1]
+            p2, p3, p4, p5 = img[:-2, 1:-1], img[:-2, 2:], img[1:-1, 2:], img[2:, 2:]
+            p6, p7, p8, p9 = img[2:, 1:-1], img[2:, :-2], img[1:-1, :-2], img[:-2, :-2]
+            ring = [p2, p3, p4, p5, p6, p7, p8, p9, p2]
+            neighbours = sum(p.astype(int) for p in ring[:-1])
+            transitions = sum(((a == 0) & (b == 1)).astype(int) for a, b in zip(ring, ring[1:], strict=False))
+            if step == 0:
+                side = (p2 * p4 * p6 == 0) & (p4 * p6 * p8 == 0)
+            else:
+                side = (p2 * p4 * p8 == 0) & (p2 * p6 * p8 == 0)
+            remove = (c == 1) & (neighbours >= 2) & (neighbours <= 6) & (transitions == 1) & side
+            if remove.any():
+                c[remove] = 0
+                changed = True
+    return img[1:-1, 1:-1].astype(bool)
+
+
+def strokes_of(image: np.ndarray) -> list[list[tuple[int, int]]]:
+    """Pen strokes tracing a digit image float32 (28, 28, 1): lists of (row, col) pixels along
+    the skeleton of its ink, each stroke following unused 8-neighbour links as far as it can,
+    starting from stroke ends."""
+    skeleton = thin(image[..., 0] > 0.5)
+    pixels = {tuple(p) for p in np.argwhere(skeleton)}
+    links = {p: [(p[0] + dr, p[1] + dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)
+                 if (dr or dc) and (p[0] + dr, p[1] + dc) in pixels] for p in pixels}
+    unused = {frozenset((p, q)) for p, qs in links.items() for q in qs}
+    strokes, drawn = [], set()
+    while unused:
+        ends = [p for p in sorted(pixels) if sum(frozenset((p, q)) in unused for q in links[p]) == 1]
+        current = ends[0] if ends else min(p for link in unused for p in link)
+        stroke = [current]
+        while True:
+            free = [q for q in links[current] if frozenset((current, q)) in unused]
+            if not free:
+                break
+            # Straight steps before diagonal ones, so a stroke follows the line, not its corners.
+            nxt = min(free, key=lambda q: abs(q[0] - current[0]) + abs(q[1] - current[1]))
+            unused.discard(frozenset((current, nxt)))
+            stroke.append(nxt)
+            current = nxt
+        strokes.append(stroke)
+        drawn.update(stroke)
+    strokes += [[p] for p in sorted(pixels - drawn)]  # lone pixels become dots
+    return strokes
+
+
+def test_strokes_cover_the_skeleton():
+    image = np.zeros((28, 28, 1), np.float32)
+    image[5:23, 12:15] = 1.0  # a thick vertical bar, a "1"
+    image[5:8, 8:14] = 1.0
+    strokes = strokes_of(image)
+    covered = {p for stroke in strokes for p in stroke}
+    assert covered == {tuple(p) for p in np.argwhere(thin(image[..., 0] > 0.5))}
+    assert all(max(abs(a[0] - b[0]), abs(a[1] - b[1])) == 1
+               for s in strokes for a, b in zip(s, s[1:], strict=False))
+    assert thin(image[..., 0] > 0.5)[:, 13].sum() >= 14  # the bar thins to a line, not to nothing
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium (apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def read_twin(page, twin: str) -> tuple[int, list[float]]:
+    """The digit and the ten probabilities the page shows for ``twin``."""
+    digit = page.get_attribute(f"#guess-{twin}", "data-digit")
+    bars = page.eval_on_selector_all(f"#bars-{twin} li", "items => items.map(li => li.dataset.p)")
+    return int(digit), [float(p) for p in bars]
+
+
+def test_browser_draws_ten_test_digits_both_twins_read_them(server, browser, mnist, tmp_path):
+    url, _, _, status = server
+    need_tf(status)
+    page = browser.new_page(viewport={"width": 1120, "height": 560})
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(url)
+    page.wait_for_function("() => window.twinnetPage && window.twinnetPage.tf === 'ready'", timeout=30_000)
+    box = page.locator("#pad").bounding_box()
+    scale = box["width"] / 28
+
+    rows, differences, server_ms = [], [], []
+    for index in range(DIGITS_DRAWN):
+        page.click("#clear")
+        for stroke in strokes_of(mnist.test.x[index]):
+            points = [(box["x"] + (c + 0.5) * scale, box["y"] + (r + 0.5) * scale) for r, c in stroke]
+            page.mouse.move(*points[0])
+            page.mouse.down()
+            for point in points[1:]:
+                page.mouse.move(*point)
+            page.mouse.up()
+        page.wait_for_function("() => (s => s.drawn > 0 && s.answered === s.drawn && !s.inFlight)"
+                               "(window.twinnetPage)", timeout=30_000)
+        numpy_digit, numpy_p = read_twin(page, "numpy")
+        tf_digit, tf_p = read_twin(page, "tf")
+        difference = float(np.max(np.abs(np.subtract(numpy_p, tf_p))))
+        differences.append(difference)
+        server_ms.append(page.evaluate("() => window.twinnetPage.last.ms"))
+        rows.append((int(mnist.test.y[index]), numpy_digit, tf_digit, max(numpy_p), difference))
+        agree = "true" if numpy_digit == tf_digit else "false"
+        assert page.get_attribute("#verdict", "data-agree") == agree
+        seen = page.evaluate("Array.from(document.getElementById('seen').getContext('2d')"
+                             ".getImageData(0, 0, 28, 28).data).filter((v, i) => i % 4 === 0)")
+        assert np.count_nonzero(seen) > 30  # the 28x28 input is shown
+
+    screenshot = tmp_path / "serve.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    if os.environ.get("TWINNET_SERVE_SCREENSHOT"):
+        shutil.copy(screenshot, os.environ["TWINNET_SERVE_SCREENSHOT"])
+    page.close()
+
+    print("\ndigit drawn -> NumPy twin, TF twin (top probability, max |p_numpy - p_tf|)")
+    for label, by_numpy, by_tf, top, difference in rows:
+        print(f"  {label} -> {by_numpy}, {by_tf}  ({top:.4f}, {difference:.1e})")
+    numpy_correct = sum(label == by_numpy for label, by_numpy, *_ in rows)
+    tf_correct = sum(label == by_tf for label, _, by_tf, *_ in rows)
+    print(f"NumPy twin {numpy_correct}/{DIGITS_DRAWN}, TF twin {tf_correct}/{DIGITS_DRAWN}, "
+          f"max probability difference {max(differences):.2e}; server time per 280x280 drawing "
+          f"median {np.median(server_ms):.1f} ms (max {max(server_ms):.1f}); screenshot {screenshot}")
+    assert numpy_correct >= 9 and tf_correct >= 9
+    assert max(differences) <= 1e-4
+    assert screenshot.stat().st_size > 10_000
+    assert requested and all(u.startswith(url) for u in requested), requested  # loopback only
+
+
+def test_without_tensorflow_the_numpy_twin_serves_alone(monkeypatch, mnist):
+    import twinnet.serve as serve
+
+    monkeypatch.setattr(serve, "installed", lambda module: module != "tensorflow")
+    twins = serve.Twins(DEFAULT_WEIGHTS, DEFAULT_WEIGHTS)
+    told = []
+    twins.start_tf(lambda status, seconds: told.append(status))
+    assert told == [twins.tf_status]
+    assert twins.tf_status.startswith("unavailable: TensorFlow is not installed")
+    answer = twins.predict(digit_png(mnist.test.x[1]))
+    assert set(answer["twins"]) == {"numpy"} and answer["twins"]["numpy"]["digit"] == mnist.test.y[1]
+    assert answer["agree"] is None and answer["max_difference"] is None
+    assert answer["tf_status"] == twins.tf_status
+    twins.worker.shutdown()
