@@ -4,6 +4,8 @@ Backends are interleaved (each repeat times every backend in turn), so a slow sp
 the machine hurts both alike. Work is counted from the spec, not measured: a dense or
 conv layer costs its forward multiply-adds once forward, once for the weight gradient
 and once for the input gradient (skipped for the first layer, whose input is the image).
+Every result names the CPU model, its SIMD level and the BLAS kernel in use, and the
+ceiling it is compared with is measured (a large sgemm), not estimated from flags.
 """
 
 from __future__ import annotations
@@ -17,25 +19,17 @@ from typing import Any
 import numpy as np
 
 from twinnet.backend import load_model
-from twinnet.environment import cpu_name
+from twinnet.environment import cpu_name, simd_level
 from twinnet.metrics import predict_logits
-from twinnet.models import IMAGE_SHAPE, Conv2D, Dense, MaxPool2D, get_spec
+from twinnet.models import IMAGE_SHAPE, walk
 
 INFERENCE_IMAGES = 10_000
+PEAK_MATRIX = 2048
 
 
 def layer_multiply_adds(model: str) -> list[int]:
     """Forward multiply-adds per image of each dense/conv layer, in order."""
-    height, width = IMAGE_SHAPE[:2]
-    costs = []
-    for layer in get_spec(model):
-        if isinstance(layer, Dense):
-            costs.append(layer.n_in * layer.n_out)
-        elif isinstance(layer, Conv2D):
-            costs.append(height * width * layer.size**2 * layer.c_in * layer.c_out)
-        elif isinstance(layer, MaxPool2D):
-            height, width = height // layer.size, width // layer.size
-    return costs
+    return [step.multiply_adds for step in walk(model) if step.multiply_adds]
 
 
 def step_flops(model: str, batch_size: int) -> int:
@@ -49,35 +43,36 @@ def inference_flops(model: str, images: int) -> int:
     return 2 * images * sum(layer_multiply_adds(model))
 
 
-def cpu_peak_gflops() -> float | None:
-    """Float32 peak of all cores from /proc/cpuinfo: cores x GHz x FLOPs per cycle
-    (two FMA units: 32 with AVX2+FMA, 64 with AVX-512). A ceiling, not a promise."""
-    try:
-        info = open("/proc/cpuinfo").read()
-    except OSError:
-        return None
-    flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
-    mhz = [float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
-    if not mhz:
-        return None
-    per_cycle = 64 if " avx512f" in flags else 32 if " fma" in flags and " avx2" in flags else 8
-    return (os.cpu_count() or 1) * statistics.median(mhz) / 1000 * per_cycle
+def sgemm_peak_gflops(size: int = PEAK_MATRIX, repeats: int = 5) -> float:
+    """Measured float32 matmul speed of NumPy's BLAS on all its threads: the best of
+    ``repeats`` products of two ``size`` x ``size`` matrices. The ceiling the NumPy twin's
+    matmuls can reach here (OPENBLAS_CORETYPE may select narrower kernels than the CPU has)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((size, size), dtype=np.float32), rng.random((size, size), dtype=np.float32)
+    a @ b  # warm-up: thread pool, caches
+    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _seconds(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def blas_info() -> dict[str, Any]:
-    """NumPy's BLAS library and the thread counts in force."""
+    """NumPy's BLAS library, its kernel architecture and the thread counts in force."""
     info: dict[str, Any] = {"cpu_count": os.cpu_count()}
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         info["numpy_blas"] = f"{blas.get('name')} {blas.get('version')}"
     except (TypeError, KeyError):
         info["numpy_blas"] = "unknown"
-    try:
-        from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info
 
-        info["blas_threads"] = {p["internal_api"]: p["num_threads"] for p in threadpool_info()}
-    except ImportError:
-        info["blas_threads"] = os.environ.get("OPENBLAS_NUM_THREADS", "default (all cores)")
+    pools = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    info["blas_threads"] = {p["internal_api"]: p["num_threads"] for p in pools}
+    info["blas_kernel"] = ", ".join(str(p.get("architecture")) for p in pools) or "unknown"
     for name in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS"):
         if os.environ.get(name):
             info[name] = os.environ[name]
@@ -134,9 +129,9 @@ def run_bench(models: list[str], backends: list[str], batch_size: int = 100, rep
                                         / per_model["tf"]["infer_ms_per_1000"])
         results["models"][name] = per_model
     results["environment"] = {
-        "cpu": cpu_name(), "platform": platform.platform(), "numpy": np.__version__,
-        "load_average": load_average,
-        "peak_gflop_per_s": cpu_peak_gflops(), **blas_info(),
+        "cpu": cpu_name(), "simd": simd_level(), "platform": platform.platform(),
+        "numpy": np.__version__, "load_average": load_average,
+        "sgemm_gflop_per_s": sgemm_peak_gflops(), **blas_info(),
     }
     if "tf" in backends:
         import tensorflow as tf
@@ -152,16 +147,17 @@ def format_bench(results: dict[str, Any]) -> str:
     env = results["environment"]
     lines = [
         f"batch {results['batch_size']}, {results['optimizer']}, median of {results['repeats']} "
-        f"repeats x {results['steps']} steps; {env['cpu']}, {env['cpu_count']} cores",
-        f"NumPy {env['numpy']} with {env['numpy_blas']}, BLAS threads: {env['blas_threads']}"
+        f"repeats x {results['steps']} steps; {env['cpu']}, {env['simd']}, {env['cpu_count']} cores",
+        f"NumPy {env['numpy']} with {env['numpy_blas']} ({env['blas_kernel']} kernels), "
+        f"BLAS threads: {env['blas_threads']}"
         + (f"; TensorFlow {env['tensorflow']}, intra-op threads: {env['tf_intra_op_threads']}"
            if "tensorflow" in env else ""),
     ]
     if env.get("load_average") is not None:
         lines.append(f"load average before the run: {env['load_average']:.2f} "
                      "(above ~0.5 other work was competing for the cores)")
-    if env.get("peak_gflop_per_s"):
-        lines.append(f"CPU float32 peak (estimate): {env['peak_gflop_per_s']:.0f} GFLOP/s")
+    lines.append(f"NumPy sgemm ceiling (measured, {PEAK_MATRIX}^3 on all BLAS threads): "
+                 f"{env['sgemm_gflop_per_s']:.0f} GFLOP/s")
     lines += ["",
               f"{'model':<9} {'twin':<6} {'ms/step':>8} {'(min-max)':>15} {'MFLOP/step':>10} "
               f"{'GFLOP/s':>8} {'ms/1k infer':>11} {'GFLOP/s':>8}"]
@@ -177,4 +173,100 @@ def format_bench(results: dict[str, Any]) -> str:
     if ratios:
         lines += ["", f"{'model':<9} {'numpy/tf step':>14} {'numpy/tf inference':>19}"]
         lines += [f"{n:<9} {m['ratio_step']:>13.2f}x {m['ratio_infer']:>18.2f}x" for n, m in ratios]
+    return "\n".join(lines)
+
+
+def block_bytes(kind: str, shape_in: tuple[int, ...], shape_out: tuple[int, ...],
+                input_grad: bool) -> tuple[int, int]:
+    """Bytes of the main arrays one image makes a block read or write, forward and backward
+    (float32; masks one byte per element), from the shapes of its layer's input and
+    output (for a conv, before pooling), weights not included. An estimate, to tell a
+    block that streams memory from one that computes."""
+    inp, conv = int(np.prod(shape_in)), int(np.prod(shape_out))
+    if kind == "ConvReLUPool":
+        h, w, c_in = shape_in
+        out = conv // 4  # pooled
+        cols = 9 * c_in * h * w
+        forward = 4 * (3 * inp + 2 * cols + 2 * conv + out) + conv + out
+        backward = 4 * (out + 2 * conv + cols) + conv + out
+        if input_grad:
+            backward += 4 * (2 * conv + 2 * 9 * conv + inp)
+        return forward, backward
+    if kind == "DenseBlock":
+        return 4 * (inp + 2 * conv) + conv, 4 * (inp + 2 * conv + (inp if input_grad else 0)) + conv
+    return 0, 0
+
+
+def time_blocks(model: str, batch_size: int = 50, repeats: int = 20, seed: int = 0) -> dict[str, Any]:
+    """Forward and backward time of each NumPy-twin block on one thread with one BLAS
+    thread, for ``batch_size`` images (a thread's share of a step), median of ``repeats``;
+    with FLOPs from the spec, estimated bytes (``block_bytes``) and the one-thread sgemm
+    ceiling to compare with."""
+    from threadpoolctl import threadpool_limits
+
+    from twinnet.models import init_params
+    from twinnet.numpy_nn.losses import softmax_cross_entropy
+    from twinnet.numpy_nn.network import NumpyModel
+
+    numpy_model = NumpyModel(model, init_params(model, seed), threads=1)
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch_size, *IMAGE_SHAPE), dtype=np.float32)
+    y = rng.integers(0, 10, batch_size)
+    blocks = numpy_model.blocks
+    times: dict[str, list[list[float]]] = {"forward": [[] for _ in blocks], "backward": [[] for _ in blocks]}
+    with threadpool_limits(limits=1, user_api="blas"):
+        ceiling = sgemm_peak_gflops(1024)
+        for _ in range(repeats + 2):  # the first two are warm-up
+            a = x
+            for i, block in enumerate(blocks):
+                start = time.perf_counter()
+                a = block.forward(a)
+                times["forward"][i].append(time.perf_counter() - start)
+            _, d = softmax_cross_entropy(a, y)
+            for i in reversed(range(len(blocks))):
+                start = time.perf_counter()
+                d = blocks[i].backward(d)
+                times["backward"][i].append(time.perf_counter() - start)
+                if d is None:
+                    break
+    steps = {step.layer.name: step for step in walk(model) if step.multiply_adds}
+    rows = []
+    for i, block in enumerate(blocks):
+        kind, step = type(block).__name__, steps.get(getattr(block, "name", None))
+        if step is None:  # Flatten: a reshape, nothing to time
+            continue
+        fwd_bytes, bwd_bytes = block_bytes(kind, step.inp, step.out, block.needs_input_grad)
+        weights = block.W.nbytes  # read once forward; the gradient written and, for dx, read again
+        fwd_bytes, bwd_bytes = fwd_bytes * batch_size + weights, bwd_bytes * batch_size + 2 * weights
+        bwd_flops = 2 * step.multiply_adds * (2 if block.needs_input_grad else 1)
+        for phase, flops, nbytes in (("forward", 2 * step.multiply_adds, fwd_bytes),
+                                     ("backward", bwd_flops, bwd_bytes)):
+            samples = times[phase][i][2:]
+            if not samples:
+                continue
+            seconds = statistics.median(samples)
+            rows.append({"block": f"{block.name} ({kind})", "phase": phase, "ms": seconds * 1000,
+                         "mflop": flops * batch_size / 1e6, "mbytes": nbytes / 1e6,
+                         "gflop_per_s": flops * batch_size / seconds / 1e9,
+                         "gbyte_per_s": nbytes / seconds / 1e9})
+    return {"model": model, "batch_size": batch_size, "repeats": repeats, "rows": rows,
+            "sgemm_one_thread_gflop_per_s": ceiling,
+            "environment": {"cpu": cpu_name(), "simd": simd_level(), **blas_info()}}
+
+
+def format_blocks(result: dict[str, Any]) -> str:
+    """The per-block table of ``time_blocks`` as aligned text."""
+    env = result["environment"]
+    lines = [f"{result['model']}: NumPy-twin blocks on one thread, batch {result['batch_size']}, "
+             f"median of {result['repeats']}; {env['cpu']}, {env['simd']}, "
+             f"{env['blas_kernel']} BLAS kernels",
+             "one-thread sgemm ceiling (measured, 1024^3): "
+             f"{result['sgemm_one_thread_gflop_per_s']:.0f} GFLOP/s",
+             "",
+             f"{'block':<26} {'phase':<8} {'ms':>7} {'MFLOP':>7} {'GFLOP/s':>8} {'MB (est.)':>9} {'GB/s':>6}"]
+    for row in result["rows"]:
+        lines.append(f"{row['block']:<26} {row['phase']:<8} {row['ms']:>7.3f} {row['mflop']:>7.1f} "
+                     f"{row['gflop_per_s']:>8.1f} {row['mbytes']:>9.1f} {row['gbyte_per_s']:>6.1f}")
+    total = sum(row["ms"] for row in result["rows"])
+    lines.append(f"{'all blocks':<26} {'':<8} {total:>7.3f}")
     return "\n".join(lines)

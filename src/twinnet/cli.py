@@ -177,10 +177,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from twinnet.bench import format_bench, run_bench
+    from twinnet.bench import format_bench, format_blocks, run_bench, time_blocks
 
     if args.repeats < 1 or args.steps < 1 or args.batch_size < 1:
         raise TwinnetError("--repeats, --steps and --batch-size must be at least 1")
+    if args.blocks:
+        for name in args.models:
+            result = time_blocks(name, batch_size=args.batch_size, repeats=args.repeats)
+            print(json.dumps(result, indent=2) if args.json else format_blocks(result) + "\n")
+        return 0
     results = run_bench(args.models, args.backends, batch_size=args.batch_size,
                         repeats=args.repeats, steps=args.steps, optimizer=args.optimizer)
     print(json.dumps(results, indent=2) if args.json else format_bench(results))
@@ -313,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training steps per repeat (default: %(default)s)")
     bench.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
                        help="optimizer of the timed steps (default: %(default)s)")
+    bench.add_argument("--blocks", action="store_true",
+                       help="instead, time each NumPy-twin block's forward and backward on one "
+                            "thread (use --batch-size 50 for a thread's share of a 100-image step)")
     bench.add_argument("--json", action="store_true", help="print the full results as JSON")
     bench.set_defaults(func=cmd_bench)
 
