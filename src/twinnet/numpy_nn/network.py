@@ -80,7 +80,7 @@ class NumpyModel:
         optimizer: str = "sgd",
         dtype: type[np.floating] | np.dtype = np.float32,
     ) -> None:
-        self.model = model
+        self.model_name = model
         self.optimizer = optimizer
         self.dtype = np.dtype(dtype)
         self._shapes = models.param_shapes(model)
@@ -140,12 +140,12 @@ class NumpyModel:
     def _check_params(self, params: dict[str, np.ndarray]) -> None:
         if set(params) != set(self._shapes):
             raise ValueError(
-                f"{self.model}: expected parameters {sorted(self._shapes)}, got {sorted(params)}"
+                f"{self.model_name}: expected parameters {sorted(self._shapes)}, got {sorted(params)}"
             )
         for key, shape in self._shapes.items():
             if tuple(np.shape(params[key])) != shape:
                 raise ValueError(
-                    f"{self.model}: {key} has shape {np.shape(params[key])}, expected {shape}"
+                    f"{self.model_name}: {key} has shape {np.shape(params[key])}, expected {shape}"
                 )
 
     # -- parameters ---------------------------------------------------------------
@@ -228,19 +228,19 @@ class NumpyModel:
 
     # -- optimizer state ----------------------------------------------------------
 
-    def optimizer_state(self) -> dict[str, np.ndarray]:
+    def optimizer_state_dict(self) -> dict[str, np.ndarray]:
         """The optimizer's slots: for Adam ``<param>/m``, ``<param>/v``, ``iterations``;
         empty for SGD."""
-        return self._opt.state()
+        return self._opt.state_dict()
 
-    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        """Restore what ``optimizer_state`` returned (slots cast to ``self.dtype``)."""
+    def load_optimizer_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what ``optimizer_state_dict`` returned (slots cast to ``self.dtype``)."""
         state = dict(state)
         for key, arr in state.items():
             if key == "iterations":
                 continue
             param = key.rsplit("/", 1)[0]
             if param not in self._shapes or np.shape(arr) != self._shapes[param]:
-                raise ValueError(f"optimizer state {key!r} does not match model {self.model}")
+                raise ValueError(f"optimizer state {key!r} does not match model {self.model_name}")
             state[key] = np.asarray(arr, dtype=self.dtype)
-        self._opt.set_state(state)
+        self._opt.load_state_dict(state)
