@@ -223,33 +223,24 @@ def stop_here(config: TrainConfig, state: TrainingState, checkpoint: str | os.Pa
         f"continue with: twinnet train --resume {Path(checkpoint).parent}")
 
 
-def train(
-    config: TrainConfig,
-    data: Mnist,
-    progress: bool | None = None,
-    on_record: Callable[[int, dict[str, float]], None] | None = None,
-    final_splits: tuple[str, ...] = SPLITS,
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 0,
-    resume: bool = False,
-) -> tuple[Backend, dict[str, Any]]:
+def train(config: TrainConfig, data: Mnist, progress: bool | None = None,
+          on_record: Callable[[int, dict[str, float]], None] | None = None,
+          final_splits: tuple[str, ...] = SPLITS, checkpoint: str | os.PathLike | None = None,
+          checkpoint_every: int = 0, resume: bool = False) -> tuple[Backend, dict[str, Any]]:
     """Train ``config.model`` on ``config.backend``; returns the model and the run's metrics.
 
     ``on_record(step, values)`` is called at every curve point. ``final_splits`` are
-    evaluated at the end; a learning-rate sweep leaves out "test", which must never
-    inform a choice. With a ``checkpoint`` path, the state is saved there every
-    ``checkpoint_every`` steps and on Ctrl-C (then TrainingInterruptedError is raised);
-    ``resume`` first restores it, so the run continues exactly where it stopped.
-    Raises DivergenceError as soon as a batch loss is NaN, infinite or above DIVERGED_LOSS.
+    evaluated at the end (a sweep leaves out "test", which must never inform a choice).
+    With a ``checkpoint`` path the state is saved there every ``checkpoint_every`` steps
+    and on Ctrl-C; ``resume`` first restores it. Raises DivergenceError (see check_loss).
     """
     started = time.perf_counter()
     state = start_training(config, len(data.train), checkpoint if resume else None)
     resumed_at = state.step if resume else None
     train_started = time.perf_counter()
-    label = f"{config.model} ({config.backend})"
+    bar = progress_bar(config.steps, f"{config.model} ({config.backend})", enabled=progress)
     # Divergence is caught from the loss; NumPy's overflow warnings would only repeat it.
-    with progress_bar(config.steps, label, enabled=progress) as bar, stop_on_sigint() as sigint, \
-            np.errstate(over="ignore", invalid="ignore"):
+    with bar, stop_on_sigint() as sigint, np.errstate(over="ignore", invalid="ignore"):
         bar.update(state.step)
         for step in range(state.step + 1, config.steps + 1):
             batch = state.order.next()
