@@ -202,7 +202,7 @@ def test_adam_matches_hand_computed_two_steps() -> None:
     adam.step(params, {"p": g2}, lr)
     np.testing.assert_allclose(params["p"], w2, rtol=1e-14)
 
-    state = adam.state()
+    state = adam.state_dict()
     assert set(state) == {"p/m", "p/v", "iterations"}
     assert int(state["iterations"]) == 2
     np.testing.assert_allclose(state["p/m"], m2, rtol=1e-14)
@@ -216,7 +216,7 @@ def test_adam_state_roundtrip_continues_identically() -> None:
     pa = {"p": np.ones(3, dtype=np.float32)}
     a.step(pa, g[0], 0.01)
     pb = {"p": pa["p"].copy()}
-    b.set_state(a.state())
+    b.load_state_dict(a.state_dict())
     for step in g[1:]:
         a.step(pa, step, 0.01)
         b.step(pb, step, 0.01)
@@ -230,9 +230,9 @@ def test_sgd_step_counts_iterations() -> None:
     sgd.step(params, {"p": np.array([0.5, -1.0], dtype=np.float32)}, 0.1)
     np.testing.assert_allclose(params["p"], [0.95, 2.1], rtol=1e-7)
     assert params["p"].dtype == np.float32
-    assert sgd.state() == {"iterations": 1}
+    assert sgd.state_dict() == {"iterations": 1}
     restored = SGD()
-    restored.set_state(sgd.state())
+    restored.load_state_dict(sgd.state_dict())
     assert restored.iterations == 1
 
 
@@ -251,7 +251,7 @@ def test_float32_stays_float32(name: str, optimizer: str) -> None:
     assert all(g.dtype == np.float32 for g in grads.values())
     model.train_step(x, y, 0.01)
     assert all(p.dtype == np.float32 for p in model.params.values())
-    assert all(a.dtype == np.float32 for k, a in model.optimizer_state().items()
+    assert all(a.dtype == np.float32 for k, a in model.optimizer_state_dict().items()
                if k != "iterations")
 
 
@@ -302,7 +302,7 @@ def test_train_step_equals_loss_and_grads_then_apply() -> None:
         b.apply(grads, 1e-3)
     for key, p in a.params.items():
         np.testing.assert_array_equal(p, b.params[key])
-    assert int(a.optimizer_state()["iterations"]) == 2
+    assert int(a.optimizer_state_dict()["iterations"]) == 2
 
 
 def test_optimizer_state_roundtrip_through_model() -> None:
@@ -310,7 +310,7 @@ def test_optimizer_state_roundtrip_through_model() -> None:
     a = NumpyModel("mlp128", init_params("mlp128", 0), optimizer="adam")
     a.train_step(x, y, 1e-3)
     b = NumpyModel("mlp128", a.params, optimizer="adam")
-    b.set_optimizer_state(a.optimizer_state())
+    b.load_optimizer_state_dict(a.optimizer_state_dict())
     a.train_step(x, y, 1e-3)
     b.train_step(x, y, 1e-3)
     for key, p in a.params.items():

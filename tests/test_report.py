@@ -13,10 +13,7 @@ from twinnet.sweep import run_sweep, write_sweep
 from twinnet.train import TrainConfig, train
 
 MINI_PRESETS = """
-[runs.P1a]
-label = "P1:a"
-model = "linear"
-backend = "tf"
+[models.linear]
 optimizer = "sgd"
 lr = 0.5
 schedule = "cosine"
@@ -24,27 +21,9 @@ steps = 60
 batch_size = 100
 seed = 0
 lr_chosen_by = "a test"
+twins = {tf = "P1:a", numpy = "P2:b"}
 
-[runs.P2b]
-label = "P2:b"
-model = "linear"
-backend = "numpy"
-optimizer = "sgd"
-lr = 0.5
-schedule = "cosine"
-steps = 60
-batch_size = 100
-seed = 0
-lr_chosen_by = "a test"
-seed_lr = 0.5
-seed_steps = 1000
-seed_train_accuracy = 0.91
-seed_test_accuracy = 0.9
-
-[runs.P2c]
-label = "P2:c"
-model = "mlp128"
-backend = "numpy"
+[models.mlp128]
 optimizer = "adam"
 lr = 0.002
 schedule = "constant"
@@ -52,6 +31,13 @@ steps = 60
 batch_size = 100
 seed = 0
 lr_chosen_by = "a test"
+twins = {numpy = "P2:c"}
+
+[seed_report."P2:b"]
+lr = 0.5
+steps = 1000
+train_accuracy = 0.91
+test_accuracy = 0.9
 """
 
 
@@ -94,7 +80,8 @@ def test_report_runs_reuses_and_matches_every_confusion_matrix(tmp_path, mnist_p
     for row in rows:
         assert all(cell for cell in row), f"empty cell in {row}"
     for preset in load_presets(presets_file):
-        run = out / "runs" / f"{preset.id}-{preset.config.model}-{preset.config.backend}"
+        run = preset.run_dir(out)
+        assert run.name == f"{preset.id}-{preset.config.model}-{preset.config.backend}"
         metrics = json.loads((run / "metrics.json").read_text())
         confusion = np.array(metrics["confusion_matrix"])
         from_matrix = np.trace(confusion) / confusion.sum()
@@ -112,13 +99,10 @@ def test_report_runs_reuses_and_matches_every_confusion_matrix(tmp_path, mnist_p
     before = {p: (p / "metrics.json").stat().st_mtime_ns for p in (out / "runs").iterdir()}
     generate_report(out=out, jobs=1, data_dir=mnist_path, presets_path=presets_file)
     assert before == {p: (p / "metrics.json").stat().st_mtime_ns for p in (out / "runs").iterdir()}
-    head, p2b, p2c = MINI_PRESETS.split("[runs.")[0], *MINI_PRESETS.split("[runs.")[2:]
-    p1a = MINI_PRESETS.split("[runs.")[1]
-    presets_file.write_text(head + "[runs." + p1a + "[runs." + p2b.replace("steps = 60", "steps = 70")
-                            + "[runs." + p2c)
+    presets_file.write_text(MINI_PRESETS.replace("steps = 60", "steps = 70", 1))  # linear
     generate_report(out=out, jobs=1, data_dir=mnist_path, presets_path=presets_file)
     after = {p: (p / "metrics.json").stat().st_mtime_ns for p in (out / "runs").iterdir()}
-    assert sorted(p.name for p in after if after[p] != before[p]) == ["P2b-linear-numpy"]
+    assert sorted(p.name for p in after if after[p] != before[p]) == ["P1a-linear-tf", "P2b-linear-numpy"]
 
     # --only retrains what it names, finished or not, and nothing else; a missing run
     # it does not name shows as not run.
@@ -128,7 +112,8 @@ def test_report_runs_reuses_and_matches_every_confusion_matrix(tmp_path, mnist_p
     generate_report(out=out, only="P1:a", jobs=1, data_dir=mnist_path, presets_path=presets_file)
     assert p1a_metrics.stat().st_mtime_ns != p1a_before
     assert not (out / "runs" / "P2c-mlp128-numpy" / "metrics.json").exists()
-    assert "| P2:c | mlp128 | numpy | not run yet |" in (out / "REPORT.md").read_text()
+    assert "| P2:c | mlp128 | numpy | adam | 0.002 | constant | 60 | not run yet |" in (
+        out / "REPORT.md").read_text()
 
 
 def test_inconsistent_metrics_are_refused():
@@ -153,8 +138,8 @@ def test_bad_presets_file(tmp_path):
     from twinnet.errors import TwinnetError
 
     path = tmp_path / "p.toml"
-    path.write_text('[runs.X]\nmodel = "linear"\n')
-    with pytest.raises(TwinnetError, match=r"p.toml: run X: missing"):
+    path.write_text('[models.linear]\noptimizer = "sgd"\n')
+    with pytest.raises(TwinnetError, match=r"p.toml: \[models.linear\]: missing lr, schedule"):
         load_presets(path)
     path.write_text("not = [toml")
     with pytest.raises(TwinnetError, match="cannot read presets"):
@@ -222,3 +207,88 @@ def test_tensorboard_scalars(tmp_path):
     from tensorboard.util.tensor_util import make_ndarray
 
     assert float(make_ndarray(values[1].tensor_proto)) == pytest.approx(0.81, rel=1e-6)
+
+
+def fake_metrics(config, train_acc: float, val_acc: float, test_correct: int, seconds: float) -> dict:
+    """metrics.json as a run would write it, with figures no real run would give."""
+    from dataclasses import asdict
+
+    confusion = np.zeros((10, 10), dtype=int)
+    confusion[np.arange(10), np.arange(10)] = test_correct // 10
+    confusion[0, 0] += test_correct % 10
+    confusion[0, 1] = 10_000 - test_correct
+    final = {"train": {"accuracy": train_acc, "loss": 0.0111},
+             "validation": {"accuracy": val_acc, "loss": 0.0222},
+             "test": {"accuracy": test_correct / 10_000, "loss": 0.0333, "correct": test_correct,
+                      "count": 10_000}}
+    return {"config": asdict(config), "final": final, "confusion_matrix": confusion.tolist(),
+            "curves": {}, "environment": {"tensorflow": "9.9"}, "train_seconds": seconds,
+            "wall_seconds": seconds + 1}
+
+
+def test_report_renders_every_figure_from_the_metrics(tmp_path):
+    from twinnet.report import COLUMNS, render_report
+
+    presets_file = tmp_path / "presets.toml"
+    presets_file.write_text(MINI_PRESETS)
+    presets = load_presets(presets_file)
+    by_label = {p.label: p for p in presets}
+    metrics = {by_label["P1:a"].id: fake_metrics(by_label["P1:a"].config, 0.9876, 0.8765, 9123, 41.0),
+               by_label["P2:b"].id: fake_metrics(by_label["P2:b"].config, 0.5, 0.25, 7777, 7.0)}
+    for preset in presets:
+        if preset.id in metrics:
+            check_consistent(preset, metrics[preset.id])
+    env = {"twinnet": "0.test", "python": "3.x", "numpy": "1.x", "platform": "test-os",
+           "cpu": "Test CPU", "cpu_count": 3}
+    report = render_report(tmp_path, presets, metrics, elapsed=12.0, trained=1, env=env)
+
+    rows = table_rows(report)
+    assert [row[0] for row in rows] == ["P1:a", "P2:b", "P2:c"]
+    assert all(len(row) == len(COLUMNS) for row in rows)
+    p1a, p2b, p2c = rows
+    assert p1a[1:11] == ["linear", "tf", "sgd", "0.5", "cosine", "60", "1.24%", "12.35%", "8.77%", "91.23%"]
+    assert p1a[-1] == "42 s" and p1a[11:15] == ["n/a"] * 4
+    assert p2b[7:11] == ["50.00%", "75.00%", "22.23%", "77.77%"]
+    assert p2b[11:15] == ["0.5", "1000", "9.00%", "10.00%"]  # the seed's figures as error rates
+    # A preset not run yet: its settings, "not run yet", its seed cells, and nothing measured.
+    assert p2c[:8] == ["P2:c", "mlp128", "numpy", "adam", "0.002", "constant", "60", "not run yet"]
+    assert p2c[8:11] == ["", "", ""] and p2c[-1] == ""
+    assert "Not run yet" in report.split("### P2:c", 1)[1]
+
+    section = report.split("### P1:a", 1)[1].split("###", 1)[0]
+    assert "trained in 41 s" in section and "runs/P1a-linear-tf/weights.npz" in section
+    assert "| accuracy | 98.76% | 87.65% | 91.23% |" in section
+    assert "| cross-entropy | 0.0111 | 0.0222 | 0.0333 |" in section
+    assert "| **0** | **915** | 877 |" in section  # the confusion matrix, diagonal in bold
+    assert "Test CPU (3 cores)" in report and "The 2 runs took 50 s" in report
+    assert "| tensorflow | 9.9 |" in report and "| P2:b | 7.0 s | 8.0 s |" in report
+    assert "{" not in report  # every placeholder of the template filled
+
+
+def test_presets_errors_name_the_file_and_run(tmp_path):
+    from twinnet.errors import TwinnetError
+
+    path = tmp_path / "p.toml"
+    path.write_text(MINI_PRESETS.replace("lr = 0.5", "lr = -1"))
+    with pytest.raises(TwinnetError, match=r"p.toml: run P1a: lr must be a positive number, got -1"):
+        load_presets(path)
+    path.write_text(MINI_PRESETS.replace("twins = {numpy", "twins = {jax"))
+    with pytest.raises(TwinnetError, match=r"twins: unknown key\(s\) jax"):
+        load_presets(path)
+    path.write_text(MINI_PRESETS.replace('[seed_report."P2:b"]', '[seed_report."P9:z"]'))
+    with pytest.raises(TwinnetError, match="seed_report for unknown run"):
+        load_presets(path)
+
+
+def test_cli_defaults_are_the_config_defaults_and_errors_name_the_flag(capsys):
+    from twinnet.cli import build_parser, config_from_args, main
+    from twinnet.config import DEFAULT_LR, TrainConfig
+
+    args = build_parser().parse_args(["train", "mlp128"])
+    assert config_from_args(args) == TrainConfig(model="mlp128")
+    args = build_parser().parse_args(["train", "mlp128", "--optimizer", "adam"])
+    assert config_from_args(args).lr == DEFAULT_LR["adam"]
+    assert main(["train", "linear", "--lr", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "twinnet: error: --lr must be a positive number, got -1.0"
+    assert main(["train", "linear", "--batch-size", "0"]) == 2
+    assert "--batch-size must be at least 1" in capsys.readouterr().err

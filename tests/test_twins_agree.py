@@ -15,7 +15,8 @@ pytest.importorskip("tensorflow")
 import twinnet  # noqa: E402
 from twinnet.metrics import evaluate  # noqa: E402
 from twinnet.models import MODEL_NAMES, init_params  # noqa: E402
-from twinnet.train import TrainConfig, train, weights_meta  # noqa: E402
+from twinnet.runs import weights_meta  # noqa: E402
+from twinnet.train import TrainConfig, train  # noqa: E402
 from twinnet.weights import save_weights  # noqa: E402
 
 
@@ -73,7 +74,7 @@ def test_optimizer_steps_agree(model, optimizer, weights_files, mnist):
     for key in tf_params:
         moved = np.max(np.abs(tf_params[key] - init_params(model, seed=11)[key]))
         assert np.max(np.abs(np_params[key] - tf_params[key])) <= 1e-3 * max(moved, 1e-3), key
-    tf_state, np_state = twins[0].optimizer_state(), twins[1].optimizer_state()
+    tf_state, np_state = twins[0].optimizer_state_dict(), twins[1].optimizer_state_dict()
     assert int(tf_state["iterations"]) == int(np_state["iterations"]) == 10
     assert sorted(tf_state) == sorted(np_state)
 

@@ -56,12 +56,12 @@ class Backend(Protocol):
         mean loss and number of correct predictions, both measured before the update."""
         ...
 
-    def optimizer_state(self) -> dict[str, np.ndarray]:
+    def optimizer_state_dict(self) -> dict[str, np.ndarray]:
         """The optimizer's slots (for Adam: ``<param>/m``, ``<param>/v`` and ``iterations``)."""
         ...
 
-    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        """Restore what ``optimizer_state`` returned."""
+    def load_optimizer_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what ``optimizer_state_dict`` returned."""
         ...
 
 

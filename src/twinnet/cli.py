@@ -28,42 +28,46 @@ def add_data_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
-    from twinnet.train import SCHEDULES
+    """The flags of TrainConfig's fields; defaults and their help come from twinnet.config."""
+    from twinnet.config import DEFAULT_LR, SCHEDULES, default
 
     parser.add_argument("model", choices=MODEL_NAMES, nargs=None if sweep else "?",
                         help=f"which model ({MODELS_HELP})")
-    parser.add_argument("--backend", choices=BACKENDS, default="tf",
+    parser.add_argument("--backend", choices=BACKENDS, default=default("backend"),
                         help="tf: the TensorFlow twin; numpy: the hand-derived NumPy twin "
                              "(default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=2000,
+    parser.add_argument("--steps", type=int, default=default("steps"),
                         help="number of parameter updates (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=100,
+    parser.add_argument("--batch-size", type=int, default=default("batch_size"),
                         help="images per update (default: %(default)s)")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=default("optimizer"),
                         help="sgd (plain) or adam, both with Keras semantics "
                              "(default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=None,
-                        help=argparse.SUPPRESS if sweep else
-                        "learning rate (default: 0.1 for sgd, 0.001 for adam)")
-    parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
+    lr_defaults = ", ".join(f"{lr:g} for {name}" for name, lr in DEFAULT_LR.items())
+    parser.add_argument("--lr", type=float, default=default("lr"),
+                        help=argparse.SUPPRESS if sweep else f"learning rate (default: {lr_defaults})")
+    parser.add_argument("--schedule", choices=SCHEDULES, default=default("schedule"),
                         help="learning-rate schedule over the run (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=int, default=default("seed"),
                         help="seeds the initial weights and the data order (default: %(default)s)")
-    parser.add_argument("--eval-every", type=int, default=0, metavar="N",
+    parser.add_argument("--eval-every", type=int, default=default("eval_every"), metavar="N",
                         help="record training and validation loss/accuracy every N steps "
                              "(default: steps/50)")
     add_data_dir(parser)
 
 
 def config_from_args(args: argparse.Namespace):
-    from twinnet.train import DEFAULT_LR, TrainConfig
+    """TrainConfig from the parsed flags; a bad value is named by its flag."""
+    from twinnet.config import ConfigError, TrainConfig, flag
 
-    return TrainConfig(
-        model=args.model, backend=args.backend, optimizer=args.optimizer,
-        lr=args.lr if args.lr is not None else DEFAULT_LR[args.optimizer],
-        steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-        eval_every=args.eval_every, schedule=args.schedule,
-    )
+    try:
+        return TrainConfig(
+            model=args.model, backend=args.backend, optimizer=args.optimizer, lr=args.lr,
+            steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+            eval_every=args.eval_every, schedule=args.schedule,
+        )
+    except ConfigError as exc:
+        raise exc.named(flag(exc.field)) from None
 
 
 def format_confusion(confusion: list[list[int]]) -> str:
@@ -76,21 +80,26 @@ def format_confusion(confusion: list[list[int]]) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from twinnet.checkpoint import CHECKPOINT_NAME, read_checkpoint
+    from twinnet.config import ConfigError, TrainConfig
     from twinnet.data import load_mnist
-    from twinnet.train import TrainConfig, train, write_run
+    from twinnet.runs import default_run_dir, write_run
+    from twinnet.train import train
 
     if args.checkpoint_every < 0:
         raise TwinnetError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
     if args.resume:
         out = Path(args.resume)
-        state, _ = read_checkpoint(out / CHECKPOINT_NAME)
-        config = TrainConfig(**state["config"])
+        state = read_checkpoint(out / CHECKPOINT_NAME)
+        try:
+            config = TrainConfig(**state["config"])
+        except ConfigError as exc:
+            raise exc.named(f"{out / CHECKPOINT_NAME}: config: {exc.field}") from None
         print(f"resuming {config.model} ({config.backend}) in {out} after step {state['step']}")
     elif args.model is None:
         raise TwinnetError("name a model to train, or --resume DIR to continue a run")
     else:
         config = config_from_args(args)
-        out = Path(args.out or f"runs/{config.model}-{config.backend}")
+        out = Path(args.out) if args.out else default_run_dir(config)
     data = load_mnist(args.data_dir)
     checkpoint = out / CHECKPOINT_NAME
     model, metrics = train(config, data, checkpoint=checkpoint,
@@ -157,7 +166,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     lrs = args.lrs or list(DEFAULT_LRS[args.optimizer])
     if any(not lr > 0 for lr in lrs):
         raise TwinnetError(f"--lrs must all be positive, got {lrs}")
-    args.lr = lrs[0]
+    args.lr = lrs[0]  # the sweep's base configuration records its first rate
     result = run_sweep(config_from_args(args), lrs, workers=args.workers, data_dir=args.data_dir)
     path = write_sweep(result, args.out)
     print(format_sweep(result))
@@ -213,6 +222,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from twinnet.sweep import DEFAULT_LRS, SWEEP_STEPS
+
     parser = argparse.ArgumentParser(
         prog="twinnet",
         description="Four MNIST classifiers trained twice: by TensorFlow (the framework twin) "
@@ -290,10 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "worker processes, and rank them by validation accuracy (the test split is "
                     "not evaluated). Writes a JSON file and a plot into --out.")
     add_train_arguments(sweep, sweep=True)
-    sweep.set_defaults(steps=1000)
+    sweep.set_defaults(steps=SWEEP_STEPS)
+    lrs_defaults = ", ".join(f"{' '.join(f'{lr:g}' for lr in lrs)} for {name}"
+                             for name, lrs in DEFAULT_LRS.items())
     sweep.add_argument("--lrs", type=float, nargs="+", metavar="LR",
-                       help="learning rates to try (default: 0.03 0.1 0.3 0.5 1 for sgd, "
-                            "0.0003 0.001 0.002 0.005 for adam)")
+                       help=f"learning rates to try (default: {lrs_defaults})")
     sweep.add_argument("--workers", type=int, default=2,
                        help="parallel worker processes, sharing the cores (default: %(default)s)")
     sweep.add_argument("--out", metavar="DIR", default="sweeps",

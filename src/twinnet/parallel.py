@@ -13,8 +13,10 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from typing import Any
+from typing import TypeVar
 
+Job = TypeVar("Job")
+Result = TypeVar("Result")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "TF_NUM_INTRAOP_THREADS")
 
@@ -35,23 +37,26 @@ def thread_limits(threads: int) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def run_jobs(function: Callable[..., Any], jobs: list[tuple], workers: int) -> Iterator[tuple[tuple, Any]]:
-    """Yield ``(args, function(*args))`` for every tuple in ``jobs``, as each finishes.
+def run_jobs(function: Callable[[Job], Result], jobs: list[Job],
+             workers: int) -> Iterator[tuple[Job, Result]]:
+    """Yield ``(job, function(job))`` for every job in ``jobs``, as each finishes.
 
-    With one worker the jobs run here, in order, in this process; otherwise in spawned
-    processes with ``cores // workers`` threads each, even when fewer jobs than
-    workers remain: a job's thread count, and with it the rounding of its results
-    (BLAS splits its sums between threads), then depends only on ``workers``, so a
-    run retrained alone matches the same run trained among others bit for bit.
+    A job is one picklable object (e.g. ``twinnet.report.RunJob``) and ``function`` a
+    module-level function of it. With one worker the jobs run here, in order, in this
+    process; otherwise in spawned processes with ``cores // workers`` threads each, even
+    when fewer jobs than workers remain: a job's thread count, and with it the rounding
+    of its results (BLAS splits its sums between threads), then depends only on
+    ``workers``, so a run retrained alone matches the same run trained among others bit
+    for bit.
     """
     if workers <= 1 or not jobs:
-        for args in jobs:
-            yield args, function(*args)
+        for job in jobs:
+            yield job, function(job)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     with thread_limits(threads), ProcessPoolExecutor(
         min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")
     ) as pool:
-        futures = {pool.submit(function, *args): args for args in jobs}
+        futures = {pool.submit(function, job): job for job in jobs}
         for future in as_completed(futures):
             yield futures[future], future.result()

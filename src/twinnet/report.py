@@ -1,112 +1,113 @@
-"""The results report: run the eight presets (or reuse finished runs) and write REPORT.md.
+"""The results report: plan the preset runs, run what is missing, render REPORT.md.
 
-Every figure in the report is read from a run's ``metrics.json``; before anything is
-written, each run's test accuracy is checked against the trace of its confusion matrix.
+- **Plan**: every preset (``twinnet.presets``) whose run folder holds a finished run of
+  its exact configuration is reused; the others become ``RunJob``s, longest first.
+- **Run**: the jobs train in worker processes (``twinnet.parallel``), each writing its
+  run folder (``twinnet.runs``).
+- **Render**: every figure is read from a run's ``metrics.json``, after each run's test
+  accuracy is checked against the trace of its confusion matrix. Tables are built from
+  column definitions (``COLUMNS``); the prose is in ``report_text.toml``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import time
 import tomllib
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from twinnet.config import TrainConfig
 from twinnet.environment import environment
 from twinnet.errors import TwinnetError
 from twinnet.models import DESCRIPTIONS, MODEL_NAMES, count_params, multiply_adds_per_image
 from twinnet.parallel import run_jobs
-from twinnet.train import TrainConfig, train, write_run
+from twinnet.presets import Preset, load_presets, select
+from twinnet.runs import finished_metrics, write_run
+from twinnet.train import SPLITS, progress_bar, train
 from twinnet.util import write_text_atomic
 
-BACKEND_NAMES = {"tf": "TensorFlow twin", "numpy": "NumPy twin"}
-CONFIG_KEYS = ("model", "backend", "optimizer", "lr", "schedule", "steps", "batch_size", "seed")
-SEED_KEYS = ("seed_optimizer", "seed_lr", "seed_steps", "seed_train_accuracy", "seed_test_accuracy")
+TEXT = tomllib.loads(resources.files("twinnet").joinpath("report_text.toml").read_text(encoding="utf-8"))
+Metrics = dict[str, Any]  # one run's metrics.json
+Cell = Callable[[Preset, "Metrics | None"], str]  # a table cell of a preset and its run, if any
 
 
-@dataclass
-class Preset:
-    """One run of the report: its id (``P1a``), label (``P1:a``), configuration, where its
-    learning rate came from, and the seed report's figures where known."""
-
-    id: str
-    label: str
-    config: TrainConfig
-    lr_chosen_by: str
-    seed: dict[str, Any] = field(default_factory=dict)
+def text(name: str, **values: Any) -> str:
+    """The prose ``name`` of report_text.toml with its placeholders filled in."""
+    return TEXT[name].format(**values)
 
 
-def default_presets_path() -> Path:
-    return Path(str(resources.files("twinnet") / "presets.toml"))
+# -- plan ------------------------------------------------------------------------------
 
 
-def load_presets(path: str | os.PathLike | None = None) -> list[Preset]:
-    """Read the presets file; one clear error naming the file and the run for a bad entry."""
-    source = Path(path) if path is not None else default_presets_path()
-    try:
-        table = tomllib.loads(source.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise TwinnetError(f"{source}: cannot read presets ({exc})") from None
-    presets = []
-    for run_id, entry in table.get("runs", {}).items():
-        unknown = set(entry) - {*CONFIG_KEYS, *SEED_KEYS, "label", "lr_chosen_by"}
-        missing = [key for key in CONFIG_KEYS if key not in entry]
-        if unknown or missing:
-            raise TwinnetError(f"{source}: run {run_id}: missing {missing} or unknown {sorted(unknown)}")
-        if entry["model"] not in MODEL_NAMES:
-            raise TwinnetError(f"{source}: run {run_id}: unknown model {entry['model']!r}")
-        config = TrainConfig(**{key: entry[key] for key in CONFIG_KEYS})
-        presets.append(Preset(run_id, entry.get("label", run_id), config,
-                              entry.get("lr_chosen_by", "not recorded"),
-                              {key: entry[key] for key in SEED_KEYS if key in entry}))
-    if not presets:
-        raise TwinnetError(f"{source}: no [runs.*] tables")
-    return presets
+@dataclass(frozen=True)
+class RunJob:
+    """One preset to train, as a worker process receives it."""
+
+    preset: Preset
+    directory: str  # the run folder to write
+    data_dir: str | None
+    progress: bool | None  # show a progress bar: None when stderr is a terminal
 
 
-def select(presets: list[Preset], only: str | None) -> list[Preset]:
-    """The presets named in ``only`` (comma-separated ids, labels or model names)."""
-    if not only:
-        return presets
-    wanted = {name.strip() for name in only.split(",") if name.strip()}
-    chosen = [p for p in presets if wanted & {p.id, p.label, p.config.model}]
-    known = {name for p in presets for name in (p.id, p.label, p.config.model)}
-    if unknown := sorted(wanted - known):
-        raise TwinnetError(f"--only: unknown run(s) {', '.join(unknown)}; "
-                           f"known: {', '.join(p.id for p in presets)} or a model name")
-    return chosen
+def cost(config: TrainConfig) -> int:
+    """Rough work of a run, to start the longest first."""
+    return multiply_adds_per_image(config.model) * config.steps * config.batch_size
 
 
-def run_dir(out: Path, preset: Preset) -> Path:
-    return out / "runs" / f"{preset.id}-{preset.config.model}-{preset.config.backend}"
+def plan_runs(presets: list[Preset], out: Path, retrain: list[Preset], data_dir: str | None,
+              workers: int) -> tuple[dict[str, Metrics], list[RunJob]]:
+    """Finished runs to reuse (by preset id) and the jobs to run, longest first.
+
+    Without ``retrain`` every unfinished preset is run. With it (``--only``) exactly the
+    presets it names are run, finished or not (after a code change, say); the others
+    are only reused, if finished.
+    """
+    reused: dict[str, Metrics] = {}
+    todo = []
+    for preset in presets:
+        found = None if preset in retrain else finished_metrics(preset.run_dir(out), preset.config)
+        if found is not None:
+            reused[preset.id] = found
+        elif not retrain or preset in retrain:
+            todo.append(preset)
+    todo.sort(key=lambda p: cost(p.config), reverse=True)
+    progress = None if workers <= 1 else False  # bars of parallel workers would interleave
+    return reused, [RunJob(p, str(p.run_dir(out)), data_dir, progress) for p in todo]
 
 
-def finished_metrics(directory: Path, config: TrainConfig) -> dict[str, Any] | None:
-    """The run's metrics if it finished with exactly this configuration, else None."""
-    try:
-        metrics = json.loads((directory / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if metrics.get("config") != asdict(config) or not (directory / "weights.npz").is_file():
-        return None
-    return metrics
+# -- run -------------------------------------------------------------------------------
 
 
-def run_preset(config: TrainConfig, directory: str, data_dir: str | None,
-               progress: bool | None) -> dict[str, Any]:
+def run_job(job: RunJob) -> Metrics:
     """Train one preset and write its run folder; the worker of ``generate_report``."""
     from twinnet.data import load_mnist
 
-    model, metrics = train(config, load_mnist(data_dir), progress=progress)
-    write_run(directory, model, metrics)
+    model, metrics = train(job.preset.config, load_mnist(job.data_dir), progress=job.progress)
+    write_run(job.directory, model, metrics)
     return metrics
 
 
-def check_consistent(preset: Preset, metrics: dict[str, Any]) -> None:
+def run_planned(jobs: list[RunJob], workers: int, reused: int) -> dict[str, Metrics]:
+    """Run the jobs, ``workers`` at a time; their metrics by preset id."""
+    if jobs:
+        print(f"training {len(jobs)} run(s) with {workers} job(s); reusing {reused} finished")
+    results = {}
+    with progress_bar(len(jobs), "report runs", unit="run", enabled=None if workers > 1 else False) as bar:
+        for job, metrics in run_jobs(run_job, jobs, workers):
+            results[job.preset.id] = metrics
+            bar.update(1)
+            c = job.preset.config
+            print(f"  {job.preset.label} {c.model} ({c.backend}): test accuracy "
+                  f"{metrics['final']['test']['accuracy']:.2%} in {metrics['train_seconds']:.0f} s")
+    return results
+
+
+def check_consistent(preset: Preset, metrics: Metrics) -> None:
     """Test accuracy must equal the confusion matrix's trace over the test count."""
     confusion = metrics["confusion_matrix"]
     trace = sum(confusion[i][i] for i in range(len(confusion)))
@@ -117,74 +118,37 @@ def check_consistent(preset: Preset, metrics: dict[str, Any]) -> None:
                            f"its confusion matrix ({trace}/{total})")
 
 
-def cost(config: TrainConfig) -> int:
-    """Rough work of a run, to start the longest first."""
-    return multiply_adds_per_image(config.model) * config.steps * config.batch_size
-
-
 def generate_report(out: str | os.PathLike = "report", only: str | None = None, jobs: int = 2,
                     data_dir: str | os.PathLike | None = None,
                     tensorboard: str | os.PathLike | None = None,
                     presets_path: str | os.PathLike | None = None) -> Path:
     """Run what is missing or changed, then write ``out/REPORT.md``; returns its path."""
-    from tqdm import tqdm
-
     from twinnet.data import load_mnist
 
     started = time.perf_counter()
     out = Path(out)
     presets = load_presets(presets_path)
-    chosen = select(presets, only)
+    retrain = select(presets, only) if only else []
     load_mnist(data_dir)  # fail on bad data here, once, before any worker starts
-    metrics: dict[str, dict[str, Any]] = {}
-    todo = []
-    for preset in chosen:
-        # Runs named by --only are retrained even if finished: that is what it is for
-        # (after a code change, say). Without it, finished runs are reused.
-        found = None if only else finished_metrics(run_dir(out, preset), preset.config)
-        if found is not None:
-            metrics[preset.id] = found
-        else:
-            todo.append(preset)
-    todo.sort(key=lambda p: cost(p.config), reverse=True)
-    by_dir = {str(run_dir(out, p)): p for p in todo}
-    data_arg = None if data_dir is None else str(data_dir)
-    jobs_args = [(p.config, str(run_dir(out, p)), data_arg, None if jobs <= 1 else False)
-                 for p in todo]
-    if todo:
-        print(f"training {len(todo)} run(s) with {jobs} job(s); reusing {len(metrics)} finished")
-    with tqdm(total=len(todo), desc="report runs", unit="run", disable=jobs <= 1 or not os.isatty(2)) as bar:
-        for args, result in run_jobs(run_preset, jobs_args, jobs):
-            preset = by_dir[args[1]]
-            metrics[preset.id] = result
-            bar.update(1)
-            print(f"  {preset.label} {preset.config.model} ({preset.config.backend}): test accuracy "
-                  f"{result['final']['test']['accuracy']:.2%} in {result['train_seconds']:.0f} s")
-    # Runs not asked for this time still belong in the report if they are finished.
-    for preset in presets:
-        if preset.id not in metrics:
-            found = finished_metrics(run_dir(out, preset), preset.config)
-            if found is not None:
-                metrics[preset.id] = found
+    metrics, todo = plan_runs(presets, out, retrain, None if data_dir is None else str(data_dir), jobs)
+    metrics.update(run_planned(todo, jobs, len(metrics)))
     for preset in presets:
         if preset.id in metrics:
             check_consistent(preset, metrics[preset.id])
     if tensorboard is not None:
         from twinnet.tensorboard import write_tensorboard
 
-        for preset in presets:
-            if preset.id in metrics:
-                write_tensorboard(metrics[preset.id], tensorboard,
-                                  f"{preset.config.model}/{preset.config.backend}")
+        for preset in (p for p in presets if p.id in metrics):
+            write_tensorboard(metrics[preset.id], tensorboard,
+                              f"{preset.config.model}/{preset.config.backend}")
     write_twin_plots(out, presets, metrics)
-    elapsed = time.perf_counter() - started
-    text = render_report(out, presets, metrics, elapsed, len(todo))
     path = out / "REPORT.md"
-    write_text_atomic(path, text)
+    write_text_atomic(path, render_report(out, presets, metrics, time.perf_counter() - started,
+                                          len(todo)))
     return path
 
 
-def write_twin_plots(out: Path, presets: list[Preset], metrics: dict[str, dict]) -> None:
+def write_twin_plots(out: Path, presets: list[Preset], metrics: dict[str, Metrics]) -> None:
     from twinnet.plots import plot_twins
 
     for model in MODEL_NAMES:
@@ -194,80 +158,75 @@ def write_twin_plots(out: Path, presets: list[Preset], metrics: dict[str, dict])
             plot_twins(curves, f"{model}: both twins", out / f"twins-{model}.png")
 
 
+# -- render ----------------------------------------------------------------------------
+
+
 def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.2f}%"
 
 
-def seed_cell(preset: Preset, key: str) -> str:
-    value = preset.seed.get(key)
-    if value is None:
-        return "n/a"
-    if key.endswith("accuracy"):
-        return percent(1 - value)  # the table shows error rates
-    return f"{value:g}"
+def measured(figure: Callable[[Metrics], str], missing: str = "") -> Cell:
+    """A cell read from the run's metrics; ``missing`` for a preset not run yet."""
+    return lambda preset, run: missing if run is None else figure(run)
 
 
-def render_report(out: Path, presets: list[Preset], metrics: dict[str, dict], elapsed: float,
-                  trained: int) -> str:
+def error_rate(split: str, missing: str = "") -> Cell:
+    return measured(lambda run: percent(1 - run["final"][split]["accuracy"]), missing)
+
+
+def seed_figure(key: str) -> Cell:
+    """The seed report's figure ``key`` for the run, as an error rate for accuracies."""
+    def cell(preset: Preset, run: Metrics | None) -> str:
+        value = preset.seed_report.get(key)
+        if value is None:
+            return "n/a"
+        return percent(1 - value) if key.endswith("accuracy") else f"{value:g}"
+    return cell
+
+
+COLUMNS: tuple[tuple[str, Cell], ...] = (
+    ("run", lambda p, run: p.label),
+    ("model", lambda p, run: p.config.model),
+    ("twin", lambda p, run: p.config.backend),
+    ("optimizer", lambda p, run: p.config.optimizer),
+    ("lr", lambda p, run: f"{p.config.lr:g}"),
+    ("schedule", lambda p, run: p.config.schedule),
+    ("steps", lambda p, run: str(p.config.steps)),
+    ("train error", error_rate("train", missing="not run yet")),
+    ("val error", error_rate("validation")),
+    ("test error", error_rate("test")),
+    ("test accuracy", measured(lambda run: percent(run["final"]["test"]["accuracy"]))),
+    ("seed lr", seed_figure("lr")),
+    ("seed steps", seed_figure("steps")),
+    ("seed train error", seed_figure("train_accuracy")),
+    ("seed test error", seed_figure("test_accuracy")),
+    ("wall time", measured(lambda run: f"{run['wall_seconds']:.0f} s")),
+)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    def line(cells: list[str]) -> str:
+        return "|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|"
+    return "\n".join([line(header), "|" + "---|" * len(header), *map(line, rows)]) + "\n"
+
+
+def render_report(out: Path, presets: list[Preset], metrics: dict[str, Metrics], elapsed: float,
+                  trained: int, env: dict[str, Any] | None = None) -> str:
     """REPORT.md: comparison table, one section per model, environment."""
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    env = environment()
+    env = environment() if env is None else env
     done = [p for p in presets if p.id in metrics]
-    run_seconds = sum(metrics[p.id]["wall_seconds"] for p in done)
-    lines = [
-        "# twinnet results report",
-        "",
-        f"Generated {now} by `twinnet report` on {env['cpu']} ({env['cpu_count']} cores). "
-        f"The {len(done)} runs took {run_seconds:.0f} s of training and evaluation "
-        f"({trained} trained by this invocation, which took {elapsed:.0f} s in all).",
-        "",
-        "Every figure is read from the run's `metrics.json`; each test accuracy was checked "
-        "against the trace of its confusion matrix over the 10,000 test images. Learning rates "
-        "were chosen by `twinnet sweep` on the validation split, never on test. The "
-        "backpropagation behind the NumPy twin is derived in "
-        f"[docs/derivations.md]({derivations_link(out)}).",
-        "",
-        "## Training and test error rates",
-        "",
-        "Error rate = 1 - accuracy. *Train* is the whole 55,000-image training split after "
-        "training, *val* the 5,000-image validation split, *test* the 10,000 t10k images. "
-        "Seed columns hold the seed report's figures where they are known (see below).",
-        "",
-        "| run | model | twin | optimizer | lr | schedule | steps | train error | val error "
-        "| test error | test accuracy | seed lr | seed steps | seed train error | seed test error "
-        "| wall time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for preset in presets:
-        c = preset.config
-        if preset.id not in metrics:
-            lines.append("| " + " | ".join([preset.label, c.model, c.backend, "not run yet",
-                                            *[""] * 12]) + " |")
-            continue
-        final = metrics[preset.id]["final"]
-        lines.append(
-            f"| {preset.label} | {c.model} | {c.backend} | {c.optimizer} | {c.lr:g} | {c.schedule} "
-            f"| {c.steps} | {percent(1 - final['train']['accuracy'])} "
-            f"| {percent(1 - final['validation']['accuracy'])} "
-            f"| {percent(1 - final['test']['accuracy'])} | {percent(final['test']['accuracy'])} "
-            f"| {seed_cell(preset, 'seed_lr')} | {seed_cell(preset, 'seed_steps')} "
-            f"| {seed_cell(preset, 'seed_train_accuracy')} "
-            f"| {seed_cell(preset, 'seed_test_accuracy')} "
-            f"| {metrics[preset.id]['wall_seconds']:.0f} s |")
-    lines += [
-        "",
-        "*n/a*: the seed report is not in this repository, and the issues quote only one of its "
-        "figures (P1:d: Adam, learning rate 0.001, 2,000 steps, 98.54% test accuracy); its P2:e "
-        "was never run.",
-        "",
-        "How each learning rate was chosen:",
-        "",
-    ]
-    lines += [f"- {p.label}: {p.lr_chosen_by}" for p in presets]
-    for model in MODEL_NAMES:
-        lines += model_section(model, [p for p in presets if p.config.model == model], metrics)
-    lines += environment_section(presets, metrics, env)
-    return "\n".join(lines) + "\n"
+    header = text("header", now=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                  cpu=env["cpu"], cpu_count=env["cpu_count"], runs=len(done),
+                  run_seconds=sum(metrics[p.id]["wall_seconds"] for p in done), trained=trained,
+                  elapsed=elapsed, derivations=derivations_link(out))
+    table = markdown_table([name for name, _ in COLUMNS],
+                           [[cell(p, metrics.get(p.id)) for _, cell in COLUMNS] for p in presets])
+    choices = "".join(f"- {p.label}: {p.lr_chosen_by}\n" for p in presets)
+    models = [model_section(model, [p for p in presets if p.config.model == model], metrics)
+              for model in MODEL_NAMES if any(p.config.model == model for p in presets)]
+    parts = [header, text("table_intro"), table, text("lr_choices"), choices, *models,
+             environment_section(presets, metrics, env)]
+    return "\n".join(parts)
 
 
 def derivations_link(out: Path) -> str:
@@ -277,62 +236,43 @@ def derivations_link(out: Path) -> str:
     return "docs/derivations.md"  # installed without the repository beside it
 
 
-def model_section(model: str, presets: list[Preset], metrics: dict[str, dict]) -> list[str]:
-    lines = ["", f"## {model}", "",
-             f"Architecture: {DESCRIPTIONS[model]} ({count_params(model):,} parameters, "
-             f"{multiply_adds_per_image(model):,} multiply-adds per image forward).", ""]
+def model_section(model: str, presets: list[Preset], metrics: dict[str, Metrics]) -> str:
+    parts = [text("model", model=model, architecture=DESCRIPTIONS[model], params=count_params(model),
+                  multiply_adds=multiply_adds_per_image(model))]
     if any(p.id in metrics for p in presets):
-        lines += [f"![both twins of {model}](twins-{model}.png)", ""]
+        parts.append(text("twins_figure", model=model))
     for preset in presets:
-        c = preset.config
-        lines += [f"### {preset.label}: {model}, {BACKEND_NAMES[c.backend]}", ""]
-        if preset.id not in metrics:
-            lines += ["Not run yet: `twinnet report` will train it.", ""]
-            continue
-        run = metrics[preset.id]
-        final = run["final"]
-        folder = f"runs/{preset.id}-{c.model}-{c.backend}"
-        lines += [
-            f"{c.optimizer} with learning rate {c.lr:g} ({c.schedule} schedule), {c.steps} steps "
-            f"of batch {c.batch_size}, seed {c.seed}; trained in {run['train_seconds']:.0f} s. "
-            f"Weights: [{folder}/weights.npz]({folder}/weights.npz).",
-            "",
-            "| | train | validation | test |",
-            "|---|---|---|---|",
-            "| accuracy | " + " | ".join(percent(final[s]["accuracy"])
-                                         for s in ("train", "validation", "test")) + " |",
-            "| cross-entropy | " + " | ".join(f"{final[s]['loss']:.4f}"
-                                              for s in ("train", "validation", "test")) + " |",
-            "",
-            f"![curves]({folder}/curves.png)",
-            f"![confusion matrix]({folder}/confusion.png)",
-            "",
-            "Test confusion matrix (rows: true digit, columns: predicted digit):",
-            "",
-            "| true \\ predicted | " + " | ".join(str(d) for d in range(10)) + " |",
-            "|---|" + "---|" * 10,
-        ]
-        for digit, row in enumerate(run["confusion_matrix"]):
-            lines.append(f"| **{digit}** | " + " | ".join(
-                f"**{n}**" if i == digit else str(n) for i, n in enumerate(row)) + " |")
-        lines.append("")
-    return lines
+        parts.append(text("run_heading", label=preset.label, model=model,
+                          twin=TEXT["twin_names"][preset.config.backend]))
+        parts.append(run_section(preset, metrics[preset.id]) if preset.id in metrics
+                     else text("not_run"))
+    return "\n".join(parts)
 
 
-def environment_section(presets: list[Preset], metrics: dict[str, dict], env: dict) -> list[str]:
-    lines = ["", "## Environment", "",
-             "| what | version |", "|---|---|"]
+def run_section(preset: Preset, run: Metrics) -> str:
+    """One run's settings, final figures, pictures and test confusion matrix."""
+    final = run["final"]
+    figures = markdown_table(["", *SPLITS], [
+        ["accuracy", *(percent(final[s]["accuracy"]) for s in SPLITS)],
+        ["cross-entropy", *(f"{final[s]['loss']:.4f}" for s in SPLITS)]])
+    confusion = markdown_table(["true \\ predicted", *map(str, range(10))], [
+        [f"**{digit}**", *(f"**{n}**" if i == digit else str(n) for i, n in enumerate(row))]
+        for digit, row in enumerate(run["confusion_matrix"])])
+    folder = preset.run_dir(Path()).as_posix()
+    return text("run", **vars(preset.config), train_seconds=run["train_seconds"], folder=folder,
+                figures=figures.rstrip("\n"), confusion=confusion.rstrip("\n"))
+
+
+def environment_section(presets: list[Preset], metrics: dict[str, Metrics], env: dict) -> str:
+    """Versions (this machine's, then any the runs recorded) and each run's timing."""
     versions = dict(env)
-    for preset in presets:
-        if preset.id in metrics:
-            versions.update({k: v for k, v in metrics[preset.id]["environment"].items()
-                             if k not in versions})
-    for key in ("twinnet", "python", "numpy", "tensorflow", "platform", "cpu", "cpu_count"):
-        if key in versions:
-            lines.append(f"| {key} | {versions[key]} |")
-    lines += ["", "| run | training time | wall time (incl. evaluation) |", "|---|---|---|"]
-    for preset in presets:
-        if preset.id in metrics:
-            run = metrics[preset.id]
-            lines.append(f"| {preset.label} | {run['train_seconds']:.1f} s | {run['wall_seconds']:.1f} s |")
-    return lines
+    for preset in (p for p in presets if p.id in metrics):
+        versions.update({k: v for k, v in metrics[preset.id]["environment"].items() if k not in versions})
+    keys = ("twinnet", "python", "numpy", "tensorflow", "platform", "cpu", "cpu_count")
+    version_table = markdown_table(["what", "version"],
+                                   [[key, str(versions[key])] for key in keys if key in versions])
+    timing_table = markdown_table(
+        ["run", "training time", "wall time (incl. evaluation)"],
+        [[p.label, f"{metrics[p.id]['train_seconds']:.1f} s", f"{metrics[p.id]['wall_seconds']:.1f} s"]
+         for p in presets if p.id in metrics])
+    return text("environment", versions=version_table.rstrip("\n"), timings=timing_table.rstrip("\n"))

@@ -8,24 +8,35 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from twinnet.config import TrainConfig
 from twinnet.parallel import run_jobs
-from twinnet.train import DivergenceError, TrainConfig, train
+from twinnet.train import DivergenceError, progress_bar, train
 from twinnet.util import atomic_path, write_json_atomic
 
 DEFAULT_LRS = {"sgd": (0.03, 0.1, 0.3, 0.5, 1.0), "adam": (0.0003, 0.001, 0.002, 0.005)}
+SWEEP_STEPS = 1000  # the default step budget of a sweep's short runs
 
 
-def sweep_point(config: TrainConfig, data_dir: str | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SweepJob:
+    """One point of a sweep, as a worker process receives it."""
+
+    config: TrainConfig
+    data_dir: str | None
+
+
+def sweep_point(job: SweepJob) -> dict[str, Any]:
     """Train one short run; its final validation figures, or ``diverged``."""
     from twinnet.data import load_mnist
 
+    config = job.config
     started = time.perf_counter()
     try:
-        _, metrics = train(config, load_mnist(data_dir), progress=False,
+        _, metrics = train(config, load_mnist(job.data_dir), progress=False,
                            final_splits=("validation",))
     except DivergenceError as exc:
         return {"lr": config.lr, "diverged": str(exc), "val_accuracy": 0.0, "val_loss": None,
@@ -39,12 +50,9 @@ def run_sweep(base: TrainConfig, lrs: list[float], workers: int = 2,
               data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run ``base`` at every rate in ``lrs``; points sorted by rate, plus the chosen rate
     (highest validation accuracy; ties go to the lower validation loss)."""
-    from tqdm import tqdm
-
-    jobs = [(replace(base, lr=lr), None if data_dir is None else str(data_dir)) for lr in lrs]
+    jobs = [SweepJob(replace(base, lr=lr), None if data_dir is None else str(data_dir)) for lr in lrs]
     points = []
-    with tqdm(total=len(jobs), desc=f"sweep {base.model} ({base.backend})", unit="run",
-              disable=not os.isatty(2)) as bar:
+    with progress_bar(len(jobs), f"sweep {base.model} ({base.backend})", unit="run") as bar:
         for _, point in run_jobs(sweep_point, jobs, workers):
             points.append(point)
             bar.update(1)

@@ -1,9 +1,10 @@
-"""One training loop for both twins, and the files a run leaves behind.
+"""One training loop for both twins.
 
 The loop only talks to a ``Backend`` (see ``twinnet.backend``): it draws the
-mini-batches, asks the backend for a training step, records curves, evaluates,
-and writes ``weights.npz``, ``metrics.json``, ``curves.png`` and ``confusion.png``.
+mini-batches, asks the backend for a training step, records curves and evaluates.
 Both twins therefore see the very same batches in the very same order for a seed.
+Writing the run folder is ``twinnet.runs``'s job; saving a checkpoint is
+``twinnet.checkpoint``'s, from the plain ``state_dict()`` of each part of the loop.
 """
 
 from __future__ import annotations
@@ -22,23 +23,25 @@ from typing import Any
 
 import numpy as np
 
-from twinnet import __version__
 from twinnet.backend import Backend, load_model
-from twinnet.data import Mnist
+from twinnet.checkpoint import read_checkpoint, save_checkpoint
+from twinnet.config import TrainConfig
+from twinnet.data import Mnist, Split
 from twinnet.environment import environment
 from twinnet.errors import TwinnetError
 from twinnet.metrics import evaluate
 from twinnet.models import DESCRIPTIONS
-from twinnet.util import write_json_atomic
-from twinnet.weights import save_weights
+from twinnet.weights import check_params
 
-DEFAULT_LR = {"sgd": 0.1, "adam": 0.001}
+__all__ = ["BatchOrder", "DivergenceError", "TrainConfig", "TrainingInterruptedError",
+           "learning_rate", "train"]  # TrainConfig lives in twinnet.config; here for callers' ease
+
+SPLITS = ("train", "validation", "test")
 # A batch's mean cross-entropy above this means the true digits get probability below
 # e^-100 on average. A learning run starts near ln(10) = 2.3 and never comes close; a
 # diverged one rarely becomes NaN, because softmax cross-entropy computed from logits
 # stays finite while the weights run off, so this bound is what catches it.
 DIVERGED_LOSS = 100.0
-SCHEDULES = ("constant", "cosine")
 
 
 class DivergenceError(TwinnetError):
@@ -47,33 +50,10 @@ class DivergenceError(TwinnetError):
     exit_code = 3
 
 
-@dataclass
-class TrainConfig:
-    """Everything that determines a run; stored in metrics.json and the weights' meta."""
+class TrainingInterruptedError(TwinnetError):
+    """Ctrl-C during training: the run stopped after a whole step, checkpoint saved."""
 
-    model: str
-    backend: str = "tf"
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    steps: int = 2000
-    batch_size: int = 100
-    seed: int = 0
-    eval_every: int = 0  # 0: about 50 points over the run
-    schedule: str = "constant"
-
-    def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise TwinnetError(f"--steps must be at least 1, got {self.steps}")
-        if self.batch_size < 1:
-            raise TwinnetError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise TwinnetError(f"--lr must be a positive number, got {self.lr}")
-        if self.eval_every < 0:
-            raise TwinnetError(f"--eval-every must be positive, got {self.eval_every}")
-        if self.schedule not in SCHEDULES:
-            raise TwinnetError(f"unknown schedule {self.schedule!r}: expected one of {SCHEDULES}")
-        if self.eval_every == 0:
-            self.eval_every = max(1, self.steps // 50)
+    exit_code = 130
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -91,8 +71,7 @@ class BatchOrder:
     """Endless mini-batches of indices into ``n`` training items, reshuffled every pass.
 
     A pass is a fresh permutation; the last ``n % batch_size`` items of a pass are
-    left for the next shuffle, so every batch is full. The state (generator, current
-    permutation, position) is plain data, so a checkpoint can store and restore it.
+    left for the next shuffle, so every batch is full.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int) -> None:
@@ -113,6 +92,16 @@ class BatchOrder:
         self.position += self.batch_size
         return batch
 
+    def state_dict(self) -> dict[str, Any]:
+        """``perm`` (n,) int64, ``position`` and the generator's state ``rng`` (JSON-able)."""
+        return {"perm": self.perm, "position": self.position, "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where the order that gave ``state_dict()`` was."""
+        self.perm = np.asarray(state["perm"])
+        self.position = int(state["position"])
+        self.rng.bit_generator.state = state["rng"]
+
 
 @dataclass
 class Curves:
@@ -126,168 +115,171 @@ class Curves:
     val_accuracy: list[float] = field(default_factory=list)
 
 
-def make_progress(total: int, description: str, enabled: bool | None = None):
-    """A tqdm bar on stderr, shown only when stderr is a terminal unless ``enabled`` says."""
-    from tqdm import tqdm
+@dataclass
+class RunningSums:
+    """The training batches since the last curve point."""
 
-    return tqdm(total=total, desc=description, unit="step", dynamic_ncols=True,
+    loss: float = 0.0  # sum of the batches' mean losses
+    correct: int = 0
+    images: int = 0
+    batches: int = 0
+
+    def add(self, loss: float, correct: int, images: int) -> None:
+        self.loss += loss
+        self.correct += correct
+        self.images += images
+        self.batches += 1
+
+
+@dataclass
+class TrainingState:
+    """What the loop changes as it goes: the model, the data order, the curves so far."""
+
+    model: Backend
+    order: BatchOrder
+    curves: Curves = field(default_factory=Curves)
+    sums: RunningSums = field(default_factory=RunningSums)
+    step: int = 0  # updates finished
+
+    def state_dict(self) -> dict[str, Any]:
+        """Sections of plain arrays and JSON-able values, as ``twinnet.checkpoint`` stores them."""
+        return {"step": self.step, "params": self.model.params,
+                "optimizer": self.model.optimizer_state_dict(), "order": self.order.state_dict(),
+                "progress": {"curves": asdict(self.curves), "sums": asdict(self.sums)}}
+
+    def load_state_dict(self, state: dict[str, Any], source: str) -> None:
+        check_params(self.model.model_name, state["params"], source)
+        self.model.set_params(state["params"])
+        self.model.load_optimizer_state_dict(state["optimizer"])
+        self.order.load_state_dict(state["order"])
+        self.curves = Curves(**state["progress"]["curves"])
+        self.sums = RunningSums(**state["progress"]["sums"])
+        self.step = state["step"]
+
+    def record_point(self, validation: Split) -> dict[str, float]:
+        """Close the current curve point: training means since the last one, validation now."""
+        val = evaluate(self.model, validation.x, validation.y)
+        point = {"train_loss": self.sums.loss / self.sums.batches,
+                 "train_accuracy": self.sums.correct / self.sums.images,
+                 "val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+        self.curves.step.append(self.step)
+        for key, value in point.items():
+            getattr(self.curves, key).append(value)
+        self.sums = RunningSums()
+        return point
+
+
+def start_training(config: TrainConfig, n_train: int,
+                   checkpoint: str | os.PathLike | None = None) -> TrainingState:
+    """A fresh state for ``config``, or the one saved in ``checkpoint`` when given."""
+    model = load_model(config.model, config.backend, seed=config.seed, optimizer=config.optimizer)
+    state = TrainingState(model, BatchOrder(n_train, config.batch_size, config.seed))
+    if checkpoint is not None:
+        state.load_state_dict(read_checkpoint(checkpoint), str(checkpoint))
+    return state
+
+
+def save_training(path: str | os.PathLike, config: TrainConfig, state: TrainingState) -> None:
+    save_checkpoint(path, {"config": asdict(config), **state.state_dict()})
+
+
+def check_loss(loss: float, step: int, lr: float, backend: str) -> None:
+    """DivergenceError, naming the step, rate and backend, unless the loss is a sane number."""
+    if not loss <= DIVERGED_LOSS:  # also true for NaN
+        raise DivergenceError(f"training diverged at step {step}: loss is {loss} "
+                              f"(learning rate {lr:g}, backend {backend}); try a smaller --lr")
+
+
+def progress_bar(total: int, description: str, unit: str = "step", enabled: bool | None = None):
+    """A tqdm bar on stderr, shown only when stderr is a terminal unless ``enabled`` says."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit=unit, dynamic_ncols=True,
                 disable=not (sys.stderr.isatty() if enabled is None else enabled))
 
 
-class TrainingInterruptedError(TwinnetError):
-    """Ctrl-C during training: the run stopped after a whole step, checkpoint saved."""
-
-    exit_code = 130
-
-
 @contextmanager
-def stop_on_sigint() -> Iterator[dict[str, bool]]:
-    """Turn Ctrl-C into a request that the loop honours after the current step, so an
-    interruption never leaves parameters half-updated."""
-    request = {"stop": False}
+def stop_on_sigint() -> Iterator[threading.Event]:
+    """Turn Ctrl-C into a request (an Event) that the loop honours after the current step,
+    so an interruption never leaves parameters half-updated."""
+    request = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
-
-    def handler(signum: int, frame: Any) -> None:
-        request["stop"] = True
-
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: request.set())
     try:
         yield request
     finally:
         signal.signal(signal.SIGINT, previous)
 
 
-def train(
-    config: TrainConfig,
-    data: Mnist,
-    progress: bool | None = None,
-    on_record: Callable[[int, dict[str, float]], None] | None = None,
-    final_splits: tuple[str, ...] = ("train", "validation", "test"),
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 0,
-    resume: bool = False,
-) -> tuple[Backend, dict[str, Any]]:
+def stop_here(config: TrainConfig, state: TrainingState, checkpoint: str | os.PathLike | None):
+    """Honour a Ctrl-C: save a checkpoint when there is a place for one, then stop."""
+    if checkpoint is None:
+        raise KeyboardInterrupt
+    save_training(checkpoint, config, state)
+    raise TrainingInterruptedError(
+        f"interrupted after step {state.step}; checkpoint saved to {checkpoint}; "
+        f"continue with: twinnet train --resume {Path(checkpoint).parent}")
+
+
+def train(config: TrainConfig, data: Mnist, progress: bool | None = None,
+          on_record: Callable[[int, dict[str, float]], None] | None = None,
+          final_splits: tuple[str, ...] = SPLITS, checkpoint: str | os.PathLike | None = None,
+          checkpoint_every: int = 0, resume: bool = False) -> tuple[Backend, dict[str, Any]]:
     """Train ``config.model`` on ``config.backend``; returns the model and the run's metrics.
 
     ``on_record(step, values)`` is called at every curve point. ``final_splits`` are
-    evaluated at the end; a learning-rate sweep leaves out "test", which must never
-    inform a choice. The confusion matrix is the test split's, when evaluated.
-
-    With a ``checkpoint`` path, the state is saved there every ``checkpoint_every``
-    steps and on Ctrl-C (then TrainingInterruptedError is raised); ``resume`` first restores
-    it, so the run continues exactly where it stopped. Raises DivergenceError, naming
-    the step, learning rate and backend, as soon as a batch loss is NaN, infinite or
-    above DIVERGED_LOSS.
+    evaluated at the end (a sweep leaves out "test", which must never inform a choice).
+    With a ``checkpoint`` path the state is saved there every ``checkpoint_every`` steps
+    and on Ctrl-C; ``resume`` first restores it. Raises DivergenceError (see check_loss).
     """
-    from twinnet.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
-
     started = time.perf_counter()
-    model = load_model(config.model, config.backend, seed=config.seed, optimizer=config.optimizer)
-    order = BatchOrder(len(data.train), config.batch_size, config.seed)
-    progress_state: dict[str, Any] = {"curves": asdict(Curves()), "sums": [0.0, 0, 0]}
-    first_step = 1
-    if resume:
-        state, arrays = read_checkpoint(checkpoint)
-        restore_checkpoint(arrays, state, model, order)
-        progress_state = {"curves": state["curves"], "sums": state["sums"]}
-        first_step = state["step"] + 1
-    curves = Curves(**progress_state["curves"])
-    sums = progress_state["sums"]  # loss sum, correct count, images seen since the last point
-
-    def save(step: int) -> None:
-        save_checkpoint(checkpoint, config, step, model, order,
-                        {"curves": asdict(curves), "sums": sums})
-
+    state = start_training(config, len(data.train), checkpoint if resume else None)
+    resumed_at = state.step if resume else None
     train_started = time.perf_counter()
-    label = f"{config.model} ({config.backend})"
-    # Divergence is caught from the loss below; NumPy's overflow warnings would only repeat it.
-    with make_progress(config.steps, label, progress) as bar, stop_on_sigint() as sigint, \
-            np.errstate(over="ignore", invalid="ignore"):
-        bar.update(first_step - 1)
-        for step in range(first_step, config.steps + 1):
-            batch = order.next()
+    bar = progress_bar(config.steps, f"{config.model} ({config.backend})", enabled=progress)
+    # Divergence is caught from the loss; NumPy's overflow warnings would only repeat it.
+    with bar, stop_on_sigint() as sigint, np.errstate(over="ignore", invalid="ignore"):
+        bar.update(state.step)
+        for step in range(state.step + 1, config.steps + 1):
+            batch = state.order.next()
             lr = learning_rate(config, step - 1)
-            loss, correct = model.train_step(data.train.x[batch], data.train.y[batch], lr)
-            if not loss <= DIVERGED_LOSS:  # also true for NaN
-                raise DivergenceError(
-                    f"training diverged at step {step}: loss is {loss} "
-                    f"(learning rate {lr:g}, backend {config.backend}); try a smaller --lr"
-                )
-            sums[0] += loss
-            sums[1] += correct
-            sums[2] += len(batch)
+            loss, correct = state.model.train_step(data.train.x[batch], data.train.y[batch], lr)
+            check_loss(loss, step, lr, config.backend)
+            state.sums.add(loss, correct, len(batch))
+            state.step = step
             if step % config.eval_every == 0 or step == config.steps:
-                val = evaluate(model, data.validation.x, data.validation.y)
-                point = {
-                    "train_loss": sums[0] / (sums[2] / config.batch_size),
-                    "train_accuracy": sums[1] / sums[2],
-                    "val_loss": val["loss"],
-                    "val_accuracy": val["accuracy"],
-                }
-                curves.step.append(step)
-                for key, value in point.items():
-                    getattr(curves, key).append(value)
+                point = state.record_point(data.validation)
                 if on_record is not None:
                     on_record(step, point)
-                sums[:] = [0.0, 0, 0]
-                bar.set_postfix(loss=f"{point['train_loss']:.4f}",
-                                val_acc=f"{point['val_accuracy']:.2%}")
+                bar.set_postfix(loss=f"{point['train_loss']:.4f}", val_acc=f"{point['val_accuracy']:.2%}")
             bar.update(1)
             if step == config.steps:
                 break  # a Ctrl-C during the last step lets the run finish
-            if sigint["stop"]:
-                if checkpoint is None:
-                    raise KeyboardInterrupt
-                save(step)
-                raise TrainingInterruptedError(
-                    f"interrupted after step {step}; checkpoint saved to {checkpoint}; "
-                    f"continue with: twinnet train --resume {Path(checkpoint).parent}")
+            if sigint.is_set():
+                stop_here(config, state, checkpoint)
             if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
-                save(step)
+                save_training(checkpoint, config, state)
     train_seconds = time.perf_counter() - train_started
-    final = {split: evaluate(model, getattr(data, split).x, getattr(data, split).y)
+    return state.model, run_metrics(config, state, data, final_splits, train_seconds, started,
+                                    resumed_at)
+
+
+def run_metrics(config: TrainConfig, state: TrainingState, data: Mnist, final_splits: tuple[str, ...],
+                train_seconds: float, started: float, resumed_at: int | None) -> dict[str, Any]:
+    """metrics.json's content: configuration, environment, curves, final figures, timing."""
+    final = {split: evaluate(state.model, getattr(data, split).x, getattr(data, split).y)
              for split in final_splits}
-    metrics = {
+    return {
         "config": asdict(config),
         "architecture": DESCRIPTIONS[config.model],
         "environment": environment(),
-        "curves": asdict(curves),
+        "curves": asdict(state.curves),
         "final": {split: {k: v for k, v in r.items() if k != "confusion_matrix"}
                   for split, r in final.items()},
         "confusion_matrix": final["test"]["confusion_matrix"] if "test" in final else None,
         "train_seconds": train_seconds,
         "wall_seconds": time.perf_counter() - started,
-        "resumed_at_step": first_step - 1 if resume else None,
+        "resumed_at_step": resumed_at,
     }
-    return model, metrics
-
-
-def weights_meta(config: TrainConfig) -> dict[str, Any]:
-    """The ``meta`` a run stores in its weights file."""
-    return {
-        "backend": config.backend,
-        "steps": config.steps,
-        "optimizer": config.optimizer,
-        "learning_rate": config.lr,
-        "schedule": config.schedule,
-        "batch_size": config.batch_size,
-        "seed": config.seed,
-        "twinnet_version": __version__,
-    }
-
-
-def write_run(out_dir: str | os.PathLike, model: Backend, metrics: dict[str, Any]) -> None:
-    """Write weights.npz, metrics.json, curves.png and confusion.png into ``out_dir``,
-    each atomically, metrics.json last so its presence means the run is complete."""
-    from twinnet.plots import plot_confusion, plot_curves
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config = TrainConfig(**metrics["config"])
-    title = f"{config.model} trained by the {config.backend} twin"
-    save_weights(out / "weights.npz", config.model, model.params, weights_meta(config))
-    plot_curves(metrics["curves"], title, out / "curves.png")
-    plot_confusion(metrics["confusion_matrix"], title, out / "confusion.png")
-    write_json_atomic(out / "metrics.json", metrics)

@@ -254,13 +254,13 @@ class NumpyModel:
 
     # -- optimizer state ----------------------------------------------------------
 
-    def optimizer_state(self) -> dict[str, np.ndarray]:
+    def optimizer_state_dict(self) -> dict[str, np.ndarray]:
         """The optimizer's slots: for Adam ``<param>/m``, ``<param>/v``, ``iterations``;
         only ``iterations`` for SGD."""
-        return self._opt.state()
+        return self._opt.state_dict()
 
-    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        """Restore what ``optimizer_state`` returned (slots cast to ``self.dtype``)."""
+    def load_optimizer_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what ``optimizer_state_dict`` returned (slots cast to ``self.dtype``)."""
         shapes = models.param_shapes(self.model_name)
         state = dict(state)
         for key, arr in state.items():
@@ -270,4 +270,4 @@ class NumpyModel:
             if param not in shapes or np.shape(arr) != shapes[param]:
                 raise ValueError(f"optimizer state {key!r} does not match model {self.model_name}")
             state[key] = np.asarray(arr, dtype=self.dtype)
-        self._opt.set_state(state)
+        self._opt.load_state_dict(state)

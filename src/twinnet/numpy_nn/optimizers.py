@@ -4,7 +4,7 @@ The learning rate is passed to every ``step`` because the schedule lives in the
 shared training loop. Arithmetic happens in each parameter's own dtype (float32 in
 training), in the same order as ``keras.optimizers`` so both twins round alike.
 
-``state()`` / ``set_state()`` expose the slots for checkpoints as a flat dict of
+``state_dict()`` / ``load_state_dict()`` expose the slots for checkpoints as a flat dict of
 arrays: ``<param>/m``, ``<param>/v`` and a 0-d int64 ``iterations`` for Adam, only
 ``iterations`` for SGD.
 """
@@ -32,12 +32,12 @@ class SGD:
             p -= grads[key] * p.dtype.type(lr)
         self.iterations += 1
 
-    def state(self) -> dict[str, np.ndarray]:
+    def state_dict(self) -> dict[str, np.ndarray]:
         """``iterations`` as a 0-d int64 array."""
         return {"iterations": np.array(self.iterations, dtype=np.int64)}
 
-    def set_state(self, state: dict[str, np.ndarray]) -> None:
-        """Restore what ``state()`` returned (an empty dict resets the count)."""
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what ``state_dict()`` returned (an empty dict resets the count)."""
         if set(state) - {"iterations"}:
             raise ValueError(f"SGD keeps only 'iterations', got keys {sorted(state)}")
         self.iterations = int(state.get("iterations", 0))
@@ -96,7 +96,7 @@ class Adam:
             p -= tmp
         self.iterations = t
 
-    def state(self) -> dict[str, np.ndarray]:
+    def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the slots: ``<param>/m``, ``<param>/v`` and 0-d int64 ``iterations``."""
         out: dict[str, np.ndarray] = {"iterations": np.array(self.iterations, dtype=np.int64)}
         for key in self.m:
@@ -104,8 +104,8 @@ class Adam:
             out[f"{key}/v"] = self.v[key].copy()
         return out
 
-    def set_state(self, state: dict[str, np.ndarray]) -> None:
-        """Restore what ``state()`` returned (an empty dict resets to a fresh optimizer)."""
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what ``state_dict()`` returned (an empty dict resets to a fresh optimizer)."""
         if not state:
             self.iterations, self.m, self.v = 0, {}, {}
             return

@@ -139,7 +139,7 @@ class TFModel:
                                          tf.convert_to_tensor(y, tf.int64))
         return float(loss), int(correct)
 
-    def optimizer_state(self) -> dict[str, np.ndarray]:
+    def optimizer_state_dict(self) -> dict[str, np.ndarray]:
         """Adam's moments under ``<param>/m`` and ``<param>/v`` plus ``iterations``, the same
         keys the NumPy twin uses; SGD without momentum keeps only ``iterations``."""
         state = {"iterations": np.array(int(self._opt.iterations.numpy()), dtype=np.int64)}
@@ -150,7 +150,7 @@ class TFModel:
                 state[f"{name}/v"] = np.array(v.numpy())
         return state
 
-    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+    def load_optimizer_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self._opt.iterations.assign(int(state["iterations"]))
         if self.optimizer == "adam":
             for name, m, v in zip(self._names, self._opt._momentums, self._opt._velocities,
