@@ -21,7 +21,7 @@ from twinnet import models
 from twinnet.numpy_nn import layers
 from twinnet.numpy_nn.blocks import Block, ConvReLUPool, DenseBlock, FlattenBlock
 from twinnet.numpy_nn.losses import softmax_cross_entropy
-from twinnet.numpy_nn.optimizers import make_optimizer
+from twinnet.numpy_nn.optimizers import make_optimizer, part
 from twinnet.util import in_chunks
 from twinnet.weights import check_params
 
@@ -182,7 +182,7 @@ class NumpyModel:
         """``work(blocks, part)`` for contiguous parts of range(n), one per thread (fewer
         if n is small), each thread with its own blocks; results in part order."""
         bounds = np.linspace(0, n, min(self.threads, max(n, 1)) + 1).astype(int)
-        parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        parts: list = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         if len(parts) == 1:
             return [work(self.blocks, parts[0])]
         with one_blas_thread():
@@ -207,14 +207,22 @@ class NumpyModel:
             return loss, correct, backward(blocks, dlogits)
 
         results = self._on_threads(part_step, len(x))
-        loss, correct, grads = results[0]
-        grads = {key: grads[key] for key in self._params}  # canonical order
-        for part_loss, part_correct, part_grads in results[1:]:
-            loss += part_loss
-            correct += part_correct
-            for key, g in part_grads.items():
-                grads[key] = grads[key] + g
+        loss = sum(r[0] for r in results)
+        correct = sum(r[1] for r in results)
+        grads = {key: results[0][2][key] for key in self._params}  # canonical order
+        if len(results) > 1:
+            def add_parts(k: int, n: int) -> None:  # in place into the first part's arrays
+                for key, total in grads.items():
+                    for other in results[1:]:
+                        part(total, k, n)[...] += part(other[2][key], k, n)
+
+            self._run_parts(add_parts)
         return loss, correct, grads
+
+    def _run_parts(self, update: Callable[[int, int], None]) -> None:
+        """``update(k, n)`` for k in range(n), one part per thread (the optimizer's
+        elementwise work and the sum of the batch parts' gradients)."""
+        self._on_threads(lambda blocks, one: update(one.start, self.threads), self.threads)
 
     # -- the Backend protocol -----------------------------------------------------
 
@@ -243,13 +251,14 @@ class NumpyModel:
 
     def apply(self, grads: dict[str, np.ndarray], lr: float) -> None:
         """One optimizer update with learning rate ``lr`` (Keras semantics), in place."""
-        self._opt.step(self._params, {k: np.asarray(grads[k], dtype=self.dtype) for k in self._params}, lr)
+        grads = {k: np.ascontiguousarray(grads[k], dtype=self.dtype) for k in self._params}
+        self._opt.step(self._params, grads, lr, self._run_parts)
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
         """One forward, one backward, one update; returns (mean loss, number correct) of the
         batch, both measured before the update."""
         loss, correct, grads = self._loss_correct_grads(x, y)
-        self._opt.step(self._params, grads, lr)
+        self._opt.step(self._params, grads, lr, self._run_parts)
         return loss, correct
 
     # -- optimizer state ----------------------------------------------------------

@@ -4,14 +4,35 @@ The learning rate is passed to every ``step`` because the schedule lives in the
 shared training loop. Arithmetic happens in each parameter's own dtype (float32 in
 training), in the same order as ``keras.optimizers`` so both twins round alike.
 
-``state_dict()`` / ``load_state_dict()`` expose the slots for checkpoints as a flat dict of
-arrays: ``<param>/m``, ``<param>/v`` and a 0-d int64 ``iterations`` for Adam, only
-``iterations`` for SGD.
+``state_dict()`` / ``load_state_dict()`` expose the slots for checkpoints as a flat
+dict of arrays: ``<param>/m``, ``<param>/v`` and a 0-d int64 ``iterations`` for Adam,
+only ``iterations`` for SGD.
+
+Both updates are elementwise, so ``step`` can run them in parts: ``run_parts(update)``,
+if given, must call ``update(k, n)`` once for every k in range(n), in any order or
+concurrently (the NumPy twin uses one part per thread); each call updates the k-th of
+n contiguous ranges of every parameter's elements. The result is the same bits.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+
+RunParts = Callable[[Callable[[int, int], None]], None]
+
+
+def part(a: np.ndarray, k: int, n: int) -> np.ndarray:
+    """The k-th of n contiguous ranges of a C-contiguous array's elements, as a flat view."""
+    if not a.flags.c_contiguous:
+        raise ValueError("part() of a non-contiguous array would be a copy, not a view")
+    flat = a.reshape(-1)
+    return flat[len(flat) * k // n: len(flat) * (k + 1) // n]
+
+
+def in_one_part(update: Callable[[int, int], None]) -> None:
+    update(0, 1)
 
 
 class SGD:
@@ -25,11 +46,16 @@ class SGD:
     def __init__(self) -> None:
         self.iterations = 0
 
-    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float,
+             run_parts: RunParts = in_one_part) -> None:
         """Update every array of ``params`` in place with its gradient in ``grads`` (same keys)."""
-        for key, p in params.items():
-            # lr as a scalar of the parameter's dtype: float32 stays float32.
-            p -= grads[key] * p.dtype.type(lr)
+
+        def update(k: int, n: int) -> None:
+            for key, p in params.items():
+                # lr as a scalar of the parameter's dtype: float32 stays float32.
+                part(p, k, n)[...] -= part(grads[key], k, n) * p.dtype.type(lr)
+
+        run_parts(update)
         self.iterations += 1
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -68,33 +94,43 @@ class Adam:
         self.m: dict[str, np.ndarray] = {}
         self.v: dict[str, np.ndarray] = {}
 
-    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float,
+             run_parts: RunParts = in_one_part) -> None:
         """Update every array of ``params`` in place with its gradient in ``grads`` (same keys)."""
         t = self.iterations + 1
         for key, p in params.items():
-            g = grads[key]
             if key not in self.m:  # slots are created lazily, zero, like Keras' build()
                 self.m[key] = np.zeros_like(p)
                 self.v[key] = np.zeros_like(p)
-            m, v = self.m[key], self.v[key]
-            # Scalars in the parameter's dtype, computed as Keras does (in float32 there).
-            one = p.dtype.type(1)
-            b1_power = p.dtype.type(self.beta_1) ** p.dtype.type(t)
-            b2_power = p.dtype.type(self.beta_2) ** p.dtype.type(t)
-            alpha = p.dtype.type(lr) * np.sqrt(one - b2_power) / (one - b1_power)
-            tmp = g - m
-            tmp *= 1 - self.beta_1  # Python float: weak scalar, keeps p's dtype
-            m += tmp
-            np.multiply(g, g, out=tmp)
-            tmp -= v
-            tmp *= 1 - self.beta_2
-            v += tmp
-            np.multiply(m, alpha, out=tmp)
-            denom = np.sqrt(v)
-            denom += self.epsilon
-            tmp /= denom
-            p -= tmp
+
+        def update(k: int, n: int) -> None:
+            for key, p in params.items():
+                self._update(part(p, k, n), part(grads[key], k, n), part(self.m[key], k, n),
+                             part(self.v[key], k, n), lr, t)
+
+        run_parts(update)
         self.iterations = t
+
+    def _update(self, p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, lr: float,
+                t: int) -> None:
+        """Update t of one parameter p (in place, with its slots m and v) from gradient g."""
+        # Scalars in the parameter's dtype, computed as Keras does (in float32 there).
+        one = p.dtype.type(1)
+        b1_power = p.dtype.type(self.beta_1) ** p.dtype.type(t)
+        b2_power = p.dtype.type(self.beta_2) ** p.dtype.type(t)
+        alpha = p.dtype.type(lr) * np.sqrt(one - b2_power) / (one - b1_power)
+        tmp = g - m
+        tmp *= 1 - self.beta_1  # Python float: weak scalar, keeps p's dtype
+        m += tmp
+        np.multiply(g, g, out=tmp)
+        tmp -= v
+        tmp *= 1 - self.beta_2
+        v += tmp
+        np.multiply(m, alpha, out=tmp)
+        denom = np.sqrt(v)
+        denom += self.epsilon
+        tmp /= denom
+        p -= tmp
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the slots: ``<param>/m``, ``<param>/v`` and 0-d int64 ``iterations``."""
