@@ -196,8 +196,9 @@ class NumpyModel:
             x = x[..., None]
         return x, None if y is None else np.asarray(y).astype(np.intp, copy=False)
 
-    def _loss_correct_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int, dict[str, np.ndarray]]:
-        """Mean loss, number correct and gradients of the whole batch, from its parts."""
+    def _forward_backward(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int, list[dict]]:
+        """Mean loss and number correct of the whole batch, and each part's gradients
+        (canonical names; the whole batch's gradients are their sum)."""
         x, y = self._inputs(x, y)
 
         def part_step(blocks: list[Block], part: slice) -> tuple[float, int, dict[str, np.ndarray]]:
@@ -207,22 +208,27 @@ class NumpyModel:
             return loss, correct, backward(blocks, dlogits)
 
         results = self._on_threads(part_step, len(x))
-        loss = sum(r[0] for r in results)
-        correct = sum(r[1] for r in results)
-        grads = {key: results[0][2][key] for key in self._params}  # canonical order
-        if len(results) > 1:
-            def add_parts(k: int, n: int) -> None:  # in place into the first part's arrays
-                for key, total in grads.items():
-                    for other in results[1:]:
-                        part(total, k, n)[...] += part(other[2][key], k, n)
+        grads = [{key: r[2][key] for key in self._params} for r in results]
+        return sum(r[0] for r in results), sum(r[1] for r in results), grads
 
-            self._run_parts(add_parts)
-        return loss, correct, grads
+    def _summing(self, grads: list[dict], then: Callable[[int, int], None] | None = None,
+                 ) -> Callable[[int, int], None]:
+        """An elementwise job for ``_run_parts``: add the parts' gradients into the first
+        part's arrays over range k of n, in part order, then run ``then(k, n)`` on the same
+        range (the optimizer's update: one wake-up of the threads instead of two)."""
+        def job(k: int, n: int) -> None:
+            for key, total in grads[0].items():
+                for other in grads[1:]:
+                    part(total, k, n)[...] += part(other[key], k, n)
+            if then is not None:
+                then(k, n)
 
-    def _run_parts(self, update: Callable[[int, int], None]) -> None:
-        """``update(k, n)`` for k in range(n), one part per thread (the optimizer's
-        elementwise work and the sum of the batch parts' gradients)."""
-        self._on_threads(lambda blocks, one: update(one.start, self.threads), self.threads)
+        return job
+
+    def _run_parts(self, job: Callable[[int, int], None]) -> None:
+        """``job(k, n)`` for k in range(n), one part per thread: elementwise work over every
+        parameter (the sum of the batch parts' gradients, the optimizer's update)."""
+        self._on_threads(lambda blocks, one: job(one.start, self.threads), self.threads)
 
     # -- the Backend protocol -----------------------------------------------------
 
@@ -246,8 +252,10 @@ class NumpyModel:
 
         x (N, 28, 28, 1), y (N,) -> (loss, {canonical name: gradient of the param's shape}).
         """
-        loss, _, grads = self._loss_correct_grads(x, y)
-        return loss, grads
+        loss, _, grads = self._forward_backward(x, y)
+        if len(grads) > 1:
+            self._run_parts(self._summing(grads))
+        return loss, grads[0]
 
     def apply(self, grads: dict[str, np.ndarray], lr: float) -> None:
         """One optimizer update with learning rate ``lr`` (Keras semantics), in place."""
@@ -257,8 +265,13 @@ class NumpyModel:
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
         """One forward, one backward, one update; returns (mean loss, number correct) of the
         batch, both measured before the update."""
-        loss, correct, grads = self._loss_correct_grads(x, y)
-        self._opt.step(self._params, grads, lr, self._run_parts)
+        loss, correct, grads = self._forward_backward(x, y)
+        # The optimizer reads the gradients only inside its elementwise update, range by
+        # range, so each range is summed just before it is used.
+        def run_parts(update: Callable[[int, int], None]) -> None:
+            self._run_parts(self._summing(grads, then=update))
+
+        self._opt.step(self._params, grads[0], lr, run_parts)
         return loss, correct
 
     # -- optimizer state ----------------------------------------------------------

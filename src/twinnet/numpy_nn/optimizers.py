@@ -11,7 +11,9 @@ only ``iterations`` for SGD.
 Both updates are elementwise, so ``step`` can run them in parts: ``run_parts(update)``,
 if given, must call ``update(k, n)`` once for every k in range(n), in any order or
 concurrently (the NumPy twin uses one part per thread); each call updates the k-th of
-n contiguous ranges of every parameter's elements. The result is the same bits.
+n contiguous ranges of every parameter's elements. The result is the same bits. The
+gradients are read only inside ``update(k, n)``, range k of each, so a caller may
+finish computing a range of them just before (the NumPy twin sums its batch parts).
 """
 
 from __future__ import annotations
