@@ -39,10 +39,11 @@ class ConvReLUPool:
 
     Its layout is private: the conv output z is computed window-major, (4, N, H/2, W/2,
     C_out) with ``z[2a + b, n, i, j] = conv(x)[n, 2i + a, 2j + b]``, by ordering the
-    im2col rows by window position, so the pool reads four contiguous blocks. Because
-    ReLU is monotonic, relu(max(z)) = max(relu(z)): ReLU runs on the pooled quarter of
-    the values, and in training its mask is kept at that size. Inference also adds the
-    bias after pooling (max(z + b) = max(z) + b).
+    im2col rows by window position, so the pool reads four contiguous blocks. The bias
+    and ReLU run on the pooled quarter of the values: the bias is the same for every
+    position of a window, so max(z + b) = max(z) + b, and ReLU is monotonic, so
+    relu(max(z)) = max(relu(z)) (docs/derivations.md, section 5, for why the gradients
+    are the reference layers' too). In training the ReLU mask is kept at that size.
     """
 
     def __init__(self, name: str, W: np.ndarray, b: np.ndarray, needs_input_grad: bool = True) -> None:
@@ -62,14 +63,10 @@ class ConvReLUPool:
         c_out = self.W.shape[3]
         cols = im2col_3x3(self._xpad.fill(x), pool_order=True)
         z = (cols @ self.W.reshape(9 * c_in, c_out)).reshape(4, n, h // 2, w // 2, c_out)
-        if not train:
-            pooled = max_pool_blocks(z)
-            return relu(add_bias(pooled, self.b), out=pooled)
-        add_bias(z, self.b)
-        routing = np.empty(z.shape, dtype=bool)
-        pooled = max_pool_blocks(z, routing)
-        positive = pooled > 0
-        self.cache = (cols, x.shape, routing, positive)
+        routing = np.empty(z.shape, dtype=bool) if train else None
+        pooled = add_bias(max_pool_blocks(z, routing), self.b)
+        if train:
+            self.cache = (cols, x.shape, routing, pooled > 0)
         return relu(pooled, out=pooled)
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
