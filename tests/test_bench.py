@@ -24,3 +24,33 @@ def test_tiny_bench_reports_both_twins_and_ratios():
         per_model["numpy"]["step_ms"] / per_model["tf"]["step_ms"])
     table = format_bench(results)
     assert "numpy/tf step" in table and "linear" in table and results["environment"]["numpy_blas"]
+
+
+def test_every_timing_names_the_cpu_and_its_simd_level():
+    from twinnet.environment import cpu_name, simd_level
+
+    results = run_bench(["linear"], ["numpy"], batch_size=10, repeats=1, steps=2)
+    table = format_bench(results)
+    assert cpu_name() in table and simd_level() in table
+    assert results["environment"]["sgemm_gflop_per_s"] > 0
+    assert "kernels" in table  # the BLAS kernel architecture in use
+
+
+def test_block_timings_cover_every_parameter_block_with_its_flops():
+    from twinnet.bench import format_blocks, time_blocks
+
+    result = time_blocks("cnn", batch_size=4, repeats=1)
+    rows = {(row["block"], row["phase"]): row for row in result["rows"]}
+    assert set(rows) == {(f"{name} ({kind})", phase)
+                         for name, kind in [("conv1", "ConvReLUPool"), ("conv2", "ConvReLUPool"),
+                                            ("dense1", "DenseBlock"), ("dense2", "DenseBlock")]
+                         for phase in ("forward", "backward")}
+    # conv2: 14 x 14 outputs x 9 taps x 16 x 16 channels, twice (multiply and add), 4 images;
+    # its backward also computes the input gradient, conv1's does not.
+    mflop = {key: row["mflop"] for key, row in rows.items()}
+    conv1, conv2 = "conv1 (ConvReLUPool)", "conv2 (ConvReLUPool)"
+    assert mflop[conv2, "forward"] == 2 * 4 * 14 * 14 * 9 * 16 * 16 / 1e6
+    assert mflop[conv2, "backward"] == 2 * mflop[conv2, "forward"]
+    assert mflop[conv1, "backward"] == mflop[conv1, "forward"]
+    assert all(row["ms"] > 0 and row["mbytes"] > 0 for row in rows.values())
+    assert "conv2 (ConvReLUPool)" in format_blocks(result)
