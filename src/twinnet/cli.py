@@ -324,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="a model, or all (also checks every layer alone; default)")
     gradcheck.add_argument("--seed", type=int, default=0, help="seeds the random batch")
     gradcheck.set_defaults(func=cmd_gradcheck)
+
+    from twinnet import compare, trace  # inspection commands: parsers in their own modules
+
+    compare.add_parser(sub)
+    trace.add_parser(sub)
     return parser
 
 
