@@ -325,10 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     gradcheck.add_argument("--seed", type=int, default=0, help="seeds the random batch")
     gradcheck.set_defaults(func=cmd_gradcheck)
 
-    from twinnet import compare, trace  # inspection commands: parsers in their own modules
+    from twinnet import comparison, tracing  # inspection commands: parsers in their own modules
 
-    compare.add_parser(sub)
-    trace.add_parser(sub)
+    comparison.add_parser(sub)
+    tracing.add_parser(sub)
     return parser
 
 

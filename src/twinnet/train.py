@@ -128,7 +128,7 @@ class Curves:
 
 def make_progress(total: int, description: str, enabled: bool | None = None):
     """A tqdm bar on stderr, shown only when stderr is a terminal unless ``enabled`` says."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a widget in Jupyter, text in a terminal
 
     return tqdm(total=total, desc=description, unit="step", dynamic_ncols=True,
                 disable=not (sys.stderr.isatty() if enabled is None else enabled))

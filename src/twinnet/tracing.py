@@ -3,7 +3,7 @@
 The image is MNIST test image ``--index I`` (the loss is taken against its true
 label) or a user's IMAGE prepared exactly as ``twinnet predict`` prepares it (the loss
 is taken against the digit the NumPy twin predicts, as there is no true label). Both
-twins run layer by layer as in ``twinnet.compare`` (reference NumPy layers; the Keras
+twins run layer by layer as in ``twinnet.comparison`` (reference NumPy layers; the Keras
 layers under ``tf.GradientTape``), in float32 unless ``--dtype float64``.
 
 Written into ``--out`` (default ``trace/``):
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from twinnet.compare import (
+from twinnet.comparison import (
     DERIVATIONS,
     SECTIONS,
     TOLERANCES,
@@ -51,7 +51,7 @@ class Trace:
     ``kind``, ``input_shape``, ``output_shape``, ``activation_norm``, ``gradient_norm``
     (L2 norms of the layer's output and of dL/d(output)), ``max_activation_diff`` and
     ``max_gradient_diff`` (max |NumPy - TF|) and ``derivation`` (a docs anchor).
-    ``numpy`` and ``tf`` are the two passes (see ``twinnet.compare.TwinPass``);
+    ``numpy`` and ``tf`` are the two passes (see ``twinnet.comparison.TwinPass``);
     ``figures`` maps file names to matplotlib Figures; ``files`` lists what was written.
     """
 
