@@ -195,6 +195,9 @@ class Comparison:
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed}
 
+    def __str__(self) -> str:
+        return format_comparison(self)
+
 
 def diff_passes(model_name: str, ours: TwinPass, tf: TwinPass,
                 tolerance: dict[str, float]) -> tuple[list[LayerDiff], list[str]]:

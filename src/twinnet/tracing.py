@@ -92,7 +92,8 @@ class Trace:
         return "\n".join(lines) + "\n"
 
     def _repr_markdown_(self) -> str:
-        return self.markdown()
+        # In a notebook, links resolve from the working folder (notebooks/ in the tour).
+        return self.markdown(doc_link(Path.cwd()))
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "source": self.source, "label": self.label,
@@ -196,6 +197,14 @@ def trace(weights: str | os.PathLike, index: int | None = None, image: str | os.
     return result
 
 
+def doc_link(folder: Path) -> str:
+    """docs/derivations.md as seen from ``folder`` when this is a checkout, else the
+    repository path."""
+    if REPO_DERIVATIONS.is_file():
+        return os.path.relpath(REPO_DERIVATIONS, folder.resolve())
+    return DERIVATIONS
+
+
 def make_folder(out: Path) -> None:
     """Create ``out`` (and parents) or raise TwinnetError naming it."""
     from twinnet.util import os_reason
@@ -238,9 +247,7 @@ def write_trace(result: Trace, out: Path) -> None:
     for file, fig in result.figures.items():
         save_figure(fig, out / file, dpi=80)
         result.files.append(str(out / file))
-    doc = (os.path.relpath(REPO_DERIVATIONS, out.resolve()) if REPO_DERIVATIONS.is_file()
-           else DERIVATIONS)
-    write_text_atomic(out / "trace.md", result.markdown(doc))
+    write_text_atomic(out / "trace.md", result.markdown(doc_link(out)))
     result.files += [str(out / "trace.md"), str(out / "trace.json")]
     write_json_atomic(out / "trace.json", result.to_json())
 
