@@ -141,6 +141,14 @@ def test_trace_writes_pictures_and_tables_quickly(tmp_path, mnist_path):
 
 
 @pytest.mark.tf
+def test_trace_reads_the_test_image_as_load_mnist_does(mnist, mnist_path):
+    from twinnet.tracing import load_image
+
+    x, label, _ = load_image(9999, None, mnist_path)
+    np.testing.assert_array_equal(x, mnist.test.x[9999:])
+    assert label == mnist.test.y[9999]
+
+
 def test_trace_of_a_user_image_uses_the_predicted_digit(tmp_path):
     pytest.importorskip("tensorflow")
     from PIL import Image, ImageDraw

@@ -318,7 +318,7 @@ def format_comparison(result: Comparison) -> str:
         shape = "x".join(map(str, row.output_shape))
         params = [f"{row.params[p]:>11.1e}" if p in row.params else f"{'':>11}" for p in ("W", "b")]
         lines.append(f"{row.name:<10} {shape:<14} {row.activation:>11.1e} {row.grad_output:>12.1e} "
-                     f"{params[0]} {params[1]}" + ("  FAIL" if row.failed else ""))
+                     f"{params[0]} {params[1]}".rstrip() + ("  FAIL" if row.failed else ""))
     loss = result.loss
     lines += ["",
               f"loss: NumPy {loss['numpy']:.10g}  TF {loss['tf']:.10g}  "

@@ -149,12 +149,17 @@ def load_image(index: int | None, image: str | os.PathLike | None,
         from twinnet.predict import prepare_image
 
         return prepare_image(image)[None], None, str(image)
-    from twinnet.data import load_mnist
+    from twinnet.data import FILES, locate, load_idx
 
-    test = load_mnist(data_dir).test
-    if not 0 <= index < len(test):
-        raise TwinnetError(f"--index must be between 0 and {len(test) - 1}, got {index}")
-    return test.x[index:index + 1], int(test.y[index]), f"MNIST test image {index}"
+    # Only the two test files, verified as load_mnist verifies them: the 47 MB training
+    # images would double the time of a trace.
+    paths = locate(data_dir)
+    images, labels = (load_idx(paths[name], FILES[name])
+                      for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+    if not 0 <= index < len(labels):
+        raise TwinnetError(f"--index must be between 0 and {len(labels) - 1}, got {index}")
+    x = images[index:index + 1, ..., None].astype(np.float32) / np.float32(255.0)  # as load_mnist
+    return x, int(labels[index]), f"MNIST test image {index}"
 
 
 def trace(weights: str | os.PathLike, index: int | None = None, image: str | os.PathLike | None = None,
