@@ -149,7 +149,7 @@ def load_image(index: int | None, image: str | os.PathLike | None,
         from twinnet.predict import prepare_image
 
         return prepare_image(image)[None], None, str(image)
-    from twinnet.data import FILES, locate, load_idx
+    from twinnet.data import FILES, load_idx, locate
 
     # Only the two test files, verified as load_mnist verifies them: the 47 MB training
     # images would double the time of a trace.
