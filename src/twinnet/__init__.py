@@ -1,12 +1,32 @@
 """twinnet: four MNIST classifiers trained twice, by TensorFlow and by hand-derived NumPy.
 
-``twinnet.load_model(name, backend="tf"|"numpy", weights=None, seed=0)`` builds a model
-with ``.params``, ``.logits(x)`` and ``.loss_and_grads(x, y)``; see ``twinnet.backend``.
-Importing this package never imports TensorFlow.
+The notebook API (``twinnet.api``)::
+
+    data = twinnet.load_mnist()                   # .train/.validation/.test: x (N, 28, 28, 1), y (N,)
+    model, metrics = twinnet.train("mlp128", backend="numpy", steps=500)
+    twinnet.evaluate(model)                        # test loss, accuracy, confusion matrix
+    twinnet.save_weights(model, "mlp128.npz")
+    model = twinnet.load_model(weights="mlp128.npz", backend="tf")
+    twinnet.compare("mlp128", weights="mlp128.npz")   # both twins, layer by layer
+    twinnet.trace("mlp128.npz", index=0)              # one digit forward and backward
+
+Importing this package never imports TensorFlow, nor matplotlib. ``twinnet.train`` is
+also the training module; calling it runs ``twinnet.api.train``.
 """
 
 __version__ = "0.1.0"
 
-from twinnet.backend import load_model  # noqa: E402
+# The API modules import NumPy and twinnet's own modules only (TensorFlow and matplotlib
+# are imported inside the functions that need them), so this import stays cheap.
+import twinnet.train as train  # noqa: E402 (callable: twinnet.api.CallableModule runs api.train)
+from twinnet.api import (  # noqa: E402
+    compare,
+    evaluate,
+    load_mnist,
+    load_model,
+    save_weights,
+    trace,
+)
 
-__all__ = ["__version__", "load_model"]
+__all__ = ["__version__", "compare", "evaluate", "load_mnist", "load_model", "save_weights",
+           "trace", "train"]

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from twinnet.errors import TwinnetError
 from twinnet.models import get_spec, init_params
 from twinnet.weights import check_params, load_weights
 
@@ -92,6 +93,20 @@ def load_model(
         from twinnet.numpy_nn import NumpyModel
 
         return NumpyModel(name, params, optimizer=optimizer)
-    from twinnet.tf_nn import TFModel
+    return import_tf_nn().TFModel(name, params, optimizer=optimizer, seed=seed)
 
-    return TFModel(name, params, optimizer=optimizer, seed=seed)
+
+TF_MISSING = ("this needs TensorFlow, which is not installed: pip install 'twinnet[tf]' "
+              "(or use the NumPy twin, --backend numpy)")
+
+
+def import_tf_nn():  # noqa: ANN201 (the twinnet.tf_nn module)
+    """``twinnet.tf_nn``, or TwinnetError with the one-line install hint where TensorFlow
+    or Keras is missing (``pip install .`` without the tf extra)."""
+    try:
+        import twinnet.tf_nn as tf_nn
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in ("tensorflow", "keras"):
+            raise
+        raise TwinnetError(TF_MISSING) from None
+    return tf_nn

@@ -345,9 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     gradcheck.add_argument("--seed", type=int, default=0, help="seeds the random batch")
     gradcheck.set_defaults(func=cmd_gradcheck)
 
-    from twinnet.serve import add_parser as add_serve_parser
+    from twinnet import comparison, serve, tracing  # their parsers live in their own modules
 
-    add_serve_parser(sub)
+    comparison.add_parser(sub)
+    tracing.add_parser(sub)
+    serve.add_parser(sub)
     return parser
 
 

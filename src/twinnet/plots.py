@@ -1,31 +1,38 @@
-"""The two pictures of a run: learning curves and the test confusion matrix."""
+"""Pictures of runs and of one image's pass through a model, as matplotlib Figures.
+
+Every function returns a ``matplotlib.figure.Figure`` (a notebook shows it as it is) and,
+given a ``path``, also writes it there as a PNG, atomically. Figures are made without
+pyplot and no backend is selected, so importing this module changes nothing in a
+notebook and writing files needs no display.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from twinnet.util import atomic_path  # noqa: E402
+from twinnet.util import atomic_path
 
 
-def _save(fig: plt.Figure, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+def save_figure(fig: Figure, path: str | os.PathLike | None, dpi: int = 110) -> Figure:
+    """Write ``fig`` to ``path`` as a PNG, atomically, if a path is given; returns ``fig``."""
+    if path is not None:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    return fig
 
 
-def plot_curves(curves: dict, title: str, path: str | os.PathLike) -> None:
+def plot_curves(curves: dict, title: str, path: str | os.PathLike | None = None) -> Figure:
     """Accuracy and cross-entropy against step, training batches and validation.
 
     ``curves`` holds equal-length lists ``step``, ``train_loss``, ``train_accuracy``,
     ``val_loss`` and ``val_accuracy``.
     """
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    ax_acc, ax_loss = fig.subplots(1, 2)
     steps = curves["step"]
     ax_acc.plot(steps, np.asarray(curves["train_accuracy"]) * 100, label="training batches")
     ax_acc.plot(steps, np.asarray(curves["val_accuracy"]) * 100, label="validation")
@@ -39,14 +46,15 @@ def plot_curves(curves: dict, title: str, path: str | os.PathLike) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion(confusion: list[list[int]] | np.ndarray, title: str,
-                   path: str | os.PathLike) -> None:
+                   path: str | os.PathLike | None = None) -> Figure:
     """Annotated 10x10 heatmap; rows = true digit, columns = predicted digit."""
     matrix = np.asarray(confusion)
-    fig, ax = plt.subplots(figsize=(6.4, 5.6), layout="constrained")
+    fig = Figure(figsize=(6.4, 5.6), layout="constrained")
+    ax = fig.subplots()
     # Log colour scale so the few errors stay visible beside the large diagonal.
     image = ax.imshow(np.log1p(matrix), cmap="Blues")
     threshold = np.log1p(matrix).max() / 2
@@ -57,13 +65,15 @@ def plot_confusion(confusion: list[list[int]] | np.ndarray, title: str,
     accuracy = np.trace(matrix) / max(matrix.sum(), 1)
     ax.set_title(f"{title}\ntest accuracy {accuracy:.2%} ({np.trace(matrix)}/{matrix.sum()})")
     fig.colorbar(image, ax=ax, label="log(1 + count)")
-    _save(fig, path)
+    return save_figure(fig, path)
 
 
-def plot_twins(curves_by_run: dict[str, dict], title: str, path: str | os.PathLike) -> None:
+def plot_twins(curves_by_run: dict[str, dict], title: str,
+               path: str | os.PathLike | None = None) -> Figure:
     """Both twins of one model on the same axes: validation (solid) and training-batch
     (dotted) accuracy and cross-entropy against step. Keys of ``curves_by_run`` are labels."""
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    ax_acc, ax_loss = fig.subplots(1, 2)
     lows = []
     for (label, curves), colour in zip(curves_by_run.items(), ("C0", "C1", "C2", "C3"), strict=False):
         steps = curves["step"]
@@ -83,4 +93,75 @@ def plot_twins(curves_by_run: dict[str, dict], title: str, path: str | os.PathLi
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    _save(fig, path)
+    return save_figure(fig, path)
+
+
+def mosaic(values: np.ndarray) -> np.ndarray:
+    """One image's array as a 2-D picture: (H, W, C) becomes the C channel maps tiled
+    in a grid of ceil(sqrt(C)) columns, one NaN pixel between tiles; a vector (n,) is
+    wrapped into rows of ceil(sqrt(n)) (NaN-padded), so 784 pixels become 28x28."""
+    if values.ndim == 1:
+        width = math.ceil(math.sqrt(values.size))
+        padded = np.full(width * math.ceil(values.size / width), np.nan)
+        padded[: values.size] = values
+        return padded.reshape(-1, width)
+    height, width, channels = values.shape
+    cols = math.ceil(math.sqrt(channels))
+    rows = math.ceil(channels / cols)
+    tiled = np.full((rows * (height + 1) - 1, cols * (width + 1) - 1), np.nan)
+    for c in range(channels):
+        r, q = divmod(c, cols)
+        tiled[r * (height + 1): r * (height + 1) + height, q * (width + 1): q * (width + 1) + width] = \
+            values[..., c]
+    return tiled
+
+
+def _show(fig: Figure, ax, values: np.ndarray, signed: bool, title: str) -> None:  # noqa: ANN001
+    """Draw one image's array on ``ax``: a bar per entry for a short vector (logits),
+    else ``mosaic`` as a heat map; signed values on a diverging scale centred on 0."""
+    ax.set_title(title, fontsize=9)
+    if values.ndim == 1 and values.size <= 16:
+        ax.bar(range(values.size), values, color=np.where(values >= 0, "C3", "C0"))
+        ax.set_xticks(range(values.size))
+        ax.axhline(0, color="black", linewidth=0.5)
+        return
+    picture = mosaic(values)
+    top = float(np.nanmax(np.abs(picture))) or 1.0
+    if signed:
+        image = ax.imshow(picture, cmap="RdBu_r", vmin=-top, vmax=top, interpolation="nearest")
+    else:
+        image = ax.imshow(picture, cmap="viridis", vmin=0, vmax=top, interpolation="nearest")
+    image.cmap.set_bad("white")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.colorbar(image, ax=ax, shrink=0.8)
+
+
+def plot_layer(title: str, activation: np.ndarray, gradient: np.ndarray,
+               path: str | os.PathLike | None = None) -> Figure:
+    """One layer for one image: its output ``activation`` and the gradient flowing back
+    into it, dL/d(output), side by side; both (H, W, C) (a grid of channel maps) or (n,)."""
+    # A fixed layout: constrained layout would take half the drawing time of a trace.
+    fig = Figure(figsize=(10, 4.2))
+    fig.subplots_adjust(left=0.05, right=0.97, bottom=0.07, top=0.86, wspace=0.15)
+    ax_act, ax_grad = fig.subplots(1, 2)
+    _show(fig, ax_act, activation, signed=bool(np.min(activation) < 0), title="activation (output)")
+    _show(fig, ax_grad, gradient, signed=True, title="gradient flowing back, dL/d(output)")
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path, dpi=80)
+
+
+def plot_saliency(image: np.ndarray, saliency: dict[str, np.ndarray], title: str,
+                  path: str | os.PathLike | None = None) -> Figure:
+    """The input ``image`` (28, 28) and each twin's saliency dL/dx (28, 28), by label."""
+    fig = Figure(figsize=(3.3 * (1 + len(saliency)), 3.4))
+    fig.subplots_adjust(left=0.02, right=0.97, bottom=0.04, top=0.84, wspace=0.25)
+    axes = fig.subplots(1, 1 + len(saliency))
+    axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
+    axes[0].set_title("input", fontsize=9)
+    axes[0].set_xticks([])
+    axes[0].set_yticks([])
+    for ax, (label, grad) in zip(axes[1:], saliency.items(), strict=True):
+        _show(fig, ax, grad[..., None], signed=True, title=f"dL/dx, {label}")
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path, dpi=80)

@@ -1,0 +1,370 @@
+"""``twinnet compare``: both twins, the same weights, the same batch, layer by layer.
+
+The NumPy side runs the reference layers (``twinnet.numpy_nn.layers``, one per spec
+layer, read next to docs/derivations.md); the TF side runs the same Keras layers of
+``twinnet.tf_nn.build_network`` as a functional model that returns every layer's
+output, under a ``tf.GradientTape`` that also watches the input. Both take the mean
+softmax cross-entropy of the batch and go backward to the image, so each layer has an
+output a (N, ...), the gradient flowing into it from above g = dL/da (N, ...), and,
+for dense and conv layers, dL/dW and dL/db. The fused NumPy network that trains
+(``NumpyModel``) is checked against TF as well, on its loss and parameter gradients.
+
+Differences, per layer:
+
+- activation: max |a_numpy - a_tf| / max(1, max |a_tf|), an absolute difference for
+  activations up to 1 and a relative one above;
+- gradients (dL/da, dL/dW, dL/db): relative error max |g_numpy - g_tf| / max |g_tf|,
+  as in tests/test_twins_agree.py;
+- loss: |loss_numpy - loss_tf| / |loss_tf|.
+
+Tolerances (TOLERANCES), the same for every model:
+
+=========  ==========  ==========  =======
+dtype      activation  gradient    loss
+=========  ==========  ==========  =======
+float32    1e-4        1e-3        1e-5
+float64    1e-10       1e-8        1e-12
+=========  ==========  ==========  =======
+
+float32 matches the twin-agreement tests; float64 is five to seven orders tighter, as
+float64 rounding allows (measured errors are near 1e-15). ``twinnet compare`` exits
+with 1 when any difference exceeds its tolerance and names the layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from twinnet import models
+from twinnet.errors import TwinnetError
+
+TOLERANCES: dict[str, dict[str, float]] = {
+    "float32": {"activation": 1e-4, "gradient": 1e-3, "loss": 1e-5},
+    "float64": {"activation": 1e-10, "gradient": 1e-8, "loss": 1e-12},
+}
+DTYPES = tuple(TOLERANCES)
+
+# Sections of docs/derivations.md, by layer kind (GitHub's heading anchors).
+DERIVATIONS = "docs/derivations.md"
+SECTIONS: dict[str, str] = {
+    "loss": "1-softmax-cross-entropy-bar-z--s---yn",
+    "dense": "2-dense-layer",
+    "relu": "3-relu",
+    "conv": "4-convolution-3x3-cross-correlation-same-nhwc--hwio",
+    "maxpool": "5-max-pooling-2x2-stride-2",
+    "flatten": "6-flatten",
+}
+KINDS = {models.Dense: "dense", models.Conv2D: "conv", models.ReLU: "relu",
+         models.MaxPool2D: "maxpool", models.Flatten: "flatten"}
+
+
+def layer_names(model_name: str) -> list[tuple[str, str]]:
+    """(name, kind) of every spec layer in order: parameter layers keep their spec name
+    (``conv1``), the others are numbered per kind (``relu1``, ``maxpool2``, ``flatten1``)."""
+    counts: dict[str, int] = {}
+    named = []
+    for spec in models.get_spec(model_name):
+        kind = KINDS[type(spec)]
+        counts[kind] = counts.get(kind, 0) + 1
+        named.append((getattr(spec, "name", None) or f"{kind}{counts[kind]}", kind))
+    return named
+
+
+@dataclass
+class TwinPass:
+    """One twin's forward and backward pass over a batch of N images.
+
+    ``outputs[i]`` is layer i's output (N, ...) and ``grad_outputs[i]`` dL/d(outputs[i]);
+    ``grad_input`` is dL/dx (N, 28, 28, 1), the saliency; ``param_grads`` maps canonical
+    names (``conv1/W``) to gradients; ``logits`` is (N, 10) and ``loss`` the batch mean.
+    """
+
+    loss: float
+    logits: np.ndarray
+    outputs: list[np.ndarray]
+    grad_outputs: list[np.ndarray]
+    grad_input: np.ndarray
+    param_grads: dict[str, np.ndarray]
+
+
+def numpy_pass(model_name: str, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
+               dtype: str = "float64") -> TwinPass:
+    """The NumPy twin's reference layers forward and backward on x (N, 28, 28, 1), y (N,)."""
+    from twinnet.numpy_nn.losses import softmax_cross_entropy
+    from twinnet.numpy_nn.network import reference_layers
+
+    cast = {k: np.asarray(v, dtype=dtype) for k, v in params.items()}
+    built = reference_layers(model_name, cast)
+    h = np.asarray(x, dtype=dtype)
+    outputs = []
+    for _, layer in built:
+        h = layer.forward(h)
+        outputs.append(h)
+    loss, d = softmax_cross_entropy(h, np.asarray(y, dtype=np.intp))
+    grad_outputs: list[np.ndarray] = [d] * len(built)
+    grads: dict[str, np.ndarray] = {}
+    for i in reversed(range(len(built))):
+        prefix, layer = built[i]
+        grad_outputs[i] = d
+        d = layer.backward(d)
+        if prefix is not None:
+            grads.update({f"{prefix}/{k}": g for k, g in layer.grads.items()})
+    return TwinPass(loss, h, outputs, grad_outputs, d, grads)
+
+
+def tf_pass(model_name: str, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
+            dtype: str = "float64") -> TwinPass:
+    """The TF twin's Keras layers forward and backward (``tf.GradientTape``) on the same
+    batch; imports TensorFlow (TwinnetError naming the extra if it is missing)."""
+    from twinnet.backend import import_tf_nn
+
+    tf_nn = import_tf_nn()
+    import keras
+    import tensorflow as tf
+
+    network, variables = tf_nn.build_network(model_name, dtype)
+    for name, var in variables.items():
+        var.assign(np.asarray(params[name], dtype=dtype))
+    every_output = keras.Model(network.inputs, [layer.output for layer in network.layers])
+    x_t = tf.convert_to_tensor(np.asarray(x, dtype=dtype))
+    names = list(variables)
+    with tf.GradientTape() as tape:
+        tape.watch(x_t)
+        outputs = every_output(x_t, training=False)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=tf.convert_to_tensor(np.asarray(y, dtype=np.int64)), logits=outputs[-1]))
+    grads = tape.gradient(loss, [*outputs, x_t, *(variables[n] for n in names)])
+    n_layers = len(outputs)
+    return TwinPass(
+        loss=float(loss), logits=outputs[-1].numpy(), outputs=[o.numpy() for o in outputs],
+        grad_outputs=[g.numpy() for g in grads[:n_layers]], grad_input=grads[n_layers].numpy(),
+        param_grads={n: g.numpy() for n, g in zip(names, grads[n_layers + 1:], strict=True)})
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)), initial=0.0))
+
+
+def activation_diff(ours: np.ndarray, reference: np.ndarray) -> float:
+    """max |ours - reference| / max(1, max |reference|)."""
+    return max_abs_diff(ours, reference) / max(1.0, float(np.max(np.abs(reference), initial=0.0)))
+
+
+def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
+    """max |ours - reference| / max |reference| (the twin-agreement tests' measure)."""
+    return max_abs_diff(ours, reference) / max(float(np.max(np.abs(reference), initial=0.0)), 1e-30)
+
+
+@dataclass
+class LayerDiff:
+    """One layer's differences between the twins (see the module docstring)."""
+
+    name: str
+    kind: str
+    output_shape: list[int]
+    activation: float
+    grad_output: float
+    params: dict[str, float] = field(default_factory=dict)  # "W"/"b" -> gradient rel. error
+    failed: list[str] = field(default_factory=list)  # what exceeded its tolerance
+
+
+@dataclass
+class Comparison:
+    """``compare``'s result; ``passed`` is False when any difference exceeds tolerance."""
+
+    model: str
+    dtype: str
+    batch: int
+    data: str  # where the batch came from
+    weights: str  # the weights file, or "seeded init (seed S)"
+    tolerances: dict[str, float]
+    layers: list[LayerDiff]
+    loss: dict[str, float]  # numpy, tf, numpy_network
+    network: dict[str, float]  # fused NumpyModel vs TF: logits, loss and each parameter
+    failures: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+    def __str__(self) -> str:
+        return format_comparison(self)
+
+
+def diff_passes(model_name: str, ours: TwinPass, tf: TwinPass,
+                tolerance: dict[str, float]) -> tuple[list[LayerDiff], list[str]]:
+    """Per-layer differences of two passes and the failures, as ``"conv1: W gradient
+    relative error 3e-01 > 1e-08"`` lines."""
+    rows, failures = [], []
+    for i, (name, kind) in enumerate(layer_names(model_name)):
+        row = LayerDiff(name, kind, list(ours.outputs[i].shape[1:]),
+                        activation_diff(ours.outputs[i], tf.outputs[i]),
+                        relative_error(ours.grad_outputs[i], tf.grad_outputs[i]))
+        checks = [("activation", "activation difference", row.activation),
+                  ("gradient", "dL/d(output) relative error", row.grad_output)]
+        if kind in ("dense", "conv"):
+            for p in ("W", "b"):
+                key = f"{name}/{p}"
+                row.params[p] = relative_error(ours.param_grads[key], tf.param_grads[key])
+                checks.append(("gradient", f"{p} gradient relative error", row.params[p]))
+        for tol_key, label, value in checks:
+            if not value <= tolerance[tol_key]:  # NaN fails too
+                row.failed.append(label)
+                failures.append(f"{name}: {label} {value:.1e} > {tolerance[tol_key]:.0e}")
+        rows.append(row)
+    return rows, failures
+
+
+def test_batch(batch: int, seed: int, data_dir: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """x (batch, 28, 28, 1) float32 and y (batch,): the first ``batch`` MNIST test images
+    when the files are there (never downloaded here), else a seeded uniform-random batch.
+    A ``data_dir`` given explicitly must hold MNIST."""
+    from twinnet.data import DataError, default_data_dir, load_mnist, locate
+
+    try:
+        locate(data_dir if data_dir is not None else default_data_dir(), fetch=False)
+    except DataError:
+        if data_dir is not None:
+            raise
+    else:
+        test = load_mnist(data_dir).test
+        if not 1 <= batch <= len(test):
+            raise TwinnetError(f"--batch must be between 1 and {len(test)}, got {batch}")
+        return test.x[:batch], test.y[:batch], f"the first {batch} MNIST test images"
+    rng = np.random.default_rng([seed, 2])
+    x = rng.uniform(0, 1, (batch, *models.IMAGE_SHAPE)).astype(np.float32)
+    y = rng.integers(0, models.NUM_CLASSES, batch)
+    return x, y, f"{batch} seeded random images (seed {seed}; no MNIST files found)"
+
+
+def model_params(model: str | None, weights: str | None, seed: int) -> tuple[str, dict[str, np.ndarray], str]:
+    """(model name, params, description): from ``weights`` (its meta names the model, which
+    must match ``model`` if given), else ``init_params(model, seed)``."""
+    from twinnet.weights import load_weights
+
+    if weights is not None:
+        params, meta = load_weights(weights, expected_model=model)
+        return meta["model"], params, str(weights)
+    if model is None:
+        raise TwinnetError("name a model, or give --weights")
+    models.get_spec(model)
+    return model, models.init_params(model, seed), f"seeded init (seed {seed})"
+
+
+def compare(model: str | None = None, weights: str | None = None, batch: int = 64,
+            dtype: str = "float64", seed: int = 0, data_dir: str | None = None,
+            x: np.ndarray | None = None, y: np.ndarray | None = None) -> Comparison:
+    """Run both twins on one batch with the same weights, forward and backward, and
+    compare them layer by layer.
+
+    ``model`` may be left out when ``weights`` names it. The batch is ``x`` (N, 28, 28, 1)
+    and ``y`` (N,) if given, else the first ``batch`` MNIST test images (a seeded random
+    batch where MNIST is absent). Returns a ``Comparison``; ``.passed`` tells whether every
+    difference is within ``TOLERANCES[dtype]``, ``.layers`` has one row per spec layer.
+    Imports TensorFlow.
+    """
+    from twinnet.numpy_nn import NumpyModel
+
+    if dtype not in TOLERANCES:
+        raise TwinnetError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if batch < 1:
+        raise TwinnetError(f"--batch must be at least 1, got {batch}")
+    model, params, source = model_params(model, weights, seed)
+    if x is None or y is None:
+        x, y, data = test_batch(batch, seed, data_dir)
+    else:
+        data = f"{len(x)} given images"
+    tolerance = TOLERANCES[dtype]
+    theirs = tf_pass(model, params, x, y, dtype)
+    ours = numpy_pass(model, params, x, y, dtype)
+    rows, failures = diff_passes(model, ours, theirs, tolerance)
+    # The fused network that trains, on the same batch, against the same TF pass.
+    network = NumpyModel(model, params, dtype=dtype)
+    net_loss, net_grads = network.loss_and_grads(x, y)
+    net = {"logits": activation_diff(network.logits(x), theirs.logits),
+           "loss": abs(net_loss - theirs.loss) / abs(theirs.loss),
+           **{k: relative_error(g, theirs.param_grads[k]) for k, g in net_grads.items()}}
+    loss_error = abs(ours.loss - theirs.loss) / abs(theirs.loss)
+    for label, value, tol_key in [("loss relative difference", loss_error, "loss"),
+                                  ("fused network: logits difference", net["logits"], "activation"),
+                                  ("fused network: loss relative difference", net["loss"], "loss"),
+                                  *((f"fused network: {k} gradient relative error", net[k], "gradient")
+                                    for k in net_grads)]:
+        if not value <= tolerance[tol_key]:
+            failures.append(f"{label} {value:.1e} > {tolerance[tol_key]:.0e}")
+    return Comparison(model, dtype, len(x), data, source, tolerance, rows,
+                      {"numpy": ours.loss, "tf": theirs.loss, "numpy_network": net_loss},
+                      net, failures)
+
+
+def format_comparison(result: Comparison) -> str:
+    """The per-layer table and the losses as text."""
+    tol = result.tolerances
+    lines = [f"{result.model} ({result.dtype}) on {result.data}; weights: {result.weights}",
+             f"tolerances: activation {tol['activation']:.0e}, gradients {tol['gradient']:.0e} "
+             f"(relative), loss {tol['loss']:.0e} (relative)",
+             "",
+             f"{'layer':<10} {'output shape':<14} {'act max|Δ|':>11} {'dL/dout rel':>12} "
+             f"{'dW rel err':>11} {'db rel err':>11}"]
+    for row in result.layers:
+        shape = "x".join(map(str, row.output_shape))
+        params = [f"{row.params[p]:>11.1e}" if p in row.params else f"{'':>11}" for p in ("W", "b")]
+        lines.append(f"{row.name:<10} {shape:<14} {row.activation:>11.1e} {row.grad_output:>12.1e} "
+                     f"{params[0]} {params[1]}".rstrip() + ("  FAIL" if row.failed else ""))
+    loss = result.loss
+    lines += ["",
+              f"loss: NumPy {loss['numpy']:.10g}  TF {loss['tf']:.10g}  "
+              f"(fused NumPy network {loss['numpy_network']:.10g})",
+              "fused NumPy network vs TF: logits {:.1e}, gradients max rel err {:.1e}".format(
+                  result.network["logits"],
+                  max(v for k, v in result.network.items() if "/" in k))]
+    if result.passed:
+        lines.append("PASS: every difference is within tolerance")
+    else:
+        lines += [f"FAIL: {failure}" for failure in result.failures]
+    return "\n".join(lines)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``twinnet compare``."""
+    tol = "; ".join(f"{d}: activations {t['activation']:.0e}, gradients {t['gradient']:.0e}, "
+                    f"loss {t['loss']:.0e}" for d, t in TOLERANCES.items())
+    parser = sub.add_parser(
+        "compare", help="run both twins on one batch and compare them layer by layer",
+        description="Load both twins with the same weights (--weights, else a seeded "
+                    "initialisation), run the same batch (the first N MNIST test images, "
+                    "else a seeded random batch) forward and backward, and print per layer "
+                    "the output shape, the activation difference max|NumPy-TF|/max(1,max|TF|), "
+                    "the relative error of the gradient flowing into the layer and of each "
+                    "parameter's gradient (max|NumPy-TF|/max|TF|), then each twin's loss. "
+                    f"Tolerances: {tol}. Exit code 1 if any is exceeded.")
+    parser.add_argument("model", nargs="?", choices=models.MODEL_NAMES, default=None,
+                        help="which model (optional with --weights, whose meta names it)")
+    parser.add_argument("--weights", metavar="FILE", default=None,
+                        help="a twinnet weights file (default: seeded initial weights)")
+    parser.add_argument("--batch", type=int, default=64, metavar="N",
+                        help="images in the batch (default: %(default)s)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float64",
+                        help="precision of both twins (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the initial weights and the random batch (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--data-dir", metavar="DIR", default=None,
+                        help="folder with the MNIST files (default: $TWINNET_DATA, else "
+                             "~/.cache/twinnet/mnist; a random batch if absent)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = compare(args.model, weights=args.weights, batch=args.batch, dtype=args.dtype,
+                     seed=args.seed, data_dir=args.data_dir)
+    print(json.dumps(result.to_json(), indent=2) if args.json else format_comparison(result))
+    return 0 if result.passed else 1
