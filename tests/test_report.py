@@ -114,6 +114,26 @@ def test_report_runs_reuses_and_matches_every_confusion_matrix(tmp_path, mnist_p
         out / "REPORT.md").read_text()
 
 
+@pytest.mark.slow
+def test_report_with_two_seeds_writes_seed_folders(tmp_path, mnist_path):
+    from twinnet.weights import load_weights
+
+    presets_file = tmp_path / "presets.toml"
+    presets_file.write_text(MINI_PRESETS.split("[models.mlp128]")[0].replace("steps = 60", "steps = 30"))
+    out = tmp_path / "report"
+    report = generate_report(out=out, jobs=1, data_dir=mnist_path, presets_path=presets_file, seeds=2,
+                             seed_settings=False).read_text()
+    for folder in ("P1a-linear-tf", "P2b-linear-numpy"):
+        seeds = [json.loads((out / "runs" / folder / sub / "metrics.json").read_text())["config"]["seed"]
+                 for sub in ("", "seed-1")]
+        assert seeds == [0, 1], folder
+    weights = [load_weights(out / "runs/P2b-linear-numpy" / sub / "weights.npz")[0]["dense1/W"]
+               for sub in ("", "seed-1")]
+    assert not np.array_equal(*weights)  # each seed its own initial weights and batches
+    assert "| linear | P1:a − P2:b | 2 |" in report and "over 2 seeds the twins differ" in report
+    assert (out / "twins-linear.png").is_file()
+
+
 def test_inconsistent_metrics_are_refused():
     from twinnet.errors import TwinnetError
 
