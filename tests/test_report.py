@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 
+from twinnet.errors import TwinnetError
 from twinnet.models import MODEL_NAMES
 from twinnet.report import check_consistent, generate_report, load_presets
 from twinnet.sweep import run_sweep, write_sweep
@@ -32,12 +34,6 @@ batch_size = 100
 seed = 0
 lr_chosen_by = "a test"
 twins = {numpy = "P2:c"}
-
-[seed_report."P2:b"]
-lr = 0.5
-steps = 1000
-train_accuracy = 0.91
-test_accuracy = 0.9
 """
 
 
@@ -73,7 +69,8 @@ def test_report_runs_reuses_and_matches_every_confusion_matrix(tmp_path, mnist_p
     presets_file = tmp_path / "presets.toml"
     presets_file.write_text(MINI_PRESETS)
     out = tmp_path / "report"
-    path = generate_report(out=out, jobs=2, data_dir=mnist_path, presets_path=presets_file)
+    path = generate_report(out=out, jobs=2, data_dir=mnist_path, presets_path=presets_file,
+                           seed_settings=False)
     report = path.read_text()
     rows = table_rows(report)
     assert [row[0] for row in rows] == ["P1:a", "P2:b", "P2:c"]
@@ -86,21 +83,21 @@ def test_report_runs_reuses_and_matches_every_confusion_matrix(tmp_path, mnist_p
         confusion = np.array(metrics["confusion_matrix"])
         from_matrix = np.trace(confusion) / confusion.sum()
         row = next(r for r in rows if r[0] == preset.label)
-        assert row[10] == f"{from_matrix * 100:.2f}%"  # the test accuracy column
-        assert row[9] == f"{(1 - from_matrix) * 100:.2f}%"  # the test error column
+        assert row[11] == f"{from_matrix * 100:.2f}%"  # the test accuracy column
+        assert row[10] == f"{(1 - from_matrix) * 100:.2f}%"  # the test error column
         for image in ("curves.png", "confusion.png"):
             assert (run / image).is_file() and f"{run.name}/{image}" in report
-    assert "| P2:b | linear | numpy | sgd | 0.5 | cosine | 60 |" in report
-    assert "| 0.5 | 1000 | 9.00% | 10.00% |" in report  # the seed's figures as error rates
+    assert "| P2:b | linear | numpy | sgd | 0.5 | cosine | 60 | 1 |" in report
+    assert "| 0.01 | 10000 | 1.8% | 1.81% |" in report  # the seed's figures for P2:b
     assert (out / "twins-linear.png").is_file() and "twins-linear.png" in report
     assert "derivations.md" in report
 
     # A second call reuses every finished run; --only retrains just the one named.
     before = {p: (p / "metrics.json").stat().st_mtime_ns for p in (out / "runs").iterdir()}
-    generate_report(out=out, jobs=1, data_dir=mnist_path, presets_path=presets_file)
+    generate_report(out=out, jobs=1, data_dir=mnist_path, presets_path=presets_file, seed_settings=False)
     assert before == {p: (p / "metrics.json").stat().st_mtime_ns for p in (out / "runs").iterdir()}
     presets_file.write_text(MINI_PRESETS.replace("steps = 60", "steps = 70", 1))  # linear
-    generate_report(out=out, jobs=1, data_dir=mnist_path, presets_path=presets_file)
+    generate_report(out=out, jobs=1, data_dir=mnist_path, presets_path=presets_file, seed_settings=False)
     after = {p: (p / "metrics.json").stat().st_mtime_ns for p in (out / "runs").iterdir()}
     assert sorted(p.name for p in after if after[p] != before[p]) == ["P1a-linear-tf", "P2b-linear-numpy"]
 
@@ -109,11 +106,32 @@ def test_report_runs_reuses_and_matches_every_confusion_matrix(tmp_path, mnist_p
     (out / "runs" / "P2c-mlp128-numpy" / "metrics.json").unlink()
     p1a_metrics = out / "runs" / "P1a-linear-tf" / "metrics.json"
     p1a_before = p1a_metrics.stat().st_mtime_ns
-    generate_report(out=out, only="P1:a", jobs=1, data_dir=mnist_path, presets_path=presets_file)
+    generate_report(out=out, only="P1:a", jobs=1, data_dir=mnist_path, presets_path=presets_file,
+                    seed_settings=False)
     assert p1a_metrics.stat().st_mtime_ns != p1a_before
     assert not (out / "runs" / "P2c-mlp128-numpy" / "metrics.json").exists()
-    assert "| P2:c | mlp128 | numpy | adam | 0.002 | constant | 60 | not run yet |" in (
+    assert "| P2:c | mlp128 | numpy | adam | 0.002 | constant | 60 | | not run yet |" in (
         out / "REPORT.md").read_text()
+
+
+@pytest.mark.slow
+def test_report_with_two_seeds_writes_seed_folders(tmp_path, mnist_path):
+    from twinnet.weights import load_weights
+
+    presets_file = tmp_path / "presets.toml"
+    presets_file.write_text(MINI_PRESETS.split("[models.mlp128]")[0].replace("steps = 60", "steps = 30"))
+    out = tmp_path / "report"
+    report = generate_report(out=out, jobs=1, data_dir=mnist_path, presets_path=presets_file, seeds=2,
+                             seed_settings=False).read_text()
+    for folder in ("P1a-linear-tf", "P2b-linear-numpy"):
+        seeds = [json.loads((out / "runs" / folder / sub / "metrics.json").read_text())["config"]["seed"]
+                 for sub in ("", "seed-1")]
+        assert seeds == [0, 1], folder
+    weights = [load_weights(out / "runs/P2b-linear-numpy" / sub / "weights.npz")[0]["dense1/W"]
+               for sub in ("", "seed-1")]
+    assert not np.array_equal(*weights)  # each seed its own initial weights and batches
+    assert "| linear | P1:a − P2:b | 2 |" in report and "over 2 seeds the twins differ" in report
+    assert (out / "twins-linear.png").is_file()
 
 
 def test_inconsistent_metrics_are_refused():
@@ -209,7 +227,8 @@ def test_tensorboard_scalars(tmp_path):
     assert float(make_ndarray(values[1].tensor_proto)) == pytest.approx(0.81, rel=1e-6)
 
 
-def fake_metrics(config, train_acc: float, val_acc: float, test_correct: int, seconds: float) -> dict:
+def fake_metrics(config, train_acc: float, val_acc: float, test_correct: int, seconds: float,
+                 curves: dict | None = None) -> dict:
     """metrics.json as a run would write it, with figures no real run would give."""
     from dataclasses import asdict
 
@@ -222,37 +241,52 @@ def fake_metrics(config, train_acc: float, val_acc: float, test_correct: int, se
              "test": {"accuracy": test_correct / 10_000, "loss": 0.0333, "correct": test_correct,
                       "count": 10_000}}
     return {"config": asdict(config), "final": final, "confusion_matrix": confusion.tolist(),
-            "curves": {}, "environment": {"tensorflow": "9.9"}, "train_seconds": seconds,
+            "curves": curves or {}, "environment": {"tensorflow": "9.9"}, "train_seconds": seconds,
             "wall_seconds": seconds + 1}
+
+
+ENV = {"twinnet": "0.test", "python": "3.x", "numpy": "1.x", "platform": "test-os",
+       "cpu": "Test CPU", "cpu_count": 3}
+
+
+def mini_presets(tmp_path):
+    presets_file = tmp_path / "presets.toml"
+    presets_file.write_text(MINI_PRESETS)
+    return load_presets(presets_file)
+
+
+def seed_runs(preset, seeds: int, tests: list[int], seconds: float = 10.0) -> list[dict]:
+    """Fake metrics of ``preset``'s seeds 0..seeds-1, the k-th with ``tests[k]`` correct test images."""
+    return [fake_metrics(preset.with_seed(k, seeds).config, 0.99 - k / 100, 0.98 - k / 100, tests[k],
+                         seconds + k) for k in range(seeds)]
 
 
 def test_report_renders_every_figure_from_the_metrics(tmp_path):
     from twinnet.report import COLUMNS, render_report
 
-    presets_file = tmp_path / "presets.toml"
-    presets_file.write_text(MINI_PRESETS)
-    presets = load_presets(presets_file)
+    presets = mini_presets(tmp_path)
     by_label = {p.label: p for p in presets}
-    metrics = {by_label["P1:a"].id: fake_metrics(by_label["P1:a"].config, 0.9876, 0.8765, 9123, 41.0),
-               by_label["P2:b"].id: fake_metrics(by_label["P2:b"].config, 0.5, 0.25, 7777, 7.0)}
+    metrics = {by_label["P1:a"].id: [fake_metrics(by_label["P1:a"].config, 0.9876, 0.8765, 9123, 41.0)],
+               by_label["P2:b"].id: [fake_metrics(by_label["P2:b"].config, 0.5, 0.25, 7777, 7.0)]}
     for preset in presets:
-        if preset.id in metrics:
-            check_consistent(preset, metrics[preset.id])
-    env = {"twinnet": "0.test", "python": "3.x", "numpy": "1.x", "platform": "test-os",
-           "cpu": "Test CPU", "cpu_count": 3}
-    report = render_report(tmp_path, presets, metrics, elapsed=12.0, trained=1, env=env)
+        for run in metrics.get(preset.id, []):
+            check_consistent(preset, run)
+    report = render_report(tmp_path, presets, metrics, elapsed=12.0, trained=1, env=ENV)
 
     rows = table_rows(report)
     assert [row[0] for row in rows] == ["P1:a", "P2:b", "P2:c"]
     assert all(len(row) == len(COLUMNS) for row in rows)
     p1a, p2b, p2c = rows
-    assert p1a[1:11] == ["linear", "tf", "sgd", "0.5", "cosine", "60", "1.24%", "12.35%", "8.77%", "91.23%"]
-    assert p1a[-1] == "42 s" and p1a[11:15] == ["n/a"] * 4
-    assert p2b[7:11] == ["50.00%", "75.00%", "22.23%", "77.77%"]
-    assert p2b[11:15] == ["0.5", "1000", "9.00%", "10.00%"]  # the seed's figures as error rates
+    assert p1a[1:12] == ["linear", "tf", "sgd", "0.5", "cosine", "60", "1", "1.24%", "12.35%", "8.77%",
+                         "91.23%"]
+    assert p1a[-1] == "42 s"
+    assert p1a[12:16] == ["0.6", "20000", "3.4%", "7.1%"]  # the seed report's P1:a figures
+    assert p2b[8:12] == ["50.00%", "75.00%", "22.23%", "77.77%"]
+    assert p2b[12:16] == ["0.01", "10000", "1.8%", "1.81%"]
     # A preset not run yet: its settings, "not run yet", its seed cells, and nothing measured.
-    assert p2c[:8] == ["P2:c", "mlp128", "numpy", "adam", "0.002", "constant", "60", "not run yet"]
-    assert p2c[8:11] == ["", "", ""] and p2c[-1] == ""
+    assert p2c[:9] == ["P2:c", "mlp128", "numpy", "adam", "0.002", "constant", "60", "", "not run yet"]
+    assert p2c[9:12] == ["", "", ""] and p2c[-1] == ""
+    assert p2c[12:16] == ["0.01", "10000", "0.4%", "1.47%"]
     assert "Not run yet" in report.split("### P2:c", 1)[1]
 
     section = report.split("### P1:a", 1)[1].split("###", 1)[0]
@@ -265,6 +299,203 @@ def test_report_renders_every_figure_from_the_metrics(tmp_path):
     assert "{" not in report  # every placeholder of the template filled
 
 
+def test_one_seed_report_reads_as_one_seed(tmp_path):
+    """K = 1: single figures, no "±", the twins' difference without an interval, and why."""
+    from twinnet.report import render_report
+
+    presets = mini_presets(tmp_path)
+    runs = {p.id: seed_runs(p, 1, [9100 + i * 7]) for i, p in enumerate(presets)}
+    report = render_report(tmp_path, presets, runs, elapsed=12.0, trained=3, env=ENV)
+    assert "±" not in report.replace("within ±0.1 pp", "")
+    assert "trained with one seed" in report and "--seeds 5" in report
+    assert "mean of" not in report and "median" not in report
+    twins = report.split("## The twins compared", 1)[1]
+    assert "| linear | P1:a − P2:b | 1 | -0.07 pp | n/a (one seed) | n/a | n/a |" in twins
+    assert "With one seed (linear) a difference has no interval" in twins
+
+
+def test_three_seed_report_shows_spread_interval_and_median_seed(tmp_path):
+    from twinnet.report import render_report
+
+    presets = mini_presets(tmp_path)
+    by_label = {p.label: p for p in presets}
+    # Test accuracies over seeds 0, 1, 2: TF 91.00, 91.30, 91.20%; NumPy 91.02, 91.30, 91.17%,
+    # so the paired differences are -0.02, 0.00 and +0.03 pp.
+    runs = {by_label["P1:a"].id: seed_runs(by_label["P1:a"], 3, [9100, 9130, 9120]),
+            by_label["P2:b"].id: seed_runs(by_label["P2:b"], 3, [9102, 9130, 9117]),
+            by_label["P2:c"].id: seed_runs(by_label["P2:c"], 3, [9800, 9700, 9750])}
+    report = render_report(tmp_path, presets, runs, elapsed=12.0, trained=9, env=ENV, seeds=3)
+    assert "trained with 3 seeds" in report
+
+    p1a = table_rows(report)[0]
+    assert p1a[7] == "3"
+    # test error over seeds: 9.00, 8.70, 8.80% -> mean 8.83, sample std 0.15
+    assert p1a[10] == "8.83 ± 0.15% (8.70–9.00%)"
+    assert p1a[11] == "91.17 ± 0.15% (91.00–91.30%)"
+    assert p1a[8] == "2.00 ± 1.00% (1.00–3.00%)"  # train error 1, 2, 3%
+    assert p1a[-1] == "12 s"  # wall time (11, 12, 13 s), the mean per seed
+
+    # The median-accuracy seed's figures and confusion matrix, and the report says so.
+    section = report.split("### P1:a", 1)[1].split("###", 1)[0]
+    assert "| 2 | 97.00% | 96.00% | 91.20% |" in section  # the per-seed table
+    assert "those of seed 2, the run of median test accuracy" in section
+    assert "seed 2; trained in 12 s" in section
+    assert "runs/P1a-linear-tf/seed-2/weights.npz" in section
+    assert "| **0** | **912** | 880 |" in section  # seed 2's matrix: 9120 correct
+    section = report.split("### P2:c", 1)[1].split("##", 1)[0]
+    assert "those of seed 2" in section and "runs/P2c-mlp128-numpy/seed-2/confusion.png" in section
+
+    # Paired differences -0.02, 0, +0.03 pp: mean +0.003, std 0.0252, t(0.975, 2) = 4.303.
+    twins = report.split("## The twins compared", 1)[1]
+    assert "| linear | P1:a − P2:b | 3 | +0.003 pp | [-0.059, +0.066] pp | yes | yes |" in twins
+    assert ("over 3 seeds the twins differ by +0.003 pp on average, 95% interval [-0.059, +0.066] pp: "
+            "the interval contains 0 (no detectable difference), and it lies within ±0.1 pp") in twins
+    assert "mlp128" not in twins  # only one twin of it
+    assert "| P1:a (mean of 3 seeds) | 11.0 s | 12.0 s |" in report
+    assert "{" not in report
+
+
+def test_twin_agreement_names_a_difference_outside_zero_and_the_band():
+    from twinnet.report import twin_agreement
+
+    cells, sentence = twin_agreement([(0, 0.20), (1, 0.25), (2, 0.30)])
+    assert cells[3:] == ["no", "no"]
+    assert "does not contain 0" in sentence and "does not lie within ±0.1 pp" in sentence
+    cells, sentence = twin_agreement([(0, 0.05), (1, 0.06), (2, 0.07)])
+    assert cells[3:] == ["no", "yes"]  # a detectable difference, but a small one
+
+
+def test_t_quantiles():
+    from twinnet.report import t_quantile_975
+
+    assert t_quantile_975(1) == 12.706 and t_quantile_975(4) == 2.776
+    assert t_quantile_975(40) == pytest.approx(2.0211, abs=1e-3)
+    assert t_quantile_975(120) == pytest.approx(1.9799, abs=1e-3)
+    assert t_quantile_975(31) < t_quantile_975(30)
+    with pytest.raises(ValueError):
+        t_quantile_975(0)
+
+
+def test_report_gives_each_seed_verdict_with_its_figures(tmp_path):
+    """The seed-settings runs' metrics feed "The seed report, rerun": each of the three
+    verdicts appears with the figures that decide it."""
+    from twinnet.presets import seed_settings_presets
+    from twinnet.report import render_report
+
+    presets = load_presets()
+    reruns = {p.reruns: p for p in seed_settings_presets()}
+    runs = {reruns["P1:a"].id: [fake_metrics(reruns["P1:a"].config, 0.95, 0.94, 9300, 50.0)],
+            reruns["P1:b"].id: [fake_metrics(reruns["P1:b"].config, 0.97, 0.96, 9500, 40.0)],
+            reruns["P2:b"].id: [fake_metrics(reruns["P2:b"].config, 0.92, 0.92, 9200, 5.0)]}
+    report = render_report(tmp_path, presets, runs, elapsed=12.0, trained=3, env=ENV,
+                           reruns=list(reruns.values()))
+    section = report.split("## The seed report, rerun", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| P")}
+    assert rows["P1:a"].endswith("| 93.00% | reproduced (rerun 93.00% vs claim 92.9%: +0.10 pp) |")
+    assert rows["P1:b"].endswith("| 95.00% | not reproduced (rerun 95.00% vs claim 97.11%: -2.11 pp) |")
+    assert rows["P2:b"].endswith(
+        "| 92.00% | claim contradicts its own matrix (claim 98.19% vs matrix 90.95%) |")
+    assert "not run yet" in rows["P1:c"]
+    assert "trained with one seed (seed 0), whatever `--seeds` says" in section
+    assert "runs/S-P1a-linear-tf" in section
+    # The main table has the seed's figures in every row it reports, n/a only for P2:e.
+    for row in table_rows(report):
+        assert ("n/a" in row) == (row[0] == "P2:e"), row
+    # The reruns are not rows of the main table, but their timings are listed.
+    assert all("seed settings" not in row[0] for row in table_rows(report))
+    assert "| P1:a (seed settings) | 50.0 s | 51.0 s |" in report
+
+
+def test_twins_plot_draws_one_or_several_seeds(tmp_path):
+    from twinnet.plots import plot_twins
+
+    def curves(shift: float) -> dict:
+        return {"step": [10, 20, 30], "train_loss": [1.0, 0.5, 0.4], "val_loss": [1.1, 0.6, 0.5],
+                "train_accuracy": [0.7, 0.8, 0.85 + shift], "val_accuracy": [0.72, 0.81, 0.84 + shift]}
+
+    plot_twins({"P1:a tf": [curves(0)], "P2:b numpy": [curves(0.01)]}, "one", tmp_path / "one.png")
+    plot_twins({"P1:a tf": [curves(0), curves(0.02)], "P2:b numpy": [curves(0.01), curves(0)]},
+               "two", tmp_path / "two.png")
+    assert (tmp_path / "one.png").stat().st_size > 1000 and (tmp_path / "two.png").stat().st_size > 1000
+
+
+# -- planning: which run folders, which seeds, without training ----------------------------------
+
+
+def write_finished(directory, config) -> None:
+    """A finished run folder as far as planning can tell: metrics.json with ``config`` and weights."""
+    from dataclasses import asdict
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "weights.npz").write_bytes(b"")
+    (directory / "metrics.json").write_text(json.dumps({"config": asdict(config)}))
+
+
+def test_plan_trains_k_seeds_of_each_preset_and_one_of_each_rerun(tmp_path):
+    from twinnet.presets import seed_settings_presets
+    from twinnet.report import cost, finished_runs, plan_runs
+
+    presets = mini_presets(tmp_path)
+    reruns = seed_settings_presets()
+    out = tmp_path / "report"
+    reused, jobs = plan_runs(presets + reruns, out, [], None, workers=2, seeds=3)
+    assert reused == {}
+    planned = {(os.path.relpath(job.directory, out), job.preset.config.seed) for job in jobs}
+    expected = {(f"runs/{folder}{sub}", seed) for folder in ("P1a-linear-tf", "P2b-linear-numpy",
+                                                             "P2c-mlp128-numpy")
+                for sub, seed in (("", 0), ("/seed-1", 1), ("/seed-2", 2))}
+    expected |= {(f"runs/{p.id}-{p.config.model}-{p.config.backend}", 0) for p in reruns}
+    assert planned == expected and len(jobs) == len(expected)
+    seed1 = next(job for job in jobs if job.directory.endswith("P1a-linear-tf/seed-1"))
+    assert (seed1.preset.label, seed1.preset.id) == ("P1:a seed 1", "P1a-seed1")
+    assert seed1.preset.config == TrainConfig(**{**vars(presets[0].config), "seed": 1})
+    costs = [cost(job.preset.config) for job in jobs]
+    assert costs == sorted(costs, reverse=True)  # longest first
+
+    # Finished seed runs are reused; a one-seed report's folder is seed 0 of a three-seed one.
+    write_finished(presets[0].run_dir(out), presets[0].config)
+    write_finished(presets[0].run_dir(out, 2), presets[0].with_seed(2, 3).config)
+    write_finished(reruns[0].run_dir(out), reruns[0].config)
+    reused, jobs = plan_runs(presets + reruns, out, [], None, workers=2, seeds=3)
+    assert set(reused) == {("P1a", 0), ("P1a", 2), ("S-P1a", 0)}
+    assert len(jobs) == len(expected) - 3
+    assert [run["config"]["seed"] for run in finished_runs(presets, out, 3)["P1a"]] == [0, 2]
+    reused, jobs = plan_runs(presets, out, [], None, workers=1, seeds=1)
+    assert set(reused) == {("P1a", 0)} and {job.preset.label for job in jobs} == {"P2:b", "P2:c"}
+
+
+def test_only_selects_across_both_sets(tmp_path):
+    from twinnet.presets import seed_settings_presets, select
+    from twinnet.report import plan_runs
+
+    presets = load_presets()
+    everything = presets + seed_settings_presets()
+    assert {p.id for p in select(everything, "linear")} == {"P1a", "P2b", "S-P1a", "S-P2b"}
+    assert {p.id for p in select(everything, "S-P1d,P2:e,P2:c (seed settings)")} == {
+        "S-P1d", "P2e", "S-P2c"}
+    out = tmp_path / "report"
+    write_finished(everything[0].run_dir(out), everything[0].config)  # P1:a, finished
+    retrain = select(everything, "P1:a,S-P2b")
+    reused, jobs = plan_runs(everything, out, retrain, None, workers=1, seeds=2)
+    assert reused == {}  # --only retrains what it names, finished or not
+    assert sorted(os.path.relpath(job.directory, out) for job in jobs) == [
+        "runs/P1a-linear-tf", "runs/P1a-linear-tf/seed-1", "runs/S-P2b-linear-numpy"]
+    with pytest.raises(TwinnetError, match="unknown run.*S-P1a"):
+        select(everything, "P9:z")
+
+
+def test_bad_seed_counts_are_refused(tmp_path, capsys):
+    from twinnet.cli import main
+    from twinnet.config import MAX_SEED
+
+    assert main(["report", "--out", str(tmp_path), "--seeds", "0"]) == 2
+    assert "twinnet: error: --seeds must be at least 1, got 0" in capsys.readouterr().err
+    path = tmp_path / "p.toml"
+    path.write_text(MINI_PRESETS.replace("seed = 0", f"seed = {MAX_SEED - 1}", 1))
+    with pytest.raises(TwinnetError, match=r"--seeds 3: run P1:a: seed must be between"):
+        generate_report(out=tmp_path, presets_path=path, seeds=3)
+
+
 def test_presets_errors_name_the_file_and_run(tmp_path):
     from twinnet.errors import TwinnetError
 
@@ -275,8 +506,8 @@ def test_presets_errors_name_the_file_and_run(tmp_path):
     path.write_text(MINI_PRESETS.replace("twins = {numpy", "twins = {jax"))
     with pytest.raises(TwinnetError, match=r"twins: unknown key\(s\) jax"):
         load_presets(path)
-    path.write_text(MINI_PRESETS.replace('[seed_report."P2:b"]', '[seed_report."P9:z"]'))
-    with pytest.raises(TwinnetError, match="seed_report for unknown run"):
+    path.write_text(MINI_PRESETS + '[seed_report."P2:b"]\nlr = 0.5\n')  # now in seed_report.toml
+    with pytest.raises(TwinnetError, match=r"p.toml: unknown key\(s\) seed_report"):
         load_presets(path)
 
 
@@ -292,3 +523,24 @@ def test_cli_defaults_are_the_config_defaults_and_errors_name_the_flag(capsys):
     assert capsys.readouterr().err.strip() == "twinnet: error: --lr must be a positive number, got -1.0"
     assert main(["train", "linear", "--batch-size", "0"]) == 2
     assert "--batch-size must be at least 1" in capsys.readouterr().err
+
+
+def test_readme_seed_columns_are_the_seed_reports_figures():
+    """The README's results table shows the seed's settings and errors from seed_report.toml."""
+    from pathlib import Path
+
+    from twinnet.seed_report import load_seed_report, seed_columns
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    seed = load_seed_report()
+    rows = [line.strip("|").split("|") for line in readme.splitlines() if line.startswith("| P")]
+    assert len(rows) == 8
+    for cells in rows:
+        label, settings, errors = cells[0].strip(), cells[-2].strip(), cells[-1].strip()
+        figures = seed_columns(seed, label)
+        if figures["seed_lr"] == "n/a":
+            assert (settings, errors) == ("n/a (never run)", "n/a"), label
+            continue
+        assert settings.startswith(f"{figures['seed_lr']}") and settings.endswith(
+            f"{int(figures['seed_steps']):,}"), label
+        assert errors == f"{figures['seed_train_error']} / {figures['seed_test_error']}", label

@@ -180,7 +180,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise TwinnetError(f"--jobs must be at least 1, got {args.jobs}")
     path = generate_report(out=args.out, only=args.only, jobs=args.jobs, data_dir=args.data_dir,
-                           tensorboard=args.tensorboard, presets_path=args.presets)
+                           tensorboard=args.tensorboard, presets_path=args.presets, seeds=args.seeds)
     print(f"wrote {path}")
     return 0
 
@@ -250,16 +250,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     report = sub.add_parser(
-        "report", help="run the eight preset runs and write the results report",
-        description="Train the eight preset runs (both twins of all four models; finished runs "
-                    "whose configuration is unchanged are reused) and write DIR/REPORT.md with "
-                    "curves, confusion matrices and the error-rate table beside it.")
+        "report", help="run the preset runs and the seed report's reruns, write the results report",
+        description="Train the eight preset runs (both twins of all four models) with --seeds "
+                    "seeds each, and the eight runs at the seed report's own settings (one seed "
+                    "each); finished runs whose configuration is unchanged are reused. Then write "
+                    "DIR/REPORT.md with curves, confusion matrices, the error-rate table, the "
+                    "seed report's verdicts and the twins' differences beside it.")
     report.add_argument("--out", metavar="DIR", default="report",
                         help="report folder; runs go to DIR/runs (default: %(default)s)")
     report.add_argument("--only", metavar="RUNS", default=None,
-                        help="comma-separated run ids (P1a), labels (P1:a) or model names to "
-                             "train again even if finished; the report still shows every "
-                             "finished run")
+                        help="comma-separated run ids (P1a, S-P1a), labels (P1:a, "
+                             "'P1:a (seed settings)') or model names to train again even if "
+                             "finished; the report still shows every finished run")
+    report.add_argument("--seeds", type=int, default=1, metavar="K",
+                        help="train each preset run with seeds seed..seed+K-1 and show mean, "
+                             "spread and the twins' paired difference with a 95%% interval; the "
+                             "seed report's reruns keep one seed (default: %(default)s)")
     report.add_argument("--jobs", type=int, default=2,
                         help="runs trained at once in worker processes (default: %(default)s)")
     report.add_argument("--presets", metavar="FILE", default=None,

@@ -68,24 +68,34 @@ def plot_confusion(confusion: list[list[int]] | np.ndarray, title: str,
     return save_figure(fig, path)
 
 
-def plot_twins(curves_by_run: dict[str, dict], title: str,
+def plot_twins(curves_by_run: dict[str, list[dict]], title: str,
                path: str | os.PathLike | None = None) -> Figure:
     """Both twins of one model on the same axes: validation (solid) and training-batch
-    (dotted) accuracy and cross-entropy against step. Keys of ``curves_by_run`` are labels."""
+    (dotted) accuracy and cross-entropy against step.
+
+    Keys of ``curves_by_run`` are labels; each value holds one curves dict per seed (as in
+    ``plot_curves``, all with the same steps). Lines are the mean over the seeds; with
+    several seeds a shaded band spans the validation curves' minimum to maximum.
+    """
     fig = Figure(figsize=(11, 4), layout="constrained")
     ax_acc, ax_loss = fig.subplots(1, 2)
     lows = []
-    for (label, curves), colour in zip(curves_by_run.items(), ("C0", "C1", "C2", "C3"), strict=False):
-        steps = curves["step"]
-        ax_acc.plot(steps, np.asarray(curves["val_accuracy"]) * 100, color=colour,
-                    label=f"{label} validation")
-        ax_acc.plot(steps, np.asarray(curves["train_accuracy"]) * 100, color=colour, linestyle=":",
+    for (label, seeds), colour in zip(curves_by_run.items(), ("C0", "C1", "C2", "C3"), strict=False):
+        steps = seeds[0]["step"]
+        # rows: seeds, columns: curve points
+        stacked = {key: np.asarray([curves[key] for curves in seeds], dtype=float)
+                   for key in ("val_accuracy", "train_accuracy", "val_loss", "train_loss")}
+        suffix = f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""
+        for ax, key, scale in ((ax_acc, "accuracy", 100), (ax_loss, "loss", 1)):
+            val, train = stacked[f"val_{key}"] * scale, stacked[f"train_{key}"] * scale
+            ax.plot(steps, val.mean(axis=0), color=colour, label=f"{label} validation{suffix}")
+            ax.plot(steps, train.mean(axis=0), color=colour, linestyle=":",
                     label=f"{label} training batches")
-        ax_loss.plot(steps, curves["val_loss"], color=colour, label=f"{label} validation")
-        ax_loss.plot(steps, curves["train_loss"], color=colour, linestyle=":",
-                     label=f"{label} training batches")
-        # Skip the first point: it sits far below the rest and would flatten the plot.
-        lows.append(min(curves["val_accuracy"][len(steps) // 10:], default=1))
+            if len(seeds) > 1:
+                ax.fill_between(steps, val.min(axis=0), val.max(axis=0), color=colour, alpha=0.25,
+                                linewidth=0)
+        # Skip the first points: they sit far below the rest and would flatten the plot.
+        lows.append(stacked["val_accuracy"][:, len(steps) // 10:].min(initial=1))
     ax_acc.set_ylim(max(0.0, min(lows, default=1) * 100 - 1), 100.2)
     ax_acc.set(xlabel="step", ylabel="accuracy (%)", title="accuracy")
     ax_loss.set(xlabel="step", ylabel="cross-entropy", title="cross-entropy", yscale="log")

@@ -7,12 +7,13 @@ The file says each setting once per model and names the model's twins::
     lr_chosen_by = "..."
     twins = {tf = "P1:a", numpy = "P2:b"}
 
-    [seed_report."P1:d"]       # optional: the seed report's figures for a run
-    lr = 0.001                 # and optimizer, steps, train_accuracy, test_accuracy
-
 Each twin becomes one ``Preset``: label ``P1:a``, id ``P1a`` (the label without its
-colon), run folder ``runs/P1a-linear-tf``. Another set of presets is another file of
-the same form, read by the same ``load_presets``.
+colon), run folder ``runs/P1a-linear-tf``. Trained with several seeds, seed k of a
+preset (config seed + k) has its own folder: k = 0 keeps the run folder itself, so a
+one-seed report and every reference to its weights stay as they are; k >= 1 is
+``runs/P1a-linear-tf/seed-k``. Another set of presets is another file of
+the same form, read by the same ``load_presets``. The seed report's figures are not
+here but in ``seed_report.toml`` (``twinnet.seed_report``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,26 +29,40 @@ from typing import Any
 from twinnet.backend import BACKENDS
 from twinnet.config import ConfigError, TrainConfig
 from twinnet.errors import TwinnetError
+from twinnet.seed_report import SeedReport, load_seed_report, seed_settings_runs
 
 CONFIG_KEYS = ("optimizer", "lr", "schedule", "steps", "batch_size", "seed")
 MODEL_KEYS = (*CONFIG_KEYS, "lr_chosen_by", "twins")
-SEED_REPORT_KEYS = ("optimizer", "lr", "steps", "train_accuracy", "test_accuracy")
 
 
 @dataclass(frozen=True)
 class Preset:
-    """One run of the report: its id (``P1a``), label (``P1:a``), configuration, where its
-    learning rate came from, and the seed report's figures for it (empty where unknown)."""
+    """One run of the report: its id (``P1a``), label (``P1:a``), configuration and where
+    its learning rate came from."""
 
     id: str
     label: str
     config: TrainConfig
     lr_chosen_by: str
-    seed_report: Mapping[str, Any] = field(default_factory=dict)
+    reruns: str | None = None  # the seed report's run ("P1:a") this one reruns at its settings
 
-    def run_dir(self, out: Path) -> Path:
-        """The run's folder in a report folder: ``out/runs/P1a-linear-tf``."""
-        return out / "runs" / f"{self.id}-{self.config.model}-{self.config.backend}"
+    def run_dir(self, out: Path, k: int = 0) -> Path:
+        """The folder of the run's seed k in a report folder: ``out/runs/P1a-linear-tf``
+        for k = 0, ``out/runs/P1a-linear-tf/seed-k`` for k >= 1."""
+        folder = out / "runs" / f"{self.id}-{self.config.model}-{self.config.backend}"
+        return folder if k == 0 else folder / f"seed-{k}"
+
+    def with_seed(self, k: int, seeds: int) -> Preset:
+        """Seed k of ``seeds``: the config's seed plus k, the label naming that seed when
+        there are several (``P1:a seed 3``), the id unique per seed (``P1a-seed3``)."""
+        try:
+            config = replace(self.config, seed=self.config.seed + k)
+        except ConfigError as exc:
+            raise TwinnetError(f"--seeds {seeds}: run {self.label}: {exc}") from None
+        if seeds == 1:
+            return replace(self, config=config)
+        return replace(self, id=self.id if k == 0 else f"{self.id}-seed{k}",
+                       label=f"{self.label} seed {config.seed}", config=config)
 
 
 def default_presets_path() -> Path:
@@ -72,7 +86,7 @@ def check_keys(where: str, entry: Any, allowed: tuple[str, ...], required: tuple
         raise TwinnetError(f"{where}: missing {', '.join(missing)}")
 
 
-def model_presets(source: Path, model: str, entry: Any, seed_report: dict[str, Any]) -> list[Preset]:
+def model_presets(source: Path, model: str, entry: Any) -> list[Preset]:
     """The presets of one ``[models.<model>]`` table, one per twin."""
     check_keys(f"{source}: [models.{model}]", entry, MODEL_KEYS, MODEL_KEYS)
     check_keys(f"{source}: [models.{model}] twins", entry["twins"], BACKENDS, ())
@@ -89,8 +103,7 @@ def model_presets(source: Path, model: str, entry: Any, seed_report: dict[str, A
             raise exc.named(f"{source}: run {run_id}: {exc.field}") from None
         except TypeError as exc:  # a value of the wrong type, e.g. steps = "many"
             raise TwinnetError(f"{source}: run {run_id}: {exc}") from None
-        presets.append(Preset(run_id, label, config, str(entry["lr_chosen_by"]),
-                              seed_report.get(label, {})))
+        presets.append(Preset(run_id, label, config, str(entry["lr_chosen_by"])))
     return presets
 
 
@@ -98,17 +111,12 @@ def load_presets(path: str | os.PathLike | None = None) -> list[Preset]:
     """Read a presets file; one clear error naming the file and the entry at fault."""
     source = Path(path) if path is not None else default_presets_path()
     table = read_toml(source)
-    check_keys(str(source), table, ("models", "seed_report"), ("models",))
-    seed_report = table.get("seed_report", {})
-    for label, figures in seed_report.items():
-        check_keys(f"{source}: [seed_report.{label!r}]", figures, SEED_REPORT_KEYS, ())
+    check_keys(str(source), table, ("models",), ("models",))
     presets = [preset for model, entry in table["models"].items()
-               for preset in model_presets(source, model, entry, seed_report)]
+               for preset in model_presets(source, model, entry)]
     labels = [p.label for p in presets]
     if duplicated := sorted({label for label in labels if labels.count(label) > 1}):
         raise TwinnetError(f"{source}: run label(s) used twice: {', '.join(duplicated)}")
-    if unused := sorted(set(seed_report) - set(labels)):
-        raise TwinnetError(f"{source}: seed_report for unknown run(s) {', '.join(unused)}")
     if not presets:
         raise TwinnetError(f"{source}: no [models.*] tables")
     return presets
@@ -125,3 +133,13 @@ def select(presets: list[Preset], only: str | None) -> list[Preset]:
         raise TwinnetError(f"--only: unknown run(s) {', '.join(unknown)}; "
                            f"known: {', '.join(p.id for p in presets)} or a model name")
     return chosen
+
+
+def seed_settings_presets(seed: SeedReport | None = None) -> list[Preset]:
+    """The seed report's runs at its own settings (``twinnet.seed_report.seed_settings_runs``)
+    as presets: id ``S-P1a``, label ``P1:a (seed settings)``, run folder
+    ``runs/S-P1a-linear-tf``, ``reruns`` the seed run's label."""
+    seed = load_seed_report() if seed is None else seed
+    return [Preset(run.id, run.label, TrainConfig(**run.config), "the seed report's own settings",
+                   reruns=run.seed_label)
+            for run in seed_settings_runs(seed)]

@@ -1,17 +1,25 @@
 """The results report: plan the preset runs, run what is missing, render REPORT.md.
 
-- **Plan**: every preset (``twinnet.presets``) whose run folder holds a finished run of
-  its exact configuration is reused; the others become ``RunJob``s, longest first.
+- **Plan**: the runs are the tuned presets (``twinnet.presets``), each trained with K
+  seeds (``--seeds``; seed k in ``Preset.run_dir(out, k)``), and the seed report's eight
+  runs at its own settings (``presets.seed_settings_presets``), one seed each. Every seed
+  run whose folder holds a finished run of its exact configuration is reused; the others
+  become ``RunJob``s, longest first.
 - **Run**: the jobs train in worker processes (``twinnet.parallel``), each writing its
   run folder (``twinnet.runs``).
-- **Render**: every figure is read from a run's ``metrics.json``, after each run's test
-  accuracy is checked against the trace of its confusion matrix. Tables are built from
-  column definitions (``COLUMNS``); the prose is in ``report_text.toml``.
+- **Render**: every figure is read from a run's ``metrics.json`` (read back from the run
+  folders, whatever engine trained them), after each run's test accuracy is checked
+  against the trace of its confusion matrix. The main table shows each figure over seeds
+  (one value, or mean ± std and min–max); the twins of a model are compared paired by
+  seed with a 95% t interval; the seed report's section comes from
+  ``twinnet.seed_report``. Tables are built from column definitions (``COLUMNS``); the
+  prose is in ``report_text.toml``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import time
 import tomllib
@@ -26,14 +34,16 @@ from twinnet.environment import environment
 from twinnet.errors import TwinnetError
 from twinnet.models import DESCRIPTIONS, MODEL_NAMES, count_params, multiply_adds_per_image
 from twinnet.parallel import run_jobs
-from twinnet.presets import Preset, load_presets, select
+from twinnet.presets import Preset, load_presets, seed_settings_presets, select
 from twinnet.runs import finished_metrics, write_run
+from twinnet.seed_report import load_seed_report, render_seed_section, seed_columns
 from twinnet.train import SPLITS, progress_bar, train
 from twinnet.util import write_text_atomic
 
 TEXT = tomllib.loads(resources.files("twinnet").joinpath("report_text.toml").read_text(encoding="utf-8"))
+SEED = load_seed_report()  # the seed report's figures (twinnet/seed_report.toml)
 Metrics = dict[str, Any]  # one run's metrics.json
-Cell = Callable[[Preset, "Metrics | None"], str]  # a table cell of a preset and its run, if any
+Cell = Callable[[Preset, "list[Metrics]"], str]  # a table cell of a preset and its finished seed runs
 
 
 def text(name: str, **values: Any) -> str:
@@ -43,10 +53,14 @@ def text(name: str, **values: Any) -> str:
 
 # -- plan ------------------------------------------------------------------------------
 
+# The seed-settings runs rerun the seed report's single runs: one seed each, whatever --seeds.
+SEED_SETTINGS_SEEDS = 1
+
 
 @dataclass(frozen=True)
 class RunJob:
-    """One preset to train, as a worker process receives it."""
+    """One seed of one preset to train, as a worker process receives it (``preset.config.seed``
+    is that seed; see ``Preset.with_seed``)."""
 
     preset: Preset
     directory: str  # the run folder to write
@@ -59,25 +73,48 @@ def cost(config: TrainConfig) -> int:
     return multiply_adds_per_image(config.model) * config.steps * config.batch_size
 
 
-def plan_runs(presets: list[Preset], out: Path, retrain: list[Preset], data_dir: str | None,
-              workers: int) -> tuple[dict[str, Metrics], list[RunJob]]:
-    """Finished runs to reuse (by preset id) and the jobs to run, longest first.
+def seed_count(preset: Preset, seeds: int) -> int:
+    """How many seeds ``preset`` is trained with in a report of ``seeds`` seeds."""
+    return min(seeds, SEED_SETTINGS_SEEDS) if preset.reruns else seeds
 
-    Without ``retrain`` every unfinished preset is run. With it (``--only``) exactly the
-    presets it names are run, finished or not (after a code change, say); the others
-    are only reused, if finished.
+
+def plan_runs(presets: list[Preset], out: Path, retrain: list[Preset], data_dir: str | None,
+              workers: int, seeds: int = 1) -> tuple[dict[tuple[str, int], Metrics], list[RunJob]]:
+    """Finished runs to reuse, by (preset id, seed index k), and the jobs to run, longest first.
+
+    Each preset is planned with ``seed_count`` seeds, seed k in ``preset.run_dir(out, k)``.
+    Without ``retrain`` every unfinished seed run is run. With it (``--only``) exactly the
+    presets it names are run, all their seeds, finished or not (after a code change, say);
+    the others are only reused, if finished.
     """
-    reused: dict[str, Metrics] = {}
+    reused: dict[tuple[str, int], Metrics] = {}
     todo = []
     for preset in presets:
-        found = None if preset in retrain else finished_metrics(preset.run_dir(out), preset.config)
-        if found is not None:
-            reused[preset.id] = found
-        elif not retrain or preset in retrain:
-            todo.append(preset)
-    todo.sort(key=lambda p: cost(p.config), reverse=True)
+        count = seed_count(preset, seeds)
+        for k in range(count):
+            seeded = preset.with_seed(k, count)
+            directory = preset.run_dir(out, k)
+            found = None if preset in retrain else finished_metrics(directory, seeded.config)
+            if found is not None:
+                reused[preset.id, k] = found
+            elif not retrain or preset in retrain:
+                todo.append((seeded, directory))
+    todo.sort(key=lambda job: cost(job[0].config), reverse=True)
     progress = None if workers <= 1 else False  # bars of parallel workers would interleave
-    return reused, [RunJob(p, str(p.run_dir(out)), data_dir, progress) for p in todo]
+    return reused, [RunJob(p, str(directory), data_dir, progress) for p, directory in todo]
+
+
+def finished_runs(presets: list[Preset], out: Path, seeds: int) -> dict[str, list[Metrics]]:
+    """The finished seed runs of each preset, by preset id, in seed order (missing ones left
+    out; a preset with none is absent)."""
+    runs = {}
+    for preset in presets:
+        count = seed_count(preset, seeds)
+        found = [finished_metrics(preset.run_dir(out, k), preset.with_seed(k, count).config)
+                 for k in range(count)]
+        if found := [metrics for metrics in found if metrics is not None]:
+            runs[preset.id] = found
+    return runs
 
 
 # -- run -------------------------------------------------------------------------------
@@ -121,86 +158,150 @@ def check_consistent(preset: Preset, metrics: Metrics) -> None:
 def generate_report(out: str | os.PathLike = "report", only: str | None = None, jobs: int = 2,
                     data_dir: str | os.PathLike | None = None,
                     tensorboard: str | os.PathLike | None = None,
-                    presets_path: str | os.PathLike | None = None) -> Path:
-    """Run what is missing or changed, then write ``out/REPORT.md``; returns its path."""
+                    presets_path: str | os.PathLike | None = None, seeds: int = 1,
+                    seed_settings: bool = True) -> Path:
+    """Run what is missing or changed, then write ``out/REPORT.md``; returns its path.
+
+    The runs are the presets (``presets_path``), each with ``seeds`` seeds, and unless
+    ``seed_settings`` is False the eight runs at the seed report's own settings, one seed
+    each. ``only`` selects from both sets.
+    """
     from twinnet.data import load_mnist
 
     started = time.perf_counter()
+    if seeds < 1:
+        raise TwinnetError(f"--seeds must be at least 1, got {seeds}")
     out = Path(out)
     presets = load_presets(presets_path)
-    retrain = select(presets, only) if only else []
+    reruns = seed_settings_presets(SEED) if seed_settings else []
+    everything = presets + reruns
+    retrain = select(everything, only) if only else []
+    for preset in everything:  # a bad --seeds for any preset fails here, before any training
+        preset.with_seed(seed_count(preset, seeds) - 1, seed_count(preset, seeds))
     load_mnist(data_dir)  # fail on bad data here, once, before any worker starts
-    metrics, todo = plan_runs(presets, out, retrain, None if data_dir is None else str(data_dir), jobs)
-    metrics.update(run_planned(todo, jobs, len(metrics)))
-    for preset in presets:
-        if preset.id in metrics:
-            check_consistent(preset, metrics[preset.id])
+    reused, todo = plan_runs(everything, out, retrain, None if data_dir is None else str(data_dir),
+                             jobs, seeds)
+    run_planned(todo, jobs, len(reused))
+    runs = finished_runs(everything, out, seeds)  # as written by the workers, whatever the engine
+    for preset in everything:
+        for metrics in runs.get(preset.id, []):
+            check_consistent(preset, metrics)
     if tensorboard is not None:
         from twinnet.tensorboard import write_tensorboard
 
-        for preset in (p for p in presets if p.id in metrics):
-            write_tensorboard(metrics[preset.id], tensorboard,
-                              f"{preset.config.model}/{preset.config.backend}")
-    write_twin_plots(out, presets, metrics)
+        for preset in (p for p in presets if p.id in runs):
+            for metrics in runs[preset.id]:
+                name = f"{preset.config.model}/{preset.config.backend}"
+                if seeds > 1:
+                    name += f"/seed-{metrics['config']['seed']}"
+                write_tensorboard(metrics, tensorboard, name)
+    write_twin_plots(out, presets, runs)
     path = out / "REPORT.md"
-    write_text_atomic(path, render_report(out, presets, metrics, time.perf_counter() - started,
-                                          len(todo)))
+    write_text_atomic(path, render_report(out, presets, runs, time.perf_counter() - started, len(todo),
+                                          seeds=seeds, reruns=reruns))
     return path
 
 
-def write_twin_plots(out: Path, presets: list[Preset], metrics: dict[str, Metrics]) -> None:
+def write_twin_plots(out: Path, presets: list[Preset], runs: dict[str, list[Metrics]]) -> None:
+    """``out/twins-<model>.png``: both twins' curves of each model, over all their seeds."""
     from twinnet.plots import plot_twins
 
     for model in MODEL_NAMES:
-        curves = {f"{p.label} {p.config.backend}": metrics[p.id]["curves"]
-                  for p in presets if p.config.model == model and p.id in metrics}
+        curves = {f"{p.label} {p.config.backend}": [run["curves"] for run in runs[p.id]]
+                  for p in presets if p.config.model == model and p.id in runs}
         if curves:
             plot_twins(curves, f"{model}: both twins", out / f"twins-{model}.png")
 
 
 # -- render ----------------------------------------------------------------------------
 
+# t quantiles t(0.975, df) for df = 1..30: the half-width of a 95% confidence interval of a
+# mean of df + 1 values is t * std / sqrt(df + 1).
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+Z_975 = 1.959964
+# Twins "agree closely" when the interval of their test-accuracy difference lies in this band.
+AGREEMENT_PP = 0.1
+
+
+def t_quantile_975(df: int) -> float:
+    """t(0.975, df), from the table up to df = 30, beyond it from the Cornish-Fisher expansion
+    around the normal quantile (off by less than 0.001 there)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be at least 1, got {df}")
+    if df <= len(T_975):
+        return T_975[df - 1]
+    z = Z_975
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1 in the denominator; 0 for one value)."""
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def interval_95(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% confidence interval (low, high) of the mean of two or more values,
+    t-distributed with n - 1 degrees of freedom."""
+    mean, std = mean_std(values)
+    half = t_quantile_975(len(values) - 1) * std / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
 
 def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.2f}%"
 
 
-def measured(figure: Callable[[Metrics], str], missing: str = "") -> Cell:
-    """A cell read from the run's metrics; ``missing`` for a preset not run yet."""
-    return lambda preset, run: missing if run is None else figure(run)
+def spread(values: list[float]) -> str:
+    """Fractions as percentages over seeds: one value as it is; several as mean ± std and
+    min–max, ``1.23 ± 0.05% (1.17–1.30%)``."""
+    if len(values) == 1:
+        return percent(values[0])
+    mean, std = mean_std(values)
+    return (f"{mean * 100:.2f} ± {std * 100:.2f}% "
+            f"({min(values) * 100:.2f}–{max(values) * 100:.2f}%)")
+
+
+def measured(figure: Callable[[list[Metrics]], str], missing: str = "") -> Cell:
+    """A cell read from the preset's finished seed runs; ``missing`` for a preset not run yet."""
+    return lambda preset, runs: figure(runs) if runs else missing
 
 
 def error_rate(split: str, missing: str = "") -> Cell:
-    return measured(lambda run: percent(1 - run["final"][split]["accuracy"]), missing)
+    return measured(lambda runs: spread([1 - run["final"][split]["accuracy"] for run in runs]), missing)
 
 
 def seed_figure(key: str) -> Cell:
-    """The seed report's figure ``key`` for the run, as an error rate for accuracies."""
-    def cell(preset: Preset, run: Metrics | None) -> str:
-        value = preset.seed_report.get(key)
-        if value is None:
-            return "n/a"
-        return percent(1 - value) if key.endswith("accuracy") else f"{value:g}"
-    return cell
+    """The seed report's figure for the run (``twinnet.seed_report.seed_columns``)."""
+    return lambda preset, runs: seed_columns(SEED, preset.label)[key]
+
+
+def mean_seconds(runs: list[Metrics], key: str = "wall_seconds") -> float:
+    return sum(run[key] for run in runs) / len(runs)
 
 
 COLUMNS: tuple[tuple[str, Cell], ...] = (
-    ("run", lambda p, run: p.label),
-    ("model", lambda p, run: p.config.model),
-    ("twin", lambda p, run: p.config.backend),
-    ("optimizer", lambda p, run: p.config.optimizer),
-    ("lr", lambda p, run: f"{p.config.lr:g}"),
-    ("schedule", lambda p, run: p.config.schedule),
-    ("steps", lambda p, run: str(p.config.steps)),
+    ("run", lambda p, runs: p.label),
+    ("model", lambda p, runs: p.config.model),
+    ("twin", lambda p, runs: p.config.backend),
+    ("optimizer", lambda p, runs: p.config.optimizer),
+    ("lr", lambda p, runs: f"{p.config.lr:g}"),
+    ("schedule", lambda p, runs: p.config.schedule),
+    ("steps", lambda p, runs: str(p.config.steps)),
+    ("seeds", measured(lambda runs: str(len(runs)))),
     ("train error", error_rate("train", missing="not run yet")),
     ("val error", error_rate("validation")),
     ("test error", error_rate("test")),
-    ("test accuracy", measured(lambda run: percent(run["final"]["test"]["accuracy"]))),
-    ("seed lr", seed_figure("lr")),
-    ("seed steps", seed_figure("steps")),
-    ("seed train error", seed_figure("train_accuracy")),
-    ("seed test error", seed_figure("test_accuracy")),
-    ("wall time", measured(lambda run: f"{run['wall_seconds']:.0f} s")),
+    ("test accuracy", measured(lambda runs: spread([run["final"]["test"]["accuracy"] for run in runs]))),
+    ("seed lr", seed_figure("seed_lr")),
+    ("seed steps", seed_figure("seed_steps")),
+    ("seed train error", seed_figure("seed_train_error")),
+    ("seed test error", seed_figure("seed_test_error")),
+    ("wall time", measured(lambda runs: f"{mean_seconds(runs):.0f} s")),
 )
 
 
@@ -210,22 +311,38 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), "|" + "---|" * len(header), *map(line, rows)]) + "\n"
 
 
-def render_report(out: Path, presets: list[Preset], metrics: dict[str, Metrics], elapsed: float,
-                  trained: int, env: dict[str, Any] | None = None) -> str:
-    """REPORT.md: comparison table, one section per model, environment."""
+def render_report(out: Path, presets: list[Preset], runs: dict[str, list[Metrics]], elapsed: float,
+                  trained: int, env: dict[str, Any] | None = None, seeds: int = 1,
+                  reruns: list[Preset] | None = None) -> str:
+    """REPORT.md: comparison table, one section per model, the seed report rerun, the twins
+    compared, environment.
+
+    ``runs`` maps a preset id to its finished seed runs' metrics in seed order (of
+    ``presets`` and of the seed-settings presets ``reruns``); ``seeds`` is the number each
+    preset was planned with.
+    """
     env = environment() if env is None else env
-    done = [p for p in presets if p.id in metrics]
+    reruns = [] if reruns is None else reruns
+    everything = [p for p in presets + reruns if p.id in runs]
     header = text("header", now=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                  cpu=env["cpu"], cpu_count=env["cpu_count"], runs=len(done),
-                  run_seconds=sum(metrics[p.id]["wall_seconds"] for p in done), trained=trained,
-                  elapsed=elapsed, derivations=derivations_link(out))
+                  cpu=env["cpu"], cpu_count=env["cpu_count"],
+                  runs=sum(len(runs[p.id]) for p in everything),
+                  run_seconds=sum(run["wall_seconds"] for p in everything for run in runs[p.id]),
+                  trained=trained, elapsed=elapsed, derivations=derivations_link(out))
+    seeds_text = text("one_seed") if seeds == 1 else text("many_seeds", seeds=seeds)
     table = markdown_table([name for name, _ in COLUMNS],
-                           [[cell(p, metrics.get(p.id)) for _, cell in COLUMNS] for p in presets])
+                           [[cell(p, runs.get(p.id, [])) for _, cell in COLUMNS] for p in presets])
     choices = "".join(f"- {p.label}: {p.lr_chosen_by}\n" for p in presets)
-    models = [model_section(model, [p for p in presets if p.config.model == model], metrics)
+    models = [model_section(model, [p for p in presets if p.config.model == model], runs, seeds)
               for model in MODEL_NAMES if any(p.config.model == model for p in presets)]
-    parts = [header, text("table_intro"), table, text("lr_choices"), choices, *models,
-             environment_section(presets, metrics, env)]
+    rerun_metrics = {p.reruns: runs[p.id][0] for p in reruns if p.id in runs}
+    rerun_section = "\n".join(render_seed_section(SEED, rerun_metrics)) + "\n"
+    rerun_folders = ", ".join(f"[{p.run_dir(Path()).as_posix()}]({p.run_dir(Path()).as_posix()})"
+                              for p in reruns if p.id in runs)
+    rerun_note = text("seed_rerun_note", seeds=seeds, folders=rerun_folders or "none yet")
+    parts = [header, text("table_intro", seeds=seeds_text), table, text("lr_choices"), choices, *models,
+             rerun_section, rerun_note, twins_section(presets, runs, elapsed),
+             environment_section(presets + reruns, runs, env)]
     return "\n".join(parts)
 
 
@@ -236,21 +353,36 @@ def derivations_link(out: Path) -> str:
     return "docs/derivations.md"  # installed without the repository beside it
 
 
-def model_section(model: str, presets: list[Preset], metrics: dict[str, Metrics]) -> str:
+def model_section(model: str, presets: list[Preset], runs: dict[str, list[Metrics]], seeds: int) -> str:
     parts = [text("model", model=model, architecture=DESCRIPTIONS[model], params=count_params(model),
                   multiply_adds=multiply_adds_per_image(model))]
-    if any(p.id in metrics for p in presets):
-        parts.append(text("twins_figure", model=model))
+    if any(p.id in runs for p in presets):
+        parts.append(text("twins_figure_one" if seeds == 1 else "twins_figure_many", model=model))
     for preset in presets:
         parts.append(text("run_heading", label=preset.label, model=model,
                           twin=TEXT["twin_names"][preset.config.backend]))
-        parts.append(run_section(preset, metrics[preset.id]) if preset.id in metrics
-                     else text("not_run"))
+        parts.append(run_section(preset, runs[preset.id]) if preset.id in runs else text("not_run"))
     return "\n".join(parts)
 
 
-def run_section(preset: Preset, run: Metrics) -> str:
-    """One run's settings, final figures, pictures and test confusion matrix."""
+def median_run(runs: list[Metrics]) -> Metrics:
+    """The run of median test accuracy (of an even count the lower middle one; ties by seed)."""
+    ranked = sorted(runs, key=lambda run: (run["final"]["test"]["accuracy"], run["config"]["seed"]))
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def run_section(preset: Preset, runs: list[Metrics]) -> str:
+    """One run's settings, final figures, pictures and test confusion matrix; with several
+    seeds, first a table of each seed's accuracies, then all that of the median seed."""
+    run = median_run(runs)
+    k = run["config"]["seed"] - preset.config.seed
+    parts = []
+    if len(runs) > 1:
+        per_seed = markdown_table(["seed", *(f"{s} accuracy" for s in SPLITS)], [
+            [str(r["config"]["seed"]), *(percent(r["final"][s]["accuracy"]) for s in SPLITS)]
+            for r in runs])
+        parts.append(text("seeds_table", count=len(runs), table=per_seed.rstrip("\n"),
+                          median=run["config"]["seed"]))
     final = run["final"]
     figures = markdown_table(["", *SPLITS], [
         ["accuracy", *(percent(final[s]["accuracy"]) for s in SPLITS)],
@@ -258,21 +390,74 @@ def run_section(preset: Preset, run: Metrics) -> str:
     confusion = markdown_table(["true \\ predicted", *map(str, range(10))], [
         [f"**{digit}**", *(f"**{n}**" if i == digit else str(n) for i, n in enumerate(row))]
         for digit, row in enumerate(run["confusion_matrix"])])
-    folder = preset.run_dir(Path()).as_posix()
-    return text("run", **vars(preset.config), train_seconds=run["train_seconds"], folder=folder,
-                figures=figures.rstrip("\n"), confusion=confusion.rstrip("\n"))
+    folder = preset.run_dir(Path(), k).as_posix()
+    parts.append(text("run", **{**vars(preset.config), "seed": run["config"]["seed"]},
+                      train_seconds=run["train_seconds"], folder=folder,
+                      figures=figures.rstrip("\n"), confusion=confusion.rstrip("\n")))
+    return "\n".join(parts)
 
 
-def environment_section(presets: list[Preset], metrics: dict[str, Metrics], env: dict) -> str:
-    """Versions (this machine's, then any the runs recorded) and each run's timing."""
+def paired_differences(tf_runs: list[Metrics], numpy_runs: list[Metrics]) -> list[tuple[int, float]]:
+    """(seed, TF minus NumPy test accuracy in percentage points) for each seed both twins ran."""
+    numpy_by_seed = {run["config"]["seed"]: run["final"]["test"]["accuracy"] for run in numpy_runs}
+    return [(run["config"]["seed"], (run["final"]["test"]["accuracy"] - numpy_by_seed[seed]) * 100)
+            for run in tf_runs if (seed := run["config"]["seed"]) in numpy_by_seed]
+
+
+def twin_agreement(pairs: list[tuple[int, float]]) -> tuple[list[str], str | None]:
+    """The table cells (seeds, mean difference, 95% interval, contains 0, within the band) and
+    the sentence on whether the twins agree, from paired differences in pp; no sentence for
+    one seed, which gives no interval."""
+    differences = [d for _, d in pairs]
+    if len(differences) == 1:
+        return [str(len(differences)), f"{differences[0]:+.2f} pp", "n/a (one seed)", "n/a", "n/a"], None
+    mean, low, high = interval_95(differences)
+    contains_zero = low <= 0 <= high
+    within = -AGREEMENT_PP <= low and high <= AGREEMENT_PP
+    cells = [str(len(differences)), f"{mean:+.3f} pp", f"[{low:+.3f}, {high:+.3f}] pp",
+             "yes" if contains_zero else "no", "yes" if within else "no"]
+    sentence = text("agreement", seeds=len(differences), mean=mean, low=low, high=high,
+                    zero=TEXT["zero_inside" if contains_zero else "zero_outside"],
+                    band=TEXT["band_inside" if within else "band_outside"].format(band=AGREEMENT_PP))
+    return cells, sentence
+
+
+def twins_section(presets: list[Preset], runs: dict[str, list[Metrics]], elapsed: float) -> str:
+    """The closing note: each model's twin difference of test accuracy, paired by seed."""
+    rows, sentences, one_seed = [], [], []
+    for model in MODEL_NAMES:
+        twins = {p.config.backend: p for p in presets if p.config.model == model and p.id in runs}
+        if set(twins) != {"tf", "numpy"}:
+            continue
+        pairs = paired_differences(runs[twins["tf"].id], runs[twins["numpy"].id])
+        if not pairs:
+            continue
+        cells, sentence = twin_agreement(pairs)
+        rows.append([model, f"{twins['tf'].label} − {twins['numpy'].label}", *cells])
+        if sentence is None:
+            one_seed.append(model)
+        else:
+            sentences.append(f"- **{model}**: {sentence}\n")
+    if one_seed:
+        sentences.append(text("agreement_one_seed", models=", ".join(one_seed)))
+    table = markdown_table(["model", "twins", "seeds", "mean difference", "95% interval", "contains 0",
+                            f"within ±{AGREEMENT_PP:g} pp"], rows) if rows else text("no_twin_pairs")
+    return text("twins", table=table.rstrip("\n"), sentences="".join(sentences).rstrip("\n"),
+                elapsed=elapsed)
+
+
+def environment_section(presets: list[Preset], runs: dict[str, list[Metrics]], env: dict) -> str:
+    """Versions (this machine's, then any the runs recorded) and each run's timing (mean per seed)."""
     versions = dict(env)
-    for preset in (p for p in presets if p.id in metrics):
-        versions.update({k: v for k, v in metrics[preset.id]["environment"].items() if k not in versions})
+    for preset in (p for p in presets if p.id in runs):
+        for run in runs[preset.id]:
+            versions.update({k: v for k, v in run["environment"].items() if k not in versions})
     keys = ("twinnet", "python", "numpy", "tensorflow", "platform", "cpu", "cpu_count")
     version_table = markdown_table(["what", "version"],
                                    [[key, str(versions[key])] for key in keys if key in versions])
     timing_table = markdown_table(
         ["run", "training time", "wall time (incl. evaluation)"],
-        [[p.label, f"{metrics[p.id]['train_seconds']:.1f} s", f"{metrics[p.id]['wall_seconds']:.1f} s"]
-         for p in presets if p.id in metrics])
+        [[p.label if len(runs[p.id]) == 1 else f"{p.label} (mean of {len(runs[p.id])} seeds)",
+          f"{mean_seconds(runs[p.id], 'train_seconds'):.1f} s", f"{mean_seconds(runs[p.id]):.1f} s"]
+         for p in presets if p.id in runs])
     return text("environment", versions=version_table.rstrip("\n"), timings=timing_table.rstrip("\n"))
