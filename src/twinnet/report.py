@@ -27,7 +27,7 @@ from twinnet.errors import TwinnetError
 from twinnet.models import DESCRIPTIONS, MODEL_NAMES, count_params, multiply_adds_per_image
 from twinnet.parallel import run_jobs
 from twinnet.presets import Preset, load_presets, select
-from twinnet.runs import finished_metrics, write_run
+from twinnet.runs import PLOTS_BYTES, check_output_dir, finished_metrics, run_bytes, write_run
 from twinnet.train import SPLITS, progress_bar, train
 from twinnet.util import write_text_atomic
 
@@ -129,6 +129,8 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
     out = Path(out)
     presets = load_presets(presets_path)
     retrain = select(presets, only) if only else []
+    # Every preset is checked (load_presets) and the output folder too, before any training.
+    check_output_dir(out, sum(run_bytes(p.config) for p in presets) + PLOTS_BYTES)
     load_mnist(data_dir)  # fail on bad data here, once, before any worker starts
     metrics, todo = plan_runs(presets, out, retrain, None if data_dir is None else str(data_dir), jobs)
     metrics.update(run_planned(todo, jobs, len(metrics)))
