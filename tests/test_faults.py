@@ -394,3 +394,416 @@ def test_stale_temp_files_of_the_target_are_removed(tmp_path):
     assert all(other.read_bytes() == b"keep" for other in others)
     assert live.exists()
     assert target.read_text() == "png"
+
+
+# ==== phase 2: run folders, checkpoints, interrupts, output checks ====================
+# Finding -> test:
+#   1 checkpoint through plain np.load   -> test_inflated_permutation_checkpoint_is_refused_at_once,
+#                                          test_malformed_checkpoints_are_one_line
+#   2 outputs checked after the work     -> test_train_output_checked_before_training,
+#                                          test_report_output_checked_before_training,
+#                                          test_full_disk_while_writing_a_run_keeps_the_earlier_run
+#   3 Ctrl-C in final evaluation lost    -> test_ctrl_c_at_each_phase_keeps_the_run
+#     Ctrl-C with the disk full          -> test_ctrl_c_with_the_disk_full_is_one_line
+#   4 two writers in one folder          -> test_second_writer_is_refused_naming_the_pid
+#     new train deletes a checkpoint     -> test_unfinished_run_is_not_overwritten_without_force
+#     report reuses garbage weights      -> test_report_reuses_a_run_only_when_its_weights_hash_matches
+#     --resume ignores flags             -> test_resume_refuses_conflicting_flags
+#     train_seconds of the last segment  -> test_train_seconds_are_summed_over_segments
+
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from twinnet import checkpoint as checkpoint_module  # noqa: E402
+from twinnet import plots, runs  # noqa: E402
+from twinnet import train as train_module  # noqa: E402
+from twinnet.checkpoint import CHECKPOINT_NAME  # noqa: E402
+
+TRAIN = ["train", "linear", "--backend", "numpy", "--steps", "6", "--eval-every", "3"]
+RUN_FILES = ["confusion.png", "curves.png", "metrics.json", "weights.npz"]
+
+
+def train_args(out: Path, mnist_path: Path, *extra: str) -> list[str]:
+    return [*TRAIN, "--data-dir", str(mnist_path), "--out", str(out), *extra]
+
+
+def interrupted_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("twinnet: interrupted "), err
+    return lines[0]
+
+
+def folder_bytes(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def weights_arrays(path: Path) -> dict[str, np.ndarray]:
+    return load_weights(path)[0]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, mnist_path) -> Path:
+    """The run every interrupted-and-resumed run must end up equal to."""
+    out = tmp_path_factory.mktemp("whole") / "run"
+    assert main(train_args(out, mnist_path)) == 0
+    return out
+
+
+def sigint_self() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.fixture
+def interrupted_run(tmp_path, mnist_path, monkeypatch, capsys) -> Path:
+    """A run folder holding the checkpoint of TRAIN interrupted after step 3."""
+    out = tmp_path / "run"
+    real = train_module.learning_rate
+
+    def learning_rate(config, step):
+        if step == 2:  # during update 3
+            sigint_self()
+        return real(config, step)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "learning_rate", learning_rate)
+        assert main(train_args(out, mnist_path)) == 130
+    assert "after step 3" in interrupted_line(capsys)
+    return out
+
+
+# ---- 1. checkpoints: bounded, checked --------------------------------------------------
+
+def checkpoint_members(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as npz:  # our own good file
+        return {key: npz[key] for key in npz.files}
+
+
+def rewrite_checkpoint(path: Path, change) -> None:
+    """Apply ``change(arrays, state)`` to a good checkpoint's members and JSON state."""
+    arrays = checkpoint_members(path)
+    state = json.loads(str(arrays.pop("state")))
+    change(arrays, state)
+    with open(path, "wb") as fh:
+        np.savez(fh, state=np.array(json.dumps(state)), **arrays)
+
+
+def test_inflated_permutation_checkpoint_is_refused_at_once(interrupted_run, mnist_path, capsys):
+    # Before: np.load inflated the permutation (5.3 GB for a 778 KB file), then trained on image 0.
+    path = interrupted_run / CHECKPOINT_NAME
+    arrays = checkpoint_members(path)
+    count = (256 << 20) // 8
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<i8", "fortran_order": False,
+                                                  "shape": (count,)})
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for key, array in arrays.items():
+            if key != "order/perm":
+                with archive.open(f"{key}.npy", "w") as fh:
+                    np.lib.format.write_array(fh, array)
+        with archive.open("order/perm.npy", "w", force_zip64=True) as fh:
+            fh.write(header.getvalue())
+            for _ in range(count * 8 >> 24):
+                fh.write(bytes(1 << 24))
+    assert path.stat().st_size < 1 << 20
+    started = time.perf_counter()
+    peak = peak_bytes(lambda: train_module.load_checkpoint(path))
+    assert time.perf_counter() - started < 1.0 and peak < 5 << 20
+    assert main(["train", "--resume", str(interrupted_run), "--data-dir", str(mnist_path)]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"twinnet: error: {path}: entry 'order/perm.npy' has")
+
+
+def drop(key):
+    return lambda arrays, state: arrays.pop(key)
+
+
+def put(key, value):
+    return lambda arrays, state: arrays.__setitem__(key, value)
+
+
+def set_state(section, value, *keys):
+    def change(arrays, state):
+        table = state
+        for key in keys:
+            table = table[key]
+        table[section] = value
+    return change
+
+
+@pytest.mark.parametrize("change, message", [
+    (drop("order/perm"), "order: missing perm"),
+    (drop("params/dense1/W"), "params: missing dense1/W"),
+    (put("params/evil", np.zeros(3, np.float32)), "unexpected key(s) params/evil"),
+    (put("order/perm", np.zeros(55_000, np.int64)), "perm is not a permutation of range(55000)"),
+    (put("order/perm", np.arange(55_000) + 10), "perm holds indices outside 0..54999"),
+    (put("order/perm", np.arange(55_000, dtype=np.int32)), "perm must be 55000 int64 indices"),
+    (put("params/dense1/b", np.zeros(10, np.float64)), "dense1/b has dtype float64"),
+    (put("optimizer/iterations", np.array(1.5)), "iterations must be a non-negative integer"),
+    (set_state("bogus", 1), "unexpected key(s) bogus"),
+    (set_state("steps", -5, "config"), "config: steps must be at least 1"),
+    (set_state("steps", "many", "config"), "config: steps must be a number (an integer), got 'many'"),
+    (set_state("step", 99), "step must be an integer from 1 to 6, got 99"),
+    (set_state("rng", {"state": 1}, "order"), "order: rng is not a PCG64 state"),
+    (set_state("step", ["x"], "progress", "curves"), "curves must hold integer steps"),
+])
+def test_malformed_checkpoints_are_one_line(interrupted_run, mnist_path, capsys, change, message):
+    path = interrupted_run / CHECKPOINT_NAME
+    rewrite_checkpoint(path, change)
+    before = path.read_bytes()
+    assert main(["train", "--resume", str(interrupted_run), "--data-dir", str(mnist_path)]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"twinnet: error: {path}: ") and message in line, line
+    assert path.read_bytes() == before  # the file is not touched
+
+
+# ---- 2. outputs checked before any work ------------------------------------------------
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail the test if data were loaded: the check must come before any work."""
+    monkeypatch.setattr(data, "load_mnist", lambda *a, **k: pytest.fail("work started"))
+
+
+@pytest.mark.parametrize("target, fragment", [
+    ("file", "cannot write there: not a folder"),
+    ("file/run", "cannot create the output folder (a part of the path is not a folder)"),
+    ("n" * 300, "cannot create the output folder (file name too long)"),
+])
+def test_train_output_checked_before_training(tmp_path, no_training, capsys, target, fragment):
+    (tmp_path / "file").write_text("earlier")
+    assert main([*TRAIN, "--out", str(tmp_path / target)]) == 2
+    assert one_error_line(capsys).endswith(fragment)
+    assert (tmp_path / "file").read_text() == "earlier"
+
+
+def test_train_output_read_only_or_full_before_training(tmp_path, no_training, monkeypatch, capsys):
+    def refuse(*args, **kwargs):  # root ignores permission bits: the refusal is injected
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runs.tempfile, "mkstemp", refuse)
+        assert main([*TRAIN, "--out", str(tmp_path / "ro")]) == 2
+    assert one_error_line(capsys).endswith("ro: cannot write there (permission denied)")
+
+    class Full:
+        f_bavail, f_frsize = 10, 4096
+
+    monkeypatch.setattr(runs.os, "statvfs", lambda path: Full)
+    assert main([*TRAIN, "--out", str(tmp_path / "full")]) == 2
+    assert "full: not enough free space: 0.0 MB free, the outputs need about" in one_error_line(capsys)
+
+
+def test_report_output_checked_before_training(tmp_path, no_training, capsys):
+    (tmp_path / "report").write_text("earlier")
+    assert main(["report", "--out", str(tmp_path / "report")]) == 2
+    assert one_error_line(capsys).endswith("report: cannot write there: not a folder")
+    presets = tmp_path / "p.toml"
+    # The second model's wrong twin is refused before the first model's run is trained.
+    presets.write_text(REPORT_PRESETS + REPORT_PRESETS.replace("linear", "mlp128")
+                       .replace('numpy = "P2:b"', 'jax = "P9:z"'))
+    assert main(["report", "--out", str(tmp_path / "new"), "--presets", str(presets)]) == 2
+    assert "twins: unknown key(s) jax" in one_error_line(capsys)
+    assert not (tmp_path / "new").exists()
+
+
+def test_full_disk_while_writing_a_run_keeps_the_earlier_run(tmp_path, mnist_path, monkeypatch,
+                                                             capsys, uninterrupted):
+    out = tmp_path / "run"
+    assert main(train_args(out, mnist_path, "--seed", "1")) == 0
+    capsys.readouterr()
+    earlier = folder_bytes(out)
+    real = plots.plot_confusion
+
+    def full_disk(matrix, title, path):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"half a png")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(plots, "plot_confusion", full_disk)
+        assert main(train_args(out, mnist_path)) == 2
+    line = one_error_line(capsys)
+    assert f"{out / 'confusion.png'}: not written (no space left on device)" in line
+    assert f"the trained state is saved in {out / CHECKPOINT_NAME}" in line and "--resume" in line
+    # Before: new weights beside the old metrics.json. Now the earlier run is whole.
+    assert {k: v for k, v in folder_bytes(out).items() if k != CHECKPOINT_NAME} == earlier
+    assert sorted(os.listdir(out)) == sorted([*RUN_FILES, CHECKPOINT_NAME])
+    monkeypatch.setattr(plots, "plot_confusion", real)
+    assert main(["train", "--resume", str(out), "--data-dir", str(mnist_path)]) == 0
+    assert sorted(os.listdir(out)) == RUN_FILES
+    for key, value in weights_arrays(uninterrupted / "weights.npz").items():
+        assert np.array_equal(value, weights_arrays(out / "weights.npz")[key])
+
+
+# ---- 3. Ctrl-C at each phase -------------------------------------------------------------
+
+def ctrl_c_during_steps(monkeypatch):
+    real = train_module.learning_rate
+    monkeypatch.setattr(train_module, "learning_rate",
+                        lambda config, step: (step == 3 and sigint_self()) or real(config, step))
+
+
+def ctrl_c_during_final_evaluation(monkeypatch):
+    real = train_module.evaluate
+
+    def evaluate(model, x, y):
+        if len(x) == data.TRAIN_SIZE:  # only the final evaluation covers the training split
+            sigint_self()
+        return real(model, x, y)
+
+    monkeypatch.setattr(train_module, "evaluate", evaluate)
+
+
+def ctrl_c_during_writing(monkeypatch):
+    real = plots.plot_curves
+    monkeypatch.setattr(plots, "plot_curves", lambda *a: sigint_self() or real(*a))
+
+
+@pytest.mark.parametrize("phase, hook, expected", [
+    ("steps", ctrl_c_during_steps, "interrupted after step 4;"),
+    ("final evaluation", ctrl_c_during_final_evaluation,
+     "interrupted in the final evaluation, after the last step 6;"),
+    ("writing", ctrl_c_during_writing, "interrupted while writing the run, after the last step 6;"),
+])
+def test_ctrl_c_at_each_phase_keeps_the_run(tmp_path, mnist_path, monkeypatch, capsys, uninterrupted,
+                                            phase, hook, expected):
+    # Before: after the last step the handler was gone; "interrupted", exit 130, nothing kept.
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        hook(patch)
+        assert main(train_args(out, mnist_path)) == 130
+    line = interrupted_line(capsys)
+    assert expected in line and f"continue with: twinnet train --resume {out}" in line
+    assert sorted(os.listdir(out)) == [CHECKPOINT_NAME]  # nothing half-written beside it
+    assert main(["train", "--resume", str(out), "--data-dir", str(mnist_path)]) == 0
+    assert sorted(os.listdir(out)) == RUN_FILES
+    for key, value in weights_arrays(uninterrupted / "weights.npz").items():
+        assert np.array_equal(value, weights_arrays(out / "weights.npz")[key]), key
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["curves"] == json.loads((uninterrupted / "metrics.json").read_text())["curves"]
+
+
+def test_ctrl_c_with_the_disk_full_is_one_line(interrupted_run, mnist_path, monkeypatch, capsys):
+    path = interrupted_run / CHECKPOINT_NAME
+    before = path.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module.np, "savez", full)
+    ctrl_c_during_steps(monkeypatch)
+    assert main(["train", "--resume", str(interrupted_run), "--data-dir", str(mnist_path)]) == 130
+    line = interrupted_line(capsys)
+    assert "after step 4; checkpoint not saved:" in line and "no space left on device" in line
+    assert path.read_bytes() == before
+
+
+# ---- 4. a run folder is one run ----------------------------------------------------------
+
+def test_second_writer_is_refused_naming_the_pid(tmp_path, mnist_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "twinnet", "train", "linear", "--backend", "numpy",
+               "--steps", "1000000", "--checkpoint-every", "10", "--data-dir", str(mnist_path),
+               "--out", str(out)]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / CHECKPOINT_NAME).exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+            time.sleep(0.05)
+        assert (out / ".lock").read_text().strip() == str(first.pid)
+        second = subprocess.run([*command[:8], "5", *command[9:]], capture_output=True, text=True,
+                                timeout=120)
+        assert second.returncode == 2
+        assert second.stderr.splitlines() == [
+            f"twinnet: error: {out}: in use by another twinnet process (PID {first.pid}); "
+            "wait for it to finish or write elsewhere with --out"]
+        first.send_signal(signal.SIGINT)
+        _, stderr = first.communicate(timeout=60)
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode == 130, stderr
+    assert stderr.startswith("twinnet: interrupted after step") and "Traceback" not in stderr
+    assert sorted(os.listdir(out)) == [CHECKPOINT_NAME]  # the lock went with its holder
+
+
+def test_unfinished_run_is_not_overwritten_without_force(interrupted_run, mnist_path, capsys):
+    # Before: a new train silently deleted the interrupted run's checkpoint.
+    path = interrupted_run / CHECKPOINT_NAME
+    before = path.read_bytes()
+    assert main(train_args(interrupted_run, mnist_path, "--seed", "3")) == 2
+    assert one_error_line(capsys) == (
+        f"twinnet: error: {interrupted_run} holds an unfinished run ({CHECKPOINT_NAME}); continue "
+        f"it with: twinnet train --resume {interrupted_run}, or start over with --force")
+    assert path.read_bytes() == before
+    assert main(train_args(interrupted_run, mnist_path, "--seed", "3", "--force")) == 0
+    assert sorted(os.listdir(interrupted_run)) == RUN_FILES
+    assert json.loads((interrupted_run / "metrics.json").read_text())["config"]["seed"] == 3
+
+
+REPORT_PRESETS = """
+[models.linear]
+optimizer = "sgd"
+lr = 0.5
+schedule = "constant"
+steps = 10
+batch_size = 100
+seed = 0
+lr_chosen_by = "a test"
+twins = {numpy = "P2:b"}
+"""
+
+
+def test_report_reuses_a_run_only_when_its_weights_hash_matches(tmp_path, mnist_path, capsys):
+    presets = tmp_path / "p.toml"
+    presets.write_text(REPORT_PRESETS)
+    out = tmp_path / "report"
+    args = ["report", "--out", str(out), "--presets", str(presets), "--jobs", "1",
+            "--data-dir", str(mnist_path)]
+    run = out / "runs" / "P2b-linear-numpy"
+    assert main(args) == 0
+    capsys.readouterr()
+    first = json.loads((run / "metrics.json").read_text())
+    assert first["weights_sha256"] == runs.file_sha256(run / "weights.npz")
+    assert main(args) == 0 and "training 1 run" not in capsys.readouterr().out  # reused
+    (run / "weights.npz").write_bytes(b"garbage")
+    # Before: the garbage was reused and linked in REPORT.md. Now the run is trained again.
+    assert main(args) == 0
+    assert "training 1 run(s) with 1 job(s); reusing 0 finished" in capsys.readouterr().out
+    load_weights(run / "weights.npz")
+    assert json.loads((run / "metrics.json").read_text())["weights_sha256"] == first["weights_sha256"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "50"], "--steps 50 conflicts with the checkpoint's steps 6"),
+    (["--lr", "0.5"], "--lr 0.5 conflicts with the checkpoint's lr 0.1"),
+    (["--backend", "tf"], "--backend tf conflicts with the checkpoint's backend numpy"),
+    (["--eval-every", "2"], "--eval-every 2 conflicts with the checkpoint's eval_every 3"),
+    (["mlp128"], "model mlp128 conflicts with the checkpoint's model linear"),
+    (["--out", "elsewhere"], "--out elsewhere conflicts with --resume"),
+])
+def test_resume_refuses_conflicting_flags(interrupted_run, mnist_path, capsys, flags, message):
+    # Before: --resume ignored every other flag, --out included, without a word.
+    before = folder_bytes(interrupted_run)
+    assert main(["train", "--resume", str(interrupted_run), *flags, "--data-dir", str(mnist_path)]) == 2
+    assert message in one_error_line(capsys)
+    assert folder_bytes(interrupted_run) == before
+
+
+def test_resume_accepts_flags_that_agree(interrupted_run, mnist_path):
+    assert main(["train", "linear", "--resume", str(interrupted_run), "--backend", "numpy",
+                 "--steps", "6", "--eval-every", "3", "--out", str(interrupted_run),
+                 "--data-dir", str(mnist_path)]) == 0
+
+
+def test_train_seconds_are_summed_over_segments(interrupted_run, mnist_path):
+    # Before: train_seconds after a resume counted only the last segment.
+    rewrite_checkpoint(interrupted_run / CHECKPOINT_NAME,
+                       set_state("train_seconds", 1000.0, "progress"))
+    assert main(["train", "--resume", str(interrupted_run), "--data-dir", str(mnist_path)]) == 0
+    metrics = json.loads((interrupted_run / "metrics.json").read_text())
+    assert 1000.0 < metrics["train_seconds"] < 1100.0
+    assert metrics["wall_seconds"] > 0 and metrics["resumed_at_step"] == 3

@@ -423,12 +423,16 @@ def test_twins_plot_draws_one_or_several_seeds(tmp_path):
 
 
 def write_finished(directory, config) -> None:
-    """A finished run folder as far as planning can tell: metrics.json with ``config`` and weights."""
+    """A finished run folder as far as planning can tell: metrics.json with ``config`` and the
+    SHA-256 of its weights file."""
     from dataclasses import asdict
 
+    from twinnet.runs import file_sha256
+
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "weights.npz").write_bytes(b"")
-    (directory / "metrics.json").write_text(json.dumps({"config": asdict(config)}))
+    (directory / "weights.npz").write_bytes(b"stand-in weights")
+    metrics = {"config": asdict(config), "weights_sha256": file_sha256(directory / "weights.npz")}
+    (directory / "metrics.json").write_text(json.dumps(metrics))
 
 
 def test_plan_trains_k_seeds_of_each_preset_and_one_of_each_rerun(tmp_path):

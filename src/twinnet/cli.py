@@ -27,30 +27,43 @@ def add_data_dir(parser: argparse.ArgumentParser) -> None:
              "else ~/.cache/twinnet/mnist, downloading the files there if missing)")
 
 
+class NoteGiven(argparse.Action):
+    """Store the value and note that the flag was given (``args.given``: dest -> flag), so
+    ``train --resume`` can tell a flag the user typed from a default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = {**getattr(namespace, "given", {}), self.dest: option_string}
+
+
 def add_train_arguments(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
     """The flags of TrainConfig's fields; defaults and their help come from twinnet.config."""
     from twinnet.config import DEFAULT_LR, SCHEDULES, default
 
     parser.add_argument("model", choices=MODEL_NAMES, nargs=None if sweep else "?",
                         help=f"which model ({MODELS_HELP})")
-    parser.add_argument("--backend", choices=BACKENDS, default=default("backend"),
+    # Only train needs to know which flags were given (to refuse conflicts on --resume).
+    store = "store" if sweep else NoteGiven
+    if not sweep:
+        parser.set_defaults(given={})
+    parser.add_argument("--backend", choices=BACKENDS, default=default("backend"), action=store,
                         help="tf: the TensorFlow twin; numpy: the hand-derived NumPy twin "
                              "(default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=default("steps"),
+    parser.add_argument("--steps", action=store, type=int, default=default("steps"),
                         help="number of parameter updates (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=default("batch_size"),
+    parser.add_argument("--batch-size", action=store, type=int, default=default("batch_size"),
                         help="images per update (default: %(default)s)")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=default("optimizer"),
+    parser.add_argument("--optimizer", action=store, choices=OPTIMIZERS, default=default("optimizer"),
                         help="sgd (plain) or adam, both with Keras semantics "
                              "(default: %(default)s)")
     lr_defaults = ", ".join(f"{lr:g} for {name}" for name, lr in DEFAULT_LR.items())
-    parser.add_argument("--lr", type=float, default=default("lr"),
+    parser.add_argument("--lr", action=store, type=float, default=default("lr"),
                         help=argparse.SUPPRESS if sweep else f"learning rate (default: {lr_defaults})")
-    parser.add_argument("--schedule", choices=SCHEDULES, default=default("schedule"),
+    parser.add_argument("--schedule", action=store, choices=SCHEDULES, default=default("schedule"),
                         help="learning-rate schedule over the run (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=default("seed"),
+    parser.add_argument("--seed", action=store, type=int, default=default("seed"),
                         help="seeds the initial weights and the data order (default: %(default)s)")
-    parser.add_argument("--eval-every", type=int, default=default("eval_every"), metavar="N",
+    parser.add_argument("--eval-every", action=store, type=int, default=default("eval_every"), metavar="N",
                         help="record training and validation loss/accuracy every N steps "
                              "(default: steps/50)")
     add_data_dir(parser)
@@ -78,34 +91,59 @@ def format_confusion(confusion: list[list[int]]) -> str:
     return "\n".join(lines)
 
 
+def resume_conflicts(args: argparse.Namespace, config, out: Path) -> None:
+    """TwinnetError naming the first flag given with ``--resume`` that disagrees with the
+    checkpoint's configuration ``config`` (a model, a training flag, another --out)."""
+    from twinnet.config import ConfigError, TrainConfig, flag
+
+    if args.model is not None and args.model != config.model:
+        raise TwinnetError(f"model {args.model} conflicts with the checkpoint's model {config.model} "
+                           f"in {out}; --resume continues with the saved settings")
+    if args.out is not None and Path(args.out).resolve() != out.resolve():
+        raise TwinnetError(f"--out {args.out} conflicts with --resume {out}: a run is resumed "
+                           "in its own folder")
+    given = {dest: getattr(args, dest) for dest in args.given}
+    try:
+        wanted = TrainConfig(**{**vars(config), **given})
+    except ConfigError as exc:
+        raise exc.named(flag(exc.field)) from None
+    for dest, option in args.given.items():
+        if getattr(wanted, dest) != getattr(config, dest):
+            raise TwinnetError(f"{option} {getattr(args, dest)} conflicts with the checkpoint's "
+                               f"{dest} {getattr(config, dest)} in {out}; --resume continues with "
+                               "the saved settings")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from twinnet.checkpoint import CHECKPOINT_NAME, read_checkpoint
-    from twinnet.config import ConfigError, TrainConfig
+    from twinnet.checkpoint import CHECKPOINT_NAME
     from twinnet.data import load_mnist
-    from twinnet.runs import default_run_dir, write_run
-    from twinnet.train import train
+    from twinnet.runs import check_output_dir, default_run_dir, lock_run_dir, run_bytes
+    from twinnet.train import load_checkpoint, train
 
     if args.checkpoint_every < 0:
         raise TwinnetError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
     if args.resume:
         out = Path(args.resume)
-        state = read_checkpoint(out / CHECKPOINT_NAME)
-        try:
-            config = TrainConfig(**state["config"])
-        except ConfigError as exc:
-            raise exc.named(f"{out / CHECKPOINT_NAME}: config: {exc.field}") from None
-        print(f"resuming {config.model} ({config.backend}) in {out} after step {state['step']}")
+        config, state = load_checkpoint(out / CHECKPOINT_NAME)
+        resume_conflicts(args, config, out)
     elif args.model is None:
         raise TwinnetError("name a model to train, or --resume DIR to continue a run")
     else:
         config = config_from_args(args)
         out = Path(args.out) if args.out else default_run_dir(config)
-    data = load_mnist(args.data_dir)
+    check_output_dir(out, run_bytes(config))  # before any work
     checkpoint = out / CHECKPOINT_NAME
-    model, metrics = train(config, data, checkpoint=checkpoint,
-                           checkpoint_every=args.checkpoint_every, resume=bool(args.resume))
-    write_run(out, model, metrics)
-    checkpoint.unlink(missing_ok=True)  # the finished run supersedes it
+    with lock_run_dir(out):
+        if not args.resume and checkpoint.exists():
+            if not args.force:
+                raise TwinnetError(f"{out} holds an unfinished run ({CHECKPOINT_NAME}); continue it "
+                                   f"with: twinnet train --resume {out}, or start over with --force")
+            checkpoint.unlink()
+        if args.resume:
+            print(f"resuming {config.model} ({config.backend}) in {out} after step {state['step']}")
+        data = load_mnist(args.data_dir)
+        _, metrics = train(config, data, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
+                           resume=bool(args.resume), out_dir=out)
     if args.tensorboard:
         from twinnet.tensorboard import write_tensorboard
 
@@ -179,8 +217,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise TwinnetError(f"--jobs must be at least 1, got {args.jobs}")
+    # The seed report's reruns belong to the shipped presets; a presets file of one's own
+    # says exactly which runs to train.
     path = generate_report(out=args.out, only=args.only, jobs=args.jobs, data_dir=args.data_dir,
-                           tensorboard=args.tensorboard, presets_path=args.presets, seeds=args.seeds)
+                           tensorboard=args.tensorboard, presets_path=args.presets, seeds=args.seeds,
+                           seed_settings=args.presets is None)
     print(f"wrote {path}")
     return 0
 
@@ -244,7 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: only on Ctrl-C)")
     train.add_argument("--resume", metavar="DIR", default=None,
                        help="continue the interrupted run in DIR from its checkpoint, with its "
-                            "saved settings (other training flags are ignored)")
+                            "saved settings (a training flag that disagrees with them is refused)")
+    train.add_argument("--force", action="store_true",
+                       help="start a new run even where OUT holds an interrupted one (its "
+                            "checkpoint is deleted)")
     train.add_argument("--tensorboard", metavar="DIR", default=None,
                        help="also write the curves as TensorBoard scalars under DIR/MODEL/BACKEND")
     train.set_defaults(func=cmd_train)
@@ -269,7 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--jobs", type=int, default=2,
                         help="runs trained at once in worker processes (default: %(default)s)")
     report.add_argument("--presets", metavar="FILE", default=None,
-                        help="presets TOML file (default: the one shipped in twinnet/presets.toml)")
+                        help="presets TOML file: exactly the runs to train (default: the one "
+                             "shipped in twinnet/presets.toml, plus the seed report's eight "
+                             "runs at its own settings)")
     report.add_argument("--tensorboard", metavar="DIR", default=None,
                         help="also write every run's curves as TensorBoard scalars under DIR")
     add_data_dir(report)

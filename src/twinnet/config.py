@@ -51,11 +51,18 @@ class TrainConfig:
     schedule: str = "constant"
 
     def __post_init__(self) -> None:
+        # Values from JSON or TOML (checkpoints, presets) may have any type.
+        for field, value, kinds in (("steps", self.steps, (int,)), ("batch_size", self.batch_size, (int,)),
+                                    ("seed", self.seed, (int,)), ("eval_every", self.eval_every, (int,)),
+                                    ("lr", self.lr, (int, float, type(None)))):
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise ConfigError(field, f"must be a number{'' if float in kinds else ' (an integer)'}, "
+                                         f"got {value!r}")
         for field, value, choices in (("model", self.model, MODEL_NAMES),
                                       ("backend", self.backend, BACKENDS),
                                       ("optimizer", self.optimizer, OPTIMIZERS),
                                       ("schedule", self.schedule, SCHEDULES)):
-            if value not in choices:
+            if not isinstance(value, str) or value not in choices:
                 raise ConfigError(field, f"must be one of {', '.join(choices)}, got {value!r}")
         if self.lr is None:
             self.lr = DEFAULT_LR[self.optimizer]

@@ -35,7 +35,7 @@ from twinnet.errors import TwinnetError
 from twinnet.models import DESCRIPTIONS, MODEL_NAMES, count_params, multiply_adds_per_image
 from twinnet.parallel import run_jobs
 from twinnet.presets import Preset, load_presets, seed_settings_presets, select
-from twinnet.runs import finished_metrics, write_run
+from twinnet.runs import PLOTS_BYTES, check_output_dir, finished_metrics, run_bytes, write_run
 from twinnet.seed_report import load_seed_report, render_seed_section, seed_columns
 from twinnet.train import SPLITS, progress_bar, train
 from twinnet.util import write_text_atomic
@@ -178,6 +178,8 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
     retrain = select(everything, only) if only else []
     for preset in everything:  # a bad --seeds for any preset fails here, before any training
         preset.with_seed(seed_count(preset, seeds) - 1, seed_count(preset, seeds))
+    # Every preset is checked (load_presets, with_seed) and the output folder too, before any training.
+    check_output_dir(out, sum(run_bytes(p.config) * seed_count(p, seeds) for p in everything) + PLOTS_BYTES)
     load_mnist(data_dir)  # fail on bad data here, once, before any worker starts
     reused, todo = plan_runs(everything, out, retrain, None if data_dir is None else str(data_dir),
                              jobs, seeds)

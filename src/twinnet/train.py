@@ -4,7 +4,12 @@ The loop only talks to a ``Backend`` (see ``twinnet.backend``): it draws the
 mini-batches, asks the backend for a training step, records curves and evaluates.
 Both twins therefore see the very same batches in the very same order for a seed.
 Writing the run folder is ``twinnet.runs``'s job; saving a checkpoint is
-``twinnet.checkpoint``'s, from the plain ``state_dict()`` of each part of the loop.
+``twinnet.checkpoint``'s, from the plain ``state_dict()`` of each part of the loop, and
+``load_checkpoint`` reads one back in bounded memory and checks every section.
+
+Ctrl-C is honoured at safe points only: after a whole step, after each split of the
+final evaluation, after each file of the run folder. Each saves a checkpoint (when the
+run has a place for one) and raises TrainingInterruptedError, so no Ctrl-C loses the run.
 """
 
 from __future__ import annotations
@@ -24,14 +29,15 @@ from typing import Any
 import numpy as np
 
 from twinnet.backend import Backend, load_model
-from twinnet.checkpoint import read_checkpoint, save_checkpoint
-from twinnet.config import TrainConfig
-from twinnet.data import Mnist, Split
+from twinnet.checkpoint import STATE_MAX_BYTES, CheckpointError, read_checkpoint, save_checkpoint
+from twinnet.config import ConfigError, TrainConfig
+from twinnet.data import TRAIN_SIZE, Mnist, Split
 from twinnet.environment import environment
 from twinnet.errors import TwinnetError
 from twinnet.metrics import evaluate
-from twinnet.models import DESCRIPTIONS
-from twinnet.weights import check_params
+from twinnet.models import DESCRIPTIONS, MODEL_NAMES, param_shapes
+from twinnet.runs import write_run
+from twinnet.weights import WEIGHTS_ALLOWED, check_params
 
 __all__ = ["BatchOrder", "DivergenceError", "TrainConfig", "TrainingInterruptedError",
            "learning_rate", "train"]  # TrainConfig lives in twinnet.config; here for callers' ease
@@ -140,21 +146,46 @@ class TrainingState:
     curves: Curves = field(default_factory=Curves)
     sums: RunningSums = field(default_factory=RunningSums)
     step: int = 0  # updates finished
+    # Seconds spent in the steps and in all, over every segment of an interrupted run;
+    # the clocks of this segment run from ``segment_started`` and ``steps_started``.
+    train_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    segment_started: float = field(default_factory=time.perf_counter)
+    steps_started: float | None = None
+
+    def start_steps(self) -> None:
+        self.steps_started = time.perf_counter()
+
+    def stop_steps(self) -> None:
+        self.train_seconds = self.training_time()
+        self.steps_started = None
+
+    def training_time(self) -> float:
+        """Seconds spent in steps, this segment's included."""
+        running = 0.0 if self.steps_started is None else time.perf_counter() - self.steps_started
+        return self.train_seconds + running
+
+    def wall_time(self) -> float:
+        """Seconds since the run began, over every segment."""
+        return self.wall_seconds + time.perf_counter() - self.segment_started
 
     def state_dict(self) -> dict[str, Any]:
         """Sections of plain arrays and JSON-able values, as ``twinnet.checkpoint`` stores them."""
         return {"step": self.step, "params": self.model.params,
                 "optimizer": self.model.optimizer_state_dict(), "order": self.order.state_dict(),
-                "progress": {"curves": asdict(self.curves), "sums": asdict(self.sums)}}
+                "progress": {"curves": asdict(self.curves), "sums": asdict(self.sums),
+                             "train_seconds": self.training_time(), "wall_seconds": self.wall_time()}}
 
-    def load_state_dict(self, state: dict[str, Any], source: str) -> None:
-        check_params(self.model.model_name, state["params"], source)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``, as ``load_checkpoint`` returns it (checked)."""
         self.model.set_params(state["params"])
         self.model.load_optimizer_state_dict(state["optimizer"])
         self.order.load_state_dict(state["order"])
         self.curves = Curves(**state["progress"]["curves"])
         self.sums = RunningSums(**state["progress"]["sums"])
         self.step = state["step"]
+        self.train_seconds = state["progress"]["train_seconds"]
+        self.wall_seconds = state["progress"]["wall_seconds"]
 
     def record_point(self, validation: Split) -> dict[str, float]:
         """Close the current curve point: training means since the last one, validation now."""
@@ -171,12 +202,165 @@ class TrainingState:
 
 def start_training(config: TrainConfig, n_train: int,
                    checkpoint: str | os.PathLike | None = None) -> TrainingState:
-    """A fresh state for ``config``, or the one saved in ``checkpoint`` when given."""
+    """A fresh state for ``config``, or the one saved in ``checkpoint`` when given (which
+    must be of the same model, optimizer and batch size; other settings may differ)."""
     model = load_model(config.model, config.backend, seed=config.seed, optimizer=config.optimizer)
     state = TrainingState(model, BatchOrder(n_train, config.batch_size, config.seed))
     if checkpoint is not None:
-        state.load_state_dict(read_checkpoint(checkpoint), str(checkpoint))
+        saved, sections = load_checkpoint(checkpoint, n_train)
+        for name in ("model", "optimizer", "batch_size"):
+            if getattr(saved, name) != getattr(config, name):
+                raise CheckpointError(f"{checkpoint}: holds a run with {name} {getattr(saved, name)}, "
+                                      f"not {getattr(config, name)}")
+        state.load_state_dict(sections)
     return state
+
+
+# -- checkpoints: bounded reading and a check of every section --------------------------
+
+SECTIONS = ("config", "step", "params", "optimizer", "order", "progress")
+CURVE_KEYS = tuple(Curves.__dataclass_fields__)
+SUMS_KEYS = tuple(RunningSums.__dataclass_fields__)
+MAX_PARAMS = max(len(param_shapes(model)) for model in MODEL_NAMES)
+MAX_PARAM_BYTES = max(sum(4 * math.prod(s) for s in param_shapes(m).values()) for m in MODEL_NAMES)
+CHECKPOINT_MAX_MEMBERS = 3 * MAX_PARAMS + 3  # params, Adam's m and v, iterations, perm, state
+CHECKPOINT_MAX_TOTAL_BYTES = (STATE_MAX_BYTES + 3 * MAX_PARAM_BYTES + 8 * TRAIN_SIZE
+                              + 4096 * CHECKPOINT_MAX_MEMBERS)
+
+
+def checkpoint_array_limit(key: str) -> int | None:
+    """Most data bytes a checkpoint's array ``key`` may hold (no larger than any model's
+    parameter of that name, float32; 55,000 int64 for the data order), None if unknown."""
+    section, _, name = key.partition("/")
+    if section == "params":
+        return WEIGHTS_ALLOWED.get(name) if name != "meta" else None
+    if section == "optimizer":
+        if name == "iterations":
+            return 8
+        param, _, slot = name.rpartition("/")
+        return WEIGHTS_ALLOWED.get(param) if slot in ("m", "v") and param != "meta" else None
+    if key == "order/perm":
+        return 8 * TRAIN_SIZE
+    return None
+
+
+def load_checkpoint(path: str | os.PathLike, n_train: int = TRAIN_SIZE) -> tuple[TrainConfig, dict[str, Any]]:
+    """The configuration and the checked sections of the checkpoint at ``path``.
+
+    Read in bounded memory (CHECKPOINT_MAX_TOTAL_BYTES, per-key limits of
+    ``checkpoint_array_limit``). CheckpointError (one line naming the file) for missing or
+    extra sections and keys, wrong types, shapes or dtypes, parameters that are not finite,
+    a data order that is not a permutation of range(n_train), or a configuration that fails
+    TrainConfig's checks.
+    """
+    source = str(path)
+    state = read_checkpoint(path, checkpoint_array_limit, max_total_bytes=CHECKPOINT_MAX_TOTAL_BYTES,
+                            max_members=CHECKPOINT_MAX_MEMBERS)
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{source}: {what}")
+
+    expect_keys(state, SECTIONS, source, "")
+    config = state["config"]
+    if not isinstance(config, dict):
+        raise bad(f"config is not a table: {config!r}"[:200])
+    try:
+        config = TrainConfig(**config)
+    except ConfigError as exc:
+        raise bad(f"config: {exc}") from None
+    except TypeError as exc:  # missing or unknown fields
+        raise bad(f"config: {exc}") from None
+    step = state["step"]
+    if not is_int(step) or not 1 <= step <= config.steps:
+        raise bad(f"step must be an integer from 1 to {config.steps}, got {step!r}"[:200])
+    check_params(config.model, state["params"], source + ": params")
+    check_optimizer(state["optimizer"], config, source)
+    check_order(state["order"], n_train, config, source)
+    check_progress(state["progress"], source)
+    return config, state
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def expect_keys(table: Any, keys: tuple[str, ...] | set[str], source: str, where: str) -> None:
+    """CheckpointError unless ``table`` is a dict with exactly ``keys``."""
+    if not isinstance(table, dict):
+        raise CheckpointError(f"{source}: {where} is not a table")
+    prefix = f"{where}: " if where else ""
+    if missing := sorted(set(keys) - set(table)):
+        raise CheckpointError(f"{source}: {prefix}missing {', '.join(missing)}")
+    if extra := sorted(set(table) - set(keys)):
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise CheckpointError(f"{source}: {prefix}unexpected key(s) {shown}"[:300])
+
+
+def check_optimizer(slots: Any, config: TrainConfig, source: str) -> None:
+    """``iterations`` (0-d integer, at least 0), and for Adam ``<param>/m`` and ``/v``
+    (finite float32 of the parameter's shape) for every parameter."""
+    shapes = param_shapes(config.model)
+    keys = {"iterations"}
+    if config.optimizer == "adam":
+        keys |= {f"{param}/{slot}" for param in shapes for slot in ("m", "v")}
+    expect_keys(slots, keys, source, "optimizer")
+    iterations = slots["iterations"]
+    if not (isinstance(iterations, np.ndarray) and iterations.shape == () and iterations.dtype.kind in "iu"
+            and int(iterations) >= 0):
+        raise CheckpointError(f"{source}: optimizer: iterations must be a non-negative integer")
+    if config.optimizer == "adam":
+        for slot in ("m", "v"):
+            check_params(config.model, {name: slots[f"{name}/{slot}"] for name in shapes},
+                         f"{source}: optimizer {slot}")
+
+
+def check_order(order: Any, n_train: int, config: TrainConfig, source: str) -> None:
+    """``perm``: a permutation of range(n_train) as int64; ``position``: where the next
+    batch starts; ``rng``: a state of NumPy's PCG64."""
+    expect_keys(order, ("perm", "position", "rng"), source, "order")
+    perm = order["perm"]
+    if not (isinstance(perm, np.ndarray) and perm.dtype == np.int64 and perm.shape == (n_train,)):
+        described = f"{perm.dtype} {perm.shape}" if isinstance(perm, np.ndarray) else type(perm).__name__
+        raise CheckpointError(f"{source}: order: perm must be {n_train} int64 indices, got {described}")
+    seen = np.zeros(n_train, dtype=bool)
+    if perm.min() < 0 or perm.max() >= n_train:
+        raise CheckpointError(f"{source}: order: perm holds indices outside 0..{n_train - 1}")
+    seen[perm] = True
+    if not seen.all():
+        raise CheckpointError(f"{source}: order: perm is not a permutation of range({n_train}) "
+                              f"({n_train - int(seen.sum())} indices missing)")
+    position = order["position"]
+    if not is_int(position) or not 0 <= position <= n_train:
+        raise CheckpointError(f"{source}: order: position must be an integer from 0 to {n_train}")
+    try:
+        BatchOrder(n_train, config.batch_size, config.seed).rng.bit_generator.state = order["rng"]
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        raise CheckpointError(f"{source}: order: rng is not a PCG64 state ({exc})"[:300]) from None
+
+
+def check_progress(progress: Any, source: str) -> None:
+    """Curves (lists of equal length: integer steps, finite numbers), the running sums
+    and the seconds spent so far."""
+    expect_keys(progress, ("curves", "sums", "train_seconds", "wall_seconds"), source, "progress")
+    curves, sums = progress["curves"], progress["sums"]
+    expect_keys(curves, CURVE_KEYS, source, "progress: curves")
+    expect_keys(sums, SUMS_KEYS, source, "progress: sums")
+    lengths = {len(value) if isinstance(value, list) else -1 for value in curves.values()}
+    if len(lengths) != 1 or -1 in lengths:
+        raise CheckpointError(f"{source}: progress: curves must be lists of equal length")
+    if not all(map(is_int, curves["step"])) or not all(
+            is_number(v) for key in CURVE_KEYS if key != "step" for v in curves[key]):
+        raise CheckpointError(f"{source}: progress: curves must hold integer steps and finite numbers")
+    if not all(is_number(value) and value >= 0 for value in sums.values()) or not all(
+            is_int(sums[key]) for key in ("correct", "images", "batches")):
+        raise CheckpointError(f"{source}: progress: sums must be non-negative numbers")
+    for key in ("train_seconds", "wall_seconds"):
+        if not is_number(progress[key]) or progress[key] < 0:
+            raise CheckpointError(f"{source}: progress: {key} must be a non-negative number")
 
 
 def save_training(path: str | os.PathLike, config: TrainConfig, state: TrainingState) -> None:
@@ -213,64 +397,102 @@ def stop_on_sigint() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-def stop_here(config: TrainConfig, state: TrainingState, checkpoint: str | os.PathLike | None):
-    """Honour a Ctrl-C: save a checkpoint when there is a place for one, then stop."""
+def stop_here(config: TrainConfig, state: TrainingState, checkpoint: str | os.PathLike | None,
+              when: str) -> None:
+    """Honour a Ctrl-C: save a checkpoint when there is a place for one, then stop.
+    ``when`` says where the run was: "after step 12", "in the final evaluation"."""
     if checkpoint is None:
         raise KeyboardInterrupt
-    save_training(checkpoint, config, state)
-    raise TrainingInterruptedError(
-        f"interrupted after step {state.step}; checkpoint saved to {checkpoint}; "
-        f"continue with: twinnet train --resume {Path(checkpoint).parent}")
+    resume = f"twinnet train --resume {Path(checkpoint).parent}"
+    try:
+        save_training(checkpoint, config, state)
+    except TwinnetError as exc:  # a full disk: say so in the one line
+        raise TrainingInterruptedError(f"interrupted {when}; checkpoint not saved: {exc}") from None
+    raise TrainingInterruptedError(f"interrupted {when}; checkpoint saved to {checkpoint}; "
+                                   f"continue with: {resume}")
 
 
 def train(config: TrainConfig, data: Mnist, progress: bool | None = None,
           on_record: Callable[[int, dict[str, float]], None] | None = None,
           final_splits: tuple[str, ...] = SPLITS, checkpoint: str | os.PathLike | None = None,
-          checkpoint_every: int = 0, resume: bool = False) -> tuple[Backend, dict[str, Any]]:
+          checkpoint_every: int = 0, resume: bool = False,
+          out_dir: str | os.PathLike | None = None) -> tuple[Backend, dict[str, Any]]:
     """Train ``config.model`` on ``config.backend``; returns the model and the run's metrics.
 
     ``on_record(step, values)`` is called at every curve point. ``final_splits`` are
     evaluated at the end (a sweep leaves out "test", which must never inform a choice).
     With a ``checkpoint`` path the state is saved there every ``checkpoint_every`` steps
-    and on Ctrl-C; ``resume`` first restores it. Raises DivergenceError (see check_loss).
+    and on Ctrl-C; ``resume`` first restores it (a run saved after its last step just
+    evaluates and writes). With ``out_dir`` the run folder is written (``runs.write_run``,
+    the caller holding the folder) under the same Ctrl-C handling and the checkpoint is
+    removed once it is. Raises DivergenceError (see check_loss), TrainingInterruptedError.
     """
-    started = time.perf_counter()
     state = start_training(config, len(data.train), checkpoint if resume else None)
     resumed_at = state.step if resume else None
-    train_started = time.perf_counter()
     bar = progress_bar(config.steps, f"{config.model} ({config.backend})", enabled=progress)
     # Divergence is caught from the loss; NumPy's overflow warnings would only repeat it.
-    with bar, stop_on_sigint() as sigint, np.errstate(over="ignore", invalid="ignore"):
-        bar.update(state.step)
-        for step in range(state.step + 1, config.steps + 1):
-            batch = state.order.next()
-            lr = learning_rate(config, step - 1)
-            loss, correct = state.model.train_step(data.train.x[batch], data.train.y[batch], lr)
-            check_loss(loss, step, lr, config.backend)
-            state.sums.add(loss, correct, len(batch))
-            state.step = step
-            if step % config.eval_every == 0 or step == config.steps:
-                point = state.record_point(data.validation)
-                if on_record is not None:
-                    on_record(step, point)
-                bar.set_postfix(loss=f"{point['train_loss']:.4f}", val_acc=f"{point['val_accuracy']:.2%}")
-            bar.update(1)
-            if step == config.steps:
-                break  # a Ctrl-C during the last step lets the run finish
-            if sigint.is_set():
-                stop_here(config, state, checkpoint)
-            if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
-                save_training(checkpoint, config, state)
-    train_seconds = time.perf_counter() - train_started
-    return state.model, run_metrics(config, state, data, final_splits, train_seconds, started,
-                                    resumed_at)
+    with stop_on_sigint() as sigint, np.errstate(over="ignore", invalid="ignore"):
+        with bar:
+            bar.update(state.step)
+            state.start_steps()
+            for step in range(state.step + 1, config.steps + 1):
+                batch = state.order.next()
+                lr = learning_rate(config, step - 1)
+                loss, correct = state.model.train_step(data.train.x[batch], data.train.y[batch], lr)
+                check_loss(loss, step, lr, config.backend)
+                state.sums.add(loss, correct, len(batch))
+                state.step = step
+                if step % config.eval_every == 0 or step == config.steps:
+                    point = state.record_point(data.validation)
+                    if on_record is not None:
+                        on_record(step, point)
+                    bar.set_postfix(loss=f"{point['train_loss']:.4f}",
+                                    val_acc=f"{point['val_accuracy']:.2%}")
+                bar.update(1)
+                if step == config.steps:
+                    break  # a Ctrl-C during the last step is honoured after the evaluation
+                if sigint.is_set():
+                    stop_here(config, state, checkpoint, f"after step {step}")
+                if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+                    save_training(checkpoint, config, state)
+            state.stop_steps()
+
+        def honour_sigint(when: str) -> Callable[[], None]:
+            def check() -> None:
+                if sigint.is_set():
+                    stop_here(config, state, checkpoint, f"{when}, after the last step {state.step}")
+            return check
+
+        metrics = run_metrics(config, state, data, final_splits, resumed_at,
+                              honour_sigint("in the final evaluation"))
+        if out_dir is not None:
+            try:
+                metrics = write_run(out_dir, state.model, metrics, honour_sigint("while writing the run"))
+            except TrainingInterruptedError:
+                raise
+            except TwinnetError as exc:  # a full disk, say: keep the training if possible
+                if checkpoint is None:
+                    raise
+                try:
+                    save_training(checkpoint, config, state)
+                except TwinnetError:
+                    raise exc from None
+                raise TwinnetError(f"{exc}; the trained state is saved in {checkpoint}: make room "
+                                   f"and finish with: twinnet train --resume {out_dir}") from None
+            if checkpoint is not None:
+                Path(checkpoint).unlink(missing_ok=True)  # the finished run supersedes it
+    return state.model, metrics
 
 
 def run_metrics(config: TrainConfig, state: TrainingState, data: Mnist, final_splits: tuple[str, ...],
-                train_seconds: float, started: float, resumed_at: int | None) -> dict[str, Any]:
-    """metrics.json's content: configuration, environment, curves, final figures, timing."""
-    final = {split: evaluate(state.model, getattr(data, split).x, getattr(data, split).y)
-             for split in final_splits}
+                resumed_at: int | None, check: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """metrics.json's content: configuration, environment, curves, final figures, timing
+    (summed over the segments of a resumed run). ``check()`` runs after each split (it
+    may raise, on Ctrl-C)."""
+    final = {}
+    for split in final_splits:
+        final[split] = evaluate(state.model, getattr(data, split).x, getattr(data, split).y)
+        check()
     return {
         "config": asdict(config),
         "architecture": DESCRIPTIONS[config.model],
@@ -279,7 +501,7 @@ def run_metrics(config: TrainConfig, state: TrainingState, data: Mnist, final_sp
         "final": {split: {k: v for k, v in r.items() if k != "confusion_matrix"}
                   for split, r in final.items()},
         "confusion_matrix": final["test"]["confusion_matrix"] if "test" in final else None,
-        "train_seconds": train_seconds,
-        "wall_seconds": time.perf_counter() - started,
+        "train_seconds": state.training_time(),
+        "wall_seconds": state.wall_time(),
         "resumed_at_step": resumed_at,
     }
