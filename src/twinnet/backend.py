@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from twinnet.errors import TwinnetError
 from twinnet.models import get_spec, init_params
 from twinnet.weights import check_params, load_weights
 
@@ -71,12 +72,15 @@ def load_model(
     weights: str | None = None,
     seed: int = 0,
     optimizer: str = "sgd",
+    threads: int | None = None,
 ) -> Backend:
     """Build model ``name`` on ``backend`` ("tf" or "numpy").
 
     Parameters come from the ``weights`` file (canonical .npz) if given, else from
     ``twinnet.models.init_params(name, seed)``, so both twins start from the very
-    same arrays for the same seed.
+    same arrays for the same seed. ``threads`` (default: as the process is set up) is
+    the NumPy twin's thread count, or TensorFlow's intra-op thread count
+    (``set_tensorflow_threads``); a run's rounding depends on it.
     """
     get_spec(name)  # fail early on an unknown model name
     if backend not in BACKENDS:
@@ -91,7 +95,32 @@ def load_model(
     if backend == "numpy":
         from twinnet.numpy_nn import NumpyModel
 
-        return NumpyModel(name, params, optimizer=optimizer)
+        return NumpyModel(name, params, optimizer=optimizer, threads=threads)
+    if threads is not None:
+        set_tensorflow_threads(threads)
     from twinnet.tf_nn import TFModel
 
     return TFModel(name, params, optimizer=optimizer, seed=seed)
+
+
+def set_tensorflow_threads(threads: int) -> None:
+    """Run TensorFlow's ops on ``threads`` intra-op threads, one op at a time (inter-op 1).
+
+    TensorFlow takes these only before it runs its first op in the process; a worker
+    process calls this before its first TF job. Raises TwinnetError when TensorFlow
+    already runs here with other counts, which would change a run's rounding.
+    """
+    from twinnet import tf_nn  # TensorFlow as the twin imports it: op determinism, quiet logs
+
+    threading = tf_nn.tf.config.threading
+    if (threading.get_intra_op_parallelism_threads(), threading.get_inter_op_parallelism_threads()) == (
+            threads, 1):
+        return
+    try:
+        threading.set_intra_op_parallelism_threads(threads)
+        threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        raise TwinnetError(
+            f"TensorFlow already runs in this process with "
+            f"{threading.get_intra_op_parallelism_threads() or 'its default'} intra-op threads; "
+            f"cannot switch to {threads} for this run") from None

@@ -2,8 +2,8 @@
 
 - **Plan**: every preset (``twinnet.presets``) whose run folder holds a finished run of
   its exact configuration is reused; the others become ``RunJob``s, longest first.
-- **Run**: the jobs train in worker processes (``twinnet.parallel``), each writing its
-  run folder (``twinnet.runs``).
+- **Run**: the jobs train on workers (``twinnet.parallel``: local processes or Ray), each
+  returning its metrics and weights; this process writes the run folders (``twinnet.runs``).
 - **Render**: every figure is read from a run's ``metrics.json``, after each run's test
   accuracy is checked against the trace of its confusion matrix. Tables are built from
   column definitions (``COLUMNS``); the prose is in ``report_text.toml``.
@@ -27,7 +27,7 @@ from twinnet.errors import TwinnetError
 from twinnet.models import DESCRIPTIONS, MODEL_NAMES, count_params, multiply_adds_per_image
 from twinnet.parallel import run_jobs
 from twinnet.presets import Preset, load_presets, select
-from twinnet.runs import finished_metrics, write_run
+from twinnet.runs import finished_metrics, write_run_params
 from twinnet.train import SPLITS, progress_bar, train
 from twinnet.util import write_text_atomic
 
@@ -46,12 +46,18 @@ def text(name: str, **values: Any) -> str:
 
 @dataclass(frozen=True)
 class RunJob:
-    """One preset to train, as a worker process receives it."""
+    """One preset to train, as a worker receives it (it holds no data: the worker loads
+    MNIST from ``data_dir`` on its own machine)."""
 
     preset: Preset
-    directory: str  # the run folder to write
+    directory: str  # the run folder the driver writes
     data_dir: str | None
     progress: bool | None  # show a progress bar: None when stderr is a terminal
+    threads: int | None = None  # set by twinnet.parallel.run_jobs
+
+    @property
+    def name(self) -> str:
+        return self.preset.label
 
 
 def cost(config: TrainConfig) -> int:
@@ -83,22 +89,28 @@ def plan_runs(presets: list[Preset], out: Path, retrain: list[Preset], data_dir:
 # -- run -------------------------------------------------------------------------------
 
 
-def run_job(job: RunJob) -> Metrics:
-    """Train one preset and write its run folder; the worker of ``generate_report``."""
+def run_job(job: RunJob) -> dict[str, Any]:
+    """Train one preset; the worker of ``generate_report``. Returns ``metrics`` (the run's
+    metrics.json) and ``params`` (its weights, canonical names -> arrays) for the driver."""
     from twinnet.data import load_mnist
 
-    model, metrics = train(job.preset.config, load_mnist(job.data_dir), progress=job.progress)
-    write_run(job.directory, model, metrics)
-    return metrics
+    model, metrics = train(job.preset.config, load_mnist(job.data_dir), progress=job.progress,
+                           threads=job.threads)
+    return {"metrics": metrics, "params": model.params}
 
 
-def run_planned(jobs: list[RunJob], workers: int, reused: int) -> dict[str, Metrics]:
-    """Run the jobs, ``workers`` at a time; their metrics by preset id."""
+def run_planned(jobs: list[RunJob], workers: int, reused: int, engine: str = "local",
+                address: str | None = None) -> dict[str, Metrics]:
+    """Run the jobs, ``workers`` at a time (on Ray: as many as the cluster holds), and write
+    each run folder as its job returns; their metrics by preset id."""
     if jobs:
-        print(f"training {len(jobs)} run(s) with {workers} job(s); reusing {reused} finished")
+        print(f"training {len(jobs)} run(s) with {workers} job(s) on the {engine} engine; "
+              f"reusing {reused} finished")
     results = {}
     with progress_bar(len(jobs), "report runs", unit="run", enabled=None if workers > 1 else False) as bar:
-        for job, metrics in run_jobs(run_job, jobs, workers):
+        for job, result in run_jobs(run_job, jobs, workers, engine, address):
+            metrics = result["metrics"]
+            write_run_params(job.directory, result["params"], metrics)
             results[job.preset.id] = metrics
             bar.update(1)
             c = job.preset.config
@@ -121,8 +133,10 @@ def check_consistent(preset: Preset, metrics: Metrics) -> None:
 def generate_report(out: str | os.PathLike = "report", only: str | None = None, jobs: int = 2,
                     data_dir: str | os.PathLike | None = None,
                     tensorboard: str | os.PathLike | None = None,
-                    presets_path: str | os.PathLike | None = None) -> Path:
-    """Run what is missing or changed, then write ``out/REPORT.md``; returns its path."""
+                    presets_path: str | os.PathLike | None = None, engine: str = "local",
+                    address: str | None = None) -> Path:
+    """Run what is missing or changed, then write ``out/REPORT.md``; returns its path.
+    ``engine`` and ``address`` as in ``twinnet.parallel.run_jobs``."""
     from twinnet.data import load_mnist
 
     started = time.perf_counter()
@@ -131,7 +145,7 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
     retrain = select(presets, only) if only else []
     load_mnist(data_dir)  # fail on bad data here, once, before any worker starts
     metrics, todo = plan_runs(presets, out, retrain, None if data_dir is None else str(data_dir), jobs)
-    metrics.update(run_planned(todo, jobs, len(metrics)))
+    metrics.update(run_planned(todo, jobs, len(metrics), engine, address))
     for preset in presets:
         if preset.id in metrics:
             check_consistent(preset, metrics[preset.id])

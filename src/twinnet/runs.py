@@ -14,6 +14,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from twinnet import __version__
 from twinnet.backend import Backend
 from twinnet.config import TrainConfig
@@ -44,13 +46,20 @@ def weights_meta(config: TrainConfig) -> dict[str, Any]:
 
 def write_run(out_dir: str | os.PathLike, model: Backend, metrics: dict[str, Any]) -> None:
     """Write the run folder's files (RUN_FILES) into ``out_dir``, metrics.json last."""
+    write_run_params(out_dir, model.params, metrics)
+
+
+def write_run_params(out_dir: str | os.PathLike, params: dict[str, np.ndarray],
+                     metrics: dict[str, Any]) -> None:
+    """``write_run`` from the parameters (canonical names -> arrays) instead of a model:
+    what a worker on another machine sends back."""
     from twinnet.plots import plot_confusion, plot_curves
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = TrainConfig(**metrics["config"])
     title = f"{config.model} trained by the {config.backend} twin"
-    save_weights(out / "weights.npz", config.model, model.params, weights_meta(config))
+    save_weights(out / "weights.npz", config.model, params, weights_meta(config))
     plot_curves(metrics["curves"], title, out / "curves.png")
     plot_confusion(metrics["confusion_matrix"], title, out / "confusion.png")
     write_json_atomic(out / "metrics.json", metrics)

@@ -169,10 +169,12 @@ class TrainingState:
         return point
 
 
-def start_training(config: TrainConfig, n_train: int,
-                   checkpoint: str | os.PathLike | None = None) -> TrainingState:
-    """A fresh state for ``config``, or the one saved in ``checkpoint`` when given."""
-    model = load_model(config.model, config.backend, seed=config.seed, optimizer=config.optimizer)
+def start_training(config: TrainConfig, n_train: int, checkpoint: str | os.PathLike | None = None,
+                   threads: int | None = None) -> TrainingState:
+    """A fresh state for ``config``, or the one saved in ``checkpoint`` when given;
+    ``threads`` as in ``backend.load_model``."""
+    model = load_model(config.model, config.backend, seed=config.seed, optimizer=config.optimizer,
+                       threads=threads)
     state = TrainingState(model, BatchOrder(n_train, config.batch_size, config.seed))
     if checkpoint is not None:
         state.load_state_dict(read_checkpoint(checkpoint), str(checkpoint))
@@ -226,16 +228,19 @@ def stop_here(config: TrainConfig, state: TrainingState, checkpoint: str | os.Pa
 def train(config: TrainConfig, data: Mnist, progress: bool | None = None,
           on_record: Callable[[int, dict[str, float]], None] | None = None,
           final_splits: tuple[str, ...] = SPLITS, checkpoint: str | os.PathLike | None = None,
-          checkpoint_every: int = 0, resume: bool = False) -> tuple[Backend, dict[str, Any]]:
+          checkpoint_every: int = 0, resume: bool = False,
+          threads: int | None = None) -> tuple[Backend, dict[str, Any]]:
     """Train ``config.model`` on ``config.backend``; returns the model and the run's metrics.
 
     ``on_record(step, values)`` is called at every curve point. ``final_splits`` are
     evaluated at the end (a sweep leaves out "test", which must never inform a choice).
     With a ``checkpoint`` path the state is saved there every ``checkpoint_every`` steps
-    and on Ctrl-C; ``resume`` first restores it. Raises DivergenceError (see check_loss).
+    and on Ctrl-C; ``resume`` first restores it. ``threads`` is the twin's thread count
+    (``backend.load_model``; default: as the process is set up). Raises DivergenceError
+    (see check_loss).
     """
     started = time.perf_counter()
-    state = start_training(config, len(data.train), checkpoint if resume else None)
+    state = start_training(config, len(data.train), checkpoint if resume else None, threads)
     resumed_at = state.step if resume else None
     train_started = time.perf_counter()
     bar = progress_bar(config.steps, f"{config.model} ({config.backend})", enabled=progress)
