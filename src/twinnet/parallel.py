@@ -120,14 +120,18 @@ def run_jobs(function: Callable[[J], Result], jobs: list[J], workers: int, engin
 
 
 def retry_or_fail(lost: list[tuple[int, J]], attempts: dict[int, int]) -> None:
-    """Count one more attempt for each job whose worker died: a second death ends the work."""
+    """Count one more attempt for each job (by index) lost with a dead worker; a second
+    loss of the same job ends the work. The local pool cannot tell which of its running
+    jobs killed it, so all of them count: a job that keeps crashing takes its neighbours'
+    retries along, which is named in the message."""
     for index, _ in lost:
         attempts[index] = attempts.get(index, 0) + 1
-    names = ", ".join(job.name for _, job in lost)
+    names = " or ".join(job.name for _, job in lost)
     if any(attempts[index] > 1 for index, _ in lost):
         raise WorkerDiedError(f"a worker died again while running {names}; results that finished "
                               "are kept")
-    print(f"twinnet: a worker died while running {names}; running it again", file=sys.stderr)
+    print(f"twinnet: a worker died while running {names}; running "
+          f"{'it' if len(lost) == 1 else 'them'} again", file=sys.stderr)
 
 
 def run_on_pool(function: Callable[[J], Result], jobs: list[J], workers: int) -> Iterator[tuple[J, Result]]:
