@@ -12,6 +12,7 @@ canonical names (``dense1/W`` ...) to NumPy arrays in the canonical layouts of
 
 from __future__ import annotations
 
+import sys
 from typing import Protocol
 
 import numpy as np
@@ -106,21 +107,24 @@ def load_model(
 def set_tensorflow_threads(threads: int) -> None:
     """Run TensorFlow's ops on ``threads`` intra-op threads, one op at a time (inter-op 1).
 
-    TensorFlow takes these only before it runs its first op in the process; a worker
-    process calls this before its first TF job. Raises TwinnetError when TensorFlow
-    already runs here with other counts, which would change a run's rounding.
+    TensorFlow takes these only before it runs its first op in the process: a worker
+    process calls this before its first TF job. When TensorFlow already runs here with
+    its defaults (a library caller that used it first), this warns on stderr and goes on;
+    when it runs with other explicit counts, this raises TwinnetError, as the run would
+    not round as its twin on another worker does.
     """
     from twinnet import tf_nn  # TensorFlow as the twin imports it: op determinism, quiet logs
 
     threading = tf_nn.tf.config.threading
-    if (threading.get_intra_op_parallelism_threads(), threading.get_inter_op_parallelism_threads()) == (
-            threads, 1):
+    current = (threading.get_intra_op_parallelism_threads(), threading.get_inter_op_parallelism_threads())
+    if current == (threads, 1):
         return
     try:
         threading.set_intra_op_parallelism_threads(threads)
         threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:
-        raise TwinnetError(
-            f"TensorFlow already runs in this process with "
-            f"{threading.get_intra_op_parallelism_threads() or 'its default'} intra-op threads; "
-            f"cannot switch to {threads} for this run") from None
+        if current != (0, 0):
+            raise TwinnetError(f"TensorFlow already runs in this process with {current[0]} intra-op "
+                               f"threads; cannot switch to {threads} for this run") from None
+        print(f"twinnet: warning: TensorFlow already runs in this process with its default thread "
+              f"counts, not {threads}; its rounding may differ from a fresh process's", file=sys.stderr)

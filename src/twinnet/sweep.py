@@ -138,8 +138,8 @@ def format_sweep(result: dict[str, Any]) -> str:
         if point["diverged"]:
             lines.append(f"{point['lr']:>10g}  {'diverged':>8}  {'':>6}  {'':>8}  {point['seconds']:>7.1f}")
         else:
-            lines.append(f"{point['lr']:>10g}  {point['val_accuracy']:>8.2%}  "
-                         f"{point.get('val_accuracy_std', 0.0):>6.2%}  "
+            std = f"{point['val_accuracy_std']:.2%}" if seeds > 1 else ""
+            lines.append(f"{point['lr']:>10g}  {point['val_accuracy']:>8.2%}  {std:>6}  "
                          f"{point['val_loss']:>8.4f}  {point['seconds']:>7.1f}{mark}")
     lines.append(f"chosen learning rate: {result['chosen_lr']:g} "
                  f"(mean validation accuracy {result['chosen_val_accuracy']:.2%})")
