@@ -18,7 +18,7 @@ export TWINNET_DATA
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[tf,serve,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[tf,serve,ray,dev]'
 	touch $@
 
 report: $(VENV)/.installed

@@ -772,7 +772,8 @@ def test_report_reuses_a_run_only_when_its_weights_hash_matches(tmp_path, mnist_
     (run / "weights.npz").write_bytes(b"garbage")
     # Before: the garbage was reused and linked in REPORT.md. Now the run is trained again.
     assert main(args) == 0
-    assert "training 1 run(s) with 1 job(s); reusing 0 finished" in capsys.readouterr().out
+    assert "training 1 run(s) with 1 job(s) on the local engine; reusing 0 finished" in (
+        capsys.readouterr().out)
     load_weights(run / "weights.npz")
     assert json.loads((run / "metrics.json").read_text())["weights_sha256"] == first["weights_sha256"]
 

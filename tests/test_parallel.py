@@ -1,20 +1,90 @@
-"""Worker processes: a job's thread count depends on the worker count only."""
+"""The local engine: thread counts as arguments, bit-identical runs, dead workers retried."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
-from twinnet.parallel import run_jobs
+import numpy as np
+import pytest
+
+from twinnet.parallel import DIE_ONCE_VARIABLE, WorkerDiedError, retry_or_fail, run_jobs, run_with_threads
+from twinnet.presets import load_presets
+from twinnet.report import RunJob, generate_report, run_job
+
+PRESETS = """
+[models.linear]
+optimizer = "sgd"
+lr = 0.5
+schedule = "constant"
+steps = 50
+batch_size = 100
+seed = 0
+lr_chosen_by = "a test"
+twins = {tf = "P1:a", numpy = "P2:b"}
+"""
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    threads: int | None = None
+
+
+def blas_threads(job: Probe) -> int:
+    from threadpoolctl import threadpool_info
+
+    return max(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
 
 
 def test_a_lone_job_gets_the_thread_share_of_its_worker_count() -> None:
     # One job left with two workers still runs with cores // 2 BLAS threads, as it
     # would among others: its float rounding must not depend on what else is trained.
-    expected = str(max(1, (os.cpu_count() or 1) // 2))
-    results = dict(run_jobs(os.getenv, ["OPENBLAS_NUM_THREADS"], workers=2))
-    assert results == {"OPENBLAS_NUM_THREADS": expected}
+    expected = max(1, (os.cpu_count() or 1) // 2)
+    [(job, threads)] = run_jobs(blas_threads, [Probe("a")], workers=2)
+    assert job.threads == expected and threads == expected
 
 
 def test_one_worker_runs_jobs_in_order_in_this_process() -> None:
-    results = list(run_jobs(lambda job: (job, os.getpid()), ["a", "b"], workers=1))
-    assert results == [("a", ("a", os.getpid())), ("b", ("b", os.getpid()))]
+    results = list(run_jobs(lambda job: (job.name, os.getpid()), [Probe("a"), Probe("b")], workers=1))
+    assert [(job.name, result) for job, result in results] == [("a", ("a", os.getpid())),
+                                                               ("b", ("b", os.getpid()))]
+
+
+def test_a_second_death_names_the_run() -> None:
+    attempts: dict[int, int] = {}
+    retry_or_fail([(0, Probe("P1:a"))], attempts)
+    with pytest.raises(WorkerDiedError, match="died again while running P1:a"):
+        retry_or_fail([(0, Probe("P1:a"))], attempts)
+
+
+@pytest.mark.slow
+def test_pool_and_in_process_runs_are_bit_identical(tmp_path, mnist_path) -> None:
+    presets_file = tmp_path / "presets.toml"
+    presets_file.write_text(PRESETS)
+    (preset,) = [p for p in load_presets(presets_file) if p.config.backend == "numpy"]
+    job = RunJob(preset, str(tmp_path / "run"), str(mnist_path), False)
+    [(pooled_job, pooled)] = run_jobs(run_job, [job], workers=2)
+    here = run_with_threads(run_job, RunJob(preset, job.directory, job.data_dir, False,
+                                            threads=pooled_job.threads))
+    for key in pooled["params"]:
+        assert np.array_equal(pooled["params"][key], here["params"][key]), key
+
+
+@pytest.mark.slow
+def test_a_killed_local_worker_is_retried(tmp_path, mnist_path, monkeypatch, capfd) -> None:
+    presets_file = tmp_path / "presets.toml"
+    presets_file.write_text(PRESETS)
+    marker = tmp_path / "died"
+    monkeypatch.setenv(DIE_ONCE_VARIABLE, str(marker))
+    out = tmp_path / "report"
+    generate_report(out=out, jobs=2, data_dir=mnist_path, presets_path=presets_file)
+    err = capfd.readouterr().err
+    assert marker.exists(), "no worker was killed"
+    # Both jobs may be running when the worker dies: the pool cannot tell which, so it
+    # names and reruns all of them.
+    assert "a worker died while running P" in err
+    assert "running it again" in err or "running them again" in err
+    assert "Traceback" not in err and "leaked" not in err
+    for preset in load_presets(presets_file):
+        assert (preset.run_dir(out) / "metrics.json").is_file()

@@ -12,6 +12,7 @@ canonical names (``dense1/W`` ...) to NumPy arrays in the canonical layouts of
 
 from __future__ import annotations
 
+import sys
 from typing import Protocol
 
 import numpy as np
@@ -72,12 +73,15 @@ def load_model(
     weights: str | None = None,
     seed: int = 0,
     optimizer: str = "sgd",
+    threads: int | None = None,
 ) -> Backend:
     """Build model ``name`` on ``backend`` ("tf" or "numpy").
 
     Parameters come from the ``weights`` file (canonical .npz) if given, else from
     ``twinnet.models.init_params(name, seed)``, so both twins start from the very
-    same arrays for the same seed.
+    same arrays for the same seed. ``threads`` (default: as the process is set up) is
+    the NumPy twin's thread count, or TensorFlow's intra-op thread count
+    (``set_tensorflow_threads``); a run's rounding depends on it.
     """
     get_spec(name)  # fail early on an unknown model name
     if backend not in BACKENDS:
@@ -92,8 +96,11 @@ def load_model(
     if backend == "numpy":
         from twinnet.numpy_nn import NumpyModel
 
-        return NumpyModel(name, params, optimizer=optimizer)
-    return import_tf_nn().TFModel(name, params, optimizer=optimizer, seed=seed)
+        return NumpyModel(name, params, optimizer=optimizer, threads=threads)
+    tf_nn = import_tf_nn()
+    if threads is not None:
+        set_tensorflow_threads(threads)
+    return tf_nn.TFModel(name, params, optimizer=optimizer, seed=seed)
 
 
 TF_MISSING = ("this needs TensorFlow, which is not installed: pip install 'twinnet[tf]' "
@@ -110,3 +117,27 @@ def import_tf_nn():  # noqa: ANN201 (the twinnet.tf_nn module)
             raise
         raise TwinnetError(TF_MISSING) from None
     return tf_nn
+
+
+def set_tensorflow_threads(threads: int) -> None:
+    """Run TensorFlow's ops on ``threads`` intra-op threads, one op at a time (inter-op 1).
+
+    TensorFlow takes these only before it runs its first op in the process: a worker
+    process calls this before its first TF job. When TensorFlow already runs here with
+    its defaults (a library caller that used it first), this warns on stderr and goes on;
+    when it runs with other explicit counts, this raises TwinnetError, as the run would
+    not round as its twin on another worker does.
+    """
+    threading = import_tf_nn().tf.config.threading  # as the twin imports it: op determinism
+    current = (threading.get_intra_op_parallelism_threads(), threading.get_inter_op_parallelism_threads())
+    if current == (threads, 1):
+        return
+    try:
+        threading.set_intra_op_parallelism_threads(threads)
+        threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        if current != (0, 0):
+            raise TwinnetError(f"TensorFlow already runs in this process with {current[0]} intra-op "
+                               f"threads; cannot switch to {threads} for this run") from None
+        print(f"twinnet: warning: TensorFlow already runs in this process with its default thread "
+              f"counts, not {threads}; its rounding may differ from a fresh process's", file=sys.stderr)

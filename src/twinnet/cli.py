@@ -36,6 +36,15 @@ class NoteGiven(argparse.Action):
         namespace.given = {**getattr(namespace, "given", {}), self.dest: option_string}
 
 
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: worker processes on this machine (default); ray: Ray tasks "
+                             "on a Ray cluster (needs twinnet[ray]; see docs/scaling.md)")
+    parser.add_argument("--address", metavar="ADDR", default=None,
+                        help="with --engine ray: join the Ray cluster at ADDR (HEAD:6379); "
+                             "default: start a local one on this machine's cores")
+
+
 def add_train_arguments(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
     """The flags of TrainConfig's fields; defaults and their help come from twinnet.config."""
     from twinnet.config import DEFAULT_LR, SCHEDULES, default
@@ -197,15 +206,23 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from twinnet.config import MAX_SEED
     from twinnet.sweep import DEFAULT_LRS, format_sweep, run_sweep, write_sweep
 
     if args.workers < 1:
         raise TwinnetError(f"--workers must be at least 1, got {args.workers}")
+    if args.seeds < 1:
+        raise TwinnetError(f"--seeds must be at least 1, got {args.seeds}")
     lrs = args.lrs or list(DEFAULT_LRS[args.optimizer])
     if any(not lr > 0 for lr in lrs):
         raise TwinnetError(f"--lrs must all be positive, got {lrs}")
     args.lr = lrs[0]  # the sweep's base configuration records its first rate
-    result = run_sweep(config_from_args(args), lrs, workers=args.workers, data_dir=args.data_dir)
+    base = config_from_args(args)
+    if base.seed + args.seeds - 1 > MAX_SEED:
+        raise TwinnetError(f"--seed {base.seed} with --seeds {args.seeds} goes past the largest seed "
+                           f"{MAX_SEED}")
+    result = run_sweep(base, lrs, workers=args.workers, data_dir=args.data_dir, seeds=args.seeds,
+                       out_dir=args.out, engine=args.engine, address=args.address)
     path = write_sweep(result, args.out)
     print(format_sweep(result))
     print(f"wrote {path} and {path.with_suffix('.png')}")
@@ -217,11 +234,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise TwinnetError(f"--jobs must be at least 1, got {args.jobs}")
-    # The seed report's reruns belong to the shipped presets; a presets file of one's own
-    # says exactly which runs to train.
     path = generate_report(out=args.out, only=args.only, jobs=args.jobs, data_dir=args.data_dir,
                            tensorboard=args.tensorboard, presets_path=args.presets, seeds=args.seeds,
-                           seed_settings=args.presets is None)
+                           engine=args.engine, address=args.address)
     print(f"wrote {path}")
     return 0
 
@@ -318,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "runs at its own settings)")
     report.add_argument("--tensorboard", metavar="DIR", default=None,
                         help="also write every run's curves as TensorBoard scalars under DIR")
+    add_engine_arguments(report)
     add_data_dir(report)
     report.set_defaults(func=cmd_report)
 
@@ -351,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep", help="short runs at several learning rates, ranked by validation accuracy",
         description="Train short runs at each learning rate on the training split, in parallel "
                     "worker processes, and rank them by validation accuracy (the test split is "
-                    "not evaluated). Writes a JSON file and a plot into --out.")
+                    "not evaluated). Writes a JSON file and a plot into --out; every finished "
+                    "point is saved at once and reused by a rerun with the same settings.")
     add_train_arguments(sweep, sweep=True)
     sweep.set_defaults(steps=SWEEP_STEPS)
     lrs_defaults = ", ".join(f"{' '.join(f'{lr:g}' for lr in lrs)} for {name}"
@@ -360,8 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"learning rates to try (default: {lrs_defaults})")
     sweep.add_argument("--workers", type=int, default=2,
                        help="parallel worker processes, sharing the cores (default: %(default)s)")
+    sweep.add_argument("--seeds", type=int, default=1, metavar="K",
+                       help="train every rate with seeds SEED .. SEED+K-1 and rank the rates by "
+                            "mean validation accuracy (default: %(default)s)")
     sweep.add_argument("--out", metavar="DIR", default="sweeps",
-                       help="folder for MODEL-BACKEND-OPTIMIZER.json and .png (default: %(default)s)")
+                       help="folder for MODEL-BACKEND-OPTIMIZER.json and .png, and the finished "
+                            "points (.points/), which a rerun reuses (default: %(default)s)")
+    add_engine_arguments(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
     bench = sub.add_parser(

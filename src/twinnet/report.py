@@ -5,15 +5,14 @@
   runs at its own settings (``presets.seed_settings_presets``), one seed each. Every seed
   run whose folder holds a finished run of its exact configuration is reused; the others
   become ``RunJob``s, longest first.
-- **Run**: the jobs train in worker processes (``twinnet.parallel``), each writing its
-  run folder (``twinnet.runs``).
+- **Run**: the jobs train on workers (``twinnet.parallel``: local processes or Ray), each
+  returning its metrics and weights; this process writes the run folders (``twinnet.runs``).
 - **Render**: every figure is read from a run's ``metrics.json`` (read back from the run
-  folders, whatever engine trained them), after each run's test accuracy is checked
-  against the trace of its confusion matrix. The main table shows each figure over seeds
-  (one value, or mean ± std and min–max); the twins of a model are compared paired by
-  seed with a 95% t interval; the seed report's section comes from
-  ``twinnet.seed_report``. Tables are built from column definitions (``COLUMNS``); the
-  prose is in ``report_text.toml``.
+  folders), after each run's test accuracy is checked against the trace of its confusion
+  matrix. The main table shows each figure over seeds (one value, or mean ± std and
+  min–max); the twins of a model are compared paired by seed with a 95% t interval; the
+  seed report's section comes from ``twinnet.seed_report``. Tables are built from column
+  definitions (``COLUMNS``); the prose is in ``report_text.toml``.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from twinnet.errors import TwinnetError
 from twinnet.models import DESCRIPTIONS, MODEL_NAMES, count_params, multiply_adds_per_image
 from twinnet.parallel import run_jobs
 from twinnet.presets import Preset, load_presets, seed_settings_presets, select
-from twinnet.runs import PLOTS_BYTES, check_output_dir, finished_metrics, run_bytes, write_run
+from twinnet.runs import PLOTS_BYTES, check_output_dir, finished_metrics, lock_run_dir, run_bytes, write_run
 from twinnet.seed_report import load_seed_report, render_seed_section, seed_columns
 from twinnet.train import SPLITS, progress_bar, train
 from twinnet.util import write_text_atomic
@@ -59,13 +58,19 @@ SEED_SETTINGS_SEEDS = 1
 
 @dataclass(frozen=True)
 class RunJob:
-    """One seed of one preset to train, as a worker process receives it (``preset.config.seed``
-    is that seed; see ``Preset.with_seed``)."""
+    """One seed of one preset to train, as a worker receives it (``preset.config.seed`` is
+    that seed, see ``Preset.with_seed``; it holds no data: the worker loads MNIST from
+    ``data_dir`` on its own machine)."""
 
     preset: Preset
-    directory: str  # the run folder to write
+    directory: str  # the run folder the driver writes
     data_dir: str | None
     progress: bool | None  # show a progress bar: None when stderr is a terminal
+    threads: int | None = None  # set by twinnet.parallel.run_jobs
+
+    @property
+    def name(self) -> str:
+        return self.preset.label
 
 
 def cost(config: TrainConfig) -> int:
@@ -120,22 +125,29 @@ def finished_runs(presets: list[Preset], out: Path, seeds: int) -> dict[str, lis
 # -- run -------------------------------------------------------------------------------
 
 
-def run_job(job: RunJob) -> Metrics:
-    """Train one preset and write its run folder; the worker of ``generate_report``."""
+def run_job(job: RunJob) -> dict[str, Any]:
+    """Train one preset; the worker of ``generate_report``. Returns ``metrics`` (the run's
+    metrics.json) and ``params`` (its weights, canonical names -> arrays) for the driver."""
     from twinnet.data import load_mnist
 
-    model, metrics = train(job.preset.config, load_mnist(job.data_dir), progress=job.progress)
-    write_run(job.directory, model, metrics)
-    return metrics
+    model, metrics = train(job.preset.config, load_mnist(job.data_dir), progress=job.progress,
+                           threads=job.threads)
+    return {"metrics": metrics, "params": model.params}
 
 
-def run_planned(jobs: list[RunJob], workers: int, reused: int) -> dict[str, Metrics]:
-    """Run the jobs, ``workers`` at a time; their metrics by preset id."""
+def run_planned(jobs: list[RunJob], workers: int, reused: int, engine: str = "local",
+                address: str | None = None) -> dict[str, Metrics]:
+    """Run the jobs, ``workers`` at a time (on Ray: as many as the cluster holds), and write
+    each run folder as its job returns; their metrics by preset id."""
     if jobs:
-        print(f"training {len(jobs)} run(s) with {workers} job(s); reusing {reused} finished")
+        print(f"training {len(jobs)} run(s) with {workers} job(s) on the {engine} engine; "
+              f"reusing {reused} finished")
     results = {}
     with progress_bar(len(jobs), "report runs", unit="run", enabled=None if workers > 1 else False) as bar:
-        for job, metrics in run_jobs(run_job, jobs, workers):
+        for job, result in run_jobs(run_job, jobs, workers, engine, address):
+            Path(job.directory).mkdir(parents=True, exist_ok=True)
+            with lock_run_dir(job.directory):  # one writer per run folder, as for train
+                metrics = write_run(job.directory, result["params"], result["metrics"])
             results[job.preset.id] = metrics
             bar.update(1)
             c = job.preset.config
@@ -159,12 +171,15 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
                     data_dir: str | os.PathLike | None = None,
                     tensorboard: str | os.PathLike | None = None,
                     presets_path: str | os.PathLike | None = None, seeds: int = 1,
-                    seed_settings: bool = True) -> Path:
+                    seed_settings: bool | None = None, engine: str = "local",
+                    address: str | None = None) -> Path:
     """Run what is missing or changed, then write ``out/REPORT.md``; returns its path.
 
-    The runs are the presets (``presets_path``), each with ``seeds`` seeds, and unless
-    ``seed_settings`` is False the eight runs at the seed report's own settings, one seed
-    each. ``only`` selects from both sets.
+    The runs are the presets (``presets_path``), each with ``seeds`` seeds, and with
+    ``seed_settings`` (default: when the shipped presets are used; a presets file of one's
+    own says exactly which runs to train) the eight runs at the seed report's own
+    settings, one seed each. ``only`` selects from both sets. ``engine`` and ``address`` as in
+    ``twinnet.parallel.run_jobs``.
     """
     from twinnet.data import load_mnist
 
@@ -173,6 +188,8 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
         raise TwinnetError(f"--seeds must be at least 1, got {seeds}")
     out = Path(out)
     presets = load_presets(presets_path)
+    if seed_settings is None:
+        seed_settings = presets_path is None
     reruns = seed_settings_presets(SEED) if seed_settings else []
     everything = presets + reruns
     retrain = select(everything, only) if only else []
@@ -183,8 +200,8 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
     load_mnist(data_dir)  # fail on bad data here, once, before any worker starts
     reused, todo = plan_runs(everything, out, retrain, None if data_dir is None else str(data_dir),
                              jobs, seeds)
-    run_planned(todo, jobs, len(reused))
-    runs = finished_runs(everything, out, seeds)  # as written by the workers, whatever the engine
+    run_planned(todo, jobs, len(reused), engine, address)
+    runs = finished_runs(everything, out, seeds)  # as the driver wrote them
     for preset in everything:
         for metrics in runs.get(preset.id, []):
             check_consistent(preset, metrics)

@@ -26,8 +26,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from twinnet import __version__
-from twinnet.backend import Backend
 from twinnet.config import TrainConfig
 from twinnet.errors import TwinnetError
 from twinnet.models import count_params
@@ -139,10 +140,11 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def write_run(out_dir: str | os.PathLike, model: Backend, metrics: dict[str, Any],
+def write_run(out_dir: str | os.PathLike, params: dict[str, np.ndarray], metrics: dict[str, Any],
               check: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Write the run folder's files (RUN_FILES) into ``out_dir``; returns the metrics as
-    written (with ``weights_sha256``).
+    """Write the run folder's files (RUN_FILES) into ``out_dir`` from the run's parameters
+    (canonical names -> arrays: a model's ``params``, or what a worker on another machine
+    sent back); returns the metrics as written (with ``weights_sha256``).
 
     Everything is first written into ``out_dir/.incoming``; ``check()`` is called after
     each file (it may raise, e.g. on Ctrl-C) and any failure there leaves ``out_dir`` as
@@ -158,7 +160,7 @@ def write_run(out_dir: str | os.PathLike, model: Backend, metrics: dict[str, Any
     check = check or (lambda: None)
     shutil.rmtree(staging, ignore_errors=True)  # a killed writer's
     try:
-        save_weights(staging / "weights.npz", config.model, model.params, weights_meta(config))
+        save_weights(staging / "weights.npz", config.model, params, weights_meta(config))
         metrics = {**metrics, "weights_sha256": file_sha256(staging / "weights.npz")}
         check()
         plot_curves(metrics["curves"], title, staging / "curves.png")

@@ -200,11 +200,13 @@ class TrainingState:
         return point
 
 
-def start_training(config: TrainConfig, n_train: int,
-                   checkpoint: str | os.PathLike | None = None) -> TrainingState:
+def start_training(config: TrainConfig, n_train: int, checkpoint: str | os.PathLike | None = None,
+                   threads: int | None = None) -> TrainingState:
     """A fresh state for ``config``, or the one saved in ``checkpoint`` when given (which
-    must be of the same model, optimizer and batch size; other settings may differ)."""
-    model = load_model(config.model, config.backend, seed=config.seed, optimizer=config.optimizer)
+    must be of the same model, optimizer and batch size; other settings may differ);
+    ``threads`` as in ``backend.load_model``."""
+    model = load_model(config.model, config.backend, seed=config.seed, optimizer=config.optimizer,
+                       threads=threads)
     state = TrainingState(model, BatchOrder(n_train, config.batch_size, config.seed))
     if checkpoint is not None:
         saved, sections = load_checkpoint(checkpoint, n_train)
@@ -416,7 +418,8 @@ def train(config: TrainConfig, data: Mnist, progress: bool | None = None,
           on_record: Callable[[int, dict[str, float]], None] | None = None,
           final_splits: tuple[str, ...] = SPLITS, checkpoint: str | os.PathLike | None = None,
           checkpoint_every: int = 0, resume: bool = False,
-          out_dir: str | os.PathLike | None = None) -> tuple[Backend, dict[str, Any]]:
+          out_dir: str | os.PathLike | None = None,
+          threads: int | None = None) -> tuple[Backend, dict[str, Any]]:
     """Train ``config.model`` on ``config.backend``; returns the model and the run's metrics.
 
     ``on_record(step, values)`` is called at every curve point. ``final_splits`` are
@@ -425,9 +428,11 @@ def train(config: TrainConfig, data: Mnist, progress: bool | None = None,
     and on Ctrl-C; ``resume`` first restores it (a run saved after its last step just
     evaluates and writes). With ``out_dir`` the run folder is written (``runs.write_run``,
     the caller holding the folder) under the same Ctrl-C handling and the checkpoint is
-    removed once it is. Raises DivergenceError (see check_loss), TrainingInterruptedError.
+    removed once it is. ``threads`` is the twin's thread count (``backend.load_model``;
+    default: as the process is set up). Raises DivergenceError (see check_loss),
+    TrainingInterruptedError.
     """
-    state = start_training(config, len(data.train), checkpoint if resume else None)
+    state = start_training(config, len(data.train), checkpoint if resume else None, threads)
     resumed_at = state.step if resume else None
     bar = progress_bar(config.steps, f"{config.model} ({config.backend})", enabled=progress)
     # Divergence is caught from the loss; NumPy's overflow warnings would only repeat it.
@@ -467,7 +472,8 @@ def train(config: TrainConfig, data: Mnist, progress: bool | None = None,
                               honour_sigint("in the final evaluation"))
         if out_dir is not None:
             try:
-                metrics = write_run(out_dir, state.model, metrics, honour_sigint("while writing the run"))
+                metrics = write_run(out_dir, state.model.params, metrics,
+                                    honour_sigint("while writing the run"))
             except TrainingInterruptedError:
                 raise
             except TwinnetError as exc:  # a full disk, say: keep the training if possible
