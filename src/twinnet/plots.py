@@ -68,19 +68,21 @@ def plot_confusion(confusion: list[list[int]] | np.ndarray, title: str,
     return save_figure(fig, path)
 
 
-def plot_twins(curves_by_run: dict[str, list[dict]], title: str,
+def plot_twins(curves_by_run: dict[str, dict | list[dict]], title: str,
                path: str | os.PathLike | None = None) -> Figure:
     """Both twins of one model on the same axes: validation (solid) and training-batch
     (dotted) accuracy and cross-entropy against step.
 
-    Keys of ``curves_by_run`` are labels; each value holds one curves dict per seed (as in
-    ``plot_curves``, all with the same steps). Lines are the mean over the seeds; with
-    several seeds a shaded band spans the validation curves' minimum to maximum.
+    Keys of ``curves_by_run`` are labels; each value is a run's curves dict (as in
+    ``plot_curves``) or a list of them, one per seed, all with the same steps. Lines are
+    the mean over the seeds; with several seeds a shaded band spans the validation
+    curves' minimum to maximum.
     """
     fig = Figure(figsize=(11, 4), layout="constrained")
     ax_acc, ax_loss = fig.subplots(1, 2)
     lows = []
-    for (label, seeds), colour in zip(curves_by_run.items(), ("C0", "C1", "C2", "C3"), strict=False):
+    for (label, runs), colour in zip(curves_by_run.items(), ("C0", "C1", "C2", "C3"), strict=False):
+        seeds = [runs] if isinstance(runs, dict) else runs
         steps = seeds[0]["step"]
         # rows: seeds, columns: curve points
         stacked = {key: np.asarray([curves[key] for curves in seeds], dtype=float)
