@@ -474,7 +474,11 @@ def test_logits_in_chunks_equal_one_pass() -> None:
 
 @pytest.mark.parametrize("name", ["mlp128", "cnn"])
 @pytest.mark.parametrize("n", [1, 3, 100])
-def test_threads_split_the_batch_without_changing_the_result(name: str, n: int) -> None:
+def test_threads_split_the_batch_without_changing_the_result(
+        name: str, n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from twinnet.numpy_nn import network
+
+    monkeypatch.setattr(network, "MIN_PART_FLOPS", 1)  # split whatever the work
     params = {k: v.astype(np.float64) for k, v in init_params(name, 2).items()}
     x, y = _batch(n, seed=n)
     one, three = (NumpyModel(name, params, dtype=np.float64, threads=t) for t in (1, 3))

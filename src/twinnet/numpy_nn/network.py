@@ -21,7 +21,7 @@ from twinnet import models
 from twinnet.numpy_nn import layers
 from twinnet.numpy_nn.blocks import Block, ConvReLUPool, DenseBlock, FlattenBlock
 from twinnet.numpy_nn.losses import softmax_cross_entropy
-from twinnet.numpy_nn.optimizers import make_optimizer, part
+from twinnet.numpy_nn.optimizers import make_optimizer
 from twinnet.util import in_chunks
 from twinnet.weights import check_params
 
@@ -31,6 +31,12 @@ from twinnet.weights import check_params
 # BLAS peak (docs/performance.md, "Inference chunks").
 IMAGE_CHUNK_BYTES = 3 << 20
 MAX_EVAL_CHUNK = 1000
+# Handing a part of a batch to a thread and collecting it costs tens of microseconds,
+# more on a busy machine, and Python threads contend for the GIL between NumPy calls:
+# a part gets a thread of its own only with at least this much matmul work (about a
+# millisecond's; docs/performance.md, "Threads"). So the cnn's training steps and the
+# MLPs' and cnn's inference are split, the MLPs' and linear's steps are not.
+MIN_PART_FLOPS = 100e6
 
 
 def build_blocks(model_name: str, params: dict[str, np.ndarray]) -> list[Block]:
@@ -159,6 +165,7 @@ class NumpyModel:
         self._params = {k: np.array(params[k], dtype=self.dtype) for k in models.param_shapes(model_name)}
         self._opt = make_optimizer(optimizer)
         self.threads = max(1, threads if threads is not None else blas_threads())
+        self._flops_per_image = 2 * models.multiply_adds_per_image(model_name)  # forward
         # One list of blocks per thread: each keeps the caches of its own part of a batch.
         self._replicas = [build_blocks(model_name, self._params) for _ in range(self.threads)]
         self.blocks = self._replicas[0]
@@ -178,10 +185,13 @@ class NumpyModel:
 
     # -- running the blocks on every thread ---------------------------------------
 
-    def _on_threads(self, work: Callable[[list[Block], slice], object], n: int) -> list:
-        """``work(blocks, part)`` for contiguous parts of range(n), one per thread (fewer
-        if n is small), each thread with its own blocks; results in part order."""
-        bounds = np.linspace(0, n, min(self.threads, max(n, 1)) + 1).astype(int)
+    def _on_threads(self, work: Callable[[list[Block], slice], object], n: int, flops: float) -> list:
+        """``work(blocks, part)`` for contiguous parts of range(n) images, one per thread,
+        each thread with its own blocks; results in part order. ``flops`` is the matmul
+        work of the n images: a part gets a thread of its own only with MIN_PART_FLOPS of
+        it, else fewer parts (one: here, with BLAS's own threads)."""
+        count = int(min(self.threads, max(n, 1), max(1, flops // MIN_PART_FLOPS)))
+        bounds = np.linspace(0, n, count + 1).astype(int)
         parts: list = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         if len(parts) == 1:
             return [work(self.blocks, parts[0])]
@@ -196,9 +206,9 @@ class NumpyModel:
             x = x[..., None]
         return x, None if y is None else np.asarray(y).astype(np.intp, copy=False)
 
-    def _forward_backward(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int, list[dict]]:
-        """Mean loss and number correct of the whole batch, and each part's gradients
-        (canonical names; the whole batch's gradients are their sum)."""
+    def _loss_correct_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int, dict[str, np.ndarray]]:
+        """Mean loss, number correct and gradients of the whole batch: the sums of its
+        parts' (each part divides by the whole batch's size), added in part order."""
         x, y = self._inputs(x, y)
 
         def part_step(blocks: list[Block], part: slice) -> tuple[float, int, dict[str, np.ndarray]]:
@@ -207,28 +217,12 @@ class NumpyModel:
             loss, dlogits = softmax_cross_entropy(logits, y[part], total=len(x))
             return loss, correct, backward(blocks, dlogits)
 
-        results = self._on_threads(part_step, len(x))
-        grads = [{key: r[2][key] for key in self._params} for r in results]
+        results = self._on_threads(part_step, len(x), 3 * self._flops_per_image * len(x))
+        grads = {key: results[0][2][key] for key in self._params}  # canonical order
+        for _, _, part_grads in results[1:]:
+            for key, total in grads.items():
+                total += part_grads[key]  # in place: the first part's arrays are ours
         return sum(r[0] for r in results), sum(r[1] for r in results), grads
-
-    def _summing(self, grads: list[dict], then: Callable[[int, int], None] | None = None,
-                 ) -> Callable[[int, int], None]:
-        """An elementwise job for ``_run_parts``: add the parts' gradients into the first
-        part's arrays over range k of n, in part order, then run ``then(k, n)`` on the same
-        range (the optimizer's update: one wake-up of the threads instead of two)."""
-        def job(k: int, n: int) -> None:
-            for key, total in grads[0].items():
-                for other in grads[1:]:
-                    part(total, k, n)[...] += part(other[key], k, n)
-            if then is not None:
-                then(k, n)
-
-        return job
-
-    def _run_parts(self, job: Callable[[int, int], None]) -> None:
-        """``job(k, n)`` for k in range(n), one part per thread: elementwise work over every
-        parameter (the sum of the batch parts' gradients, the optimizer's update)."""
-        self._on_threads(lambda blocks, one: job(one.start, self.threads), self.threads)
 
     # -- the Backend protocol -----------------------------------------------------
 
@@ -245,33 +239,25 @@ class NumpyModel:
             features = in_chunks(lambda c: forward(blocks[:flat], c, train=False), x[part], chunk)
             return in_chunks(lambda c: forward(blocks[flat:], c, train=False), features, MAX_EVAL_CHUNK)
 
-        return np.concatenate(self._on_threads(part_logits, len(x)))
+        return np.concatenate(self._on_threads(part_logits, len(x), self._flops_per_image * len(x)))
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         """Mean softmax cross-entropy of the batch and d(loss)/d(param) for every parameter.
 
         x (N, 28, 28, 1), y (N,) -> (loss, {canonical name: gradient of the param's shape}).
         """
-        loss, _, grads = self._forward_backward(x, y)
-        if len(grads) > 1:
-            self._run_parts(self._summing(grads))
-        return loss, grads[0]
+        loss, _, grads = self._loss_correct_grads(x, y)
+        return loss, grads
 
     def apply(self, grads: dict[str, np.ndarray], lr: float) -> None:
         """One optimizer update with learning rate ``lr`` (Keras semantics), in place."""
-        grads = {k: np.ascontiguousarray(grads[k], dtype=self.dtype) for k in self._params}
-        self._opt.step(self._params, grads, lr, self._run_parts)
+        self._opt.step(self._params, {k: np.asarray(grads[k], dtype=self.dtype) for k in self._params}, lr)
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
         """One forward, one backward, one update; returns (mean loss, number correct) of the
         batch, both measured before the update."""
-        loss, correct, grads = self._forward_backward(x, y)
-        # The optimizer reads the gradients only inside its elementwise update, range by
-        # range, so each range is summed just before it is used.
-        def run_parts(update: Callable[[int, int], None]) -> None:
-            self._run_parts(self._summing(grads, then=update))
-
-        self._opt.step(self._params, grads[0], lr, run_parts)
+        loss, correct, grads = self._loss_correct_grads(x, y)
+        self._opt.step(self._params, grads, lr)
         return loss, correct
 
     # -- optimizer state ----------------------------------------------------------

@@ -7,34 +7,11 @@ training), in the same order as ``keras.optimizers`` so both twins round alike.
 ``state_dict()`` / ``load_state_dict()`` expose the slots for checkpoints as a flat
 dict of arrays: ``<param>/m``, ``<param>/v`` and a 0-d int64 ``iterations`` for Adam,
 only ``iterations`` for SGD.
-
-Both updates are elementwise, so ``step`` can run them in parts: ``run_parts(update)``,
-if given, must call ``update(k, n)`` once for every k in range(n), in any order or
-concurrently (the NumPy twin uses one part per thread); each call updates the k-th of
-n contiguous ranges of every parameter's elements. The result is the same bits. The
-gradients are read only inside ``update(k, n)``, range k of each, so a caller may
-finish computing a range of them just before (the NumPy twin sums its batch parts).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
-
-RunParts = Callable[[Callable[[int, int], None]], None]
-
-
-def part(a: np.ndarray, k: int, n: int) -> np.ndarray:
-    """The k-th of n contiguous ranges of a C-contiguous array's elements, as a flat view."""
-    if not a.flags.c_contiguous:
-        raise ValueError("part() of a non-contiguous array would be a copy, not a view")
-    flat = a.reshape(-1)
-    return flat[len(flat) * k // n: len(flat) * (k + 1) // n]
-
-
-def in_one_part(update: Callable[[int, int], None]) -> None:
-    update(0, 1)
 
 
 class SGD:
@@ -48,16 +25,11 @@ class SGD:
     def __init__(self) -> None:
         self.iterations = 0
 
-    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float,
-             run_parts: RunParts = in_one_part) -> None:
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
         """Update every array of ``params`` in place with its gradient in ``grads`` (same keys)."""
-
-        def update(k: int, n: int) -> None:
-            for key, p in params.items():
-                # lr as a scalar of the parameter's dtype: float32 stays float32.
-                part(p, k, n)[...] -= part(grads[key], k, n) * p.dtype.type(lr)
-
-        run_parts(update)
+        for key, p in params.items():
+            # lr as a scalar of the parameter's dtype: float32 stays float32.
+            p -= grads[key] * p.dtype.type(lr)
         self.iterations += 1
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -96,21 +68,14 @@ class Adam:
         self.m: dict[str, np.ndarray] = {}
         self.v: dict[str, np.ndarray] = {}
 
-    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float,
-             run_parts: RunParts = in_one_part) -> None:
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
         """Update every array of ``params`` in place with its gradient in ``grads`` (same keys)."""
         t = self.iterations + 1
         for key, p in params.items():
             if key not in self.m:  # slots are created lazily, zero, like Keras' build()
                 self.m[key] = np.zeros_like(p)
                 self.v[key] = np.zeros_like(p)
-
-        def update(k: int, n: int) -> None:
-            for key, p in params.items():
-                self._update(part(p, k, n), part(grads[key], k, n), part(self.m[key], k, n),
-                             part(self.v[key], k, n), lr, t)
-
-        run_parts(update)
+            self._update(p, grads[key], self.m[key], self.v[key], lr, t)
         self.iterations = t
 
     def _update(self, p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, lr: float,
