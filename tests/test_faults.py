@@ -508,7 +508,7 @@ def test_inflated_permutation_checkpoint_is_refused_at_once(interrupted_run, mni
                 fh.write(bytes(1 << 24))
     assert path.stat().st_size < 1 << 20
     started = time.perf_counter()
-    peak = peak_bytes(lambda: train_module.load_checkpoint(path))
+    peak = peak_bytes(lambda: checkpoint_module.load_checkpoint(path))
     assert time.perf_counter() - started < 1.0 and peak < 5 << 20
     assert main(["train", "--resume", str(interrupted_run), "--data-dir", str(mnist_path)]) == 2
     line = one_error_line(capsys)

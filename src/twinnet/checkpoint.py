@@ -12,14 +12,16 @@ JSON-able. In ``checkpoint.npz``:
 The file is written atomically (temporary name, then rename), so a run killed at any
 moment leaves either the previous checkpoint or the new one. It is read back by the
 bounded reader ``twinnet.weights.read_npz`` (nothing unpickled, memory bounded by a
-total budget, each member by a per-key limit the caller gives). This module knows nothing
-of what the sections mean; ``twinnet.train.load_checkpoint`` gives the limits and checks
-the sections.
+total budget, each member by a per-key limit). ``load_checkpoint`` reads a training
+checkpoint that way and checks what this module knows: the sections, the configuration,
+the parameters and the optimizer slots; the loop's parts check their own sections (the
+data order, the progress) as they load them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from twinnet.config import ConfigError, TrainConfig
+from twinnet.data import TRAIN_SIZE
 from twinnet.errors import TwinnetError
+from twinnet.models import MODEL_NAMES, param_shapes
 from twinnet.util import atomic_path
-from twinnet.weights import read_npz
+from twinnet.weights import WEIGHTS_ALLOWED, check_params, read_npz
 
 CHECKPOINT_NAME = "checkpoint.npz"
 # The ``state`` member: JSON in a 0-d unicode array, 4 bytes per character (curves of a
@@ -100,3 +105,94 @@ def read_checkpoint(path: str | os.PathLike, array_limit: Callable[[str], int | 
             raise CheckpointError(f"{source}: section {section!r} is both arrays and a value")
         state[section][name] = array
     return state
+
+
+# -- training checkpoints: limits and the checks of the sections this module knows ------
+
+SECTIONS = ("config", "step", "params", "optimizer", "order", "progress")
+MAX_PARAMS = max(len(param_shapes(model)) for model in MODEL_NAMES)
+MAX_PARAM_BYTES = max(sum(4 * math.prod(s) for s in param_shapes(m).values()) for m in MODEL_NAMES)
+CHECKPOINT_MAX_MEMBERS = 3 * MAX_PARAMS + 3  # params, Adam's m and v, iterations, perm, state
+CHECKPOINT_MAX_TOTAL_BYTES = (STATE_MAX_BYTES + 3 * MAX_PARAM_BYTES + 8 * TRAIN_SIZE
+                              + 4096 * CHECKPOINT_MAX_MEMBERS)
+
+
+def checkpoint_array_limit(key: str) -> int | None:
+    """Most data bytes a checkpoint's array ``key`` may hold (no larger than any model's
+    parameter of that name, float32; 55,000 int64 for the data order), None if unknown."""
+    section, _, name = key.partition("/")
+    if section == "params":
+        return WEIGHTS_ALLOWED.get(name) if name != "meta" else None
+    if section == "optimizer":
+        if name == "iterations":
+            return 8
+        param, _, slot = name.rpartition("/")
+        return WEIGHTS_ALLOWED.get(param) if slot in ("m", "v") and param != "meta" else None
+    if key == "order/perm":
+        return 8 * TRAIN_SIZE
+    return None
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[TrainConfig, dict[str, Any]]:
+    """The configuration and the sections of the training checkpoint at ``path``.
+
+    Read in bounded memory (CHECKPOINT_MAX_TOTAL_BYTES, per-key limits of
+    ``checkpoint_array_limit``). CheckpointError (one line naming the file) for missing or
+    extra sections, a configuration that fails TrainConfig's checks, a step out of range,
+    parameters or optimizer slots of the wrong keys, shapes, dtypes or values.
+    """
+    state = read_checkpoint(path, checkpoint_array_limit, max_total_bytes=CHECKPOINT_MAX_TOTAL_BYTES,
+                            max_members=CHECKPOINT_MAX_MEMBERS)
+    try:
+        expect_keys(state, SECTIONS, "")
+        if not isinstance(state["config"], dict):
+            raise ValueError(f"config is not a table: {state['config']!r}"[:200])
+        try:
+            config = TrainConfig(**state["config"])
+        except (ConfigError, TypeError) as exc:  # TypeError: missing or unknown fields
+            raise ValueError(f"config: {exc}") from None
+        step = state["step"]
+        if not is_int(step) or not 1 <= step <= config.steps:
+            raise ValueError(f"step must be an integer from 1 to {config.steps}, got {step!r}"[:200])
+        check_optimizer(state["optimizer"], config, f"{path}: optimizer")
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    check_params(config.model, state["params"], f"{path}: params")
+    return config, state
+
+
+def check_optimizer(slots: Any, config: TrainConfig, source: str) -> None:
+    """``iterations`` (0-d integer, at least 0), and for Adam ``<param>/m`` and ``/v``
+    (finite float32 of the parameter's shape) for every parameter."""
+    shapes = param_shapes(config.model)
+    keys = {"iterations"}
+    if config.optimizer == "adam":
+        keys |= {f"{param}/{slot}" for param in shapes for slot in ("m", "v")}
+    expect_keys(slots, keys, "optimizer")
+    iterations = slots["iterations"]
+    if not (isinstance(iterations, np.ndarray) and iterations.shape == () and iterations.dtype.kind in "iu"
+            and int(iterations) >= 0):
+        raise ValueError("optimizer: iterations must be a non-negative integer")
+    if config.optimizer == "adam":
+        for slot in ("m", "v"):
+            check_params(config.model, {name: slots[f"{name}/{slot}"] for name in shapes}, f"{source} {slot}")
+
+
+def expect_keys(table: Any, keys: tuple[str, ...] | set[str], where: str) -> None:
+    """ValueError ("WHERE: missing ...") unless ``table`` is a dict with exactly ``keys``."""
+    prefix = f"{where}: " if where else ""
+    if not isinstance(table, dict):
+        raise ValueError(f"{prefix}not a table")
+    if missing := sorted(set(keys) - set(table)):
+        raise ValueError(f"{prefix}missing {', '.join(missing)}")
+    if extra := sorted(set(table) - set(keys)):
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise ValueError(f"{prefix}unexpected key(s) {shown}"[:300])
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

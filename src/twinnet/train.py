@@ -29,15 +29,21 @@ from typing import Any
 import numpy as np
 
 from twinnet.backend import Backend, load_model
-from twinnet.checkpoint import STATE_MAX_BYTES, CheckpointError, read_checkpoint, save_checkpoint
-from twinnet.config import ConfigError, TrainConfig
-from twinnet.data import TRAIN_SIZE, Mnist, Split
+from twinnet.checkpoint import (
+    CheckpointError,
+    expect_keys,
+    is_int,
+    is_number,
+    load_checkpoint,
+    save_checkpoint,
+)
+from twinnet.config import TrainConfig
+from twinnet.data import Mnist, Split
 from twinnet.environment import environment
 from twinnet.errors import TwinnetError
 from twinnet.metrics import evaluate
-from twinnet.models import DESCRIPTIONS, MODEL_NAMES, param_shapes
+from twinnet.models import DESCRIPTIONS
 from twinnet.runs import write_run
-from twinnet.weights import WEIGHTS_ALLOWED, check_params
 
 __all__ = ["BatchOrder", "DivergenceError", "TrainConfig", "TrainingInterruptedError",
            "learning_rate", "train"]  # TrainConfig lives in twinnet.config; here for callers' ease
@@ -103,10 +109,26 @@ class BatchOrder:
         return {"perm": self.perm, "position": self.position, "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue exactly where the order that gave ``state_dict()`` was."""
-        self.perm = np.asarray(state["perm"])
-        self.position = int(state["position"])
-        self.rng.bit_generator.state = state["rng"]
+        """Continue exactly where the order that gave ``state_dict()`` was. ValueError
+        ("order: ...") unless ``perm`` is a permutation of range(n) as int64, ``position``
+        an integer from 0 to n and ``rng`` a state of NumPy's PCG64."""
+        expect_keys(state, ("perm", "position", "rng"), "order")
+        perm, position = state["perm"], state["position"]
+        if not (isinstance(perm, np.ndarray) and perm.dtype == np.int64 and perm.shape == (self.n,)):
+            described = f"{perm.dtype} {perm.shape}" if isinstance(perm, np.ndarray) else type(perm).__name__
+            raise ValueError(f"order: perm must be {self.n} int64 indices, got {described}")
+        if perm.min() < 0 or perm.max() >= self.n:
+            raise ValueError(f"order: perm holds indices outside 0..{self.n - 1}")
+        if missing := self.n - np.count_nonzero(np.bincount(perm, minlength=self.n)):
+            raise ValueError(f"order: perm is not a permutation of range({self.n}) "
+                             f"({missing} indices missing)")
+        if not is_int(position) or not 0 <= position <= self.n:
+            raise ValueError(f"order: position must be an integer from 0 to {self.n}")
+        try:
+            self.rng.bit_generator.state = state["rng"]
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:
+            raise ValueError(f"order: rng is not a PCG64 state ({exc})"[:300]) from None
+        self.perm, self.position = perm, position
 
 
 @dataclass
@@ -177,15 +199,19 @@ class TrainingState:
                              "train_seconds": self.training_time(), "wall_seconds": self.wall_time()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state``, as ``load_checkpoint`` returns it (checked)."""
+        """Continue from ``state``, as ``checkpoint.load_checkpoint`` returns it (whose
+        configuration, parameters and optimizer slots it has checked). ValueError
+        ("order: ...", "progress: ...") if the data order or the progress is malformed."""
+        self.order.load_state_dict(state["order"])
+        progress = state["progress"]
+        check_progress(progress)
         self.model.set_params(state["params"])
         self.model.load_optimizer_state_dict(state["optimizer"])
-        self.order.load_state_dict(state["order"])
-        self.curves = Curves(**state["progress"]["curves"])
-        self.sums = RunningSums(**state["progress"]["sums"])
+        self.curves = Curves(**progress["curves"])
+        self.sums = RunningSums(**progress["sums"])
         self.step = state["step"]
-        self.train_seconds = state["progress"]["train_seconds"]
-        self.wall_seconds = state["progress"]["wall_seconds"]
+        self.train_seconds = progress["train_seconds"]
+        self.wall_seconds = progress["wall_seconds"]
 
     def record_point(self, validation: Split) -> dict[str, float]:
         """Close the current curve point: training means since the last one, validation now."""
@@ -200,6 +226,27 @@ class TrainingState:
         return point
 
 
+def check_progress(progress: Any) -> None:
+    """ValueError ("progress: ...") unless ``progress`` holds curves (lists of equal
+    length: integer steps, finite numbers), the running sums and the seconds so far."""
+    expect_keys(progress, ("curves", "sums", "train_seconds", "wall_seconds"), "progress")
+    curves, sums = progress["curves"], progress["sums"]
+    expect_keys(curves, tuple(Curves.__dataclass_fields__), "progress: curves")
+    expect_keys(sums, tuple(RunningSums.__dataclass_fields__), "progress: sums")
+    lengths = {len(value) if isinstance(value, list) else -1 for value in curves.values()}
+    if len(lengths) != 1 or -1 in lengths:
+        raise ValueError("progress: curves must be lists of equal length")
+    if not all(map(is_int, curves["step"])) or not all(
+            is_number(v) for key, values in curves.items() if key != "step" for v in values):
+        raise ValueError("progress: curves must hold integer steps and finite numbers")
+    if not all(is_number(value) and value >= 0 for value in sums.values()) or not all(
+            is_int(sums[key]) for key in ("correct", "images", "batches")):
+        raise ValueError("progress: sums must be non-negative numbers")
+    for key in ("train_seconds", "wall_seconds"):
+        if not is_number(progress[key]) or progress[key] < 0:
+            raise ValueError(f"progress: {key} must be a non-negative number")
+
+
 def start_training(config: TrainConfig, n_train: int, checkpoint: str | os.PathLike | None = None,
                    threads: int | None = None) -> TrainingState:
     """A fresh state for ``config``, or the one saved in ``checkpoint`` when given (which
@@ -209,160 +256,16 @@ def start_training(config: TrainConfig, n_train: int, checkpoint: str | os.PathL
                        threads=threads)
     state = TrainingState(model, BatchOrder(n_train, config.batch_size, config.seed))
     if checkpoint is not None:
-        saved, sections = load_checkpoint(checkpoint, n_train)
+        saved, sections = load_checkpoint(checkpoint)
         for name in ("model", "optimizer", "batch_size"):
             if getattr(saved, name) != getattr(config, name):
                 raise CheckpointError(f"{checkpoint}: holds a run with {name} {getattr(saved, name)}, "
                                       f"not {getattr(config, name)}")
-        state.load_state_dict(sections)
+        try:
+            state.load_state_dict(sections)
+        except ValueError as exc:
+            raise CheckpointError(f"{checkpoint}: {exc}") from None
     return state
-
-
-# -- checkpoints: bounded reading and a check of every section --------------------------
-
-SECTIONS = ("config", "step", "params", "optimizer", "order", "progress")
-CURVE_KEYS = tuple(Curves.__dataclass_fields__)
-SUMS_KEYS = tuple(RunningSums.__dataclass_fields__)
-MAX_PARAMS = max(len(param_shapes(model)) for model in MODEL_NAMES)
-MAX_PARAM_BYTES = max(sum(4 * math.prod(s) for s in param_shapes(m).values()) for m in MODEL_NAMES)
-CHECKPOINT_MAX_MEMBERS = 3 * MAX_PARAMS + 3  # params, Adam's m and v, iterations, perm, state
-CHECKPOINT_MAX_TOTAL_BYTES = (STATE_MAX_BYTES + 3 * MAX_PARAM_BYTES + 8 * TRAIN_SIZE
-                              + 4096 * CHECKPOINT_MAX_MEMBERS)
-
-
-def checkpoint_array_limit(key: str) -> int | None:
-    """Most data bytes a checkpoint's array ``key`` may hold (no larger than any model's
-    parameter of that name, float32; 55,000 int64 for the data order), None if unknown."""
-    section, _, name = key.partition("/")
-    if section == "params":
-        return WEIGHTS_ALLOWED.get(name) if name != "meta" else None
-    if section == "optimizer":
-        if name == "iterations":
-            return 8
-        param, _, slot = name.rpartition("/")
-        return WEIGHTS_ALLOWED.get(param) if slot in ("m", "v") and param != "meta" else None
-    if key == "order/perm":
-        return 8 * TRAIN_SIZE
-    return None
-
-
-def load_checkpoint(path: str | os.PathLike, n_train: int = TRAIN_SIZE) -> tuple[TrainConfig, dict[str, Any]]:
-    """The configuration and the checked sections of the checkpoint at ``path``.
-
-    Read in bounded memory (CHECKPOINT_MAX_TOTAL_BYTES, per-key limits of
-    ``checkpoint_array_limit``). CheckpointError (one line naming the file) for missing or
-    extra sections and keys, wrong types, shapes or dtypes, parameters that are not finite,
-    a data order that is not a permutation of range(n_train), or a configuration that fails
-    TrainConfig's checks.
-    """
-    source = str(path)
-    state = read_checkpoint(path, checkpoint_array_limit, max_total_bytes=CHECKPOINT_MAX_TOTAL_BYTES,
-                            max_members=CHECKPOINT_MAX_MEMBERS)
-
-    def bad(what: str) -> CheckpointError:
-        return CheckpointError(f"{source}: {what}")
-
-    expect_keys(state, SECTIONS, source, "")
-    config = state["config"]
-    if not isinstance(config, dict):
-        raise bad(f"config is not a table: {config!r}"[:200])
-    try:
-        config = TrainConfig(**config)
-    except ConfigError as exc:
-        raise bad(f"config: {exc}") from None
-    except TypeError as exc:  # missing or unknown fields
-        raise bad(f"config: {exc}") from None
-    step = state["step"]
-    if not is_int(step) or not 1 <= step <= config.steps:
-        raise bad(f"step must be an integer from 1 to {config.steps}, got {step!r}"[:200])
-    check_params(config.model, state["params"], source + ": params")
-    check_optimizer(state["optimizer"], config, source)
-    check_order(state["order"], n_train, config, source)
-    check_progress(state["progress"], source)
-    return config, state
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def expect_keys(table: Any, keys: tuple[str, ...] | set[str], source: str, where: str) -> None:
-    """CheckpointError unless ``table`` is a dict with exactly ``keys``."""
-    if not isinstance(table, dict):
-        raise CheckpointError(f"{source}: {where} is not a table")
-    prefix = f"{where}: " if where else ""
-    if missing := sorted(set(keys) - set(table)):
-        raise CheckpointError(f"{source}: {prefix}missing {', '.join(missing)}")
-    if extra := sorted(set(table) - set(keys)):
-        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
-        raise CheckpointError(f"{source}: {prefix}unexpected key(s) {shown}"[:300])
-
-
-def check_optimizer(slots: Any, config: TrainConfig, source: str) -> None:
-    """``iterations`` (0-d integer, at least 0), and for Adam ``<param>/m`` and ``/v``
-    (finite float32 of the parameter's shape) for every parameter."""
-    shapes = param_shapes(config.model)
-    keys = {"iterations"}
-    if config.optimizer == "adam":
-        keys |= {f"{param}/{slot}" for param in shapes for slot in ("m", "v")}
-    expect_keys(slots, keys, source, "optimizer")
-    iterations = slots["iterations"]
-    if not (isinstance(iterations, np.ndarray) and iterations.shape == () and iterations.dtype.kind in "iu"
-            and int(iterations) >= 0):
-        raise CheckpointError(f"{source}: optimizer: iterations must be a non-negative integer")
-    if config.optimizer == "adam":
-        for slot in ("m", "v"):
-            check_params(config.model, {name: slots[f"{name}/{slot}"] for name in shapes},
-                         f"{source}: optimizer {slot}")
-
-
-def check_order(order: Any, n_train: int, config: TrainConfig, source: str) -> None:
-    """``perm``: a permutation of range(n_train) as int64; ``position``: where the next
-    batch starts; ``rng``: a state of NumPy's PCG64."""
-    expect_keys(order, ("perm", "position", "rng"), source, "order")
-    perm = order["perm"]
-    if not (isinstance(perm, np.ndarray) and perm.dtype == np.int64 and perm.shape == (n_train,)):
-        described = f"{perm.dtype} {perm.shape}" if isinstance(perm, np.ndarray) else type(perm).__name__
-        raise CheckpointError(f"{source}: order: perm must be {n_train} int64 indices, got {described}")
-    seen = np.zeros(n_train, dtype=bool)
-    if perm.min() < 0 or perm.max() >= n_train:
-        raise CheckpointError(f"{source}: order: perm holds indices outside 0..{n_train - 1}")
-    seen[perm] = True
-    if not seen.all():
-        raise CheckpointError(f"{source}: order: perm is not a permutation of range({n_train}) "
-                              f"({n_train - int(seen.sum())} indices missing)")
-    position = order["position"]
-    if not is_int(position) or not 0 <= position <= n_train:
-        raise CheckpointError(f"{source}: order: position must be an integer from 0 to {n_train}")
-    try:
-        BatchOrder(n_train, config.batch_size, config.seed).rng.bit_generator.state = order["rng"]
-    except (TypeError, ValueError, KeyError, OverflowError) as exc:
-        raise CheckpointError(f"{source}: order: rng is not a PCG64 state ({exc})"[:300]) from None
-
-
-def check_progress(progress: Any, source: str) -> None:
-    """Curves (lists of equal length: integer steps, finite numbers), the running sums
-    and the seconds spent so far."""
-    expect_keys(progress, ("curves", "sums", "train_seconds", "wall_seconds"), source, "progress")
-    curves, sums = progress["curves"], progress["sums"]
-    expect_keys(curves, CURVE_KEYS, source, "progress: curves")
-    expect_keys(sums, SUMS_KEYS, source, "progress: sums")
-    lengths = {len(value) if isinstance(value, list) else -1 for value in curves.values()}
-    if len(lengths) != 1 or -1 in lengths:
-        raise CheckpointError(f"{source}: progress: curves must be lists of equal length")
-    if not all(map(is_int, curves["step"])) or not all(
-            is_number(v) for key in CURVE_KEYS if key != "step" for v in curves[key]):
-        raise CheckpointError(f"{source}: progress: curves must hold integer steps and finite numbers")
-    if not all(is_number(value) and value >= 0 for value in sums.values()) or not all(
-            is_int(sums[key]) for key in ("correct", "images", "batches")):
-        raise CheckpointError(f"{source}: progress: sums must be non-negative numbers")
-    for key in ("train_seconds", "wall_seconds"):
-        if not is_number(progress[key]) or progress[key] < 0:
-            raise CheckpointError(f"{source}: progress: {key} must be a non-negative number")
 
 
 def save_training(path: str | os.PathLike, config: TrainConfig, state: TrainingState) -> None:
@@ -434,26 +337,17 @@ def train(config: TrainConfig, data: Mnist, progress: bool | None = None,
     """
     state = start_training(config, len(data.train), checkpoint if resume else None, threads)
     resumed_at = state.step if resume else None
-    bar = progress_bar(config.steps, f"{config.model} ({config.backend})", enabled=progress)
     # Divergence is caught from the loss; NumPy's overflow warnings would only repeat it.
     with stop_on_sigint() as sigint, np.errstate(over="ignore", invalid="ignore"):
-        with bar:
-            bar.update(state.step)
+        with progress_bar(config.steps, f"{config.model} ({config.backend})", enabled=progress) as bar:
             state.start_steps()
             for step in range(state.step + 1, config.steps + 1):
-                batch = state.order.next()
-                lr = learning_rate(config, step - 1)
-                loss, correct = state.model.train_step(data.train.x[batch], data.train.y[batch], lr)
-                check_loss(loss, step, lr, config.backend)
-                state.sums.add(loss, correct, len(batch))
-                state.step = step
-                if step % config.eval_every == 0 or step == config.steps:
-                    point = state.record_point(data.validation)
+                point = take_step(config, state, data, step)
+                if point is not None:
                     if on_record is not None:
                         on_record(step, point)
-                    bar.set_postfix(loss=f"{point['train_loss']:.4f}",
-                                    val_acc=f"{point['val_accuracy']:.2%}")
-                bar.update(1)
+                    bar.set_postfix(loss=f"{point['train_loss']:.4f}", val_acc=f"{point['val_accuracy']:.2%}")
+                bar.update(step - bar.n)
                 if step == config.steps:
                     break  # a Ctrl-C during the last step is honoured after the evaluation
                 if sigint.is_set():
@@ -471,23 +365,47 @@ def train(config: TrainConfig, data: Mnist, progress: bool | None = None,
         metrics = run_metrics(config, state, data, final_splits, resumed_at,
                               honour_sigint("in the final evaluation"))
         if out_dir is not None:
-            try:
-                metrics = write_run(out_dir, state.model.params, metrics,
-                                    honour_sigint("while writing the run"))
-            except TrainingInterruptedError:
-                raise
-            except TwinnetError as exc:  # a full disk, say: keep the training if possible
-                if checkpoint is None:
-                    raise
-                try:
-                    save_training(checkpoint, config, state)
-                except TwinnetError:
-                    raise exc from None
-                raise TwinnetError(f"{exc}; the trained state is saved in {checkpoint}: make room "
-                                   f"and finish with: twinnet train --resume {out_dir}") from None
-            if checkpoint is not None:
-                Path(checkpoint).unlink(missing_ok=True)  # the finished run supersedes it
+            metrics = finish_run(out_dir, config, state, metrics, checkpoint,
+                                 honour_sigint("while writing the run"))
     return state.model, metrics
+
+
+def take_step(config: TrainConfig, state: TrainingState, data: Mnist, step: int) -> dict[str, float] | None:
+    """Update number ``step`` (1-based) on the next batch; the curve point it closes, if any."""
+    batch = state.order.next()
+    lr = learning_rate(config, step - 1)
+    loss, correct = state.model.train_step(data.train.x[batch], data.train.y[batch], lr)
+    check_loss(loss, step, lr, config.backend)
+    state.sums.add(loss, correct, len(batch))
+    state.step = step
+    if step % config.eval_every == 0 or step == config.steps:
+        return state.record_point(data.validation)
+    return None
+
+
+def finish_run(out_dir: str | os.PathLike, config: TrainConfig, state: TrainingState,
+               metrics: dict[str, Any], checkpoint: str | os.PathLike | None,
+               check: Callable[[], None]) -> dict[str, Any]:
+    """Write the run folder (``runs.write_run``, calling ``check()`` after each file) and
+    remove the checkpoint it supersedes; returns the metrics as written. If the writing
+    fails (a full disk, say) the trained state is kept as a checkpoint, when there is a
+    place for one, and the one-line error says how to finish."""
+    try:
+        metrics = write_run(out_dir, state.model.params, metrics, check)
+    except TrainingInterruptedError:
+        raise
+    except TwinnetError as exc:
+        if checkpoint is None:
+            raise
+        try:
+            save_training(checkpoint, config, state)
+        except TwinnetError:
+            raise exc from None
+        raise TwinnetError(f"{exc}; the trained state is saved in {checkpoint}: make room "
+                           f"and finish with: twinnet train --resume {out_dir}") from None
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
+    return metrics
 
 
 def run_metrics(config: TrainConfig, state: TrainingState, data: Mnist, final_splits: tuple[str, ...],
