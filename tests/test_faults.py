@@ -417,7 +417,7 @@ import sys  # noqa: E402
 
 from twinnet import checkpoint as checkpoint_module  # noqa: E402
 from twinnet import plots, runs  # noqa: E402
-from twinnet import train as train_module  # noqa: E402
+from twinnet import training as train_module  # noqa: E402
 from twinnet.checkpoint import CHECKPOINT_NAME  # noqa: E402
 
 TRAIN = ["train", "linear", "--backend", "numpy", "--steps", "6", "--eval-every", "3"]

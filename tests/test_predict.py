@@ -164,7 +164,7 @@ def write_mnist_pngs(images: np.ndarray, folder: Path, invert: bool) -> list[str
 def test_real_digits_get_the_models_own_answers(mnist, tmp_path):
     pytest.importorskip("tensorflow")
     from twinnet.metrics import predict_logits
-    from twinnet.train import TrainConfig, train
+    from twinnet.training import TrainConfig, train
 
     config = TrainConfig(model="mlp128", backend="tf", optimizer="adam", lr=0.001, steps=300)
     model, _ = train(config, mnist, progress=False)

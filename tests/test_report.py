@@ -12,7 +12,7 @@ from twinnet.errors import TwinnetError
 from twinnet.models import MODEL_NAMES
 from twinnet.report import check_consistent, generate_report, load_presets
 from twinnet.sweep import run_sweep, write_sweep
-from twinnet.train import TrainConfig, train
+from twinnet.training import TrainConfig, train
 
 MINI_PRESETS = """
 [models.linear]
@@ -175,7 +175,7 @@ def test_sweep_ranks_by_validation_and_never_touches_test(tmp_path, mnist_path, 
         evaluated_sizes.append(len(y))
         return original(model, x, y)
 
-    monkeypatch.setattr("twinnet.train.evaluate", spy)
+    monkeypatch.setattr("twinnet.training.evaluate", spy)
     base = TrainConfig(model="linear", backend="numpy", optimizer="sgd", lr=0.1, steps=50)
     result = run_sweep(base, [0.01, 0.5, 1e6], workers=1, data_dir=mnist_path)
     assert 10_000 not in evaluated_sizes and 5_000 in evaluated_sizes

@@ -16,7 +16,7 @@ import pytest
 from twinnet.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from twinnet.cli import main
 from twinnet.models import init_params
-from twinnet.train import DivergenceError, TrainConfig, train
+from twinnet.training import DivergenceError, TrainConfig, train
 from twinnet.weights import save_weights
 
 TWINNET = [sys.executable, "-m", "twinnet"]

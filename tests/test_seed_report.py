@@ -30,7 +30,7 @@ from twinnet.seed_report import (
     seed_settings_runs,
     verdict,
 )
-from twinnet.train import TrainConfig
+from twinnet.training import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["P1:a", "P1:b", "P1:c", "P1:d", "P2:b", "P2:c", "P2:d", "P2:e"]

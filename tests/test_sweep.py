@@ -10,7 +10,7 @@ import pytest
 import twinnet.sweep
 from twinnet.cli import main
 from twinnet.sweep import run_sweep, sweep_stem
-from twinnet.train import TrainConfig
+from twinnet.training import TrainConfig
 
 
 @pytest.mark.slow

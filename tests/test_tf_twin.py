@@ -15,7 +15,7 @@ from twinnet.cli import main  # noqa: E402
 from twinnet.data import Mnist  # noqa: E402
 from twinnet.metrics import cross_entropy  # noqa: E402
 from twinnet.models import MODEL_NAMES, init_params, param_shapes  # noqa: E402
-from twinnet.train import TrainConfig, train  # noqa: E402
+from twinnet.training import TrainConfig, train  # noqa: E402
 
 
 def tiny_batch(n: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

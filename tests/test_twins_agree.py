@@ -16,7 +16,7 @@ import twinnet  # noqa: E402
 from twinnet.metrics import evaluate  # noqa: E402
 from twinnet.models import MODEL_NAMES, init_params  # noqa: E402
 from twinnet.runs import weights_meta  # noqa: E402
-from twinnet.train import TrainConfig, train  # noqa: E402
+from twinnet.training import TrainConfig, train  # noqa: E402
 from twinnet.weights import save_weights  # noqa: E402
 
 

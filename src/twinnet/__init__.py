@@ -10,15 +10,14 @@ The notebook API (``twinnet.api``)::
     twinnet.compare("mlp128", weights="mlp128.npz")   # both twins, layer by layer
     twinnet.trace("mlp128.npz", index=0)              # one digit forward and backward
 
-Importing this package never imports TensorFlow, nor matplotlib. ``twinnet.train`` is
-also the training module; calling it runs ``twinnet.api.train``.
+Importing this package never imports TensorFlow, nor matplotlib. The training loop
+itself is ``twinnet.training``.
 """
 
 __version__ = "0.1.0"
 
 # The API modules import NumPy and twinnet's own modules only (TensorFlow and matplotlib
 # are imported inside the functions that need them), so this import stays cheap.
-import twinnet.train as train  # noqa: E402 (callable: twinnet.api.CallableModule runs api.train)
 from twinnet.api import (  # noqa: E402
     compare,
     evaluate,
@@ -26,6 +25,7 @@ from twinnet.api import (  # noqa: E402
     load_model,
     save_weights,
     trace,
+    train,
 )
 
 __all__ = ["__version__", "compare", "evaluate", "load_mnist", "load_model", "save_weights",

@@ -9,13 +9,10 @@ backend, ``compare`` and ``trace`` import TensorFlow, and only when called.
 from __future__ import annotations
 
 import os
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import twinnet.train  # noqa: F401 (made callable at the end)
 from twinnet.comparison import Comparison, compare
 from twinnet.data import Mnist, load_mnist
 from twinnet.tracing import Trace, trace
@@ -61,7 +58,7 @@ def train(model: str, backend: str = "tf", data: Mnist | None = None, progress: 
     loss and accuracy of each split, ``metrics["confusion_matrix"]`` the test one (10x10).
     """
     from twinnet.config import TrainConfig
-    from twinnet.train import train as run
+    from twinnet.training import train as run
 
     run_config = TrainConfig(model=model, backend=backend, **config)
     return run(run_config, data if data is not None else load_mnist(), progress=progress)
@@ -84,20 +81,3 @@ def save_weights(model: Backend, path: str | os.PathLike, **meta: Any) -> None:
     from twinnet.weights import save_weights as save
 
     save(path, model.model_name, model.params, {"backend": model.backend, **meta})
-
-
-class CallableModule(types.ModuleType):
-    """The module ``twinnet.train`` that, called, runs the notebook's ``train``.
-
-    ``twinnet.train`` names both the training-loop module and this API's function. A
-    package attribute can hold only one of them, and the import system sets it to the
-    module whenever the module is first imported; so the module itself is made callable
-    and every spelling works: ``twinnet.train(...)``, ``from twinnet.train import ...``,
-    ``monkeypatch.setattr("twinnet.train.X", ...)``.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> tuple[Backend, dict[str, Any]]:
-        return train(*args, **kwargs)
-
-
-sys.modules["twinnet.train"].__class__ = CallableModule

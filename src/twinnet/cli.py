@@ -127,7 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from twinnet.checkpoint import CHECKPOINT_NAME, load_checkpoint
     from twinnet.data import load_mnist
     from twinnet.runs import check_output_dir, default_run_dir, lock_run_dir, run_bytes
-    from twinnet.train import train
+    from twinnet.training import train
 
     if args.checkpoint_every < 0:
         raise TwinnetError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")

@@ -36,7 +36,7 @@ from twinnet.parallel import run_jobs
 from twinnet.presets import Preset, load_presets, seed_settings_presets, select
 from twinnet.runs import PLOTS_BYTES, check_output_dir, finished_metrics, lock_run_dir, run_bytes, write_run
 from twinnet.seed_report import load_seed_report, render_seed_section, seed_columns
-from twinnet.train import SPLITS, progress_bar, train
+from twinnet.training import SPLITS, progress_bar, train
 from twinnet.util import write_text_atomic
 
 TEXT = tomllib.loads(resources.files("twinnet").joinpath("report_text.toml").read_text(encoding="utf-8"))

@@ -1,7 +1,7 @@
 """Run folders: what a finished training leaves behind, and reading it back.
 
 A run folder holds ``weights.npz`` (the one weights format, ``twinnet.weights``),
-``metrics.json`` (``twinnet.train.run_metrics`` plus ``weights_sha256``, the SHA-256 of
+``metrics.json`` (``twinnet.training.run_metrics`` plus ``weights_sha256``, the SHA-256 of
 the weights file it describes), ``curves.png`` and ``confusion.png``. While a run is
 going on it also holds ``.lock`` (the writer's PID; see ``lock_run_dir``) and, when
 interrupted, ``checkpoint.npz``.

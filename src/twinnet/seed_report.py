@@ -114,7 +114,7 @@ class SeedSettingsRun:
 
     ``id`` is ``S-P1a``, ``label`` ``P1:a (seed settings)``, ``seed_label`` the seed run it
     reruns (``P1:a``), and ``config`` holds exactly the keyword arguments of
-    ``twinnet.train.TrainConfig``, so ``TrainConfig(**run.config)`` builds the run.
+    ``twinnet.config.TrainConfig``, so ``TrainConfig(**run.config)`` builds the run.
     """
 
     id: str

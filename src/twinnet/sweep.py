@@ -21,7 +21,7 @@ from typing import Any
 
 from twinnet.config import TrainConfig
 from twinnet.parallel import run_jobs
-from twinnet.train import DivergenceError, progress_bar, train
+from twinnet.training import DivergenceError, progress_bar, train
 from twinnet.util import atomic_path, write_json_atomic
 
 DEFAULT_LRS = {"sgd": (0.03, 0.1, 0.3, 0.5, 1.0), "adam": (0.0003, 0.001, 0.002, 0.005)}
