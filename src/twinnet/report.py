@@ -184,41 +184,53 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
     from twinnet.data import load_mnist
 
     started = time.perf_counter()
-    if seeds < 1:
-        raise TwinnetError(f"--seeds must be at least 1, got {seeds}")
     out = Path(out)
     presets = load_presets(presets_path)
     if seed_settings is None:
         seed_settings = presets_path is None
     reruns = seed_settings_presets(SEED) if seed_settings else []
-    everything = presets + reruns
-    retrain = select(everything, only) if only else []
-    for preset in everything:  # a bad --seeds for any preset fails here, before any training
-        preset.with_seed(seed_count(preset, seeds) - 1, seed_count(preset, seeds))
-    # Every preset is checked (load_presets, with_seed) and the output folder too, before any training.
-    check_output_dir(out, sum(run_bytes(p.config) * seed_count(p, seeds) for p in everything) + PLOTS_BYTES)
+    retrain = check_plan(out, presets + reruns, only, seeds)
     load_mnist(data_dir)  # fail on bad data here, once, before any worker starts
-    reused, todo = plan_runs(everything, out, retrain, None if data_dir is None else str(data_dir),
+    reused, todo = plan_runs(presets + reruns, out, retrain, None if data_dir is None else str(data_dir),
                              jobs, seeds)
     run_planned(todo, jobs, len(reused), engine, address)
-    runs = finished_runs(everything, out, seeds)  # as the driver wrote them
-    for preset in everything:
+    runs = finished_runs(presets + reruns, out, seeds)  # as the driver wrote them
+    for preset in presets + reruns:
         for metrics in runs.get(preset.id, []):
             check_consistent(preset, metrics)
     if tensorboard is not None:
-        from twinnet.tensorboard import write_tensorboard
-
-        for preset in (p for p in presets if p.id in runs):
-            for metrics in runs[preset.id]:
-                name = f"{preset.config.model}/{preset.config.backend}"
-                if seeds > 1:
-                    name += f"/seed-{metrics['config']['seed']}"
-                write_tensorboard(metrics, tensorboard, name)
+        write_tensorboard_runs(tensorboard, presets, runs, seeds)
     write_twin_plots(out, presets, runs)
     path = out / "REPORT.md"
     write_text_atomic(path, render_report(out, presets, runs, time.perf_counter() - started, len(todo),
                                           seeds=seeds, reruns=reruns))
     return path
+
+
+def check_plan(out: Path, presets: list[Preset], only: str | None, seeds: int) -> list[Preset]:
+    """Check everything a report's plan depends on before any training: ``--seeds``, every
+    preset at every seed, ``--only`` and the output folder's room; returns the presets
+    ``only`` names (to be retrained), empty without it."""
+    if seeds < 1:
+        raise TwinnetError(f"--seeds must be at least 1, got {seeds}")
+    for preset in presets:
+        preset.with_seed(seed_count(preset, seeds) - 1, seed_count(preset, seeds))
+    retrain = select(presets, only) if only else []
+    check_output_dir(out, sum(run_bytes(p.config) * seed_count(p, seeds) for p in presets) + PLOTS_BYTES)
+    return retrain
+
+
+def write_tensorboard_runs(log_dir: str | os.PathLike, presets: list[Preset], runs: dict[str, list[Metrics]],
+                           seeds: int) -> None:
+    """Every seed run's curves as TensorBoard scalars under ``log_dir/MODEL/BACKEND[/seed-S]``."""
+    from twinnet.tensorboard import write_tensorboard
+
+    for preset in (p for p in presets if p.id in runs):
+        for metrics in runs[preset.id]:
+            name = f"{preset.config.model}/{preset.config.backend}"
+            if seeds > 1:
+                name += f"/seed-{metrics['config']['seed']}"
+            write_tensorboard(metrics, log_dir, name)
 
 
 def write_twin_plots(out: Path, presets: list[Preset], runs: dict[str, list[Metrics]]) -> None:
