@@ -360,7 +360,7 @@ def render_report(out: Path, presets: list[Preset], runs: dict[str, list[Metrics
                   runs=sum(len(runs[p.id]) for p in everything),
                   run_seconds=sum(run["wall_seconds"] for p in everything for run in runs[p.id]),
                   trained=trained, elapsed=elapsed, derivations=derivations_link(out))
-    seeds_text = text("one_seed") if seeds == 1 else text("many_seeds", seeds=seeds)
+    seeds_text = text("one_seed") if seeds == 1 else text("many_seeds", seeds=seeds, last=seeds - 1)
     table = markdown_table([name for name, _ in COLUMNS],
                            [[cell(p, runs.get(p.id, [])) for _, cell in COLUMNS] for p in presets])
     choices = "".join(f"- {p.label}: {p.lr_chosen_by}\n" for p in presets)
@@ -483,7 +483,7 @@ def environment_section(presets: list[Preset], runs: dict[str, list[Metrics]], e
     for preset in (p for p in presets if p.id in runs):
         for run in runs[preset.id]:
             versions.update({k: v for k, v in run["environment"].items() if k not in versions})
-    keys = ("twinnet", "python", "numpy", "tensorflow", "platform", "cpu", "cpu_count")
+    keys = ("twinnet", "python", "numpy", "tensorflow", "platform", "cpu", "simd", "cpu_count")
     version_table = markdown_table(["what", "version"],
                                    [[key, str(versions[key])] for key in keys if key in versions])
     timing_table = markdown_table(
