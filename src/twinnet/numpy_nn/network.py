@@ -2,9 +2,10 @@
 
 The network is one list of blocks (``blocks.py``) built from the model's spec. Training
 and inference run the same list; inference passes ``train=False``. Both use every core:
-a batch is split into one contiguous part per thread, each thread runs the blocks on its
-part with single-threaded BLAS, and the parts' gradients are added in a fixed order, so
-the same seed, thread count and machine give the same bits.
+the cnn's batch is split into one contiguous part per thread, each thread runs the
+blocks on its part with single-threaded BLAS, and the parts' gradients are added in a
+fixed order, so the same seed, thread count and machine give the same bits; the dense
+models leave the cores to BLAS's own threads.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ from twinnet.weights import check_params
 # BLAS peak (docs/performance.md, "Inference chunks").
 IMAGE_CHUNK_BYTES = 3 << 20
 MAX_EVAL_CHUNK = 1000
-# Handing a part of a batch to a thread and collecting it costs tens of microseconds,
-# more on a busy machine, and Python threads contend for the GIL between NumPy calls:
-# a part gets a thread of its own only with at least this much matmul work (about a
-# millisecond's; docs/performance.md, "Threads"). So the cnn's training steps and the
-# MLPs' and cnn's inference are split, the MLPs' and linear's steps are not.
+# Splitting a batch over Python threads pays where the blocks do much work outside BLAS
+# (im2col copies, pooling, masks: the conv blocks), which BLAS's own threads leave on one
+# core; for dense-only models BLAS's threads do nearly all the work and a split only adds
+# hand-offs (docs/performance.md, "Threads"). And a part gets a thread of its own only
+# with at least MIN_PART_FLOPS of matmul work (about a millisecond's), so a few images
+# run on the calling thread.
 MIN_PART_FLOPS = 100e6
 
 
@@ -151,7 +153,8 @@ class NumpyModel:
     integer labels; logits (N, 10). ``params`` maps canonical names (``dense1/W`` ...)
     to arrays of the shapes in ``twinnet.models.param_shapes``. ``dtype`` is float32 for
     training and float64 for gradient checks. ``threads`` (default: BLAS's thread count)
-    is how many parts a batch is split into; results depend on it only by rounding.
+    is how many parts a batch of the cnn is split into (``parts``; the dense-only models
+    leave the cores to BLAS); results depend on it only by rounding.
     """
 
     backend = "numpy"
@@ -166,9 +169,11 @@ class NumpyModel:
         self._opt = make_optimizer(optimizer)
         self.threads = max(1, threads if threads is not None else blas_threads())
         self._flops_per_image = 2 * models.multiply_adds_per_image(model_name)  # forward
-        # One list of blocks per thread: each keeps the caches of its own part of a batch.
-        self._replicas = [build_blocks(model_name, self._params) for _ in range(self.threads)]
-        self.blocks = self._replicas[0]
+        self.blocks = build_blocks(model_name, self._params)
+        self.parts = self.threads if any(isinstance(b, ConvReLUPool) for b in self.blocks) else 1
+        # One list of blocks per part: each keeps the caches of its own part of a batch.
+        self._replicas = [self.blocks, *(build_blocks(model_name, self._params)
+                                         for _ in range(self.parts - 1))]
 
     # -- parameters ---------------------------------------------------------------
 
@@ -190,7 +195,7 @@ class NumpyModel:
         each thread with its own blocks; results in part order. ``flops`` is the matmul
         work of the n images: a part gets a thread of its own only with MIN_PART_FLOPS of
         it, else fewer parts (one: here, with BLAS's own threads)."""
-        count = int(min(self.threads, max(n, 1), max(1, flops // MIN_PART_FLOPS)))
+        count = int(min(self.parts, max(n, 1), max(1, flops // MIN_PART_FLOPS)))
         bounds = np.linspace(0, n, count + 1).astype(int)
         parts: list = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         if len(parts) == 1:
