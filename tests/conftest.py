@@ -35,3 +35,24 @@ def mnist_path() -> Path:
     if directory is None:
         pytest.skip("no MNIST copy: set TWINNET_DATA or place ../shared/mnist")
     return directory
+
+
+LINEAR_PRESETS = """
+[models.linear]
+optimizer = "sgd"
+lr = 0.5
+schedule = "constant"
+steps = 50
+batch_size = 100
+seed = 0
+lr_chosen_by = "a test"
+twins = {tf = "P1:a", numpy = "P2:b"}
+"""
+
+
+@pytest.fixture
+def presets_file(tmp_path) -> Path:
+    """A presets file of the two linear twins at 50 steps: a report of two short runs."""
+    path = tmp_path / "presets.toml"
+    path.write_text(LINEAR_PRESETS)
+    return path

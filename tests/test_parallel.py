@@ -12,18 +12,6 @@ from twinnet.parallel import DIE_ONCE_VARIABLE, WorkerDiedError, retry_or_fail, 
 from twinnet.presets import load_presets
 from twinnet.report import RunJob, generate_report, run_job
 
-PRESETS = """
-[models.linear]
-optimizer = "sgd"
-lr = 0.5
-schedule = "constant"
-steps = 50
-batch_size = 100
-seed = 0
-lr_chosen_by = "a test"
-twins = {tf = "P1:a", numpy = "P2:b"}
-"""
-
 
 @dataclass(frozen=True)
 class Probe:
@@ -59,9 +47,7 @@ def test_a_second_death_names_the_run() -> None:
 
 
 @pytest.mark.slow
-def test_pool_and_in_process_runs_are_bit_identical(tmp_path, mnist_path) -> None:
-    presets_file = tmp_path / "presets.toml"
-    presets_file.write_text(PRESETS)
+def test_pool_and_in_process_runs_are_bit_identical(tmp_path, mnist_path, presets_file) -> None:
     (preset,) = [p for p in load_presets(presets_file) if p.config.backend == "numpy"]
     job = RunJob(preset, str(tmp_path / "run"), str(mnist_path), False)
     [(pooled_job, pooled)] = run_jobs(run_job, [job], workers=2)
@@ -72,9 +58,7 @@ def test_pool_and_in_process_runs_are_bit_identical(tmp_path, mnist_path) -> Non
 
 
 @pytest.mark.slow
-def test_a_killed_local_worker_is_retried(tmp_path, mnist_path, monkeypatch, capfd) -> None:
-    presets_file = tmp_path / "presets.toml"
-    presets_file.write_text(PRESETS)
+def test_a_killed_local_worker_is_retried(tmp_path, mnist_path, monkeypatch, capfd, presets_file) -> None:
     marker = tmp_path / "died"
     monkeypatch.setenv(DIE_ONCE_VARIABLE, str(marker))
     out = tmp_path / "report"

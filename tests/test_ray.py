@@ -17,18 +17,6 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'twin
 
 pytestmark = pytest.mark.slow
 
-PRESETS = """
-[models.linear]
-optimizer = "sgd"
-lr = 0.5
-schedule = "constant"
-steps = 50
-batch_size = 100
-seed = 0
-lr_chosen_by = "a test"
-twins = {tf = "P1:a", numpy = "P2:b"}
-"""
-
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
@@ -43,13 +31,6 @@ def cluster(tmp_path_factory):
             yield marker
         finally:
             ray.shutdown()
-
-
-@pytest.fixture
-def presets_file(tmp_path):
-    path = tmp_path / "presets.toml"
-    path.write_text(PRESETS)
-    return path
 
 
 def weights(run_dir) -> dict[str, np.ndarray]:

@@ -32,7 +32,7 @@ from twinnet import __version__
 from twinnet.config import TrainConfig
 from twinnet.errors import TwinnetError
 from twinnet.models import count_params
-from twinnet.util import open_regular_file, os_reason, write_json_atomic
+from twinnet.util import make_output_folder, open_regular_file, os_reason, write_json_atomic
 from twinnet.weights import save_weights
 
 RUN_FILES = ("weights.npz", "metrics.json", "curves.png", "confusion.png")
@@ -71,13 +71,7 @@ def check_output_dir(directory: str | os.PathLike, needed_bytes: int) -> None:
     """Create ``directory`` if needed and make sure a run can be written into it, before
     any work: it must be a folder (not a file, not under one), writable, its name not too
     long, with at least ``needed_bytes`` free. TwinnetError (one line naming it) if not."""
-    out = Path(directory)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise TwinnetError(f"{out}: cannot write there: not a folder") from None
-    except OSError as exc:
-        raise TwinnetError(f"{out}: cannot create the output folder ({os_reason(exc)})") from None
+    out = make_output_folder(directory)
     try:
         fd, probe = tempfile.mkstemp(prefix=".probe.", dir=out)
         os.close(fd)

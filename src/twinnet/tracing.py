@@ -39,6 +39,7 @@ from twinnet.comparison import (
     tf_pass,
 )
 from twinnet.errors import TwinnetError
+from twinnet.util import make_output_folder
 
 REPO_DERIVATIONS = Path(__file__).resolve().parents[2] / DERIVATIONS
 
@@ -182,7 +183,7 @@ def trace(weights: str | os.PathLike, index: int | None = None, image: str | os.
     model = meta["model"]
     x, label, source = load_image(index, image, data_dir)
     if out is not None:
-        make_folder(Path(out))  # fail before the work, not after
+        make_output_folder(out)  # fail before the work, not after
     label_source = "true label"
     if label is None:
         probe = numpy_pass(model, params, x, np.zeros(1, np.intp), dtype)
@@ -208,18 +209,6 @@ def doc_link(folder: Path) -> str:
     if REPO_DERIVATIONS.is_file():
         return os.path.relpath(REPO_DERIVATIONS, folder.resolve())
     return DERIVATIONS
-
-
-def make_folder(out: Path) -> None:
-    """Create ``out`` (and parents) or raise TwinnetError naming it."""
-    from twinnet.util import os_reason
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise TwinnetError(f"{out}: cannot write: not a folder") from None
-    except OSError as exc:
-        raise TwinnetError(f"{out}: cannot create the folder ({os_reason(exc)})") from None
 
 
 def draw(result: Trace) -> dict[str, Any]:
@@ -248,7 +237,7 @@ def write_trace(result: Trace, out: Path) -> None:
     from twinnet.plots import save_figure
     from twinnet.util import write_json_atomic, write_text_atomic
 
-    make_folder(out)
+    make_output_folder(out)
     for file, fig in result.figures.items():
         save_figure(fig, out / file, dpi=80)
         result.files.append(str(out / file))

@@ -47,6 +47,19 @@ class FileAccessError(TwinnetError):
         self.reason = reason
 
 
+def make_output_folder(directory: str | os.PathLike) -> Path:
+    """Create ``directory`` (and its parents) for outputs, or raise TwinnetError naming it:
+    a file in the way, a part of the path that is not a folder, a name too long."""
+    out = Path(directory)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise TwinnetError(f"{out}: cannot write there: not a folder") from None
+    except OSError as exc:
+        raise TwinnetError(f"{out}: cannot create the output folder ({os_reason(exc)})") from None
+    return out
+
+
 def open_regular_file(path: str | os.PathLike) -> IO[bytes]:
     """Open ``path`` for binary reading, or raise FileAccessError with one short reason:
     no such file, is a directory, not a regular file (device, FIFO, socket), permission
