@@ -33,7 +33,7 @@ from twinnet.config import ConfigError, TrainConfig
 from twinnet.data import TRAIN_SIZE
 from twinnet.errors import TwinnetError
 from twinnet.models import MODEL_NAMES, param_shapes
-from twinnet.util import atomic_path
+from twinnet.util import atomic_path, is_int
 from twinnet.weights import WEIGHTS_ALLOWED, check_params, read_npz
 
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -188,11 +188,3 @@ def expect_keys(table: Any, keys: tuple[str, ...] | set[str], where: str) -> Non
     if extra := sorted(set(table) - set(keys)):
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
         raise ValueError(f"{prefix}unexpected key(s) {shown}"[:300])
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -35,7 +35,7 @@ from twinnet.models import DESCRIPTIONS, MODEL_NAMES, count_params, multiply_add
 from twinnet.parallel import run_jobs
 from twinnet.presets import Preset, load_presets, seed_settings_presets, select
 from twinnet.runs import PLOTS_BYTES, check_output_dir, finished_metrics, lock_run_dir, run_bytes, write_run
-from twinnet.seed_report import load_seed_report, render_seed_section, seed_columns
+from twinnet.seed_report import load_seed_report, percent, render_seed_section, seed_columns
 from twinnet.training import SPLITS, progress_bar, train
 from twinnet.util import write_text_atomic
 
@@ -281,10 +281,6 @@ def interval_95(values: list[float]) -> tuple[float, float, float]:
     mean, std = mean_std(values)
     half = t_quantile_975(len(values) - 1) * std / math.sqrt(len(values))
     return mean, mean - half, mean + half
-
-
-def percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value * 100:.2f}%"
 
 
 def spread(values: list[float]) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 from twinnet.backend import BACKENDS, OPTIMIZERS
 from twinnet.errors import TwinnetError
 from twinnet.models import MODEL_NAMES
+from twinnet.util import is_int, is_number
 
 # Images of each digit 0..9 in MNIST's 10,000-image test set: the row sums of any correct
 # test confusion matrix (rows = true digit).
@@ -168,8 +169,7 @@ KIND_TEXT = {"str": "a string", "bool": "true or false", "positive": "a positive
 
 def _check_value(source: Path, where: str, value: Any, kind: str) -> None:
     """Raise one TwinnetError naming the file and key if ``value`` is not of ``kind`` (KIND_TEXT)."""
-    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    integer = isinstance(value, int) and not isinstance(value, bool)
+    number, integer = is_number(value), is_int(value)
     ok = {
         "str": isinstance(value, str),
         "bool": isinstance(value, bool),

@@ -32,8 +32,6 @@ from twinnet.backend import Backend, load_model
 from twinnet.checkpoint import (
     CheckpointError,
     expect_keys,
-    is_int,
-    is_number,
     load_checkpoint,
     save_checkpoint,
 )
@@ -44,6 +42,7 @@ from twinnet.errors import TwinnetError
 from twinnet.metrics import evaluate
 from twinnet.models import DESCRIPTIONS
 from twinnet.runs import write_run
+from twinnet.util import is_int, is_number
 
 __all__ = ["BatchOrder", "DivergenceError", "TrainConfig", "TrainingInterruptedError",
            "learning_rate", "train"]  # TrainConfig lives in twinnet.config; here for callers' ease
