@@ -12,7 +12,7 @@ import pytest
 
 from twinnet import gradcheck
 from twinnet.models import MODEL_NAMES, init_params, param_shapes
-from twinnet.numpy_nn import SGD, Adam, NumpyModel, softmax_cross_entropy
+from twinnet.numpy_nn import SGD, Adam, NumpyModel, blocks, softmax_cross_entropy
 from twinnet.numpy_nn.blocks import ConvReLUPool, DenseBlock, FlattenBlock
 from twinnet.numpy_nn.kernels import add_bias, im2col_3x3, relu
 from twinnet.numpy_nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
@@ -406,6 +406,21 @@ def test_conv_relu_pool_buffers_follow_the_input_shape() -> None:
         x = rng.standard_normal(shape)
         expected = MaxPool2D().forward(ReLU().forward(Conv2D(W, b).forward(x)))
         np.testing.assert_allclose(block.forward(x), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 1 << 40])  # one image per chunk; all in one
+def test_conv_relu_pool_results_do_not_depend_on_its_chunks(chunk_bytes: int,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(14)
+    W, b = rng.standard_normal((3, 3, 3, 4)), rng.standard_normal(4)
+    x, dout = rng.standard_normal((5, 6, 8, 3)), rng.standard_normal((5, 3, 4, 4))
+    out, dx, grads = _compose([Conv2D(W, b), ReLU(), MaxPool2D()], x, dout)
+    monkeypatch.setattr(blocks, "CHUNK_BYTES", chunk_bytes)
+    block = ConvReLUPool("conv", W, b)
+    _assert_close(block.forward(x), out)
+    block.forward(rng.standard_normal((9, 6, 8, 3)), train=False)  # reuses the work arrays
+    _assert_close(block.backward(dout.copy()), dx)
+    _assert_close(block.grads["conv/W"], grads["W"])
 
 
 @pytest.mark.parametrize("c_in", [1, 3])

@@ -153,7 +153,7 @@ def _kink_pattern(parts: list) -> Callable[[], bytes]:
         if isinstance(part, MaxPool2D):
             return [part.routing]
         if isinstance(part, ConvReLUPool):
-            return [part.cache[2], part.cache[3]]  # arg-max routing, ReLU mask
+            return [part.cache[1], part.cache[2]]  # arg-max routing, ReLU mask
         if isinstance(part, DenseBlock) and part.relu:
             return [part.cache[1]]
         return []

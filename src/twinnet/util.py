@@ -205,8 +205,13 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def chunk_slices(n: int, size: int) -> list[slice]:
+    """slice(0, size), slice(size, 2*size), ... covering range(n); the last may be shorter."""
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
 def in_chunks(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, size: int) -> np.ndarray:
     """``fn`` applied to x[0:size], x[size:2*size], ... and the results concatenated along
     axis 0: the one place where work on many images is cut to bound memory. x has at
     least one row."""
-    return np.concatenate([fn(x[i:i + size]) for i in range(0, len(x), size)])
+    return np.concatenate([fn(x[part]) for part in chunk_slices(len(x), size)])

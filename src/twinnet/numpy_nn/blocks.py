@@ -22,6 +22,7 @@ import numpy as np
 
 from twinnet.numpy_nn.kernels import (
     PaddedBuffer,
+    Scratch,
     add_bias,
     column_sums,
     im2col_3x3,
@@ -29,6 +30,14 @@ from twinnet.numpy_nn.kernels import (
     relu,
     window_major_view,
 )
+from twinnet.util import chunk_slices
+
+# A conv block runs its batch in chunks of images whose largest work array (an im2col
+# matrix or a conv output) fits in CHUNK_BYTES: each array is then written and read back
+# in the core's own caches rather than through memory, which the other core shares, while
+# chunks stay few enough that their per-operation costs (and, with threads, hand-offs of
+# the GIL) stay small (docs/performance.md, "Chunks").
+CHUNK_BYTES = 2 << 20
 
 
 class ConvReLUPool:
@@ -44,6 +53,11 @@ class ConvReLUPool:
     position of a window, so max(z + b) = max(z) + b, and ReLU is monotonic, so
     relu(max(z)) = max(relu(z)) (docs/derivations.md, section 5, for why the gradients
     are the reference layers' too). In training the ReLU mask is kept at that size.
+
+    The batch runs in chunks of ``chunk_size`` images, in order, with work arrays reused
+    from call to call; training keeps the input, and the backward pass rebuilds each
+    chunk's im2col matrix rather than keeping all of them. The chunks' weight gradients
+    are summed in chunk order.
     """
 
     def __init__(self, name: str, W: np.ndarray, b: np.ndarray, needs_input_grad: bool = True) -> None:
@@ -55,37 +69,62 @@ class ConvReLUPool:
         self.grads: dict[str, np.ndarray] = {}
         self._xpad = PaddedBuffer()
         self._dzpad = PaddedBuffer()
+        self._scratch = Scratch()
+
+    def chunk_size(self, h: int, w: int, itemsize: int) -> int:
+        """Images per chunk for inputs of h x w pixels: CHUNK_BYTES over the larger of one
+        image's im2col matrix and conv output."""
+        c_in, c_out = self.W.shape[2:]
+        return max(1, CHUNK_BYTES // (h * w * max(9 * c_in, c_out) * itemsize))
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
-        n, h, w, c_in = x.shape
+        n, h, w, _ = x.shape
         if h % 2 or w % 2:
             raise ValueError(f"{self.name}: max-pooling needs even height and width, got {h}x{w}")
-        c_out = self.W.shape[3]
-        cols = im2col_3x3(self._xpad.fill(x), pool_order=True)
-        z = (cols @ self.W.reshape(9 * c_in, c_out)).reshape(4, n, h // 2, w // 2, c_out)
-        routing = np.empty(z.shape, dtype=bool) if train else None
-        pooled = add_bias(max_pool_blocks(z, routing), self.b)
+        pooled_shape = (n, h // 2, w // 2, self.W.shape[3])
+        pooled = np.empty(pooled_shape, dtype=x.dtype)
+        routing = self._scratch.get("routing", (4, *pooled_shape), np.dtype(bool)) if train else None
+        for part in chunk_slices(n, self.chunk_size(h, w, x.dtype.itemsize)):
+            z = self._conv_window_major(x[part])
+            max_pool_blocks(z, None if routing is None else routing[:, part], out=pooled[part])
+        add_bias(pooled, self.b)
         if train:
-            self.cache = (cols, x.shape, routing, pooled > 0)
+            self.cache = (x, routing, pooled > 0)
         return relu(pooled, out=pooled)
 
+    def _conv_window_major(self, x: np.ndarray) -> np.ndarray:
+        """conv(x) without the bias, window-major: x (M, H, W, C_in) -> z (4, M, H/2, W/2,
+        C_out), a work array that the next call overwrites."""
+        m, h, w, c_in = x.shape
+        c_out = self.W.shape[3]
+        cols = im2col_3x3(self._xpad.fill(x), pool_order=True, scratch=self._scratch)
+        z = self._scratch.get("z", (4, m, h // 2, w // 2, c_out), x.dtype)
+        np.matmul(cols, self.W.reshape(9 * c_in, c_out), out=z.reshape(-1, c_out))
+        return z
+
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
-        cols, (n, h, w, c_in), routing, positive = self.cache
+        x, routing, positive = self.cache
+        n, h, w, c_in = x.shape
         c_out = self.W.shape[3]
         dpooled = dout * positive  # through the ReLU
-        dz = dpooled[None] * routing  # each window's gradient to its first maximum
-        dz2d = dz.reshape(-1, c_out)  # rows in the order of cols'
-        self.grads = {f"{self.name}/W": (cols.T @ dz2d).reshape(self.W.shape),
-                      f"{self.name}/b": column_sums(dpooled.reshape(-1, c_out))}
-        if not self.needs_input_grad:
-            return None
+        dW = np.zeros((9 * c_in, c_out), dtype=dout.dtype)
+        dx = np.empty(x.shape, dtype=dout.dtype) if self.needs_input_grad else None
         # dx = 'same' correlation of dz (NHWC) with W_flip[p, q, o, c] = W[2-p, 2-q, c, o].
-        # dz goes from window-major straight into the padded buffer's interior.
-        window_major_view(self._dzpad.interior((n, h, w, c_out), dz.dtype))[...] = (
-            dz.reshape(2, 2, n, h // 2, w // 2, c_out))
-        w_flip = np.ascontiguousarray(self.W[::-1, ::-1].transpose(0, 1, 3, 2))
-        dx = im2col_3x3(self._dzpad.array) @ w_flip.reshape(9 * c_out, c_in)
-        return dx.reshape(n, h, w, c_in)
+        w_flip = np.ascontiguousarray(self.W[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(9 * c_out, c_in)
+        for part in chunk_slices(n, self.chunk_size(h, w, dout.dtype.itemsize)):
+            m = part.stop - part.start
+            dz = self._scratch.get("dz", (4, m, h // 2, w // 2, c_out), dout.dtype)
+            np.multiply(dpooled[part], routing[:, part], out=dz)  # to each window's first maximum
+            cols = im2col_3x3(self._xpad.fill(x[part]), pool_order=True, scratch=self._scratch)
+            dW += cols.T @ dz.reshape(-1, c_out)  # rows in the order of cols'
+            if dx is not None:
+                # dz goes from window-major straight into the padded buffer's interior.
+                dzpad = self._dzpad.padded((m, h, w, c_out), dz.dtype)
+                window_major_view(dzpad[:, 1:-1, 1:-1, :])[...] = dz.reshape(2, 2, m, h // 2, w // 2, c_out)
+                np.matmul(im2col_3x3(dzpad, scratch=self._scratch), w_flip, out=dx[part].reshape(-1, c_in))
+        self.grads = {f"{self.name}/W": dW.reshape(self.W.shape),
+                      f"{self.name}/b": column_sums(dpooled.reshape(-1, c_out))}
+        return dx
 
 
 class DenseBlock:

@@ -60,31 +60,54 @@ def column_sums(a: np.ndarray) -> np.ndarray:
     return np.ones(a.shape[0], dtype=a.dtype) @ a
 
 
+class Scratch:
+    """Named work arrays that a block reuses from call to call, each grown as needed.
+
+    A fresh array of a megabyte or more is fresh memory from the OS, whose page faults
+    and zeroing cost about a tenth of a cnn step; a reused one is also still in cache.
+    An array from ``get`` is overwritten by the next ``get`` of the same name.
+    """
+
+    def __init__(self) -> None:
+        self._flat: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An uninitialised C-contiguous array of ``shape`` and ``dtype``."""
+        size = math.prod(shape)
+        flat = self._flat.get(name)
+        if flat is None or flat.size < size or flat.dtype != dtype:
+            flat = self._flat[name] = np.empty(size, dtype=dtype)
+        return flat[:size].reshape(shape)
+
+
 class PaddedBuffer:
-    """A zero-bordered (N, H+2, W+2, C) array reused across calls of the same shape.
+    """A zero-bordered (N, H+2, W+2, C) array reused across calls, grown as needed.
 
     The one-pixel border is zeroed once and never written again, so each call copies only
-    the interior: cheaper than ``np.pad``, which allocates and zeroes every time.
+    the interior: cheaper than ``np.pad``, which allocates and zeroes every time. Images
+    are padded one by one, so the first n images of a larger buffer serve a batch of n.
     """
 
     def __init__(self) -> None:
         self.array: np.ndarray | None = None
 
-    def interior(self, shape: tuple[int, int, int, int], dtype: np.dtype) -> np.ndarray:
-        """The (N, H, W, C) interior view of a buffer for images of ``shape``."""
+    def padded(self, shape: tuple[int, int, int, int], dtype: np.dtype) -> np.ndarray:
+        """The (N, H+2, W+2, C) buffer for images of ``shape`` (N, H, W, C); only its
+        interior may be written."""
         n, h, w, c = shape
-        padded = (n, h + 2, w + 2, c)
-        if self.array is None or self.array.shape != padded or self.array.dtype != dtype:
-            self.array = np.zeros(padded, dtype=dtype)
-        return self.array[:, 1:-1, 1:-1, :]
+        a = self.array
+        if a is None or len(a) < n or a.shape[1:] != (h + 2, w + 2, c) or a.dtype != dtype:
+            a = self.array = np.zeros((n, h + 2, w + 2, c), dtype=dtype)
+        return a[:n]
 
     def fill(self, x: np.ndarray) -> np.ndarray:
         """x (N, H, W, C) copied into the buffer; returns the padded (N, H+2, W+2, C) array."""
-        self.interior(x.shape, x.dtype)[...] = x
-        return self.array
+        padded = self.padded(x.shape, x.dtype)
+        padded[:, 1:-1, 1:-1, :] = x
+        return padded
 
 
-def im2col_3x3(xpad: np.ndarray, pool_order: bool = False) -> np.ndarray:
+def im2col_3x3(xpad: np.ndarray, pool_order: bool = False, scratch: Scratch | None = None) -> np.ndarray:
     """The im2col matrix of ``layers.im2col_3x3``, built with long contiguous copies.
 
     xpad (N, H+2, W+2, C) C-contiguous -> cols (N*H*W, 9*C), columns in (p, q, c) order.
@@ -100,6 +123,8 @@ def im2col_3x3(xpad: np.ndarray, pool_order: bool = False) -> np.ndarray:
     For C = 1 the matrix is built tap-major, (9, rows), and returned as its transpose (a
     Fortran-ordered view that BLAS reads without a copy): a row-major copy would move
     runs one float long.
+
+    With ``scratch`` the matrix is its "cols" array, overwritten by the next call.
     """
     n, hp, wp, c = xpad.shape
     h, w = hp - 2, wp - 2
@@ -113,7 +138,7 @@ def im2col_3x3(xpad: np.ndarray, pool_order: bool = False) -> np.ndarray:
         taps = windows.transpose(3, 4, 0, 1, 2)  # (3, 3, N, H, W)
         if pool_order:
             taps = taps.reshape(3, 3, n, h // 2, 2, w // 2, 2).transpose(0, 1, 4, 6, 2, 3, 5)
-        cols_t = np.empty(taps.shape, dtype=xpad.dtype)
+        cols_t = _empty(taps.shape, xpad.dtype, scratch)
         np.copyto(cols_t, taps)
         return cols_t.reshape(9, -1).T
     # windows[n, i, j, p, q*C + c] = xpad[n, i+p, j+q, c]: the last axis is contiguous.
@@ -121,9 +146,13 @@ def im2col_3x3(xpad: np.ndarray, pool_order: bool = False) -> np.ndarray:
                          writeable=False)
     if pool_order:
         windows = windows.reshape(n, h // 2, 2, w // 2, 2, 3, 3 * c).transpose(2, 4, 0, 1, 3, 5, 6)
-    cols = np.empty(windows.shape, dtype=xpad.dtype)
+    cols = _empty(windows.shape, xpad.dtype, scratch)
     np.copyto(cols, windows)
     return cols.reshape(-1, 9 * c)
+
+
+def _empty(shape: tuple[int, ...], dtype: np.dtype, scratch: Scratch | None) -> np.ndarray:
+    return np.empty(shape, dtype=dtype) if scratch is None else scratch.get("cols", shape, dtype)
 
 
 def window_major_view(x: np.ndarray) -> np.ndarray:
@@ -133,15 +162,18 @@ def window_major_view(x: np.ndarray) -> np.ndarray:
     return x.reshape(n, h // 2, 2, w // 2, 2, c).transpose(2, 4, 0, 1, 3, 5)
 
 
-def max_pool_blocks(z: np.ndarray, routing: np.ndarray | None = None) -> np.ndarray:
-    """2x2 max-pooling of a window-major z (4, N, H/2, W/2, C) -> (N, H/2, W/2, C).
+def max_pool_blocks(z: np.ndarray, routing: np.ndarray | None = None,
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """2x2 max-pooling of a window-major z (4, N, H/2, W/2, C) -> (N, H/2, W/2, C), into
+    ``out`` if given.
 
     Three elementwise maxima of contiguous blocks: faster than a reduction over strided
-    window axes. If ``routing`` (bool, z's shape) is given it receives the first-arg-max
-    mask of each window (window order (0,0), (0,1), (1,0), (1,1), as MaxPool2D).
+    window axes. If ``routing`` (bool, z's shape, each ``routing[k]`` contiguous) is given
+    it receives the first-arg-max mask of each window (window order (0,0), (0,1), (1,0),
+    (1,1), as MaxPool2D).
     """
     a, b, c, d = z
-    out = np.maximum(a, b)
+    out = np.maximum(a, b, out=out)
     np.maximum(out, c, out=out)
     np.maximum(out, d, out=out)
     if routing is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from functools import cache
 
@@ -26,11 +26,9 @@ from twinnet.numpy_nn.optimizers import make_optimizer
 from twinnet.util import in_chunks
 from twinnet.weights import check_params
 
-# Inference runs the blocks before Flatten (on images) in chunks whose largest array stays
-# near IMAGE_CHUNK_BYTES, inside the CPU caches, and the blocks from Flatten on (dense
-# layers) in chunks of up to MAX_EVAL_CHUNK images, where larger matmuls run nearer the
-# BLAS peak (docs/performance.md, "Inference chunks").
-IMAGE_CHUNK_BYTES = 3 << 20
+# Inference runs the blocks on up to MAX_EVAL_CHUNK images at a time: memory stays bounded,
+# and the dense layers' matmuls are large enough to run near the BLAS peak (the conv
+# blocks cut their input into smaller chunks themselves; docs/performance.md, "Chunks").
 MAX_EVAL_CHUNK = 1000
 # Splitting a batch over Python threads pays where the blocks do much work outside BLAS
 # (im2col copies, pooling, masks: the conv blocks), which BLAS's own threads leave on one
@@ -85,19 +83,6 @@ def reference_layers(model_name: str, params: dict[str, np.ndarray]) -> list[tup
         else:
             built.append((None, layers.ReLU() if isinstance(spec, models.ReLU) else layers.Flatten()))
     return built
-
-
-def image_chunk(model_name: str, itemsize: int = 4) -> int:
-    """Images per inference chunk for the blocks before Flatten: IMAGE_CHUNK_BYTES over the
-    largest per-image array there (an im2col matrix, a conv output or the input)."""
-    largest = 1
-    for step in models.walk(model_name):
-        if isinstance(step.layer, models.Flatten):
-            break
-        largest = max(largest, np.prod(step.inp), np.prod(step.out))
-        if isinstance(step.layer, models.Conv2D):
-            largest = max(largest, np.prod(step.out[:2]) * step.layer.size**2 * step.layer.c_in)
-    return int(max(1, min(MAX_EVAL_CHUNK, IMAGE_CHUNK_BYTES // (largest * itemsize))))
 
 
 @cache
@@ -191,19 +176,24 @@ class NumpyModel:
     # -- running the blocks on every thread ---------------------------------------
 
     def _on_threads(self, work: Callable[[list[Block], slice], object], n: int, flops: float) -> list:
-        """``work(blocks, part)`` for contiguous parts of range(n) images, one per thread,
-        each thread with its own blocks; results in part order. ``flops`` is the matmul
-        work of the n images: a part gets a thread of its own only with MIN_PART_FLOPS of
-        it, else fewer parts (one: here, with BLAS's own threads)."""
+        """``work(blocks, part)`` for contiguous parts of range(n) images, one per thread
+        (the first on the calling thread, the rest on a pool), each thread with its own
+        blocks; results in part order. ``flops`` is the matmul work of the n images: a part
+        gets a thread of its own only with MIN_PART_FLOPS of it, else fewer parts (one:
+        here, with BLAS's own threads)."""
         count = int(min(self.parts, max(n, 1), max(1, flops // MIN_PART_FLOPS)))
         bounds = np.linspace(0, n, count + 1).astype(int)
         parts: list = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         if len(parts) == 1:
             return [work(self.blocks, parts[0])]
         with one_blas_thread():
-            futures = [_thread_pool(self.threads).submit(work, blocks, part)
-                       for blocks, part in zip(self._replicas, parts, strict=False)]
-            return [future.result() for future in futures]
+            futures = [_thread_pool(self.threads - 1).submit(work, blocks, part)
+                       for blocks, part in zip(self._replicas[1:], parts[1:], strict=False)]
+            try:
+                first = work(self._replicas[0], parts[0])
+            finally:
+                wait(futures)
+            return [first, *(future.result() for future in futures)]
 
     def _inputs(self, x: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         x = np.asarray(x, dtype=self.dtype)
@@ -237,12 +227,9 @@ class NumpyModel:
         x, _ = self._inputs(x)
         if len(x) == 0:
             return np.zeros((0, models.NUM_CLASSES), dtype=self.dtype)
-        flat = next(i for i, block in enumerate(self.blocks) if isinstance(block, FlattenBlock))
-        chunk = image_chunk(self.model_name, self.dtype.itemsize)
 
         def part_logits(blocks: list[Block], part: slice) -> np.ndarray:
-            features = in_chunks(lambda c: forward(blocks[:flat], c, train=False), x[part], chunk)
-            return in_chunks(lambda c: forward(blocks[flat:], c, train=False), features, MAX_EVAL_CHUNK)
+            return in_chunks(lambda c: forward(blocks, c, train=False), x[part], MAX_EVAL_CHUNK)
 
         return np.concatenate(self._on_threads(part_logits, len(x), self._flops_per_image * len(x)))
 
