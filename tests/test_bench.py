@@ -36,6 +36,14 @@ def test_every_timing_names_the_cpu_and_its_simd_level():
     assert "kernels" in table  # the BLAS kernel architecture in use
 
 
+def test_a_pinned_blas_kernel_is_named_with_how_to_lift_it(monkeypatch: pytest.MonkeyPatch):
+    results = run_bench(["linear"], ["numpy"], batch_size=10, repeats=1, steps=2)
+    results["environment"].pop("OPENBLAS_CORETYPE", None)
+    assert "OPENBLAS_CORETYPE=" not in format_bench(results)
+    results["environment"]["OPENBLAS_CORETYPE"] = "Haswell"
+    assert "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE twinnet bench" in format_bench(results)
+
+
 def test_block_timings_cover_every_parameter_block_with_its_flops():
     from twinnet.bench import format_blocks, time_blocks
 

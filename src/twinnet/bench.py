@@ -73,7 +73,7 @@ def blas_info() -> dict[str, Any]:
     pools = [p for p in threadpool_info() if p["user_api"] == "blas"]
     info["blas_threads"] = {p["internal_api"]: p["num_threads"] for p in pools}
     info["blas_kernel"] = ", ".join(str(p.get("architecture")) for p in pools) or "unknown"
-    for name in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS"):
+    for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS"):
         if os.environ.get(name):
             info[name] = os.environ[name]
     return info
@@ -153,6 +153,10 @@ def format_bench(results: dict[str, Any]) -> str:
         + (f"; TensorFlow {env['tensorflow']}, intra-op threads: {env['tf_intra_op_threads']}"
            if "tensorflow" in env else ""),
     ]
+    if env.get("OPENBLAS_CORETYPE"):
+        lines.append(f"OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']} picks NumPy's BLAS kernels (some "
+                     "machines set it for older OpenBLAS builds); to time NumPy's own choice, run: "
+                     "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE twinnet bench ...")
     if env.get("load_average") is not None:
         lines.append(f"load average before the run: {env['load_average']:.2f} "
                      "(above ~0.5 other work was competing for the cores)")
