@@ -17,6 +17,7 @@ from twinnet.numpy_nn.blocks import ConvReLUPool, DenseBlock, FlattenBlock
 from twinnet.numpy_nn.kernels import add_bias, im2col_3x3, relu
 from twinnet.numpy_nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from twinnet.numpy_nn.network import forward
+from twinnet.util import chunk_slices
 from twinnet.weights import WeightsError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -406,6 +407,15 @@ def test_conv_relu_pool_buffers_follow_the_input_shape() -> None:
         x = rng.standard_normal(shape)
         expected = MaxPool2D().forward(ReLU().forward(Conv2D(W, b).forward(x)))
         np.testing.assert_allclose(block.forward(x), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("n", "size"), [(50, 41), (50, 18), (7, 100), (1, 1), (10, 3), (6, 2)])
+def test_chunks_cover_the_batch_in_order_evenly(n: int, size: int) -> None:
+    parts = chunk_slices(n, size)
+    assert [i for part in parts for i in range(n)[part]] == list(range(n))
+    lengths = [part.stop - part.start for part in parts]
+    assert max(lengths) <= size and max(lengths) - min(lengths) <= 1
+    assert len(parts) == -(-n // size)
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 1 << 40])  # one image per chunk; all in one

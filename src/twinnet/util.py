@@ -206,12 +206,15 @@ def is_number(value: Any) -> bool:
 
 
 def chunk_slices(n: int, size: int) -> list[slice]:
-    """slice(0, size), slice(size, 2*size), ... covering range(n); the last may be shorter."""
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+    """Consecutive slices covering range(n), as few as hold at most ``size`` each, their
+    lengths differing by at most one (n = 50, size = 41: 25 and 25)."""
+    count = -(-n // size)
+    bounds = [i * n // count for i in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def in_chunks(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, size: int) -> np.ndarray:
-    """``fn`` applied to x[0:size], x[size:2*size], ... and the results concatenated along
-    axis 0: the one place where work on many images is cut to bound memory. x has at
-    least one row."""
+    """``fn`` applied to consecutive chunks of at most ``size`` rows of x (``chunk_slices``)
+    and the results concatenated along axis 0: the one place where work on many images is
+    cut to bound memory. x has at least one row."""
     return np.concatenate([fn(x[part]) for part in chunk_slices(len(x), size)])
