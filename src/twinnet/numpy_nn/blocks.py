@@ -107,24 +107,34 @@ class ConvReLUPool:
         n, h, w, c_in = x.shape
         c_out = self.W.shape[3]
         dpooled = dout * positive  # through the ReLU
-        dW = np.zeros((9 * c_in, c_out), dtype=dout.dtype)
-        dx = np.empty(x.shape, dtype=dout.dtype) if self.needs_input_grad else None
-        # dx = 'same' correlation of dz (NHWC) with W_flip[p, q, o, c] = W[2-p, 2-q, c, o].
-        w_flip = np.ascontiguousarray(self.W[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(9 * c_out, c_in)
+        if self.needs_input_grad:
+            # dW from the im2col matrix of the padded dz that dx needs anyway (derivations,
+            # section 5): dW[p, q, c, o] = (x2d.T @ dzcols)[c, 2-p, 2-q, o].
+            dW_flip = np.zeros((c_in, 9 * c_out), dtype=dout.dtype)
+            dx = np.empty(x.shape, dtype=dout.dtype)
+            # dx = 'same' correlation of dz (NHWC) with W_flip[p, q, o, c] = W[2-p, 2-q, c, o].
+            w_flip = np.ascontiguousarray(self.W[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(9 * c_out, c_in)
+        else:
+            dW = np.zeros((9 * c_in, c_out), dtype=dout.dtype)
         for part in chunk_slices(n, self.chunk_size(h, w, dout.dtype.itemsize)):
             m = part.stop - part.start
             dz = self._scratch.get("dz", (4, m, h // 2, w // 2, c_out), dout.dtype)
             np.multiply(dpooled[part], routing[:, part], out=dz)  # to each window's first maximum
-            cols = im2col_3x3(self._xpad.fill(x[part]), pool_order=True, scratch=self._scratch)
-            dW += cols.T @ dz.reshape(-1, c_out)  # rows in the order of cols'
-            if dx is not None:
+            if self.needs_input_grad:
                 # dz goes from window-major straight into the padded buffer's interior.
                 dzpad = self._dzpad.padded((m, h, w, c_out), dz.dtype)
                 window_major_view(dzpad[:, 1:-1, 1:-1, :])[...] = dz.reshape(2, 2, m, h // 2, w // 2, c_out)
-                np.matmul(im2col_3x3(dzpad, scratch=self._scratch), w_flip, out=dx[part].reshape(-1, c_in))
-        self.grads = {f"{self.name}/W": dW.reshape(self.W.shape),
+                dzcols = im2col_3x3(dzpad, scratch=self._scratch)
+                np.matmul(dzcols, w_flip, out=dx[part].reshape(-1, c_in))
+                dW_flip += x[part].reshape(-1, c_in).T @ dzcols
+            else:
+                cols = im2col_3x3(self._xpad.fill(x[part]), pool_order=True, scratch=self._scratch)
+                dW += cols.T @ dz.reshape(-1, c_out)  # rows in the order of cols'
+        if self.needs_input_grad:
+            dW = dW_flip.reshape(c_in, 3, 3, c_out)[:, ::-1, ::-1].transpose(1, 2, 0, 3)
+        self.grads = {f"{self.name}/W": np.ascontiguousarray(dW).reshape(self.W.shape),
                       f"{self.name}/b": column_sums(dpooled.reshape(-1, c_out))}
-        return dx
+        return dx if self.needs_input_grad else None
 
 
 class DenseBlock:
