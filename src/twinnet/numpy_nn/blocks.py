@@ -55,8 +55,9 @@ class ConvReLUPool:
     are the reference layers' too). In training the ReLU mask is kept at that size.
 
     The batch runs in chunks of ``chunk_size`` images, in order, with work arrays reused
-    from call to call; training keeps the input, and the backward pass rebuilds each
-    chunk's im2col matrix rather than keeping all of them. The chunks' weight gradients
+    from call to call. The backward pass takes dW from the im2col matrix of the padded
+    dz, which dx needs anyway (derivations, section 5); the first block, which computes
+    no dx, keeps its forward im2col matrices for dW instead. The chunks' weight gradients
     are summed in chunk order.
     """
 
@@ -84,26 +85,25 @@ class ConvReLUPool:
         pooled_shape = (n, h // 2, w // 2, self.W.shape[3])
         pooled = np.empty(pooled_shape, dtype=x.dtype)
         routing = self._scratch.get("routing", (4, *pooled_shape), np.dtype(bool)) if train else None
+        # Without an input gradient to compute, the backward pass takes dW from these.
+        kept_cols: list[np.ndarray] | None = [] if train and not self.needs_input_grad else None
+        c_out = self.W.shape[3]
         for part in chunk_slices(n, self.chunk_size(h, w, x.dtype.itemsize)):
-            z = self._conv_window_major(x[part])
+            m = part.stop - part.start
+            cols = im2col_3x3(self._xpad.fill(x[part]), pool_order=True,
+                              scratch=None if kept_cols is not None else self._scratch)
+            z = self._scratch.get("z", (4, m, h // 2, w // 2, c_out), x.dtype)  # window-major
+            np.matmul(cols, self.W.reshape(-1, c_out), out=z.reshape(-1, c_out))
             max_pool_blocks(z, None if routing is None else routing[:, part], out=pooled[part])
+            if kept_cols is not None:
+                kept_cols.append(cols)
         add_bias(pooled, self.b)
         if train:
-            self.cache = (x, routing, pooled > 0)
+            self.cache = (x, routing, pooled > 0, kept_cols)
         return relu(pooled, out=pooled)
 
-    def _conv_window_major(self, x: np.ndarray) -> np.ndarray:
-        """conv(x) without the bias, window-major: x (M, H, W, C_in) -> z (4, M, H/2, W/2,
-        C_out), a work array that the next call overwrites."""
-        m, h, w, c_in = x.shape
-        c_out = self.W.shape[3]
-        cols = im2col_3x3(self._xpad.fill(x), pool_order=True, scratch=self._scratch)
-        z = self._scratch.get("z", (4, m, h // 2, w // 2, c_out), x.dtype)
-        np.matmul(cols, self.W.reshape(9 * c_in, c_out), out=z.reshape(-1, c_out))
-        return z
-
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
-        x, routing, positive = self.cache
+        x, routing, positive, kept_cols = self.cache
         n, h, w, c_in = x.shape
         c_out = self.W.shape[3]
         dpooled = dout * positive  # through the ReLU
@@ -116,7 +116,7 @@ class ConvReLUPool:
             w_flip = np.ascontiguousarray(self.W[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(9 * c_out, c_in)
         else:
             dW = np.zeros((9 * c_in, c_out), dtype=dout.dtype)
-        for part in chunk_slices(n, self.chunk_size(h, w, dout.dtype.itemsize)):
+        for i, part in enumerate(chunk_slices(n, self.chunk_size(h, w, dout.dtype.itemsize))):
             m = part.stop - part.start
             dz = self._scratch.get("dz", (4, m, h // 2, w // 2, c_out), dout.dtype)
             np.multiply(dpooled[part], routing[:, part], out=dz)  # to each window's first maximum
@@ -128,8 +128,7 @@ class ConvReLUPool:
                 np.matmul(dzcols, w_flip, out=dx[part].reshape(-1, c_in))
                 dW_flip += x[part].reshape(-1, c_in).T @ dzcols
             else:
-                cols = im2col_3x3(self._xpad.fill(x[part]), pool_order=True, scratch=self._scratch)
-                dW += cols.T @ dz.reshape(-1, c_out)  # rows in the order of cols'
+                dW += kept_cols[i].T @ dz.reshape(-1, c_out)  # rows in the order of cols'
         if self.needs_input_grad:
             dW = dW_flip.reshape(c_in, 3, 3, c_out)[:, ::-1, ::-1].transpose(1, 2, 0, 3)
         self.grads = {f"{self.name}/W": np.ascontiguousarray(dW).reshape(self.W.shape),
