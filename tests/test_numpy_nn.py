@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 
 from twinnet import gradcheck
 from twinnet.models import MODEL_NAMES, init_params, param_shapes
-from twinnet.numpy_nn import SGD, Adam, NumpyModel, blocks, softmax_cross_entropy
+from twinnet.numpy_nn import SGD, Adam, NumpyModel, blocks, helpers, softmax_cross_entropy
 from twinnet.numpy_nn.blocks import ConvReLUPool, DenseBlock, FlattenBlock
 from twinnet.numpy_nn.kernels import add_bias, im2col_3x3, relu
 from twinnet.numpy_nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
@@ -525,6 +526,59 @@ def test_threaded_training_is_deterministic() -> None:
         runs.append(model.params)
     for key, p in runs[0].items():
         np.testing.assert_array_equal(p, runs[1][key])
+
+
+def _train_three_steps(model: NumpyModel) -> tuple[list, dict[str, np.ndarray], np.ndarray]:
+    x, y = _batch(100, seed=5)
+    steps = [model.train_step(x, y, 1e-3) for _ in range(3)]
+    return steps, model.params, model.logits(x)
+
+
+def _assert_same_run(a: tuple, b: tuple) -> None:
+    assert a[0] == b[0]
+    for key, p in a[1].items():
+        np.testing.assert_array_equal(p, b[1][key])
+    np.testing.assert_array_equal(a[2], b[2])
+
+
+@pytest.mark.skipif(not helpers.available(), reason="helper processes need POSIX")
+def test_helper_processes_compute_what_threads_compute(monkeypatch: pytest.MonkeyPatch) -> None:
+    with_helpers = NumpyModel("cnn", init_params("cnn", 3), optimizer="adam", threads=2)
+    run_helpers = _train_three_steps(with_helpers)
+    assert with_helpers._helpers is not None  # the second part ran in a helper process
+    monkeypatch.setattr(helpers, "available", lambda: False)
+    with_threads = NumpyModel("cnn", init_params("cnn", 3), optimizer="adam", threads=2)
+    _assert_same_run(run_helpers, _train_three_steps(with_threads))
+    assert with_threads._helpers is None and with_threads._replicas is not None
+
+
+@pytest.mark.skipif(not helpers.available(), reason="helper processes need POSIX")
+def test_a_helper_that_dies_hands_its_part_to_a_thread(caplog: pytest.LogCaptureFixture) -> None:
+    model = NumpyModel("cnn", init_params("cnn", 3), optimizer="adam", threads=2)
+    reference = NumpyModel("cnn", init_params("cnn", 3), optimizer="adam", threads=2)
+    x, y = _batch(100, seed=5)
+    for m in (model, reference):
+        m.train_step(x, y, 1e-3)
+    model._helpers[0].process.kill()
+    model._helpers[0].process.wait()
+    with caplog.at_level("WARNING"):
+        _assert_same_run(_train_three_steps(model), _train_three_steps(reference))
+    assert "run on threads" in caplog.text and model._helpers is None
+
+
+@pytest.mark.skipif(not helpers.available(), reason="helper processes need POSIX")
+def test_a_helper_reports_its_errors_and_leaves_no_files() -> None:
+    before = set(os.listdir(helpers.SHARED_DIR or tempfile.gettempdir()))
+    model = NumpyModel("cnn", init_params("cnn", 3), threads=2)
+    _train_three_steps(model)
+    assert set(os.listdir(helpers.SHARED_DIR or tempfile.gettempdir())) == before  # unlinked at once
+    worker = model._helpers[0]
+    with worker.lock:
+        worker.send(("logits", -1, 1))  # a model the helper does not know
+        with pytest.raises(helpers.HelperError, match="KeyError: -1"):
+            worker.receive()
+    helpers.close_helpers()
+    assert worker.process.poll() is not None
 
 
 def test_logits_of_no_images() -> None:

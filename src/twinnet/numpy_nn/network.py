@@ -2,15 +2,19 @@
 
 The network is one list of blocks (``blocks.py``) built from the model's spec. Training
 and inference run the same list; inference passes ``train=False``. Both use every core:
-the cnn's batch is split into one contiguous part per thread, each thread runs the
-blocks on its part with single-threaded BLAS, and the parts' gradients are added in a
-fixed order, so the same seed, thread count and machine give the same bits; the dense
-models leave the cores to BLAS's own threads.
+the cnn's batch is split into one contiguous part per core, the first run on the calling
+thread and the others in helper processes (``helpers.py``; threads where there are
+none), each with single-threaded BLAS, and the parts' gradients are added in a fixed
+order, so the same seed, thread count and machine give the same bits; the dense models
+leave the cores to BLAS's own threads.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -19,7 +23,7 @@ from functools import cache
 import numpy as np
 
 from twinnet import models
-from twinnet.numpy_nn import layers
+from twinnet.numpy_nn import helpers, layers
 from twinnet.numpy_nn.blocks import Block, ConvReLUPool, DenseBlock, FlattenBlock
 from twinnet.numpy_nn.losses import softmax_cross_entropy
 from twinnet.numpy_nn.optimizers import make_optimizer
@@ -85,6 +89,23 @@ def reference_layers(model_name: str, params: dict[str, np.ndarray]) -> list[tup
     return built
 
 
+def _forget(workers: list[helpers.Helper], key: int) -> None:
+    """Tell the helpers that a model is gone (they drop its blocks and shared memory)."""
+    for worker in workers:
+        try:
+            with worker.lock:
+                worker.send(("forget", key))
+        except helpers.HelperError:
+            pass
+
+
+def _receive_or_error(worker: helpers.Helper) -> tuple | Exception:
+    try:
+        return worker.receive()
+    except helpers.HelperError as exc:
+        return exc
+
+
 @cache
 def _thread_pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="twinnet-numpy")
@@ -131,6 +152,25 @@ def backward(blocks: list[Block], d: np.ndarray) -> dict[str, np.ndarray]:
     return grads
 
 
+def part_step(blocks: list[Block], x: np.ndarray, y: np.ndarray,
+              total: int) -> tuple[float, int, dict[str, np.ndarray]]:
+    """Forward and backward of one part of a batch of ``total`` images: its share of the
+    mean loss, its number correct and its gradients (each divided by ``total``)."""
+    logits = forward(blocks, x, train=True)
+    correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
+    loss, dlogits = softmax_cross_entropy(logits, y, total=total)
+    return loss, correct, backward(blocks, dlogits)
+
+
+def part_logits(blocks: list[Block], x: np.ndarray) -> np.ndarray:
+    """Inference logits of one part, up to MAX_EVAL_CHUNK images at a time."""
+    return in_chunks(lambda c: forward(blocks, c, train=False), x, MAX_EVAL_CHUNK)
+
+
+_model_keys = itertools.count()
+log = logging.getLogger(__name__)
+
+
 class NumpyModel:
     """Model ``model_name`` trained by hand-derived backpropagation in NumPy.
 
@@ -138,8 +178,9 @@ class NumpyModel:
     integer labels; logits (N, 10). ``params`` maps canonical names (``dense1/W`` ...)
     to arrays of the shapes in ``twinnet.models.param_shapes``. ``dtype`` is float32 for
     training and float64 for gradient checks. ``threads`` (default: BLAS's thread count)
-    is how many parts a batch of the cnn is split into (``parts``; the dense-only models
-    leave the cores to BLAS); results depend on it only by rounding.
+    is how many parts a batch of the cnn is split into (``parts``: the first runs on the
+    calling thread, the others in helper processes; the dense-only models leave the cores
+    to BLAS); results depend on it only by rounding. One call at a time per model.
     """
 
     backend = "numpy"
@@ -156,9 +197,10 @@ class NumpyModel:
         self._flops_per_image = 2 * models.multiply_adds_per_image(model_name)  # forward
         self.blocks = build_blocks(model_name, self._params)
         self.parts = self.threads if any(isinstance(b, ConvReLUPool) for b in self.blocks) else 1
-        # One list of blocks per part: each keeps the caches of its own part of a batch.
-        self._replicas = [self.blocks, *(build_blocks(model_name, self._params)
-                                         for _ in range(self.parts - 1))]
+        self._key = next(_model_keys)
+        self._helpers: list[helpers.Helper] | None = None  # set on the first split batch
+        self._helpers_pid = os.getpid()
+        self._replicas: list[list[Block]] | None = None  # blocks per thread, without helpers
 
     # -- parameters ---------------------------------------------------------------
 
@@ -173,27 +215,117 @@ class NumpyModel:
         for key, p in self._params.items():
             np.copyto(p, params[key], casting="unsafe")
 
-    # -- running the blocks on every thread ---------------------------------------
+    # -- running the parts of a batch on every core -------------------------------
 
-    def _on_threads(self, work: Callable[[list[Block], slice], object], n: int, flops: float) -> list:
-        """``work(blocks, part)`` for contiguous parts of range(n) images, one per thread
-        (the first on the calling thread, the rest on a pool), each thread with its own
-        blocks; results in part order. ``flops`` is the matmul work of the n images: a part
-        gets a thread of its own only with MIN_PART_FLOPS of it, else fewer parts (one:
-        here, with BLAS's own threads)."""
+    def _parts(self, n: int, flops: float) -> list[slice]:
+        """Contiguous parts of range(n) images, one per core: ``flops`` is the matmul work
+        of the n images, and a part gets a core of its own only with MIN_PART_FLOPS of it
+        (with one part, BLAS's own threads use the cores)."""
         count = int(min(self.parts, max(n, 1), max(1, flops // MIN_PART_FLOPS)))
         bounds = np.linspace(0, n, count + 1).astype(int)
-        parts: list = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        if len(parts) == 1:
-            return [work(self.blocks, parts[0])]
-        with one_blas_thread():
-            futures = [_thread_pool(self.threads - 1).submit(work, blocks, part)
-                       for blocks, part in zip(self._replicas[1:], parts[1:], strict=False)]
+        return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def _start_helpers(self) -> list[helpers.Helper] | None:
+        """The helper processes for parts 1.., started and given this model's parameters
+        on first use (the parameters move into memory the helpers share); None where
+        there are none, after a failure, or in a forked child: the parts then run on
+        threads of this process."""
+        if self._helpers is not None and self._helpers_pid == os.getpid():
+            return self._helpers
+        if self._replicas is None and self._helpers is None and helpers.available():
             try:
-                first = work(self._replicas[0], parts[0])
+                self._helpers = self._share_with(helpers.get_helpers(self.parts - 1))
+                self._helpers_pid = os.getpid()
+                return self._helpers
+            except (OSError, helpers.HelperError) as exc:
+                log.warning("NumPy twin: no helper processes (%s); the parts run on threads", exc)
+        self._helpers = None
+        if self._replicas is None:
+            self._replicas = self._thread_replicas()
+        return None
+
+    def _thread_replicas(self) -> list[list[Block]]:
+        """One list of blocks per thread, each keeping the caches of its own part."""
+        return [build_blocks(self.model_name, self._params) for _ in range(self.parts)]
+
+    def _share_with(self, workers: list[helpers.Helper]) -> list[helpers.Helper]:
+        shapes = models.param_shapes(self.model_name)
+        shared = helpers.SharedArrays(shapes, self.dtype, copies=len(workers) + 1)
+        inputs = helpers.SharedArrays({"x": helpers.input_shape()}, self.dtype, copies=len(workers))
+        try:
+            for key, p in self._params.items():
+                shared.sets[0][key][...] = p
+            for index, worker in enumerate(workers):
+                with worker.lock:
+                    worker.send(("model", self._key, self.model_name, self.dtype.str, shapes,
+                                 shared.path, inputs.path, index))
+                    worker.receive()
+        finally:
+            shared.unlink()
+            inputs.unlink()
+        self._params = shared.sets[0]
+        self.blocks = build_blocks(self.model_name, self._params)
+        self._helper_grads = shared.sets[1:]
+        self._helper_inputs = [s["x"] for s in inputs.sets]
+        weakref.finalize(self, _forget, workers, self._key)
+        return workers
+
+    def _helper_x(self, index: int, x: np.ndarray) -> np.ndarray | int:
+        """x for helper ``index``: copied into its input area (the count is sent), or the
+        array itself if larger than the area."""
+        area = self._helper_inputs[index]
+        if len(x) > len(area):
+            return x
+        area[:len(x)] = x
+        return len(x)
+
+    def _run_parts(self, kind: str, x: np.ndarray, y: np.ndarray | None, flops: float) -> list:
+        """``part_step`` (kind "step") or ``part_logits`` ("logits") on every part of x;
+        the results in part order (a helper's gradients are views of its shared area)."""
+        parts = self._parts(len(x), flops)
+        run = part_step if kind == "step" else part_logits
+        args = [(x[p], y[p], len(x)) if kind == "step" else (x[p],) for p in parts]
+        if len(parts) == 1:
+            return [run(self.blocks, *args[0])]
+        with one_blas_thread():
+            workers = self._start_helpers()
+            if workers is not None:
+                try:
+                    return self._on_helpers(workers[:len(parts) - 1], kind, run, args)
+                except helpers.HelperError as exc:
+                    log.warning("NumPy twin: %s; the parts run on threads from now on", exc)
+                    self._helpers = None
+                    self._replicas = self._thread_replicas()
+            futures = [_thread_pool(self.parts - 1).submit(run, blocks, *a)
+                       for blocks, a in zip(self._replicas[1:], args[1:], strict=False)]
+            try:
+                first = run(self._replicas[0], *args[0])
             finally:
                 wait(futures)
-            return [first, *(future.result() for future in futures)]
+            return [first, *(f.result() for f in futures)]
+
+    def _on_helpers(self, workers: list[helpers.Helper], kind: str, run: Callable, args: list) -> list:
+        """Parts 1.. sent to the helpers, part 0 run here meanwhile, then the replies."""
+        sent: list[helpers.Helper] = []
+        for worker in workers:
+            worker.lock.acquire()
+        try:
+            try:
+                for index, (worker, (x_part, *rest)) in enumerate(zip(workers, args[1:], strict=True)):
+                    worker.send((kind, self._key, self._helper_x(index, x_part), *rest))
+                    sent.append(worker)
+                first = run(self.blocks, *args[0])
+            finally:
+                replies = [_receive_or_error(worker) for worker in sent]
+        finally:
+            for worker in workers:
+                worker.lock.release()
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        if kind == "step":  # (loss, correct) from the reply, the gradients from shared memory
+            return [first, *((*reply, g) for reply, g in zip(replies, self._helper_grads, strict=False))]
+        return [first, *(reply[0] for reply in replies)]
 
     def _inputs(self, x: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         x = np.asarray(x, dtype=self.dtype)
@@ -205,14 +337,7 @@ class NumpyModel:
         """Mean loss, number correct and gradients of the whole batch: the sums of its
         parts' (each part divides by the whole batch's size), added in part order."""
         x, y = self._inputs(x, y)
-
-        def part_step(blocks: list[Block], part: slice) -> tuple[float, int, dict[str, np.ndarray]]:
-            logits = forward(blocks, x[part], train=True)
-            correct = int(np.count_nonzero(logits.argmax(axis=1) == y[part]))
-            loss, dlogits = softmax_cross_entropy(logits, y[part], total=len(x))
-            return loss, correct, backward(blocks, dlogits)
-
-        results = self._on_threads(part_step, len(x), 3 * self._flops_per_image * len(x))
+        results = self._run_parts("step", x, y, 3 * self._flops_per_image * len(x))
         grads = {key: results[0][2][key] for key in self._params}  # canonical order
         for _, _, part_grads in results[1:]:
             for key, total in grads.items():
@@ -227,11 +352,7 @@ class NumpyModel:
         x, _ = self._inputs(x)
         if len(x) == 0:
             return np.zeros((0, models.NUM_CLASSES), dtype=self.dtype)
-
-        def part_logits(blocks: list[Block], part: slice) -> np.ndarray:
-            return in_chunks(lambda c: forward(blocks, c, train=False), x[part], MAX_EVAL_CHUNK)
-
-        return np.concatenate(self._on_threads(part_logits, len(x), self._flops_per_image * len(x)))
+        return np.concatenate(self._run_parts("logits", x, None, self._flops_per_image * len(x)))
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         """Mean softmax cross-entropy of the batch and d(loss)/d(param) for every parameter.
