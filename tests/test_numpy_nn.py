@@ -567,6 +567,18 @@ def test_a_helper_that_dies_hands_its_part_to_a_thread(caplog: pytest.LogCapture
 
 
 @pytest.mark.skipif(not helpers.available(), reason="helper processes need POSIX")
+def test_ctrl_c_is_left_to_the_parent(caplog: pytest.LogCaptureFixture) -> None:
+    import signal
+
+    model = NumpyModel("cnn", init_params("cnn", 3), threads=2)
+    _train_three_steps(model)
+    os.kill(model._helpers[0].process.pid, signal.SIGINT)  # as a terminal's Ctrl-C would
+    with caplog.at_level("WARNING"):
+        _train_three_steps(model)
+    assert model._helpers is not None and not caplog.text
+
+
+@pytest.mark.skipif(not helpers.available(), reason="helper processes need POSIX")
 def test_a_helper_reports_its_errors_and_leaves_no_files() -> None:
     before = set(os.listdir(helpers.SHARED_DIR or tempfile.gettempdir()))
     model = NumpyModel("cnn", init_params("cnn", 3), threads=2)

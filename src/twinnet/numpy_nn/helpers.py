@@ -22,6 +22,7 @@ import atexit
 import math
 import mmap
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -182,6 +183,9 @@ def serve(fd: int) -> None:
     """
     from twinnet.numpy_nn import network  # here, so that the parent's import stays light
 
+    # Ctrl-C in a terminal reaches the whole process group: the parent handles it (the
+    # training loop saves a checkpoint), and the helper ends when the parent closes the socket.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     connection = Connection(fd)
     models: dict[int, tuple[list, dict[str, np.ndarray], np.ndarray]] = {}
     while True:
