@@ -192,9 +192,11 @@ def block_bytes(kind: str, shape_in: tuple[int, ...], shape_out: tuple[int, ...]
         out = conv // 4  # pooled
         cols = 9 * c_in * h * w
         forward = 4 * (3 * inp + 2 * cols + 2 * conv + out) + conv + out
-        backward = 4 * (out + 2 * conv + cols) + conv + out
-        if input_grad:
-            backward += 4 * (2 * conv + 2 * 9 * conv + inp)
+        backward = 4 * (out + 2 * conv) + conv + out  # the gradient through ReLU and pool
+        if input_grad:  # dz's padded im2col matrix D; dx = D @ W_flip, dW from x.T @ D
+            backward += 4 * (2 * conv + 2 * 9 * conv + inp) + 4 * (inp + 9 * conv)
+        else:  # dW from the forward's kept im2col matrix
+            backward += 4 * cols
         return forward, backward
     if kind == "DenseBlock":
         return 4 * (inp + 2 * conv) + conv, 4 * (inp + 2 * conv + (inp if input_grad else 0)) + conv
