@@ -3,7 +3,7 @@
 A cnn batch is split into one part per core (``NumpyModel.parts``). The first part runs
 on the calling thread; each other part runs in a helper process, which has a GIL of its
 own: two threads of one process hand the GIL back and forth between the ~200 NumPy calls
-of a part and lost a fifth of a step to it (docs/performance.md, "Threads or processes").
+of a part, which cost 10-15% of a step (docs/performance.md, "Threads or processes").
 
 A helper is a child Python (``serve(FD)`` of this module) that talks to its parent over
 a socket pair with pickled requests and replies. A model's parameters live in a file
@@ -45,29 +45,32 @@ class HelperError(RuntimeError):
 
 
 def available() -> bool:
-    """Whether helper processes can run here (POSIX: socket pairs, fd passing, mmap)."""
+    """Whether helper processes can run here (POSIX: socket pairs, inherited descriptors)."""
     return os.name == "posix" and hasattr(socket, "socketpair")
 
 
 class SharedArrays:
     """``copies`` sets of arrays of the given shapes and dtype, back to back in one file
-    mapped into memory; ``sets[k][name]`` is a C-contiguous view. Set 0 holds a model's
-    parameters, set k >= 1 the gradients of helper k - 1.
+    mapped into memory; ``sets[k][name]`` is a C-contiguous view. A model has two: its
+    parameters (set 0) with each helper's gradients (set k >= 1, helper k - 1), and each
+    helper's input images.
 
     The file is unlinked once every helper has mapped it (``unlink``); the memory lives
     as long as some process maps it.
     """
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], dtype: np.dtype, copies: int) -> None:
-        self.shapes, self.dtype, self.copies = dict(shapes), np.dtype(dtype), copies
-        self.set_size = sum(math.prod(s) for s in shapes.values())
+        dtype = np.dtype(dtype)
+        size = sum(math.prod(s) for s in shapes.values()) * copies * dtype.itemsize
         fd, self.path = tempfile.mkstemp(prefix="twinnet-shared-", dir=SHARED_DIR)
         try:
-            size = self.set_size * copies * self.dtype.itemsize
             os.ftruncate(fd, size)
             if hasattr(os, "posix_fallocate"):  # no room fails here, not as SIGBUS later
                 os.posix_fallocate(fd, 0, size)
-            self.sets = map_sets(fd, self.shapes, self.dtype, copies)
+            self.sets = map_sets(fd, dict(shapes), dtype, copies)
+        except BaseException:
+            self.unlink()
+            raise
         finally:
             os.close(fd)
 
