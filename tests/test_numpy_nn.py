@@ -567,6 +567,17 @@ def test_a_helper_that_dies_hands_its_part_to_a_thread(caplog: pytest.LogCapture
 
 
 @pytest.mark.skipif(not helpers.available(), reason="helper processes need POSIX")
+def test_without_room_for_shared_memory_the_parts_run_on_threads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    reference = _train_three_steps(NumpyModel("cnn", init_params("cnn", 3), threads=2))
+    monkeypatch.setattr(helpers, "SHARED_DIR", str(tmp_path / "missing"))
+    model = NumpyModel("cnn", init_params("cnn", 3), threads=2)
+    with caplog.at_level("WARNING"):
+        _assert_same_run(_train_three_steps(model), reference)
+    assert "no helper processes" in caplog.text and model._helpers is None
+
+
+@pytest.mark.skipif(not helpers.available(), reason="helper processes need POSIX")
 def test_ctrl_c_is_left_to_the_parent(caplog: pytest.LogCaptureFixture) -> None:
     import signal
 
