@@ -95,8 +95,8 @@ class TwinPass:
 def numpy_pass(model_name: str, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
                dtype: str = "float64") -> TwinPass:
     """The NumPy twin's reference layers forward and backward on x (N, 28, 28, 1), y (N,)."""
+    from twinnet.numpy_nn.graph import reference_layers
     from twinnet.numpy_nn.losses import softmax_cross_entropy
-    from twinnet.numpy_nn.network import reference_layers
 
     cast = {k: np.asarray(v, dtype=dtype) for k, v in params.items()}
     built = reference_layers(model_name, cast)

@@ -32,9 +32,10 @@ import numpy as np
 
 from twinnet import models
 from twinnet.numpy_nn.blocks import ConvReLUPool, DenseBlock
+from twinnet.numpy_nn.graph import forward
 from twinnet.numpy_nn.layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
 from twinnet.numpy_nn.losses import softmax_cross_entropy
-from twinnet.numpy_nn.network import NumpyModel, forward
+from twinnet.numpy_nn.network import NumpyModel
 
 # 1e-5 rather than 1e-6: the rounding error of f (~1e-16 |f|) divided by eps must stay
 # well below 1e-6 of the smaller gradient entries; kinks crossed by the larger step

@@ -184,7 +184,7 @@ def serve(fd: int) -> None:
     or the number of images the parent put in the input area. A failure replies
     ("error", one line).
     """
-    from twinnet.numpy_nn import network  # here, so that the parent's import stays light
+    from twinnet.numpy_nn import graph  # here, so that the parent's import stays light
 
     # Ctrl-C in a terminal reaches the whole process group: the parent handles it (the
     # training loop saves a checkpoint), and the helper ends when the parent closes the socket.
@@ -207,16 +207,16 @@ def serve(fd: int) -> None:
                 dtype = np.dtype(dtype)
                 sets = _open_sets(params_path, shapes, dtype, index + 2)
                 inputs = _open_sets(inputs_path, {"x": input_shape()}, dtype, index + 1)[index]["x"]
-                models[key] = (network.build_blocks(name, sets[0]), sets[index + 1], inputs)
+                models[key] = (graph.build_blocks(name, sets[0]), sets[index + 1], inputs)
                 reply = ("ok",)
             elif kind in ("step", "logits"):
                 blocks, grads_out, inputs = models[key]
                 x, *rest = args
                 x = inputs[:x] if isinstance(x, int) else x
                 if kind == "logits":
-                    reply = ("ok", network.part_logits(blocks, x))
+                    reply = ("ok", graph.part_logits(blocks, x))
                 else:
-                    loss, correct, grads = network.part_step(blocks, x, *rest)
+                    loss, correct, grads = graph.part_step(blocks, x, *rest)
                     for name, grad in grads.items():
                         grads_out[name][...] = grad
                     reply = ("ok", loss, correct)
