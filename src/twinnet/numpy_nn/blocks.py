@@ -35,8 +35,8 @@ from twinnet.util import chunk_slices
 # A conv block runs its batch in chunks of images whose largest work array (an im2col
 # matrix or a conv output) fits in CHUNK_BYTES: each array is then written and read back
 # in the core's own caches rather than through memory, which the other core shares, while
-# chunks stay few enough that their per-operation costs (and, with threads, hand-offs of
-# the GIL) stay small (docs/performance.md, "Chunks").
+# chunks stay few enough that their per-operation costs stay small (docs/performance.md,
+# "Chunks and work arrays").
 CHUNK_BYTES = 2 << 20
 
 

@@ -16,10 +16,12 @@ from twinnet.numpy_nn.blocks import Block, ConvReLUPool, DenseBlock, FlattenBloc
 from twinnet.numpy_nn.losses import softmax_cross_entropy
 from twinnet.util import in_chunks
 
-# Inference runs the blocks on up to MAX_EVAL_CHUNK images at a time: memory stays bounded,
-# and the dense layers' matmuls are large enough to run near the BLAS peak (the conv
-# blocks cut their input into smaller chunks themselves; docs/performance.md, "Chunks").
+# Inference runs the blocks on up to MAX_EVAL_CHUNK images at a time: memory stays
+# bounded, and the dense layers' matmuls are large enough to run near the BLAS peak (the
+# conv blocks cut theirs smaller: docs/performance.md, "Chunks and work arrays").
 MAX_EVAL_CHUNK = 1000
+
+
 def build_blocks(model_name: str, params: dict[str, np.ndarray]) -> list[Block]:
     """The blocks of ``model_name`` over ``params`` (held by reference), in spec order:
     conv -> ReLU -> max-pool runs become ConvReLUPool, dense [-> ReLU] a DenseBlock.
