@@ -600,6 +600,8 @@ def test_a_helper_reports_its_errors_and_leaves_no_files() -> None:
         worker.send(("logits", -1, 1))  # a model the helper does not know
         with pytest.raises(helpers.HelperError, match="KeyError: -1"):
             worker.receive()
+        with pytest.raises(helpers.HelperError, match="did not answer in 0.05 s"):
+            worker.receive(timeout=0.05)  # nothing was asked
     helpers.close_helpers()
     assert worker.process.poll() is not None
 

@@ -38,6 +38,8 @@ import numpy as np
 SHARED_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # Images a helper's shared input area holds; a larger part goes through the socket.
 INPUT_IMAGES = 1000
+# Seconds a new helper may take to start and map a model's memory (Python, NumPy, twinnet).
+START_SECONDS = 60
 
 
 class HelperError(RuntimeError):
@@ -122,9 +124,13 @@ class Helper:
         except OSError as exc:
             raise HelperError(f"NumPy twin helper process {self.process.pid} is gone ({exc})") from exc
 
-    def receive(self) -> tuple:
-        """The reply to the last request; raises HelperError if it failed."""
+    def receive(self, timeout: float | None = None) -> tuple:
+        """The reply to the last request, waiting at most ``timeout`` seconds if given;
+        raises HelperError if it failed or did not come."""
         try:
+            if timeout is not None and not self.connection.poll(timeout):
+                raise HelperError(f"NumPy twin helper process {self.process.pid} did not answer "
+                                  f"in {timeout:g} s")
             reply = self.connection.recv()
         except (EOFError, OSError) as exc:
             code = self.process.poll()

@@ -174,7 +174,7 @@ class NumpyModel:
                 with worker.lock:
                     worker.send(("model", self._key, self.model_name, self.dtype.str, shapes,
                                  shared.path, inputs.path, index))
-                    worker.receive()
+                    worker.receive(timeout=helpers.START_SECONDS)
         finally:
             shared.unlink()
             inputs.unlink()
