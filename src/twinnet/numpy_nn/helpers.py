@@ -116,7 +116,9 @@ class Helper:
         finally:
             child_end.close()
         self.connection = Connection(parent_end.detach())
-        self.lock = threading.Lock()  # one request and its reply at a time
+        # One request and its reply at a time. Re-entrant: a model's finalizer (a "forget",
+        # which has no reply) may run in the middle of a step, on the same thread.
+        self.lock = threading.RLock()
 
     def send(self, message: tuple) -> None:
         try:
