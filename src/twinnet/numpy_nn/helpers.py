@@ -2,8 +2,8 @@
 
 A cnn batch is split into one part per core (``NumpyModel.parts``). The first part runs
 on the calling thread; each other part runs in a helper process, which has a GIL of its
-own: two threads of one process hand the GIL back and forth between the ~200 NumPy calls
-of a part, which cost 10-15% of a step (docs/performance.md, "Threads or processes").
+own: two threads of one process hand the GIL back and forth between the many short
+NumPy calls of a part, and lose time waiting for it (docs/performance.md, "Threads").
 
 A helper is a child Python (``serve(FD)`` of this module) that talks to its parent over
 a socket pair with pickled requests and replies. A model's parameters live in a file

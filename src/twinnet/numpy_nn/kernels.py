@@ -64,7 +64,8 @@ class Scratch:
     """Named work arrays that a block reuses from call to call, each grown as needed.
 
     A fresh array of a megabyte or more is fresh memory from the OS, whose page faults
-    and zeroing cost about a tenth of a cnn step; a reused one is also still in cache.
+    and zeroing show in a cnn step (docs/performance.md, "Chunks and work arrays"); a
+    reused one is also still in cache.
     An array from ``get`` is overwritten by the next ``get`` of the same name.
     """
 
