@@ -82,12 +82,11 @@ class ConvReLUPool:
         n, h, w, _ = x.shape
         if h % 2 or w % 2:
             raise ValueError(f"{self.name}: max-pooling needs even height and width, got {h}x{w}")
-        pooled_shape = (n, h // 2, w // 2, self.W.shape[3])
-        pooled = np.empty(pooled_shape, dtype=x.dtype)
-        routing = self._scratch.get("routing", (4, *pooled_shape), np.dtype(bool)) if train else None
+        c_out = self.W.shape[3]
+        pooled = np.empty((n, h // 2, w // 2, c_out), dtype=x.dtype)
+        routing = self._scratch.get("routing", (4, *pooled.shape), np.dtype(bool)) if train else None
         # Without an input gradient to compute, the backward pass takes dW from these.
         kept_cols: list[np.ndarray] | None = [] if train and not self.needs_input_grad else None
-        c_out = self.W.shape[3]
         for part in chunk_slices(n, self.chunk_size(h, w, x.dtype.itemsize)):
             m = part.stop - part.start
             cols = im2col_3x3(self._xpad.fill(x[part]), pool_order=True,

@@ -154,14 +154,16 @@ class NumpyModel:
                 return self._helpers
             except (OSError, helpers.HelperError) as exc:
                 log.warning("NumPy twin: no helper processes (%s); the parts run on threads", exc)
-        self._helpers = None
-        if self._replicas is None:
-            self._replicas = self._thread_replicas()
+        self._use_threads()
         return None
 
-    def _thread_replicas(self) -> list[list[Block]]:
-        """One list of blocks per thread, each keeping the caches of its own part."""
-        return [build_blocks(self.model_name, self._params) for _ in range(self.parts)]
+    def _use_threads(self) -> None:
+        """From now on the parts run on threads: one list of blocks per thread (the first
+        is ``self.blocks``), each keeping the caches of its own part."""
+        self._helpers = None
+        if self._replicas is None:
+            self._replicas = [self.blocks, *(build_blocks(self.model_name, self._params)
+                                             for _ in range(self.parts - 1))]
 
     def _share_with(self, workers: list[helpers.Helper]) -> list[helpers.Helper]:
         shapes = models.param_shapes(self.model_name)
@@ -175,6 +177,9 @@ class NumpyModel:
                     worker.send(("model", self._key, self.model_name, self.dtype.str, shapes,
                                  shared.path, inputs.path, index))
                     worker.receive(timeout=helpers.START_SECONDS)
+        except helpers.HelperError:
+            _forget(workers, self._key)  # the helpers that did take the model let it go
+            raise
         finally:
             shared.unlink()
             inputs.unlink()
@@ -209,8 +214,7 @@ class NumpyModel:
                     return self._on_helpers(workers[:len(parts) - 1], kind, run, args)
                 except helpers.HelperError as exc:
                     log.warning("NumPy twin: %s; the parts run on threads from now on", exc)
-                    self._helpers = None
-                    self._replicas = self._thread_replicas()
+                    self._use_threads()
             futures = [_thread_pool(self.parts - 1).submit(run, blocks, *a)
                        for blocks, a in zip(self._replicas[1:], args[1:], strict=False)]
             try:
