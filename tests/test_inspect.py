@@ -63,7 +63,7 @@ def test_compare_names_the_layer_with_a_planted_gradient_bug(capsys, monkeypatch
     def wrong_backward(self, dz):
         dx = correct_backward(self, dz)
         if self.W.shape[2] == 16:
-            self.grads["W"] = self.grads["W"] * 1.001
+            self.grads[f"{self.name}/W"] = self.grads[f"{self.name}/W"] * 1.001
         return dx
 
     monkeypatch.setattr(layers.Conv2D, "backward", wrong_backward)

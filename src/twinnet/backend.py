@@ -74,6 +74,7 @@ def load_model(
     seed: int = 0,
     optimizer: str = "sgd",
     threads: int | None = None,
+    reference: bool = False,
 ) -> Backend:
     """Build model ``name`` on ``backend`` ("tf" or "numpy").
 
@@ -81,7 +82,8 @@ def load_model(
     ``twinnet.models.init_params(name, seed)``, so both twins start from the very
     same arrays for the same seed. ``threads`` (default: as the process is set up) is
     the NumPy twin's thread count, or TensorFlow's intra-op thread count
-    (``set_tensorflow_threads``); a run's rounding depends on it.
+    (``set_tensorflow_threads``); a run's rounding depends on it. ``reference`` runs the
+    NumPy twin on its reference layers alone, without the fast path.
     """
     get_spec(name)  # fail early on an unknown model name
     if backend not in BACKENDS:
@@ -96,7 +98,7 @@ def load_model(
     if backend == "numpy":
         from twinnet.numpy_nn import NumpyModel
 
-        return NumpyModel(name, params, optimizer=optimizer, threads=threads)
+        return NumpyModel(name, params, optimizer=optimizer, threads=threads, fast=not reference)
     tf_nn = import_tf_nn()
     if threads is not None:
         set_tensorflow_threads(threads)

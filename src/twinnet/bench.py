@@ -198,7 +198,7 @@ def block_bytes(kind: str, shape_in: tuple[int, ...], shape_out: tuple[int, ...]
         else:  # dW from the forward's kept im2col matrix
             backward += 4 * cols
         return forward, backward
-    if kind == "DenseBlock":
+    if kind in ("DenseReLU", "Dense"):
         return 4 * (inp + 2 * conv) + conv, 4 * (inp + 2 * conv + (inp if input_grad else 0)) + conv
     return 0, 0
 
@@ -212,13 +212,13 @@ def time_blocks(model: str, batch_size: int = 50, repeats: int = 20, seed: int =
 
     from twinnet.models import init_params
     from twinnet.numpy_nn.losses import softmax_cross_entropy
-    from twinnet.numpy_nn.network import NumpyModel
+    from twinnet.numpy_nn.model import NumpyModel
 
     numpy_model = NumpyModel(model, init_params(model, seed), threads=1)
     rng = np.random.default_rng(seed)
     x = rng.random((batch_size, *IMAGE_SHAPE), dtype=np.float32)
     y = rng.integers(0, 10, batch_size)
-    blocks = numpy_model.blocks
+    blocks = numpy_model.network.network.layers  # the fused network: blocks and reference layers
     times: dict[str, list[list[float]]] = {"forward": [[] for _ in blocks], "backward": [[] for _ in blocks]}
     with threadpool_limits(limits=1, user_api="blas"):
         ceiling = sgemm_peak_gflops(1024)
@@ -241,10 +241,11 @@ def time_blocks(model: str, batch_size: int = 50, repeats: int = 20, seed: int =
         kind, step = type(block).__name__, steps.get(getattr(block, "name", None))
         if step is None:  # Flatten: a reshape, nothing to time
             continue
-        fwd_bytes, bwd_bytes = block_bytes(kind, step.inp, step.out, block.needs_input_grad)
+        input_grad = getattr(block, "needs_input_grad", True)
+        fwd_bytes, bwd_bytes = block_bytes(kind, step.inp, step.out, input_grad)
         weights = block.W.nbytes  # read once forward; the gradient written and, for dx, read again
         fwd_bytes, bwd_bytes = fwd_bytes * batch_size + weights, bwd_bytes * batch_size + 2 * weights
-        bwd_flops = 2 * step.multiply_adds * (2 if block.needs_input_grad else 1)
+        bwd_flops = 2 * step.multiply_adds * (2 if input_grad else 1)
         for phase, flops, nbytes in (("forward", 2 * step.multiply_adds, fwd_bytes),
                                      ("backward", bwd_flops, bwd_bytes)):
             samples = times[phase][i][2:]

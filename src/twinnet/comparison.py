@@ -59,8 +59,8 @@ SECTIONS: dict[str, str] = {
     "maxpool": "5-max-pooling-2x2-stride-2",
     "flatten": "6-flatten",
 }
-KINDS = {models.Dense: "dense", models.Conv2D: "conv", models.ReLU: "relu",
-         models.MaxPool2D: "maxpool", models.Flatten: "flatten"}
+KINDS = {models.DenseSpec: "dense", models.Conv2DSpec: "conv", models.ReLUSpec: "relu",
+         models.MaxPool2DSpec: "maxpool", models.FlattenSpec: "flatten"}
 
 
 def layer_names(model_name: str) -> list[tuple[str, str]]:
@@ -94,27 +94,16 @@ class TwinPass:
 
 def numpy_pass(model_name: str, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
                dtype: str = "float64") -> TwinPass:
-    """The NumPy twin's reference layers forward and backward on x (N, 28, 28, 1), y (N,)."""
-    from twinnet.numpy_nn.graph import reference_layers
-    from twinnet.numpy_nn.losses import softmax_cross_entropy
+    """The NumPy twin's reference layers forward and backward on x (N, 28, 28, 1), y (N,),
+    through the twin's one run loop (``Network.loss_and_grads``), recording every layer."""
+    from twinnet.numpy_nn.network import Network, build_layers
 
     cast = {k: np.asarray(v, dtype=dtype) for k, v in params.items()}
-    built = reference_layers(model_name, cast)
-    h = np.asarray(x, dtype=dtype)
-    outputs = []
-    for _, layer in built:
-        h = layer.forward(h)
-        outputs.append(h)
-    loss, d = softmax_cross_entropy(h, np.asarray(y, dtype=np.intp))
-    grad_outputs: list[np.ndarray] = [d] * len(built)
-    grads: dict[str, np.ndarray] = {}
-    for i in reversed(range(len(built))):
-        prefix, layer = built[i]
-        grad_outputs[i] = d
-        d = layer.backward(d)
-        if prefix is not None:
-            grads.update({f"{prefix}/{k}": g for k, g in layer.grads.items()})
-    return TwinPass(loss, h, outputs, grad_outputs, d, grads)
+    network, record = Network(build_layers(model_name, cast)), {}
+    loss, _, grads = network.loss_and_grads(np.asarray(x, dtype=dtype), np.asarray(y, dtype=np.intp),
+                                            record=record)
+    return TwinPass(loss, record["outputs"][-1], record["outputs"], record["grad_outputs"],
+                    record["grad_input"], grads)
 
 
 def tf_pass(model_name: str, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,

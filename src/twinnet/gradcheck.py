@@ -7,9 +7,10 @@ Two levels:
   through the scalar
   ``f = sum(forward(x) * upstream)`` with a fixed random ``upstream``, whose gradient
   is exactly what ``backward(upstream)`` returns (dx) and stores (dW, db).
-- ``check_model``: a whole model as it trains, ``NumpyModel(dtype=float64)`` with its
-  fused blocks, ``loss_and_grads`` on a small random batch, against finite differences
-  of the same mean loss.
+- ``check_model``: a whole model as it trains, ``NumpyModel(dtype=float64)`` on its fast
+  path (fused blocks) or, with ``fast=False``, on the reference layers alone,
+  ``loss_and_grads`` on a small random batch, against finite differences of the same
+  mean loss computed by the same network's forward pass.
 
 Numerical derivative: ``(f(t + eps) - f(t - eps)) / (2 eps)``, eps = 1e-5 for models
 and 1e-3 for the piecewise-linear layers (see the constants below for why); a step
@@ -31,11 +32,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from twinnet import models
-from twinnet.numpy_nn.blocks import ConvReLUPool, DenseBlock
-from twinnet.numpy_nn.graph import forward
+from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
 from twinnet.numpy_nn.layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
 from twinnet.numpy_nn.losses import softmax_cross_entropy
-from twinnet.numpy_nn.network import NumpyModel
+from twinnet.numpy_nn.model import NumpyModel
+from twinnet.numpy_nn.network import Network
 
 # 1e-5 rather than 1e-6: the rounding error of f (~1e-16 |f|) divided by eps must stay
 # well below 1e-6 of the smaller gradient entries; kinks crossed by the larger step
@@ -155,7 +156,7 @@ def _kink_pattern(parts: list) -> Callable[[], bytes]:
             return [part.routing]
         if isinstance(part, ConvReLUPool):
             return [part.cache[1], part.cache[2]]  # arg-max routing, ReLU mask
-        if isinstance(part, DenseBlock) and part.relu:
+        if isinstance(part, DenseReLU):
             return [part.cache[1]]
         return []
 
@@ -184,10 +185,10 @@ def _check_layer(target: str, layer: Layer, x: np.ndarray, rng: np.random.Genera
     layer.forward(x)
     dx = layer.backward(upstream.copy())
     rows = [_row(target, "x", dx, numeric_grad(f, x, pattern=pattern, eps=LAYER_EPS))]
-    if isinstance(layer, Dense | Conv2D):
-        grads = layer.grads  # kept: the numerical forwards below overwrite the caches
-        rows.append(_row(target, "W", grads["W"], numeric_grad(f, layer.W, pattern=pattern, eps=LAYER_EPS)))
-        rows.append(_row(target, "b", grads["b"], numeric_grad(f, layer.b, pattern=pattern, eps=LAYER_EPS)))
+    grads = layer.grads  # kept: the numerical forwards below overwrite the caches
+    for key, p in layer.params.items():
+        numeric = numeric_grad(f, p, pattern=pattern, eps=LAYER_EPS)
+        rows.append(_row(target, key.rsplit("/", 1)[1], grads[key], numeric))
     return rows
 
 
@@ -206,12 +207,12 @@ def check_layers(seed: int = 0) -> list[GradcheckRow]:
     rng = np.random.default_rng(seed)
     rows: list[GradcheckRow] = []
 
-    dense = Dense(rng.standard_normal((5, 3)), rng.standard_normal(3))
+    dense = Dense("dense", rng.standard_normal((5, 3)), rng.standard_normal(3))
     rows += _check_layer("layer:Dense", dense, rng.standard_normal((4, 5)), rng)
 
     rows += _check_layer("layer:ReLU", ReLU(), _away_from_zero(rng, (3, 4, 5)), rng)
 
-    conv = Conv2D(rng.standard_normal((3, 3, 3, 4)), rng.standard_normal(4))
+    conv = Conv2D("conv", rng.standard_normal((3, 3, 3, 4)), rng.standard_normal(4))
     rows += _check_layer("layer:Conv2D", conv, rng.standard_normal((2, 5, 6, 3)), rng)
 
     rows += _check_layer("layer:MaxPool2D", MaxPool2D(), rng.standard_normal((2, 4, 6, 3)), rng)
@@ -226,8 +227,9 @@ def check_layers(seed: int = 0) -> list[GradcheckRow]:
     return rows
 
 
-def check_model(name: str, seed: int = 0) -> list[GradcheckRow]:
-    """Gradient-check every parameter of model ``name`` through ``loss_and_grads``.
+def check_model(name: str, seed: int = 0, fast: bool = True) -> list[GradcheckRow]:
+    """Gradient-check every parameter of model ``name`` through ``loss_and_grads``, on the
+    fast path or (``fast=False``) the reference layers.
 
     float64 model from ``init_params(name, seed)`` with small random biases (so the
     bias gradients are checked away from a special point), a batch of MODEL_BATCH
@@ -239,19 +241,21 @@ def check_model(name: str, seed: int = 0) -> list[GradcheckRow]:
     for key in params:
         if key.endswith("/b"):
             params[key] = 0.1 * rng.standard_normal(params[key].shape)
-    model = NumpyModel(name, params, dtype=np.float64, threads=1)
+    model = NumpyModel(name, params, dtype=np.float64, threads=1, fast=fast)
     x = rng.standard_normal((MODEL_BATCH, *models.IMAGE_SHAPE))
     y = rng.integers(0, models.NUM_CLASSES, size=MODEL_BATCH)
     _, grads = model.loss_and_grads(x, y)
+    # The network that computed them (with one part, the fast path runs its fused network).
+    network: Network = model.network.network if fast else model.network
 
-    # Perturb the model's own arrays in place: the blocks hold them by reference,
+    # Perturb the model's own arrays in place: the layers hold them by reference,
     # whereas model.params returns copies.
-    live = model._params
+    live = {key: p for key, p in model._params.items() if key in grads}
 
     def f() -> float:
         # The same mean loss that loss_and_grads differentiates, through the training
         # forward, which caches the ReLU and max-pool masks that _kink_pattern reads.
-        return softmax_cross_entropy(forward(model.blocks, x, train=True), y)[0]
+        return softmax_cross_entropy(network.forward(x, train=True), y)[0]
 
     rows = []
     for key, p in live.items():
@@ -259,7 +263,7 @@ def check_model(name: str, seed: int = 0) -> list[GradcheckRow]:
             index = np.arange(p.size)
         else:
             index = np.sort(rng.choice(p.size, size=ENTRIES_PER_PARAM, replace=False))
-        numeric = numeric_grad(f, p, index, pattern=_kink_pattern(model.blocks))
+        numeric = numeric_grad(f, p, index, pattern=_kink_pattern(network.layers))
         analytic = grads[key].reshape(-1)[index]
         rows.append(_row(name, key, analytic, numeric, MODEL_DENOMINATOR_FLOOR))
     return rows

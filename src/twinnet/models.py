@@ -1,28 +1,46 @@
-"""The four MNIST models, described once as data.
+"""Model specs as data: a list of layer specs, written once in TOML and built by both twins.
 
-Both twins build their networks from these layer lists, so an architecture is
-written down in exactly one place. A spec is a tuple of layers applied in order
-to an NHWC batch of shape (N, 28, 28, 1); the last layer produces the logits
-(N, 10). Softmax is not a layer: it lives in the loss, which works from logits.
+A spec file is a TOML table with an optional ``name``, an optional ``description`` and an
+array of ``[[layers]]``, each with a ``type`` and that type's keys (``LAYER_KEYS``). The
+four built-in models are such files, shipped in ``twinnet/specs/``; a user's file is
+named by its path wherever a model name is taken. Shapes are inferred from the 28x28x1
+input, so a spec says only what a layer adds (``units``, ``filters``, ``kernel``...).
 
-Parameter names and layouts are the canonical ones of the weights format:
-``<layer>/W`` and ``<layer>/b``, dense ``W`` of shape (in, out), conv ``W`` of
-shape (3, 3, in, out) (HWIO).
+A parsed spec is a tuple of the ``*Spec`` dataclasses below (spec classes end in
+``Spec``; the layers that compute are ``twinnet.numpy_nn.layers`` and Keras's).
+Parameter names are numbered per kind: ``conv1``, ``conv2``, ``dense1``, ``bn1``, with
+keys ``<name>/W`` and ``<name>/b`` (dense W (in, out), conv W HWIO (k, k, in, out)) and,
+for batch norm, ``<name>/gamma``, ``/beta``, ``/moving_mean``, ``/moving_variance``.
+The last layer produces the logits (N, 10); softmax lives in the loss.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from functools import cache
+from importlib import resources
+from typing import Any
 
 import numpy as np
 
+from twinnet.errors import TwinnetError
+
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
+MODEL_NAMES: tuple[str, ...] = ("linear", "mlp128", "mlp256x2", "cnn")
+PADDINGS = ("same", "valid")
+
+
+class SpecError(TwinnetError):
+    """A spec file that cannot be built: one line naming the file, the layer and the key."""
 
 
 @dataclass(frozen=True)
-class Dense:
-    """``z = x @ W + b``; x (N, n_in) -> z (N, n_out)."""
+class DenseSpec:
+    """``z = x @ W + b``: x (N, n_in) -> z (N, n_out)."""
 
     name: str
     n_in: int
@@ -30,166 +48,363 @@ class Dense:
 
 
 @dataclass(frozen=True)
-class Conv2D:
-    """3x3 cross-correlation, stride 1, zero padding 1 ('same').
-
-    x (N, H, W, c_in) -> z (N, H, W, c_out); kernel W (3, 3, c_in, c_out).
-    """
+class Conv2DSpec:
+    """Cross-correlation with a (kernel, kernel, c_in, c_out) HWIO kernel, NHWC images."""
 
     name: str
     c_in: int
     c_out: int
-    size: int = 3
+    kernel: int = 3
+    stride: int = 1
+    padding: str = "same"
 
 
 @dataclass(frozen=True)
-class ReLU:
-    """Elementwise max(x, 0); any shape."""
-
-
-@dataclass(frozen=True)
-class MaxPool2D:
-    """2x2 max-pooling with stride 2; (N, H, W, C) -> (N, H/2, W/2, C)."""
+class MaxPool2DSpec:
+    """Maximum over size x size windows every ``stride`` pixels ('valid': no padding)."""
 
     size: int = 2
+    stride: int = 2
 
 
 @dataclass(frozen=True)
-class Flatten:
-    """Row-major flatten: (N, ...) -> (N, prod(...)), i.e. ``x.reshape(N, -1)``."""
+class AvgPool2DSpec:
+    """Mean over size x size windows every ``stride`` pixels ('valid': no padding)."""
+
+    size: int = 2
+    stride: int = 2
 
 
-Layer = Dense | Conv2D | ReLU | MaxPool2D | Flatten
+@dataclass(frozen=True)
+class FlattenSpec:
+    """Row-major flatten: (N, ...) -> (N, prod(...))."""
 
-MODELS: dict[str, tuple[Layer, ...]] = {
-    "linear": (
-        Flatten(),
-        Dense("dense1", 784, 10),
-    ),
-    "mlp128": (
-        Flatten(),
-        Dense("dense1", 784, 128),
-        ReLU(),
-        Dense("dense2", 128, 10),
-    ),
-    "mlp256x2": (
-        Flatten(),
-        Dense("dense1", 784, 256),
-        ReLU(),
-        Dense("dense2", 256, 256),
-        ReLU(),
-        Dense("dense3", 256, 10),
-    ),
-    "cnn": (
-        Conv2D("conv1", 1, 16),
-        ReLU(),
-        MaxPool2D(),
-        Conv2D("conv2", 16, 16),
-        ReLU(),
-        MaxPool2D(),
-        Flatten(),
-        Dense("dense1", 7 * 7 * 16, 256),
-        ReLU(),
-        Dense("dense2", 256, 10),
-    ),
+
+@dataclass(frozen=True)
+class ReLUSpec:
+    """max(x, 0), elementwise."""
+
+
+@dataclass(frozen=True)
+class LeakyReLUSpec:
+    """x for x > 0, alpha * x otherwise (Keras's default alpha, 0.2)."""
+
+    alpha: float = 0.2
+
+
+@dataclass(frozen=True)
+class TanhSpec:
+    """tanh(x), elementwise."""
+
+
+@dataclass(frozen=True)
+class SigmoidSpec:
+    """1 / (1 + exp(-x)), elementwise."""
+
+
+@dataclass(frozen=True)
+class DropoutSpec:
+    """In training, zero each unit with probability ``rate`` and scale the rest by 1 / (1 - rate)."""
+
+    rate: float
+
+
+@dataclass(frozen=True)
+class BatchNormSpec:
+    """Normalise each of ``features`` (the last axis: channels after a conv, units after a
+    dense layer) over the batch, then scale and shift; Keras's defaults."""
+
+    name: str
+    features: int
+    momentum: float = 0.99
+    epsilon: float = 1e-3
+
+
+LayerSpec = (DenseSpec | Conv2DSpec | MaxPool2DSpec | AvgPool2DSpec | FlattenSpec | ReLUSpec
+             | LeakyReLUSpec | TanhSpec | SigmoidSpec | DropoutSpec | BatchNormSpec)
+
+# type -> {key: (python type, default or REQUIRED)}; the keys a spec file may give.
+REQUIRED = object()
+LAYER_KEYS: dict[str, dict[str, tuple[type, Any]]] = {
+    "dense": {"units": (int, REQUIRED)},
+    "conv2d": {"filters": (int, REQUIRED), "kernel": (int, 3), "stride": (int, 1), "padding": (str, "same")},
+    "maxpool2d": {"size": (int, 2), "stride": (int, None)},
+    "avgpool2d": {"size": (int, 2), "stride": (int, None)},
+    "flatten": {}, "relu": {}, "tanh": {}, "sigmoid": {},
+    "leaky_relu": {"alpha": (float, 0.2)},
+    "dropout": {"rate": (float, REQUIRED)},
+    "batchnorm": {"momentum": (float, 0.99), "epsilon": (float, 1e-3)},
 }
-
-MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
-
-# One line each, for --help, the report and error messages.
-DESCRIPTIONS: dict[str, str] = {
-    "linear": "flatten -> dense 10 -> softmax",
-    "mlp128": "flatten -> dense 128 + ReLU -> dense 10 -> softmax",
-    "mlp256x2": "flatten -> dense 256 + ReLU -> dense 256 + ReLU -> dense 10 -> softmax",
-    "cnn": (
-        "conv 3x3x16 same + ReLU -> maxpool 2x2 -> conv 3x3x16 same + ReLU -> maxpool 2x2"
-        " -> flatten (784) -> dense 256 + ReLU -> dense 10 -> softmax"
-    ),
-}
+PARAM_PREFIX = {"dense": "dense", "conv2d": "conv", "batchnorm": "bn"}
 
 
-def get_spec(name: str) -> tuple[Layer, ...]:
-    """The layer list of model ``name``; raises ValueError for an unknown name."""
+def _value(where: str, key: str, raw: Any, kind: type) -> Any:
+    """``raw`` checked against ``kind`` (an int is a float too, a bool is neither)."""
+    ok = isinstance(raw, kind) and not isinstance(raw, bool)
+    if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+        ok, raw = True, float(raw)
+    if not ok:
+        raise SpecError(f"{where}: {key} must be {'an integer' if kind is int else 'a ' + kind.__name__}, "
+                        f"got {raw!r}")
+    return raw
+
+
+def _layer_options(where: str, table: Any) -> tuple[str, dict[str, Any]]:
+    """A ``[[layers]]`` table checked against LAYER_KEYS: (type, every key with its value)."""
+    if not isinstance(table, dict):
+        raise SpecError(f"{where}: a layer must be a table with a type, got {table!r}")
+    kind = table.get("type")
+    if kind not in LAYER_KEYS:
+        raise SpecError(f"{where}: type must be one of {', '.join(LAYER_KEYS)}, got {kind!r}")
+    allowed = LAYER_KEYS[kind]
+    extra = sorted(set(table) - set(allowed) - {"type"})
+    if extra:
+        raise SpecError(f"{where} ({kind}): unknown key {extra[0]!r} (a {kind} layer takes "
+                        f"{', '.join(allowed) or 'no keys'})")
+    options = {}
+    for key, (kind_of, default) in allowed.items():
+        if key not in table:
+            if default is REQUIRED:
+                raise SpecError(f"{where} ({kind}): missing key {key!r}")
+            options[key] = default
+        else:
+            options[key] = _value(f"{where} ({kind})", key, table[key], kind_of)
+    return kind, options
+
+
+def _positive(where: str, options: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        if options[key] is not None and options[key] < 1:
+            raise SpecError(f"{where}: {key} must be at least 1, got {options[key]}")
+
+
+def _window_out(where: str, size: int, kernel: int, stride: int, padding: str) -> int:
+    """Output length of a window of ``kernel`` every ``stride`` over ``size`` inputs."""
+    if padding == "same":
+        return math.ceil(size / stride)
+    if kernel > size:
+        raise SpecError(f"{where}: the {kernel}x{kernel} window is larger than its {size}x{size} input")
+    return (size - kernel) // stride + 1
+
+
+def _build_layer(where: str, kind: str, o: dict[str, Any], shape: tuple[int, ...],
+                 name: str | None) -> tuple[LayerSpec, tuple[int, ...]]:
+    """One layer's spec and its per-image output shape, from its input ``shape``."""
+    image = len(shape) == 3
+    if kind in ("conv2d", "maxpool2d", "avgpool2d") and not image:
+        raise SpecError(f"{where}: needs an image input (H, W, C), got a flat one of {shape[0]}")
+    if kind == "dense" and image:
+        raise SpecError(f"{where}: needs a flat input: put a flatten layer before it")
+    if kind == "dense":
+        _positive(where, o, "units")
+        return DenseSpec(name, shape[0], o["units"]), (o["units"],)
+    if kind == "conv2d":
+        _positive(where, o, "filters", "kernel", "stride")
+        if o["padding"] not in PADDINGS:
+            raise SpecError(f"{where}: padding must be 'same' or 'valid', got {o['padding']!r}")
+        h, w = (_window_out(where, s, o["kernel"], o["stride"], o["padding"]) for s in shape[:2])
+        spec = Conv2DSpec(name, shape[2], o["filters"], o["kernel"], o["stride"], o["padding"])
+        return spec, (h, w, o["filters"])
+    if kind in ("maxpool2d", "avgpool2d"):
+        stride = o["stride"] if o["stride"] is not None else o["size"]
+        _positive(where, {**o, "stride": stride}, "size", "stride")
+        h, w = (_window_out(where, s, o["size"], stride, "valid") for s in shape[:2])
+        cls = MaxPool2DSpec if kind == "maxpool2d" else AvgPool2DSpec
+        return cls(o["size"], stride), (h, w, shape[2])
+    if kind == "flatten":
+        return FlattenSpec(), (math.prod(shape),)
+    if kind == "dropout":
+        if not 0 <= o["rate"] < 1:
+            raise SpecError(f"{where}: rate must be in [0, 1), got {o['rate']}")
+        return DropoutSpec(o["rate"]), shape
+    if kind == "batchnorm":
+        if not 0 <= o["momentum"] < 1 or not o["epsilon"] > 0:
+            raise SpecError(f"{where}: needs 0 <= momentum < 1 and epsilon > 0")
+        return BatchNormSpec(name, shape[-1], o["momentum"], o["epsilon"]), shape
+    if kind == "leaky_relu":
+        return LeakyReLUSpec(o["alpha"]), shape
+    return {"relu": ReLUSpec, "tanh": TanhSpec, "sigmoid": SigmoidSpec}[kind](), shape
+
+
+def parse_spec(document: Any, source: str) -> tuple[LayerSpec, ...]:
+    """The layer specs of a parsed spec ``document`` (a TOML table), shapes inferred from
+    the 28x28x1 input; SpecError naming ``source``, the layer (1-based) and the key."""
+    if not isinstance(document, dict) or not isinstance(document.get("layers"), list) \
+            or not document["layers"]:
+        raise SpecError(f"{source}: a spec is a TOML table with a non-empty array of [[layers]]")
+    unknown = sorted(set(document) - {"name", "description", "layers"})
+    if unknown:
+        raise SpecError(f"{source}: unknown top-level key {unknown[0]!r} "
+                        "(expected name, description, layers)")
+    shape: tuple[int, ...] = IMAGE_SHAPE
+    counts: dict[str, int] = {}
+    specs: list[LayerSpec] = []
+    for index, table in enumerate(document["layers"], start=1):
+        where = f"{source}: layer {index}"
+        kind, options = _layer_options(where, table)
+        name = None
+        if kind in PARAM_PREFIX:
+            counts[kind] = counts.get(kind, 0) + 1
+            name = f"{PARAM_PREFIX[kind]}{counts[kind]}"
+        spec, shape = _build_layer(f"{where} ({kind})", kind, options, shape, name)
+        if 0 in shape:
+            raise SpecError(f"{where} ({kind}): its output shape {shape} has reached zero")
+        specs.append(spec)
+    if shape != (NUM_CLASSES,):
+        raise SpecError(f"{source}: the last layer must give {NUM_CLASSES} outputs (the logits), "
+                        f"it gives shape {shape}")
+    return tuple(specs)
+
+
+def is_spec_file(model: str) -> bool:
+    """Whether ``model`` names a spec file rather than a built-in model."""
+    return model.endswith(".toml")
+
+
+def read_document(path: str) -> dict[str, Any]:
+    """A spec file's TOML table; SpecError naming the file when it cannot be read or parsed."""
     try:
-        return MODELS[name]
-    except KeyError:
-        known = ", ".join(MODEL_NAMES)
-        raise ValueError(f"unknown model {name!r}: expected one of {known}") from None
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the spec file ({exc.strerror or exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: not valid TOML ({exc})") from None
 
 
-def param_shapes(name: str) -> dict[str, tuple[int, ...]]:
-    """Canonical parameter names of model ``name`` mapped to their shapes, in layer order."""
+@cache
+def _builtin_document(name: str) -> dict[str, Any]:
+    return tomllib.loads(resources.files("twinnet").joinpath("specs", f"{name}.toml").read_text())
+
+
+@cache
+def _spec_of_file(path: str, _mtime_ns: int) -> tuple[LayerSpec, ...]:
+    return parse_spec(read_document(path), path)
+
+
+def spec_document(model: str) -> dict[str, Any]:
+    """The TOML table of ``model``, a built-in name or a spec file's path."""
+    if is_spec_file(model):
+        return read_document(model)
+    get_spec(model)
+    return _builtin_document(model)
+
+
+def get_spec(model: str | tuple[LayerSpec, ...]) -> tuple[LayerSpec, ...]:
+    """The layer specs of ``model``: a built-in name or the path of a ``.toml`` spec file
+    (or the specs themselves, returned as they are).
+
+    ValueError for an unknown name, SpecError for a spec file that cannot be built.
+    """
+    if isinstance(model, tuple):
+        return model
+    if is_spec_file(model):
+        try:
+            mtime = os.stat(model).st_mtime_ns
+        except OSError as exc:
+            raise SpecError(f"{model}: cannot read the spec file ({exc.strerror or exc})") from None
+        return _spec_of_file(model, mtime)
+    if model not in MODEL_NAMES:
+        raise ValueError(f"unknown model {model!r}: expected one of {', '.join(MODEL_NAMES)} "
+                         "or a .toml spec file")
+    return parse_spec(_builtin_document(model), f"{model}.toml")
+
+
+def describe(model: str) -> str:
+    """One line for --help, the report and messages: the spec's description, else its layer types."""
+    document = spec_document(model)
+    if isinstance(document.get("description"), str):
+        return document["description"]
+    return " -> ".join(str(layer.get("type")) for layer in document["layers"])
+
+
+DESCRIPTIONS: dict[str, str] = {name: describe(name) for name in MODEL_NAMES}
+
+
+def param_shapes(model: str) -> dict[str, tuple[int, ...]]:
+    """Canonical parameter names of ``model`` mapped to their shapes, in layer order."""
     shapes: dict[str, tuple[int, ...]] = {}
-    for layer in get_spec(name):
-        if isinstance(layer, Dense):
+    for layer in get_spec(model):
+        if isinstance(layer, DenseSpec):
             shapes[f"{layer.name}/W"] = (layer.n_in, layer.n_out)
             shapes[f"{layer.name}/b"] = (layer.n_out,)
-        elif isinstance(layer, Conv2D):
-            shapes[f"{layer.name}/W"] = (layer.size, layer.size, layer.c_in, layer.c_out)
+        elif isinstance(layer, Conv2DSpec):
+            shapes[f"{layer.name}/W"] = (layer.kernel, layer.kernel, layer.c_in, layer.c_out)
             shapes[f"{layer.name}/b"] = (layer.c_out,)
+        elif isinstance(layer, BatchNormSpec):
+            for key in ("gamma", "beta", "moving_mean", "moving_variance"):
+                shapes[f"{layer.name}/{key}"] = (layer.features,)
     return shapes
 
 
-def init_params(name: str, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded initial parameters: Glorot-uniform weights, zero biases, float32.
+def is_trainable(key: str) -> bool:
+    """Whether parameter ``key`` is learned by gradient descent (batch norm's moving
+    statistics are updated by their own rule instead)."""
+    return not key.endswith(("/moving_mean", "/moving_variance"))
 
-    Both twins start from these same arrays, so with the same seed and data order
-    their runs differ only by floating-point rounding. Glorot uniform draws from
-    U(-a, a) with a = sqrt(6 / (fan_in + fan_out)); for a conv kernel the fans are
-    multiplied by the receptive field (3 * 3), as in Keras.
+
+def init_params(model: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded initial parameters, float32: Glorot-uniform weights, zero biases and shifts,
+    unit scales and moving variances, zero moving means (Keras's initialisers).
+
+    Both twins start from these same arrays. Glorot uniform draws from U(-a, a) with
+    a = sqrt(6 / (fan_in + fan_out)); for a conv kernel the fans are multiplied by the
+    receptive field (k * k), as in Keras. Only weights draw random numbers, in layer order.
     """
     rng = np.random.default_rng(seed)
     params: dict[str, np.ndarray] = {}
-    for key, shape in param_shapes(name).items():
-        if key.endswith("/b"):
-            params[key] = np.zeros(shape, dtype=np.float32)
+    for key, shape in param_shapes(model).items():
+        if not key.endswith("/W"):
+            one = key.endswith(("/gamma", "/moving_variance"))
+            params[key] = (np.ones if one else np.zeros)(shape, dtype=np.float32)
             continue
-        receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+        receptive = math.prod(shape[:-2])
         fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
         limit = np.sqrt(6.0 / (fan_in + fan_out))
         params[key] = rng.uniform(-limit, limit, size=shape).astype(np.float32)
     return params
 
 
-def count_params(name: str) -> int:
-    """Number of trainable scalars in model ``name``."""
-    return sum(int(np.prod(s)) for s in param_shapes(name).values())
+def count_params(model: str) -> int:
+    """Number of trainable scalars in ``model``."""
+    return sum(math.prod(s) for k, s in param_shapes(model).items() if is_trainable(k))
 
 
 @dataclass(frozen=True)
 class LayerShapes:
-    """One layer of a spec with the per-image shapes around it: ``inp`` and ``out`` are
-    (H, W, C) for image layers and (features,) after Flatten."""
+    """One layer spec with the per-image shapes around it: ``inp`` and ``out`` are
+    (H, W, C) for image layers and (features,) after a flatten."""
 
-    layer: Layer
+    layer: LayerSpec
     inp: tuple[int, ...]
     out: tuple[int, ...]
 
     @property
     def multiply_adds(self) -> int:
         """Multiply-adds of this layer's forward pass on one image (0 without weights)."""
-        if isinstance(self.layer, Dense):
+        if isinstance(self.layer, DenseSpec):
             return self.layer.n_in * self.layer.n_out
-        if isinstance(self.layer, Conv2D):
+        if isinstance(self.layer, Conv2DSpec):
             height, width, _ = self.out
-            return height * width * self.layer.size**2 * self.layer.c_in * self.layer.c_out
+            return height * width * self.layer.kernel**2 * self.layer.c_in * self.layer.c_out
         return 0
 
 
-def walk(name: str) -> list[LayerShapes]:
-    """The layers of model ``name`` in order, each with its per-image input and output
-    shapes; the one place that follows an image's shape through a spec."""
+def walk(model: str) -> list[LayerShapes]:
+    """The layers of ``model`` in order, each with its per-image input and output shapes;
+    the one place that follows an image's shape through a spec."""
     shape: tuple[int, ...] = IMAGE_SHAPE
     steps = []
-    for layer in get_spec(name):
-        if isinstance(layer, Dense):
+    for layer in get_spec(model):
+        if isinstance(layer, DenseSpec):
             out: tuple[int, ...] = (layer.n_out,)
-        elif isinstance(layer, Conv2D):
-            out = (*shape[:2], layer.c_out)
-        elif isinstance(layer, MaxPool2D):
-            out = (shape[0] // layer.size, shape[1] // layer.size, shape[2])
-        elif isinstance(layer, Flatten):
-            out = (int(np.prod(shape)),)
+        elif isinstance(layer, Conv2DSpec):
+            out = tuple(_window_out("", s, layer.kernel, layer.stride, layer.padding)
+                        for s in shape[:2]) + (layer.c_out,)
+        elif isinstance(layer, MaxPool2DSpec | AvgPool2DSpec):
+            out = tuple(_window_out("", s, layer.size, layer.stride, "valid") for s in shape[:2]) + shape[2:]
+        elif isinstance(layer, FlattenSpec):
+            out = (math.prod(shape),)
         else:
             out = shape
         steps.append(LayerShapes(layer, shape, out))
@@ -197,10 +412,15 @@ def walk(name: str) -> list[LayerShapes]:
     return steps
 
 
-def multiply_adds_per_image(name: str) -> int:
+def multiply_adds_per_image(model: str) -> int:
     """Multiply-adds of one forward pass on one image (dense and conv layers only).
 
     The backward pass costs about twice this (gradients with respect to the input
     and to the weights), so a training step is about 3x forward; see ``bench``.
     """
-    return sum(step.multiply_adds for step in walk(name))
+    return sum(step.multiply_adds for step in walk(model))
+
+
+def spec_fields(layer: LayerSpec) -> dict[str, Any]:
+    """A layer spec's fields by name (for messages and tables)."""
+    return {f.name: getattr(layer, f.name) for f in fields(layer)}

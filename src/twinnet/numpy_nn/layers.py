@@ -1,23 +1,23 @@
-"""Reference layers of the NumPy twin: one plain class per section of docs/derivations.md.
+"""The NumPy twin's reference layers: one class per section of docs/derivations.md.
 
-Each layer is a forward/backward pair (cs231n style):
+Every layer is a forward/backward pair:
 
-- ``forward(x)`` returns the output and keeps in ``cache`` exactly what ``backward``
-  needs;
-- ``backward(dout)`` takes d(loss)/d(output) and returns d(loss)/d(input); a layer
-  with parameters also fills ``grads = {"W": dW, "b": db}``.
+- ``forward(x, train=True)`` returns the output; in training it keeps in ``cache``
+  exactly what ``backward`` needs (inference, ``train=False``, keeps nothing);
+- ``backward(d)`` takes d(loss)/d(output) of the last training forward and returns
+  d(loss)/d(input); a layer with parameters also fills ``grads`` with the gradient of
+  each, under its canonical name (``"conv1/W"``), as ``params`` names the arrays.
 
-Every array is NHWC (images) or (N, features), in the dtype it arrives in (float32 in
-training, float64 in gradient checks). Parameters are held by reference, so an
-optimizer that updates them in place is seen by the layer.
-
-These classes are written to be read next to their derivations, not to be fast: the
-network trains with the fused blocks of ``blocks.py``, built from the measured
-kernels of ``kernels.py``, and a test holds each block equal to the composition of
-these layers.
+Arrays are NHWC images (N, H, W, C) or (N, features), in the dtype they arrive in
+(float32 in training, float64 in gradient checks). Parameters are held by reference,
+so an optimizer's in-place update is seen by the layer. These layers train any model
+on their own (``network.py``); ``fast/`` holds faster blocks that replace some runs of
+them, each tested equal to the layers it replaces.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -30,128 +30,168 @@ class Dense:
     Backward: dx = dz @ W.T, dW = x.T @ dz, db = dz summed over N.
     """
 
-    def __init__(self, W: np.ndarray, b: np.ndarray) -> None:
-        self.W, self.b = W, b
-        self.cache: np.ndarray | None = None
+    def __init__(self, name: str, W: np.ndarray, b: np.ndarray) -> None:
+        self.name, self.W, self.b = name, W, b
+        self.params = {f"{name}/W": W, f"{name}/b": b}
         self.grads: dict[str, np.ndarray] = {}
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        self.cache = x
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        if train:
+            self.cache = x
         return x @ self.W + self.b
 
     def backward(self, dz: np.ndarray) -> np.ndarray:
         x = self.cache
-        self.grads = {"W": x.T @ dz, "b": dz.sum(axis=0)}
+        self.grads = {f"{self.name}/W": x.T @ dz, f"{self.name}/b": dz.sum(axis=0)}
         return dz @ self.W.T
 
 
 class ReLU:
-    """Elementwise ``max(x, 0)``, any shape (derivations, section 3).
+    """``max(x, 0)`` elementwise, any shape (derivations, section 3).
 
-    Backward: dx = dout where x > 0, else 0 (the subgradient at 0 is taken as 0, as
+    Backward: dx = d where x > 0, else 0 (the subgradient at 0 is taken as 0, as
     TensorFlow does).
     """
 
-    def __init__(self) -> None:
-        self.cache: np.ndarray | None = None
+    params: dict[str, np.ndarray] = {}
+    grads: dict[str, np.ndarray] = {}
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        self.cache = x > 0
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        if train:
+            self.cache = x > 0
         return np.maximum(x, 0)
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        return dout * self.cache
+    def backward(self, d: np.ndarray) -> np.ndarray:
+        return d * self.cache
 
 
-def im2col_3x3(xpad: np.ndarray) -> np.ndarray:
-    """All 3x3 windows of a zero-padded NHWC batch as the rows of one matrix.
-
-    xpad (N, H+2, W+2, C) -> cols (N*H*W, 9*C) with
-    ``cols[(n*H + i)*W + j, (p*3 + q)*C + c] = xpad[n, i + p, j + q, c]``: one row per
-    output pixel, columns in (p, q, c) order, the row order of an HWIO kernel reshaped
-    to (9*C, C_out).
-    """
-    windows = sliding_window_view(xpad, (3, 3), axis=(1, 2))  # (N, H, W, C, 3, 3), a view
-    n, h, w, c = windows.shape[:4]
-    return windows.transpose(0, 1, 2, 4, 5, 3).reshape(n * h * w, 9 * c)
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """Zeros before and after one axis of ``size`` pixels for 'same' output ceil(size /
+    stride), as TensorFlow pads: the odd one goes after."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
 
 
-def pad1(x: np.ndarray) -> np.ndarray:
-    """x (N, H, W, C) with one row and column of zeros on every side: (N, H+2, W+2, C)."""
-    return np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+def tap(x: np.ndarray, p: int, q: int, stride: int, h_out: int, w_out: int) -> np.ndarray:
+    """Element (p, q) of every window of x (N, H, W, C), windows every ``stride`` pixels:
+    a strided view (N, h_out, w_out, C) with ``[n, i, j] = x[n, i*stride + p, j*stride + q]``."""
+    return x[:, p:p + stride * h_out:stride, q:q + stride * w_out:stride]
+
+
+def windows(x: np.ndarray, size: int, stride: int) -> np.ndarray:
+    """Every size x size window of x (N, H, W, C) every ``stride`` pixels, as a view
+    (N, H_out, W_out, size, size, C) with ``[n, i, j, p, q, c] = x[n, i*stride + p, j*stride + q, c]``."""
+    view = sliding_window_view(x, (size, size), axis=(1, 2))[:, ::stride, ::stride]
+    return view.transpose(0, 1, 2, 4, 5, 3)
+
+
+def scatter_windows(d_windows: np.ndarray, shape: tuple[int, ...], stride: int) -> np.ndarray:
+    """The adjoint of ``windows``: d_windows (N, H_out, W_out, size, size, C) added back
+    onto the pixels they were read from, an array of ``shape`` (N, H, W, C). A loop over
+    the size x size window positions, each one strided add of the whole batch."""
+    _, h_out, w_out, size, _, _ = d_windows.shape
+    dx = np.zeros(shape, dtype=d_windows.dtype)
+    for p in range(size):
+        for q in range(size):
+            tap(dx, p, q, stride, h_out, w_out)[...] += d_windows[:, :, :, p, q]
+    return dx
 
 
 class Conv2D:
-    """3x3 cross-correlation, stride 1, zero padding 1 ('same'), NHWC / HWIO
-    (derivations, section 4).
+    """Cross-correlation, NHWC images and an HWIO kernel (derivations, section 4).
 
-    Shapes: x (N, H, W, C_in), W (3, 3, C_in, C_out), b (C_out,), z (N, H, W, C_out):
-    ``z[n, i, j, o] = b[o] + sum_{p, q, c} xpad[n, i+p, j+q, c] * W[p, q, c, o]``.
+    Shapes: x (N, H, W, C_in), W (k, k, C_in, C_out), b (C_out,), z (N, H_out, W_out, C_out):
+    ``z[n, i, j, o] = b[o] + sum_{p, q, c} xpad[n, i*s + p, j*s + q, c] * W[p, q, c, o]``,
+    xpad being x with 'same' zero padding (or none for 'valid'), s the stride.
 
-    Forward as one matmul of the im2col matrix with the kernel. Backward:
-    dW = cols.T @ dz, db = dz summed over N, H, W, and dx = the 'same' correlation of
-    dz with the kernel flipped in both spatial axes and its channel axes swapped.
+    Forward as one matmul of the im2col matrix (one row per output pixel, its window's
+    k*k*C_in values in (p, q, c) order) with the kernel reshaped to (k*k*C_in, C_out).
+    Backward: dW = cols.T @ dz, db = dz summed over N, H, W, and dx = the gradient of
+    each window's values, dz @ W.T, added back where each value was read (``scatter_windows``).
     """
 
-    def __init__(self, W: np.ndarray, b: np.ndarray) -> None:
-        if W.shape[:2] != (3, 3):
-            raise ValueError(f"Conv2D supports 3x3 kernels only, got {W.shape[:2]}")
-        self.W, self.b = W, b
-        self.cache: tuple[np.ndarray, tuple[int, ...]] | None = None
+    def __init__(self, name: str, W: np.ndarray, b: np.ndarray, stride: int = 1,
+                 padding: str = "same") -> None:
+        self.name, self.W, self.b, self.stride, self.padding = name, W, b, stride, padding
+        self.params = {f"{name}/W": W, f"{name}/b": b}
         self.grads: dict[str, np.ndarray] = {}
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        n, h, w, c_in = x.shape
-        c_out = self.W.shape[3]
-        cols = im2col_3x3(pad1(x))
-        self.cache = (cols, x.shape)
-        z = cols @ self.W.reshape(9 * c_in, c_out) + self.b
-        return z.reshape(n, h, w, c_out)
+    def pads(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Zeros (before, after) the rows and the columns of an h x w input."""
+        if self.padding == "valid":
+            return (0, 0), (0, 0)
+        k = self.W.shape[0]
+        return same_padding(h, k, self.stride), same_padding(w, k, self.stride)
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        k, _, c_in, c_out = self.W.shape
+        rows, cols_pad = self.pads(*x.shape[1:3])
+        xpad = np.pad(x, ((0, 0), rows, cols_pad, (0, 0)))
+        win = windows(xpad, k, self.stride)  # (N, H_out, W_out, k, k, C_in)
+        n, h_out, w_out = win.shape[:3]
+        cols = win.reshape(n * h_out * w_out, k * k * c_in)  # the im2col matrix (a copy)
+        if train:
+            self.cache = (cols, win.shape, xpad.shape, x.shape, rows[0], cols_pad[0])
+        z = cols @ self.W.reshape(k * k * c_in, c_out) + self.b
+        return z.reshape(n, h_out, w_out, c_out)
 
     def backward(self, dz: np.ndarray) -> np.ndarray:
-        cols, (n, h, w, c_in) = self.cache
+        cols, win_shape, xpad_shape, (_, h, w, _), top, left = self.cache
         c_out = self.W.shape[3]
-        dz2d = dz.reshape(n * h * w, c_out)
-        self.grads = {"W": (cols.T @ dz2d).reshape(self.W.shape), "b": dz2d.sum(axis=0)}
-        w_flip = self.W[::-1, ::-1].transpose(0, 1, 3, 2)  # W_flip[p, q, o, c] = W[2-p, 2-q, c, o]
-        dx = im2col_3x3(pad1(dz)) @ w_flip.reshape(9 * c_out, c_in)
-        return dx.reshape(n, h, w, c_in)
+        dz2d = dz.reshape(-1, c_out)
+        self.grads = {f"{self.name}/W": (cols.T @ dz2d).reshape(self.W.shape),
+                      f"{self.name}/b": dz2d.sum(axis=0)}
+        dcols = dz2d @ self.W.reshape(-1, c_out).T  # d(loss)/d(each window value)
+        dxpad = scatter_windows(dcols.reshape(win_shape), xpad_shape, self.stride)
+        return dxpad[:, top:top + h, left:left + w]
 
 
 class MaxPool2D:
-    """2x2 max-pooling, stride 2, H and W even (derivations, section 5).
+    """Maximum over each size x size window every ``stride`` pixels, no padding
+    (derivations, section 5).
 
-    Shapes: x (N, H, W, C) -> out (N, H/2, W/2, C). Backward: each window's gradient
-    goes to the element that was its maximum; on ties to the first one in row-major
-    window order, so a window passes on exactly its gradient, never a multiple of it.
+    Shapes: x (N, H, W, C) -> out (N, H_out, W_out, C), H_out = (H - size) // stride + 1.
+    Computed as the running maximum of the window's size*size elements (``tap``).
+    Backward: each window's gradient goes to the element that was its maximum; on ties
+    to the first in row-major window order, so a window passes on exactly its gradient.
     """
 
-    def __init__(self) -> None:
-        self.cache: np.ndarray | None = None
+    params: dict[str, np.ndarray] = {}
+    grads: dict[str, np.ndarray] = {}
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def __init__(self, size: int = 2, stride: int = 2) -> None:
+        self.size, self.stride = size, stride
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         n, h, w, c = x.shape
-        if h % 2 or w % 2:
-            raise ValueError(f"MaxPool2D needs even height and width, got {h}x{w}")
-        # (N, H/2, W/2, C, 4): the four elements of each window, in row-major window order.
-        windows = x.reshape(n, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4)
-        windows = windows.reshape(n, h // 2, w // 2, c, 4)
-        first_max = windows.argmax(axis=-1)  # argmax returns the first maximum
-        self.cache = (first_max, x.shape)
-        return windows.max(axis=-1)
+        h_out, w_out = (h - self.size) // self.stride + 1, (w - self.size) // self.stride + 1
+        taps = [tap(x, p, q, self.stride, h_out, w_out) for p in range(self.size) for q in range(self.size)]
+        out = taps[0].copy()
+        for t in taps[1:]:
+            np.maximum(out, t, out=out)
+        if train:
+            # routing[k]: where element k of the window is the first maximum.
+            routing, taken = [], np.zeros(out.shape, dtype=bool)
+            for t in taps:
+                routing.append((t == out) & ~taken)
+                taken |= routing[-1]
+            self.cache = (np.stack(routing), x.shape)
+        return out
 
     @property
     def routing(self) -> np.ndarray:
-        """The last forward's arg-max masks, (N, H/2, W/2, C, 4) bool: where the
-        gradient of each window goes (also what gradient checks watch for kinks)."""
-        first_max, _ = self.cache
-        return first_max[..., None] == np.arange(4)
+        """The last training forward's arg-max masks (size*size, N, H_out, W_out, C), bool:
+        where each window's gradient goes (what gradient checks watch for kinks)."""
+        return self.cache[0]
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        _, (n, h, w, c) = self.cache
-        dwindows = dout[..., None] * self.routing  # (N, H/2, W/2, C, 4)
-        dx = dwindows.reshape(n, h // 2, w // 2, c, 2, 2).transpose(0, 1, 4, 2, 5, 3)
-        return dx.reshape(n, h, w, c)
+    def backward(self, d: np.ndarray) -> np.ndarray:
+        routing, shape = self.cache
+        dx = np.zeros(shape, dtype=d.dtype)
+        h_out, w_out = d.shape[1:3]
+        for k, route in enumerate(routing):
+            p, q = divmod(k, self.size)
+            tap(dx, p, q, self.stride, h_out, w_out)[...] += d * route
+        return dx
 
 
 class Flatten:
@@ -160,15 +200,16 @@ class Flatten:
     Backward reshapes the gradient back to the input's shape.
     """
 
-    def __init__(self) -> None:
-        self.cache: tuple[int, ...] | None = None
+    params: dict[str, np.ndarray] = {}
+    grads: dict[str, np.ndarray] = {}
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        self.cache = x.shape
-        return x.reshape(x.shape[0], -1)
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        if train:
+            self.cache = x.shape
+        return x.reshape(len(x), -1)
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        return dout.reshape(self.cache)
+    def backward(self, d: np.ndarray) -> np.ndarray:
+        return d.reshape(self.cache)
 
 
 Layer = Dense | ReLU | Conv2D | MaxPool2D | Flatten

@@ -26,10 +26,10 @@ class SGD:
         self.iterations = 0
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
-        """Update every array of ``params`` in place with its gradient in ``grads`` (same keys)."""
+        """Update in place every array of ``params`` that has a gradient in ``grads``."""
         for key, p in params.items():
-            # lr as a scalar of the parameter's dtype: float32 stays float32.
-            p -= grads[key] * p.dtype.type(lr)
+            if key in grads:  # lr as a scalar of the parameter's dtype: float32 stays float32
+                p -= grads[key] * p.dtype.type(lr)
         self.iterations += 1
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -69,35 +69,23 @@ class Adam:
         self.v: dict[str, np.ndarray] = {}
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
-        """Update every array of ``params`` in place with its gradient in ``grads`` (same keys)."""
+        """Update in place every array of ``params`` that has a gradient in ``grads``."""
         t = self.iterations + 1
         for key, p in params.items():
+            if key not in grads:
+                continue
+            g = grads[key]
             if key not in self.m:  # slots are created lazily, zero, like Keras' build()
-                self.m[key] = np.zeros_like(p)
-                self.v[key] = np.zeros_like(p)
-            self._update(p, grads[key], self.m[key], self.v[key], lr, t)
+                self.m[key], self.v[key] = np.zeros_like(p), np.zeros_like(p)
+            m, v = self.m[key], self.v[key]
+            # Scalars in the parameter's dtype, computed as Keras does (in float32 there);
+            # Python floats are weak scalars, so float32 arrays stay float32.
+            b1_power, b2_power = p.dtype.type(self.beta_1) ** t, p.dtype.type(self.beta_2) ** t
+            alpha = p.dtype.type(lr) * np.sqrt(1 - b2_power) / (1 - b1_power)
+            m += (g - m) * (1 - self.beta_1)
+            v += (g * g - v) * (1 - self.beta_2)
+            p -= (m * alpha) / (np.sqrt(v) + self.epsilon)
         self.iterations = t
-
-    def _update(self, p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, lr: float,
-                t: int) -> None:
-        """Update t of one parameter p (in place, with its slots m and v) from gradient g."""
-        # Scalars in the parameter's dtype, computed as Keras does (in float32 there).
-        one = p.dtype.type(1)
-        b1_power = p.dtype.type(self.beta_1) ** p.dtype.type(t)
-        b2_power = p.dtype.type(self.beta_2) ** p.dtype.type(t)
-        alpha = p.dtype.type(lr) * np.sqrt(one - b2_power) / (one - b1_power)
-        tmp = g - m
-        tmp *= 1 - self.beta_1  # Python float: weak scalar, keeps p's dtype
-        m += tmp
-        np.multiply(g, g, out=tmp)
-        tmp -= v
-        tmp *= 1 - self.beta_2
-        v += tmp
-        np.multiply(m, alpha, out=tmp)
-        denom = np.sqrt(v)
-        denom += self.epsilon
-        tmp /= denom
-        p -= tmp
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the slots: ``<param>/m``, ``<param>/v`` and 0-d int64 ``iterations``."""

@@ -19,11 +19,11 @@ import tensorflow as tf  # noqa: E402
 
 from twinnet.models import (  # noqa: E402
     IMAGE_SHAPE,
-    Conv2D,
-    Dense,
-    Flatten,
-    MaxPool2D,
-    ReLU,
+    Conv2DSpec,
+    DenseSpec,
+    FlattenSpec,
+    MaxPool2DSpec,
+    ReLUSpec,
     get_spec,
     param_shapes,
 )
@@ -43,19 +43,21 @@ def build_network(model: str, dtype: str = "float32") -> tuple[keras.Sequential,
     layers: list[keras.layers.Layer] = [keras.Input(IMAGE_SHAPE, dtype=dtype)]
     named: list[keras.layers.Layer] = []
     for layer in get_spec(model):
-        if isinstance(layer, Dense):
+        if isinstance(layer, DenseSpec):
             named.append(keras.layers.Dense(layer.n_out, name=layer.name, dtype=dtype))
             layers.append(named[-1])
-        elif isinstance(layer, Conv2D):
-            named.append(keras.layers.Conv2D(layer.c_out, layer.size, padding="same",
-                                             name=layer.name, dtype=dtype))
+        elif isinstance(layer, Conv2DSpec):
+            named.append(keras.layers.Conv2D(layer.c_out, layer.kernel, strides=layer.stride,
+                                             padding=layer.padding, name=layer.name, dtype=dtype))
             layers.append(named[-1])
-        elif isinstance(layer, ReLU):
+        elif isinstance(layer, ReLUSpec):
             layers.append(keras.layers.ReLU(dtype=dtype))
-        elif isinstance(layer, MaxPool2D):
-            layers.append(keras.layers.MaxPooling2D(layer.size, dtype=dtype))
-        elif isinstance(layer, Flatten):
+        elif isinstance(layer, MaxPool2DSpec):
+            layers.append(keras.layers.MaxPooling2D(layer.size, strides=layer.stride, dtype=dtype))
+        elif isinstance(layer, FlattenSpec):
             layers.append(keras.layers.Flatten(dtype=dtype))
+        else:
+            raise ValueError(f"{model}: the TF twin has no layer for {layer}")
     network = keras.Sequential(layers, name=model)
     variables = {}
     for layer in named:

@@ -1,6 +1,6 @@
 """Measured fast primitives for the fused blocks of ``blocks.py``.
 
-Each function computes something a reference layer (``layers.py``) also computes, in
+Each function computes something a reference layer (``numpy_nn/layers.py``) also computes, in
 a form that runs faster with NumPy on our CPUs; the first line of each docstring says
 what, the second why. The measurements behind them are in docs/performance.md
 ("Kernels"). Nothing here is needed to understand the maths: read ``layers.py`` and
@@ -108,8 +108,8 @@ class PaddedBuffer:
         return padded
 
 
-def im2col_3x3(xpad: np.ndarray, pool_order: bool = False, scratch: Scratch | None = None) -> np.ndarray:
-    """The im2col matrix of ``layers.im2col_3x3``, built with long contiguous copies.
+def im2col_3x3_rows(xpad: np.ndarray, pool_order: bool = False, scratch: Scratch | None = None) -> np.ndarray:
+    """The im2col matrix of a 3x3 stride-1 ``layers.Conv2D``, built with long contiguous copies.
 
     xpad (N, H+2, W+2, C) C-contiguous -> cols (N*H*W, 9*C), columns in (p, q, c) order.
     In NHWC the three taps of one kernel row, (q, c) for q = 0..2, are 3*C adjacent

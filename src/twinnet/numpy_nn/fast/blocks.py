@@ -1,31 +1,28 @@
-"""The blocks the NumPy twin's network is made of: fused layers built from ``kernels.py``.
+"""Fused blocks: one block in place of a run of reference layers, built from ``kernels.py``.
 
-A block computes exactly what a run of reference layers (``layers.py``) computes, and a
-test holds it equal to that composition, values and gradients:
+A block computes exactly what the layers it replaces (``replaces``) compute, and a test
+holds it equal to their composition, values and gradients:
 
-- ``ConvReLUPool``: Conv2D -> ReLU -> MaxPool2D (the cnn's two convolutional stages);
-- ``DenseBlock``: Dense, or Dense -> ReLU;
-- ``FlattenBlock``: Flatten.
+- ``ConvReLUPool``: Conv2D 3x3 'same' stride 1 -> ReLU -> MaxPool2D 2x2;
+- ``DenseReLU``: Dense -> ReLU.
 
-Every block has ``forward(x, train=True)`` and ``backward(dout)``. ``train=False``
-(inference) keeps no cache and may take shortcuts that give the same values.
-``backward`` uses the cache of the last training forward and returns d(loss)/d(input),
-or None when built with ``needs_input_grad=False`` (the first block, whose input is the
-image); blocks with parameters fill ``grads`` with their canonical names
-(``"conv1/W"`` ...). Parameters are held by reference, so in-place optimizer updates
-are seen.
+A block has the layers' interface: ``forward(x, train=True)``, ``backward(d)``,
+``params`` and ``grads`` under canonical names. ``backward`` returns None when built
+with ``needs_input_grad=False`` (the first block, whose input is the image, whose
+gradient nobody needs). Parameters are those of the replaced layer, by reference.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from twinnet.numpy_nn.kernels import (
+from twinnet.numpy_nn import layers
+from twinnet.numpy_nn.fast.kernels import (
     PaddedBuffer,
     Scratch,
     add_bias,
     column_sums,
-    im2col_3x3,
+    im2col_3x3_rows,
     max_pool_blocks,
     relu,
     window_major_view,
@@ -61,16 +58,29 @@ class ConvReLUPool:
     are summed in chunk order.
     """
 
-    def __init__(self, name: str, W: np.ndarray, b: np.ndarray, needs_input_grad: bool = True) -> None:
-        if W.shape[:2] != (3, 3):
-            raise ValueError(f"{name}: 3x3 kernels only, got {W.shape[:2]}")
-        self.name, self.W, self.b = name, W, b
+    def __init__(self, conv: layers.Conv2D, relu: layers.ReLU, pool: layers.MaxPool2D,
+                 needs_input_grad: bool = True) -> None:
+        if not self.matches(conv, relu, pool):
+            raise ValueError(f"{conv.name}: ConvReLUPool replaces only a 3x3 'same' stride-1 conv, "
+                             "ReLU and a 2x2 max-pool")
+        self.replaces = (conv, relu, pool)
+        self.name, self.W, self.b, self.params = conv.name, conv.W, conv.b, conv.params
         self.needs_input_grad = needs_input_grad
         self.cache: tuple | None = None
         self.grads: dict[str, np.ndarray] = {}
         self._xpad = PaddedBuffer()
         self._dzpad = PaddedBuffer()
         self._scratch = Scratch()
+
+    @staticmethod
+    def matches(*run: object) -> bool:
+        """Whether a run of layers is one this block can replace."""
+        if len(run) < 3:
+            return False
+        conv, relu, pool = run[:3]
+        return (isinstance(conv, layers.Conv2D) and conv.W.shape[:2] == (3, 3) and conv.stride == 1
+                and conv.padding == "same" and isinstance(relu, layers.ReLU)
+                and isinstance(pool, layers.MaxPool2D) and (pool.size, pool.stride) == (2, 2))
 
     def chunk_size(self, h: int, w: int, itemsize: int) -> int:
         """Images per chunk for inputs of h x w pixels: CHUNK_BYTES over the larger of one
@@ -89,7 +99,7 @@ class ConvReLUPool:
         kept_cols: list[np.ndarray] | None = [] if train and not self.needs_input_grad else None
         for part in chunk_slices(n, self.chunk_size(h, w, x.dtype.itemsize)):
             m = part.stop - part.start
-            cols = im2col_3x3(self._xpad.fill(x[part]), pool_order=True,
+            cols = im2col_3x3_rows(self._xpad.fill(x[part]), pool_order=True,
                               scratch=None if kept_cols is not None else self._scratch)
             z = self._scratch.get("z", (4, m, h // 2, w // 2, c_out), x.dtype)  # window-major
             np.matmul(cols, self.W.reshape(-1, c_out), out=z.reshape(-1, c_out))
@@ -123,7 +133,7 @@ class ConvReLUPool:
                 # dz goes from window-major straight into the padded buffer's interior.
                 dzpad = self._dzpad.padded((m, h, w, c_out), dz.dtype)
                 window_major_view(dzpad[:, 1:-1, 1:-1, :])[...] = dz.reshape(2, 2, m, h // 2, w // 2, c_out)
-                dzcols = im2col_3x3(dzpad, scratch=self._scratch)
+                dzcols = im2col_3x3_rows(dzpad, scratch=self._scratch)
                 np.matmul(dzcols, w_flip, out=dx[part].reshape(-1, c_in))
                 dW_flip += x[part].reshape(-1, c_in).T @ dzcols
             else:
@@ -135,48 +145,35 @@ class ConvReLUPool:
         return dx if self.needs_input_grad else None
 
 
-class DenseBlock:
-    """``z = x @ W + b``, followed by ReLU when ``relu`` (derivations, sections 2 and 3).
+class DenseReLU:
+    """``relu(x @ W + b)``, one block (derivations, sections 2 and 3): the ReLU runs in
+    place on the matmul's output, and only its mask is kept.
 
     Shapes: x (N, n_in), W (n_in, n_out), b (n_out,), out (N, n_out).
     """
 
-    def __init__(self, name: str, W: np.ndarray, b: np.ndarray, relu: bool,
-                 needs_input_grad: bool = True) -> None:
-        self.name, self.W, self.b, self.relu = name, W, b, relu
+    def __init__(self, dense: layers.Dense, relu: layers.ReLU, needs_input_grad: bool = True) -> None:
+        self.replaces = (dense, relu)
+        self.name, self.W, self.b, self.params = dense.name, dense.W, dense.b, dense.params
         self.needs_input_grad = needs_input_grad
-        self.cache: tuple | None = None
         self.grads: dict[str, np.ndarray] = {}
+
+    @staticmethod
+    def matches(*run: object) -> bool:
+        """Whether a run of layers is one this block can replace."""
+        return len(run) >= 2 and isinstance(run[0], layers.Dense) and isinstance(run[1], layers.ReLU)
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         z = add_bias(x @ self.W, self.b)
-        positive = z > 0 if (train and self.relu) else None
         if train:
-            self.cache = (x, positive)
-        return relu(z, out=z) if self.relu else z
+            self.cache = (x, z > 0)
+        return relu(z, out=z)
 
-    def backward(self, dout: np.ndarray) -> np.ndarray | None:
+    def backward(self, d: np.ndarray) -> np.ndarray | None:
         x, positive = self.cache
-        dz = np.multiply(dout, positive, out=dout) if self.relu else dout  # dout is ours to reuse
+        dz = np.multiply(d, positive, out=d)  # d is ours to reuse: nothing else reads it
         self.grads = {f"{self.name}/W": x.T @ dz, f"{self.name}/b": dz.sum(axis=0)}
         return dz @ self.W.T if self.needs_input_grad else None
 
 
-class FlattenBlock:
-    """Row-major flatten (N, ...) -> (N, prod(...)); backward restores the shape."""
-
-    def __init__(self) -> None:
-        self.cache: tuple[int, ...] | None = None
-        self.grads: dict[str, np.ndarray] = {}
-        self.needs_input_grad = True
-
-    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
-        if train:
-            self.cache = x.shape
-        return x.reshape(len(x), -1)
-
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        return dout.reshape(self.cache)
-
-
-Block = ConvReLUPool | DenseBlock | FlattenBlock
+Block = ConvReLUPool | DenseReLU

@@ -1,0 +1,15 @@
+"""The NumPy twin's engine: the same network as the reference layers, faster.
+
+- ``kernels``: measured fast primitives (im2col as long copies, bias, ReLU, pooling);
+- ``blocks``: fused blocks, each in place of a run of reference layers it names;
+- ``fusion``: the pass that replaces matching runs of layers with blocks;
+- ``workers``: worker processes (multiprocessing) for the parts of a batch;
+- ``split``: ``FastNetwork``, the fused network with each batch split over the cores.
+
+Nothing here is needed to learn the maths: that is ``numpy_nn/layers.py`` and
+docs/derivations.md. Each piece is tested equal to the reference layers it replaces.
+"""
+
+from twinnet.numpy_nn.fast.split import FastNetwork
+
+__all__ = ["FastNetwork"]

@@ -1,0 +1,33 @@
+"""The fusion pass: reference layers in, the same network with fused blocks out.
+
+Reading the layers in order, a run that a block ``matches`` (conv 3x3 'same' -> ReLU ->
+2x2 max-pool on an even-sized image; dense -> ReLU) becomes that block; every other
+layer stays the reference layer it is, so any list of layers runs on the fast path.
+"""
+
+from __future__ import annotations
+
+from twinnet import models
+from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
+
+
+def fuse(model: str | tuple, layer_list: list) -> list:
+    """``layer_list`` (the reference layers of ``model``, in spec order) with each run a
+    fused block matches replaced by that block. The first layer with parameters gets
+    ``needs_input_grad=False``: below it lies only the image."""
+    shapes = [step.inp for step in models.walk(model)]
+    fused: list = []
+    i = 0
+    while i < len(layer_list):
+        run = layer_list[i:]
+        first = not any(layer.params for layer in fused)
+        if ConvReLUPool.matches(*run[:3]) and all(size % 2 == 0 for size in shapes[i][:2]):
+            fused.append(ConvReLUPool(*run[:3], needs_input_grad=not first))
+            i += 3
+        elif DenseReLU.matches(*run[:2]):
+            fused.append(DenseReLU(*run[:2], needs_input_grad=not first))
+            i += 2
+        else:
+            fused.append(run[0])
+            i += 1
+    return fused

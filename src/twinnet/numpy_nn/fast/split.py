@@ -1,0 +1,231 @@
+"""``FastNetwork``: the fused network, with each batch split over the cores.
+
+A batch of a model with convolutions is cut into one contiguous part per core: the first
+runs on the calling thread, the others in worker processes (``workers.py``), each with
+one BLAS thread, and the parts' gradients are added in part order, so the same seed,
+part count and machine give the same bits. Where workers cannot run or fail, the parts
+run on threads of this process instead, with the same results. Dense-only models leave
+the cores to BLAS's own threads, which measured faster for them (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from itertools import count
+from typing import Any
+
+import numpy as np
+from threadpoolctl import ThreadpoolController, threadpool_info
+
+from twinnet import models
+from twinnet.numpy_nn.fast import workers
+from twinnet.numpy_nn.fast.blocks import ConvReLUPool
+from twinnet.numpy_nn.fast.fusion import fuse
+from twinnet.numpy_nn.layers import Conv2D
+from twinnet.numpy_nn.network import MAX_EVAL_CHUNK, Network, build_layers
+from twinnet.util import in_chunks
+
+# A part gets a core of its own only with at least this much matmul work (about a
+# millisecond's): a few images run faster on one thread than handed over.
+MIN_PART_FLOPS = 100e6
+# A worker's shared room for input images; a larger part makes the room grow.
+INPUT_IMAGES = MAX_EVAL_CHUNK
+
+log = logging.getLogger(__name__)
+_keys = count()
+_use_processes = True  # False after a worker failed: threads from then on, in this process
+
+
+def blas_threads() -> int:
+    """BLAS's thread count now (e.g. 1 in a report worker given one core), else the cores."""
+    counts = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    return max(counts, default=os.cpu_count() or 1)
+
+
+@cache
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+@cache
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="twinnet-numpy")
+
+
+def fused_network(model: str | tuple, params: dict[str, np.ndarray]) -> Network:
+    """The reference layers of ``model`` over ``params``, fused where a block matches."""
+    return Network(fuse(model, build_layers(model, params)))
+
+
+# -- what a worker runs (``fn(state, *args)``, see workers.serve) ----------------------
+
+def _take_model(state: dict, key: int, spec: tuple, dtype: str, name: str, index: int, count: int,
+                images: int) -> None:
+    shared = workers.SharedArrays(models.param_shapes(spec), np.dtype(dtype), count, images,
+                                  models.IMAGE_SHAPE, name=name)
+    state[key] = (fused_network(spec, shared.params), shared, index)
+
+
+def _part_step(state: dict, key: int, n: int, y: np.ndarray, total: int) -> tuple[float, int]:
+    network, shared, index = state[key]
+    loss, correct, grads = network.loss_and_grads(shared.inputs[index][:n], y, total)
+    for name, g in grads.items():
+        shared.grads[index][name][...] = g
+    return loss, correct
+
+
+def _part_logits(state: dict, key: int, n: int) -> np.ndarray:
+    network, shared, index = state[key]
+    return network.logits(shared.inputs[index][:n])
+
+
+def _drop_model(state: dict, key: int) -> None:
+    entry = state.pop(key, None)
+    if entry is not None:
+        entry[1].close()
+
+
+def _forget(owner: tuple[int, int], key: int, taken: list[workers.Worker]) -> None:
+    """Tell the workers that took model ``key`` to drop it: only from the process that
+    registered it, and only while they are the same workers (``owner``: pid, generation)."""
+    if owner != (os.getpid(), workers.generation()):
+        return
+    for worker in taken:
+        try:
+            worker.send(_drop_model, key)
+            worker.receive(workers.START_SECONDS)
+        except workers.WorkerError:
+            pass
+
+
+class FastNetwork:
+    """The fast path of model ``model`` over ``params`` (canonical names -> arrays, held by
+    reference): ``logits(x)`` and ``loss_and_grads(x, y)`` as ``Network`` has them, the
+    same values up to the rounding of the split. ``threads`` (default: BLAS's thread
+    count) is the most parts a batch is split into."""
+
+    def __init__(self, model: str, params: dict[str, np.ndarray], threads: int | None = None) -> None:
+        self.spec = models.get_spec(model)
+        self.params = params
+        self.network = fused_network(self.spec, params)
+        has_conv = any(isinstance(layer, ConvReLUPool | Conv2D) for layer in self.network.layers)
+        self.parts = max(1, threads if threads is not None else blas_threads()) if has_conv else 1
+        self._flops = 2 * models.multiply_adds_per_image(self.spec)  # forward, per image
+        self._replicas: list[Network] | None = None  # one network per thread, when threads run the parts
+        self.dtype = next(iter(params.values())).dtype
+        self._shared: workers.SharedArrays | None = None
+        self._owner = (0, 0)  # (pid, worker generation) that _shared was registered with
+        self._key = -1
+
+    def _split(self, n: int, flops: float) -> list[slice]:
+        """Contiguous parts of range(n), at most one per core, each with MIN_PART_FLOPS of work."""
+        parts = int(min(self.parts, max(n, 1), max(1, flops // MIN_PART_FLOPS)))
+        bounds = np.linspace(0, n, parts + 1).astype(int)
+        return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int, dict[str, np.ndarray]]:
+        """Mean loss, number correct and gradients of the batch: its parts' (each divided by
+        the whole batch's size) added in part order."""
+        parts = self._split(len(x), 3 * self._flops * len(x))
+        if len(parts) == 1:
+            return self.network.loss_and_grads(x, y)
+        results = self._run(parts, x, y)
+        loss, correct, grads = results[0]
+        for part_loss, part_correct, part_grads in results[1:]:
+            loss, correct = loss + part_loss, correct + part_correct
+            for key, total in grads.items():
+                total += part_grads[key]  # in place: the first part's arrays are ours
+        return loss, correct, grads
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Inference logits (N, 10): chunks of up to INPUT_IMAGES images per part."""
+        def chunk_logits(chunk: np.ndarray) -> np.ndarray:
+            parts = self._split(len(chunk), self._flops * len(chunk))
+            if len(parts) == 1:
+                return self.network.logits(chunk)
+            return np.concatenate(self._run(parts, chunk, None))
+
+        return in_chunks(chunk_logits, x, INPUT_IMAGES * self.parts)
+
+    def _run(self, parts: list[slice], x: np.ndarray, y: np.ndarray | None) -> list[Any]:
+        """Each part's ``loss_and_grads`` (y given, each divided by len(x)) or ``logits``."""
+        with _blas().limit(limits=1, user_api="blas"):
+            if _use_processes and self._replicas is None:
+                try:
+                    return self._on_workers(parts, x, y)
+                except workers.WorkerError as exc:
+                    self._give_up_workers(exc)
+                except BaseException:  # Ctrl-C: the replies in flight would answer the next request
+                    workers.close_workers()
+                    raise
+            return self._on_threads(parts, x, y)
+
+    def _on_threads(self, parts: list[slice], x: np.ndarray, y: np.ndarray | None) -> list[Any]:
+        if self._replicas is None:
+            self._replicas = [self.network, *(fused_network(self.spec, self.params)
+                                              for _ in range(self.parts - 1))]
+
+        def run(network: Network, part: slice) -> Any:
+            if y is None:
+                return network.logits(x[part])
+            return network.loss_and_grads(x[part], y[part], len(x))
+
+        futures = [_thread_pool(self.parts - 1).submit(run, net, part)
+                   for net, part in zip(self._replicas[1:], parts[1:], strict=False)]
+        first = run(self._replicas[0], parts[0])
+        return [first, *(f.result() for f in futures)]
+
+    def _on_workers(self, parts: list[slice], x: np.ndarray, y: np.ndarray | None) -> list[Any]:
+        taken = self._share(len(parts) - 1, max(p.stop - p.start for p in parts))
+        shared = self._shared
+        for key, p in self.params.items():
+            shared.params[key][...] = p
+        for index, (worker, part) in enumerate(zip(taken, parts[1:], strict=False)):
+            n = part.stop - part.start
+            shared.inputs[index][:n] = x[part]
+            if y is None:
+                worker.send(_part_logits, self._key, n)
+            else:
+                worker.send(_part_step, self._key, n, y[part], len(x))
+        first = (self.network.logits(x[parts[0]]) if y is None
+                 else self.network.loss_and_grads(x[parts[0]], y[parts[0]], len(x)))
+        replies = [worker.receive() for worker in taken[:len(parts) - 1]]
+        if y is None:
+            return [first, *replies]
+        return [first, *((*reply, grads) for reply, grads in zip(replies, shared.grads, strict=False))]
+
+    def _share(self, count: int, images: int) -> list[workers.Worker]:
+        """The workers for ``count`` parts, holding this model in shared memory with room
+        for ``images`` images each; registered anew in a new process (after os.fork), with
+        new workers, or for more images."""
+        shared = self._shared
+        if shared is not None and self._owner == (os.getpid(), workers.generation()):
+            if len(shared.inputs[0]) >= images:
+                return workers.get_workers(count)
+            _forget(self._owner, self._key, workers.get_workers(self.parts - 1))
+        self._shared = None
+        taken = workers.get_workers(self.parts - 1)
+        self._key = next(_keys)
+        shared = workers.SharedArrays(models.param_shapes(self.spec), self.dtype, len(taken),
+                                      max(images, INPUT_IMAGES), models.IMAGE_SHAPE)
+        try:
+            for index, worker in enumerate(taken):
+                worker.send(_take_model, self._key, self.spec, self.dtype.str, shared.name, index,
+                            len(taken), len(shared.inputs[0]))
+            for worker in taken:
+                worker.receive(workers.START_SECONDS)
+        finally:
+            shared.shm.unlink()  # mapped by the workers that took it, which is all that is needed
+        self._shared, self._owner = shared, (os.getpid(), workers.generation())
+        weakref.finalize(self, _forget, self._owner, self._key, taken)
+        return taken[:count]
+
+    def _give_up_workers(self, exc: Exception) -> None:
+        global _use_processes
+        log.warning("NumPy twin: %s; the parts of each batch run on threads from now on", exc)
+        _use_processes = False
+        workers.close_workers()

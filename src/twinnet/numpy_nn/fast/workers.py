@@ -1,0 +1,227 @@
+"""Worker processes that run parts of a batch, from the standard library's multiprocessing.
+
+Why processes: two threads of one process hand the GIL back and forth between the many
+short NumPy calls of a part and lose time waiting for it; a process has a GIL of its own
+(docs/performance.md, "Threads and processes"). Each worker is a ``spawn`` Process that
+serves requests from a ``Pipe``: a request is a module-level function and its arguments,
+``fn(state, *args)`` runs in the worker and its return value is the reply. A model's
+parameters, each worker's gradients and each worker's input images live in one
+``shared_memory`` block (``SharedArrays``); pipes carry only the small things.
+
+Workers start on first use, are shared by every model of the process, run BLAS on one
+thread (threadpoolctl), ignore Ctrl-C (the parent handles it) and exit when the parent's
+end of the pipe closes, the parent's death included. Every wait for a reply has a
+timeout and can be interrupted. A child made by ``os.fork`` forgets the workers (it is
+not their parent); its models start workers of their own.
+
+Hand-built on purpose, in three small pieces: ``multiprocessing.Pool`` and
+``concurrent.futures`` pickle each part's arrays through a pipe and cannot pin one
+model's state (its network and work arrays) to one worker across steps, so the request
+loop is ours; spawn re-runs the parent's main script in each child, which
+``_plain_start`` prevents; and a forked child must drop the parent's workers without
+multiprocessing's exit handler terminating them (``_forget_workers_in_child``).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import multiprocessing.process
+import os
+import signal
+import sys
+import threading
+import types
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing import connection, shared_memory
+from typing import Any
+
+import numpy as np
+
+CONTEXT = multiprocessing.get_context("spawn")
+# Seconds a worker may take to start and take a model, and to answer one request: past
+# them it counts as hung (a stopped process never answers) and the parts run on threads.
+START_SECONDS = 60
+REPLY_SECONDS = 60
+
+
+class WorkerError(RuntimeError):
+    """A worker failed, went away or did not answer in time."""
+
+
+@dataclass
+class Failure:
+    """What a worker replies when a request raised: the exception, as one line."""
+
+    message: str
+
+
+def serve(conn: connection.Connection) -> None:
+    """A worker's loop: run each ``(fn, args)`` received as ``fn(state, *args)`` and send
+    back its result (a Failure if it raised), until the parent's end closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+    state: dict[Any, Any] = {}
+    while True:
+        try:
+            fn, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            reply = fn(state, *args)
+        except Exception as exc:  # noqa: BLE001 (sent to the parent, which decides)
+            reply = Failure(f"{type(exc).__name__}: {exc}")
+        try:
+            conn.send(reply)
+        except OSError:  # the parent is gone
+            return
+
+
+@contextmanager
+def _plain_start() -> Any:
+    """Start a worker that imports only what it needs: no working directory on its import
+    path (PYTHONSAFEPATH: a random.py there must not replace the standard library's), and
+    no re-run of the parent's main script. A spawned child runs the parent's ``__main__``
+    file again (as ``__mp_main__``), which would train a user's unguarded script a second
+    time; a plain module in its place for the moment of the start gives it nothing to run."""
+    old_path, old_main = os.environ.get("PYTHONSAFEPATH"), sys.modules["__main__"]
+    os.environ["PYTHONSAFEPATH"] = "1"
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = old_main
+        if old_path is None:
+            del os.environ["PYTHONSAFEPATH"]
+        else:
+            os.environ["PYTHONSAFEPATH"] = old_path
+
+
+class Worker:
+    """One worker process and the parent's end of its pipe."""
+
+    def __init__(self) -> None:
+        self.conn, child = CONTEXT.Pipe()
+        self.process = CONTEXT.Process(target=serve, args=(child,), daemon=True, name="twinnet-worker")
+        with _plain_start():
+            self.process.start()
+        child.close()
+
+    def send(self, fn: Callable, *args: Any) -> None:
+        try:
+            self.conn.send((fn, args))
+        except OSError as exc:
+            raise WorkerError(f"worker {self.process.pid} is gone ({exc})") from None
+
+    def receive(self, timeout: float = REPLY_SECONDS) -> Any:
+        """The reply to the last request; WorkerError if the worker failed, died or did
+        not answer within ``timeout`` seconds."""
+        ready = connection.wait([self.conn, self.process.sentinel], timeout)
+        if self.conn in ready:
+            try:
+                reply = self.conn.recv()
+            except (EOFError, OSError):
+                raise WorkerError(f"worker {self.process.pid} exited") from None
+            if isinstance(reply, Failure):
+                raise WorkerError(f"worker {self.process.pid} failed: {reply.message}")
+            return reply
+        if ready:
+            raise WorkerError(f"worker {self.process.pid} exited with code {self.process.exitcode}")
+        raise WorkerError(f"worker {self.process.pid} did not answer within {timeout:g} s")
+
+    def close(self) -> None:
+        """Close the pipe (the worker exits) and make sure the process is gone."""
+        self.conn.close()
+        self.process.join(timeout=1)
+        if self.process.is_alive():
+            self.process.kill()  # a stopped or hung worker
+            self.process.join(timeout=5)
+
+
+_workers: list[Worker] = []
+_lock = threading.Lock()
+_generation = 0  # counts close_workers(): state registered with older workers is gone
+
+
+def generation() -> int:
+    """How many times the workers were closed: a model registered at another count must
+    register again."""
+    return _generation
+
+
+def get_workers(count: int) -> list[Worker]:
+    """``count`` running workers, started as needed, shared by every model of this process."""
+    with _lock:
+        while len(_workers) < count:
+            _workers.append(Worker())
+        return _workers[:count]
+
+
+def close_workers() -> None:
+    """Stop every worker (after a failure or an interrupted request, whose replies would
+    otherwise answer the next one); the next ``get_workers`` starts new ones."""
+    global _generation
+    with _lock:
+        stopping = list(_workers)
+        _workers.clear()
+        _generation += 1
+    for worker in stopping:
+        worker.close()
+
+
+def _forget_workers_in_child() -> None:
+    """After os.fork, in the child: the workers are the parent's. Drop them without a word
+    to them, and from multiprocessing's list of children, whose exit handler would
+    otherwise terminate them when this child exits."""
+    global _lock
+    for worker in _workers:
+        multiprocessing.process._children.discard(worker.process)  # type: ignore[attr-defined]
+        worker.conn.close()  # this child's copy of the descriptor only
+    _workers.clear()
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_workers_in_child)
+
+
+class SharedArrays:
+    """One shared-memory block holding a model's parameters, and for each of ``count``
+    workers its gradients (same shapes) and room for ``images`` input images.
+
+    ``params[key]``, ``grads[k][key]`` and ``inputs[k]`` (images, *image_shape) are
+    C-contiguous views of ``dtype`` into the block named ``name``.
+    """
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], dtype: np.dtype, count: int,
+                 images: int, image_shape: tuple[int, ...], name: str | None = None) -> None:
+        sizes = {key: math.prod(s) for key, s in shapes.items()}
+        per_set, per_input = sum(sizes.values()), images * math.prod(image_shape)
+        total = (per_set * (1 + count) + per_input * count) * dtype.itemsize
+        self.shm = shared_memory.SharedMemory(name=name, create=name is None, size=max(total, 1))
+        flat = np.ndarray(total // dtype.itemsize, dtype=dtype, buffer=self.shm.buf)
+
+        def views(start: int) -> dict[str, np.ndarray]:
+            out = {}
+            for key, shape in shapes.items():
+                out[key] = flat[start:start + sizes[key]].reshape(shape)
+                start += sizes[key]
+            return out
+
+        self.params = views(0)
+        self.grads = [views(per_set * (1 + k)) for k in range(count)]
+        start = per_set * (1 + count)
+        self.inputs = [flat[start + per_input * k:start + per_input * (k + 1)].reshape(images, *image_shape)
+                       for k in range(count)]
+        self.name = self.shm.name
+
+    def close(self) -> None:
+        """Unmap the block (views must no longer be used)."""
+        self.params, self.grads, self.inputs = {}, [], []
+        try:
+            self.shm.close()
+        except BufferError:  # a view still alive: the mapping goes with the process
+            pass
