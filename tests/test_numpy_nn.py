@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from twinnet.numpy_nn.blocks import ConvReLUPool, DenseBlock, FlattenBlock
+from twinnet.numpy_nn.graph import forward
+from twinnet.numpy_nn.kernels import add_bias, im2col_3x3, relu
 
 from twinnet import gradcheck
 from twinnet.models import MODEL_NAMES, init_params, param_shapes
 from twinnet.numpy_nn import SGD, Adam, NumpyModel, blocks, helpers, softmax_cross_entropy
-from twinnet.numpy_nn.blocks import ConvReLUPool, DenseBlock, FlattenBlock
-from twinnet.numpy_nn.graph import forward
-from twinnet.numpy_nn.kernels import add_bias, im2col_3x3, relu
 from twinnet.numpy_nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from twinnet.util import chunk_slices
 from twinnet.weights import WeightsError
