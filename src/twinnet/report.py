@@ -368,7 +368,7 @@ def render_report(out: Path, presets: list[Preset], runs: dict[str, list[Metrics
                               for p in reruns if p.id in runs)
     rerun_note = text("seed_rerun_note", seeds=seeds, folders=rerun_folders or "none yet")
     parts = [header, text("table_intro", seeds=seeds_text), table, text("lr_choices"), choices, *models,
-             rerun_section, rerun_note, twins_section(presets, runs, elapsed),
+             rerun_section, rerun_note, twins_section(presets, runs),
              environment_section(presets + reruns, runs, env)]
     return "\n".join(parts)
 
@@ -449,7 +449,7 @@ def twin_agreement(pairs: list[tuple[int, float]]) -> tuple[list[str], str | Non
     return cells, sentence
 
 
-def twins_section(presets: list[Preset], runs: dict[str, list[Metrics]], elapsed: float) -> str:
+def twins_section(presets: list[Preset], runs: dict[str, list[Metrics]]) -> str:
     """The closing note: each model's twin difference of test accuracy, paired by seed."""
     rows, sentences, one_seed = [], [], []
     for model in MODEL_NAMES:
@@ -469,8 +469,7 @@ def twins_section(presets: list[Preset], runs: dict[str, list[Metrics]], elapsed
         sentences.append(text("agreement_one_seed", models=", ".join(one_seed)))
     table = markdown_table(["model", "twins", "seeds", "mean difference", "95% interval", "contains 0",
                             f"within ±{AGREEMENT_PP:g} pp"], rows) if rows else text("no_twin_pairs")
-    return text("twins", table=table.rstrip("\n"), sentences="".join(sentences).rstrip("\n"),
-                elapsed=elapsed)
+    return text("twins", table=table.rstrip("\n"), sentences="".join(sentences).rstrip("\n"))
 
 
 def environment_section(presets: list[Preset], runs: dict[str, list[Metrics]], env: dict) -> str:
