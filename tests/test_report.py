@@ -588,24 +588,3 @@ def test_cli_defaults_are_the_config_defaults_and_errors_name_the_flag(capsys):
     assert capsys.readouterr().err.strip() == "twinnet: error: --lr must be a positive number, got -1.0"
     assert main(["train", "linear", "--batch-size", "0"]) == 2
     assert "--batch-size must be at least 1" in capsys.readouterr().err
-
-
-def test_readme_seed_columns_are_the_seed_reports_figures():
-    """The README's results table shows the seed's settings and errors from seed_report.toml."""
-    from pathlib import Path
-
-    from twinnet.seed_report import load_seed_report, seed_columns
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    seed = load_seed_report()
-    rows = [line.strip("|").split("|") for line in readme.splitlines() if line.startswith("| P")]
-    assert len(rows) == 8
-    for cells in rows:
-        label, settings, errors = cells[0].strip(), cells[-2].strip(), cells[-1].strip()
-        figures = seed_columns(seed, label)
-        if figures["seed_lr"] == "n/a":
-            assert (settings, errors) == ("n/a (never run)", "n/a"), label
-            continue
-        assert settings.startswith(f"{figures['seed_lr']}") and settings.endswith(
-            f"{int(figures['seed_steps']):,}"), label
-        assert errors == f"{figures['seed_train_error']} / {figures['seed_test_error']}", label
