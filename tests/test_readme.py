@@ -64,3 +64,24 @@ def test_blocks_are_replaced_between_their_markers_only(tmp_path):
     readme.write_text("no markers here\n")
     with pytest.raises(TwinnetError, match="needs one block report-time"):
         blocks_in(readme)
+
+
+def test_report_into_docs_report_rewrites_the_readme(tmp_path, monkeypatch, mnist_path, capsys):
+    """`twinnet report --out docs/report` over the committed runs trains nothing and writes
+    the README's blocks; a README without them is refused before any work starts."""
+    import shutil
+
+    import twinnet.report
+
+    shutil.copytree(REPO / "docs" / "report", tmp_path / "docs" / "report")
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- report-time:start -->?<!-- report-time:end -->\n\n"
+                      "<!-- results:start -->\n<!-- results:end -->\n")
+    monkeypatch.setattr(twinnet.report, "REPOSITORY", tmp_path)
+    twinnet.report.generate_report(out=tmp_path / "docs" / "report", data_dir=mnist_path, seeds=5)
+    assert "finished run(s); nothing to train" in capsys.readouterr().out
+    assert blocks_in(readme) == blocks_in(REPO / "README.md")
+
+    readme.write_text("# no blocks\n")
+    with pytest.raises(TwinnetError, match="needs one block"):
+        twinnet.report.generate_report(out=tmp_path / "docs" / "report", data_dir=mnist_path, seeds=5)

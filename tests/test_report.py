@@ -360,6 +360,22 @@ def test_three_seed_report_shows_spread_interval_and_median_seed(tmp_path):
     assert "{" not in report
 
 
+def test_report_names_the_machine_the_runs_were_trained_on(tmp_path):
+    """Re-rendered on another machine, the report still names the one its runs recorded."""
+    from twinnet.report import render_report
+
+    presets = mini_presets(tmp_path)
+    runs = {p.id: seed_runs(p, 1, [9100]) for p in presets}
+    for run in runs[presets[0].id] + runs[presets[1].id]:
+        run["environment"] = {"cpu": "Recorded CPU", "cpu_count": 2, "tensorflow": "9.9"}
+    report = render_report(tmp_path, presets[:2], runs, elapsed=1.0, trained=0, env=ENV)
+    assert "from runs trained on Recorded CPU (2 cores)" in report and "Test CPU" not in report
+    assert "| cpu | Recorded CPU |" in report and "| python | 3.x |" in report  # not recorded: this one's
+    runs[presets[1].id][0]["environment"] = {"cpu": "Other CPU", "cpu_count": 2}
+    report = render_report(tmp_path, presets[:2], runs, elapsed=1.0, trained=0, env=ENV)
+    assert "from runs trained on Recorded CPU / Other CPU (2 cores)" in report
+
+
 def test_twin_agreement_names_a_difference_outside_zero_and_the_band():
     from twinnet.report import twin_agreement
 
@@ -425,6 +441,20 @@ def test_twins_plot_draws_one_or_several_seeds(tmp_path):
     plot_twins({"P1:a tf": [curves(0), curves(0.02)], "P2:b numpy": [curves(0.01), curves(0)]},
                "two", tmp_path / "two.png")
     assert (tmp_path / "one.png").stat().st_size > 1000 and (tmp_path / "two.png").stat().st_size > 1000
+
+
+def test_report_redraws_the_run_pictures_it_shows(tmp_path):
+    """A report that reuses runs redraws the pictures it links (the median seed's) from the
+    metrics, so they follow the plotting code; the other seeds' are left alone."""
+    from twinnet.report import redraw_shown_runs
+
+    presets = mini_presets(tmp_path)[:1]
+    correct = [9105, 9100, 9109]  # the median, 9105, is seed 0's
+    runs = {presets[0].id: [fake_metrics(presets[0].with_seed(k, 3).config, 0.9, 0.9, correct[k], 1.0,
+                                         curves=curves()) for k in range(3)]}
+    redraw_shown_runs(tmp_path, presets, runs)
+    drawn = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
+    assert drawn == ["runs/P1a-linear-tf/confusion.png", "runs/P1a-linear-tf/curves.png"]
 
 
 def legend_titles(fig) -> list[str]:

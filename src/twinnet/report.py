@@ -34,7 +34,15 @@ from twinnet.errors import TwinnetError
 from twinnet.models import DESCRIPTIONS, MODEL_NAMES, count_params, multiply_adds_per_image
 from twinnet.parallel import run_jobs
 from twinnet.presets import Preset, load_presets, seed_settings_presets, select
-from twinnet.runs import PLOTS_BYTES, check_output_dir, finished_metrics, lock_run_dir, run_bytes, write_run
+from twinnet.runs import (
+    PLOTS_BYTES,
+    check_output_dir,
+    draw_run_plots,
+    finished_metrics,
+    lock_run_dir,
+    run_bytes,
+    write_run,
+)
 from twinnet.seed_report import (
     CONTRADICTS,
     NOT_REPRODUCED,
@@ -153,6 +161,8 @@ def run_planned(jobs: list[RunJob], workers: int, reused: int, engine: str = "lo
     if jobs:
         print(f"training {len(jobs)} run(s) with {workers} job(s) on the {engine} engine; "
               f"reusing {reused} finished")
+    else:
+        print(f"reusing all {reused} finished run(s); nothing to train")
     results = {}
     with progress_bar(len(jobs), "report runs", unit="run", enabled=None if workers > 1 else False) as bar:
         for job, result in run_jobs(run_job, jobs, workers, engine, address):
@@ -214,6 +224,7 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
     if tensorboard is not None:
         write_tensorboard_runs(tensorboard, presets, runs, seeds)
     write_twin_plots(out, presets, runs)
+    redraw_shown_runs(out, presets, runs)
     path = out / "REPORT.md"
     write_text_atomic(path, render_report(out, presets, runs, time.perf_counter() - started, len(todo),
                                           seeds=seeds, reruns=reruns))
@@ -258,6 +269,15 @@ def write_twin_plots(out: Path, presets: list[Preset], runs: dict[str, list[Metr
                   for p in presets if p.config.model == model and p.id in runs}
         if curves:
             plot_twins(curves, f"{model}: both twins", out / f"twins-{model}.png")
+
+
+def redraw_shown_runs(out: Path, presets: list[Preset], runs: dict[str, list[Metrics]]) -> None:
+    """Redraw the run pictures REPORT.md shows (each preset's median seed, ``median_run``)
+    from their metrics, so a report that reuses runs shows them as the plotting code draws
+    them now."""
+    for preset in (p for p in presets if p.id in runs):
+        run = median_run(runs[preset.id])
+        draw_run_plots(preset.run_dir(out, run["config"]["seed"] - preset.config.seed), run)
 
 
 # -- render ----------------------------------------------------------------------------
@@ -364,9 +384,9 @@ def render_report(out: Path, presets: list[Preset], runs: dict[str, list[Metrics
     ``presets`` and of the seed-settings presets ``reruns``); ``seeds`` is the number each
     preset was planned with.
     """
-    env = environment() if env is None else env
     reruns = [] if reruns is None else reruns
     everything = [p for p in presets + reruns if p.id in runs]
+    env = recorded_environment(everything, runs, environment() if env is None else env)
     header = text("header", now=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                   cpu=env["cpu"], cpu_count=env["cpu_count"],
                   runs=sum(len(runs[p.id]) for p in everything),
@@ -488,12 +508,22 @@ def twins_section(presets: list[Preset], runs: dict[str, list[Metrics]]) -> str:
     return text("twins", table=table.rstrip("\n"), sentences="".join(sentences).rstrip("\n"))
 
 
-def environment_section(presets: list[Preset], runs: dict[str, list[Metrics]], env: dict) -> str:
-    """Versions (this machine's, then any the runs recorded) and each run's timing (mean per seed)."""
-    versions = dict(env)
+def recorded_environment(presets: list[Preset], runs: dict[str, list[Metrics]], env: dict) -> dict[str, str]:
+    """Where the runs were trained: each key of their recorded environments, its distinct
+    values joined by " / " where runs differ; this machine's (``env``) where none recorded it.
+    (A report re-rendered elsewhere still names the machine its figures came from.)"""
+    recorded: dict[str, list[str]] = {}
     for preset in (p for p in presets if p.id in runs):
         for run in runs[preset.id]:
-            versions.update({k: v for k, v in run["environment"].items() if k not in versions})
+            for key, value in run["environment"].items():
+                if str(value) not in recorded.setdefault(key, []):
+                    recorded[key].append(str(value))
+    return {**{key: str(value) for key, value in env.items()},
+            **{key: " / ".join(values) for key, values in recorded.items()}}
+
+
+def environment_section(presets: list[Preset], runs: dict[str, list[Metrics]], versions: dict) -> str:
+    """Versions and machine (``recorded_environment``) and each run's timing (mean per seed)."""
     keys = ("twinnet", "python", "numpy", "tensorflow", "platform", "cpu", "simd", "cpu_count")
     version_table = markdown_table(["what", "version"],
                                    [[key, str(versions[key])] for key in keys if key in versions])
