@@ -330,7 +330,8 @@ def test_strokes_cover_the_skeleton():
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
     if CHROMIUM is None:
-        pytest.skip("needs Debian's chromium (apt-get install chromium)")
+        pytest.skip("the browser test needs Chromium on PATH: on Debian or Ubuntu, "
+                    "sudo apt-get install chromium (Playwright drives it and never downloads one)")
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium

@@ -29,16 +29,16 @@ def plot_curves(curves: dict, title: str, path: str | os.PathLike | None = None)
     """Accuracy and cross-entropy against step, training batches and validation.
 
     ``curves`` holds equal-length lists ``step``, ``train_loss``, ``train_accuracy``,
-    ``val_loss`` and ``val_accuracy``.
+    ``val_loss`` and ``val_accuracy``. The accuracy axis spans the data plus a margin.
     """
     fig = Figure(figsize=(11, 4), layout="constrained")
     ax_acc, ax_loss = fig.subplots(1, 2)
     steps = curves["step"]
-    ax_acc.plot(steps, np.asarray(curves["train_accuracy"]) * 100, label="training batches")
-    ax_acc.plot(steps, np.asarray(curves["val_accuracy"]) * 100, label="validation")
+    accuracies = [np.asarray(curves[key], dtype=float) * 100 for key in ("train_accuracy", "val_accuracy")]
+    ax_acc.plot(steps, accuracies[0], label="training batches")
+    ax_acc.plot(steps, accuracies[1], label="validation")
     ax_acc.set(xlabel="step", ylabel="accuracy (%)", title="accuracy")
-    low = min(min(curves["val_accuracy"], default=1), min(curves["train_accuracy"], default=1))
-    ax_acc.set_ylim(max(0.0, low * 100 - 1), 100.5)
+    ax_acc.set_ylim(*fitted_limits(accuracies))
     ax_loss.plot(steps, curves["train_loss"], label="training batches")
     ax_loss.plot(steps, curves["val_loss"], label="validation")
     ax_loss.set(xlabel="step", ylabel="cross-entropy", title="cross-entropy", yscale="log")
@@ -47,6 +47,46 @@ def plot_curves(curves: dict, title: str, path: str | os.PathLike | None = None)
         ax.legend()
     fig.suptitle(title)
     return save_figure(fig, path)
+
+
+# An axis spans its data and this fraction of the data's span beyond each end, and at
+# least MIN_MARGIN, so a flat line (a training accuracy stuck at 100%) stays visible.
+MARGIN = 0.05
+MIN_MARGIN = 0.1
+
+
+def fitted_limits(values: list[np.ndarray]) -> tuple[float, float]:
+    """(low, high) axis limits around every finite value of ``values``: their minimum and
+    maximum, each widened by MARGIN of their span (at least MIN_MARGIN)."""
+    finite = np.concatenate([np.ravel(v) for v in values])
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    low, high = float(finite.min()), float(finite.max())
+    margin = max((high - low) * MARGIN, MIN_MARGIN)
+    return low - margin, high + margin
+
+
+# Two runs' curves coincide when they agree to float32 rounding: drawn on the same axes,
+# the line drawn later hides the other entirely, so the plot has to say so.
+COINCIDE_RTOL = 1e-6
+
+
+def coincidence_note(arrays_by_label: dict[str, np.ndarray], unit: str = "") -> str | None:
+    """A legend note naming each pair of labels whose arrays coincide (equal shape, within
+    COINCIDE_RTOL), and which one hides the other (the later label is drawn on top); None
+    when no pair does. ``arrays_by_label`` holds what each label plots, in drawing order."""
+    labels = list(arrays_by_label)
+    notes = []
+    for i, first in enumerate(labels):
+        for later in labels[i + 1:]:
+            a, b = arrays_by_label[first], arrays_by_label[later]
+            if a.shape != b.shape or not np.allclose(a, b, rtol=COINCIDE_RTOL, atol=0, equal_nan=True):
+                continue
+            largest = float(np.nanmax(np.abs(a - b), initial=0.0))
+            how = "identical" if largest == 0 else f"within {largest:.1g}{unit} of each other"
+            notes.append(f"{first} and {later} are {how}:\n{first}'s lines lie under {later}'s")
+    return "\n".join(notes) or None
 
 
 def plot_confusion(confusion: list[list[int]] | np.ndarray, title: str,
@@ -76,34 +116,39 @@ def plot_twins(curves_by_run: dict[str, dict | list[dict]], title: str,
     Keys of ``curves_by_run`` are labels; each value is a run's curves dict (as in
     ``plot_curves``) or a list of them, one per seed, all with the same steps. Lines are
     the mean over the seeds; with several seeds a shaded band spans the validation
-    curves' minimum to maximum.
+    curves' minimum to maximum. Where two runs' curves coincide (``coincidence_note``),
+    the legend says so. The accuracy axis spans the data after the first tenth of the
+    steps (the first points sit far below the rest and would flatten the plot).
     """
     fig = Figure(figsize=(11, 4), layout="constrained")
     ax_acc, ax_loss = fig.subplots(1, 2)
-    lows = []
+    shown = []  # the accuracy values plotted after the first tenth of the steps
+    plotted: dict[str, dict[str, np.ndarray]] = {"accuracy": {}, "loss": {}}
     for (label, runs), colour in zip(curves_by_run.items(), ("C0", "C1", "C2", "C3"), strict=False):
         seeds = [runs] if isinstance(runs, dict) else runs
         steps = seeds[0]["step"]
+        skip = len(steps) // 10
         # rows: seeds, columns: curve points
         stacked = {key: np.asarray([curves[key] for curves in seeds], dtype=float)
                    for key in ("val_accuracy", "train_accuracy", "val_loss", "train_loss")}
         suffix = f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""
         for ax, key, scale in ((ax_acc, "accuracy", 100), (ax_loss, "loss", 1)):
             val, train = stacked[f"val_{key}"] * scale, stacked[f"train_{key}"] * scale
+            plotted[key][label] = np.stack([val, train])
             ax.plot(steps, val.mean(axis=0), color=colour, label=f"{label} validation{suffix}")
             ax.plot(steps, train.mean(axis=0), color=colour, linestyle=":",
                     label=f"{label} training batches")
             if len(seeds) > 1:
                 ax.fill_between(steps, val.min(axis=0), val.max(axis=0), color=colour, alpha=0.25,
                                 linewidth=0)
-        # Skip the first points: they sit far below the rest and would flatten the plot.
-        lows.append(stacked["val_accuracy"][:, len(steps) // 10:].min(initial=1))
-    ax_acc.set_ylim(max(0.0, min(lows, default=1) * 100 - 1), 100.2)
+        shown += [stacked["val_accuracy"][:, skip:] * 100,
+                  stacked["train_accuracy"].mean(axis=0)[skip:] * 100]
+    ax_acc.set_ylim(*fitted_limits(shown))
     ax_acc.set(xlabel="step", ylabel="accuracy (%)", title="accuracy")
     ax_loss.set(xlabel="step", ylabel="cross-entropy", title="cross-entropy", yscale="log")
-    for ax in (ax_acc, ax_loss):
+    for ax, key, unit in ((ax_acc, "accuracy", " pp"), (ax_loss, "loss", "")):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, title=coincidence_note(plotted[key], unit), title_fontsize=8, alignment="left")
     fig.suptitle(title)
     return save_figure(fig, path)
 
