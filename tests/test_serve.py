@@ -330,7 +330,7 @@ def test_strokes_cover_the_skeleton():
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
     if CHROMIUM is None:
-        pytest.skip("needs Debian's chromium (apt-get install chromium)")
+        pytest.skip("needs Chromium for the browser test: sudo apt-get install chromium")
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
