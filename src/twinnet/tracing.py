@@ -103,6 +103,10 @@ class Trace:
                   "activation is the loss and the gradient dL/d(logits)."]
         return "\n".join(lines) + "\n"
 
+    def __repr__(self) -> str:  # short: the arrays and figures would fill a notebook's text output
+        return (f"Trace(model={self.model!r}, source={self.source!r}, label={self.label}, "
+                f"loss={self.loss}, figures={list(self.figures)})")
+
     def _repr_markdown_(self) -> str:
         # In a notebook, links resolve from the working folder (notebooks/ in the tour).
         return self.markdown(doc_link(Path.cwd()))
