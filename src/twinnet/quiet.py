@@ -18,9 +18,13 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import threading
 from types import ModuleType
 
 VERBOSE_ENV = "TWINNET_VERBOSE"
+# Held while file descriptor 2 is redirected: two threads swapping it at once could leave
+# stderr pointing at the other's temporary file.
+_REDIRECTING = threading.Lock()
 
 # Substrings of the lines TensorFlow prints on every start, whatever the program does.
 STARTUP_NOISE = (
@@ -55,17 +59,15 @@ def import_tensorflow() -> ModuleType:
 
         return tensorflow
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # INFO and WARNING of TF's own C++ logging
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr to protect
-        saved = None
-    if saved is None:
-        import keras  # noqa: F401
-        import tensorflow
-
-        return tensorflow
     sys.stderr.flush()
-    with tempfile.TemporaryFile() as captured:
+    with _REDIRECTING, tempfile.TemporaryFile() as captured:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr to protect
+            import keras  # noqa: F401
+            import tensorflow
+
+            return tensorflow
         os.dup2(captured.fileno(), 2)
         try:
             import keras  # noqa: F401
