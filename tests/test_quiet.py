@@ -32,20 +32,22 @@ def run_compare(*flags: str, env: dict[str, str] | None = None) -> str:
     return done.stdout + done.stderr
 
 
-@pytest.mark.tf
-def test_compare_prints_no_tensorflow_start_up_lines():
+@pytest.fixture(scope="module")
+def quiet_output() -> str:
     pytest.importorskip("tensorflow")
-    output = run_compare("compare", "linear", "--batch", "4")
-    assert "layer" in output  # the comparison itself is printed
-    assert not [line for line in output.splitlines() if any(word in line for word in NOISE)]
+    return run_compare("compare", "linear", "--batch", "4")
 
 
 @pytest.mark.tf
-def test_verbose_shows_what_tensorflow_prints():
-    pytest.importorskip("tensorflow")
-    quiet = run_compare("compare", "linear", "--batch", "4")
-    loud = run_compare("--verbose", "compare", "linear", "--batch", "4")
+def test_compare_prints_no_tensorflow_start_up_lines(quiet_output):
+    assert "layer" in quiet_output  # the comparison itself is printed
+    assert not [line for line in quiet_output.splitlines() if any(word in line for word in NOISE)]
+
+
+@pytest.mark.tf
+def test_verbose_shows_what_tensorflow_prints(quiet_output):
+    loud = run_compare("compare", "linear", "--batch", "4", "--verbose")
     also_loud = run_compare("compare", "linear", "--batch", "4", env={"TWINNET_VERBOSE": "1"})
     # Whatever this TensorFlow build prints on start-up comes back with --verbose.
-    assert len(loud.splitlines()) >= len(quiet.splitlines())
+    assert len(loud.splitlines()) >= len(quiet_output.splitlines())
     assert len(also_loud.splitlines()) == len(loud.splitlines())
