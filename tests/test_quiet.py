@@ -51,3 +51,17 @@ def test_verbose_shows_what_tensorflow_prints(quiet_output):
     # Whatever this TensorFlow build prints on start-up comes back with --verbose.
     assert len(loud.splitlines()) >= len(quiet_output.splitlines())
     assert len(also_loud.splitlines()) == len(loud.splitlines())
+
+
+@pytest.mark.parametrize("argv", [["--verbose", "gradcheck"], ["gradcheck", "--verbose"]])
+def test_verbose_is_a_global_flag_before_or_after_the_command(argv):
+    from twinnet.cli import build_parser
+
+    assert build_parser().parse_args(argv).verbose is True
+    assert build_parser().parse_args(["gradcheck"]).verbose is False
+
+
+def test_help_names_the_environment_variable(capsys):
+    from twinnet.cli import build_parser
+
+    assert "TWINNET_VERBOSE=1" in build_parser().format_help()
