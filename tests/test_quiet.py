@@ -61,7 +61,7 @@ def test_verbose_is_a_global_flag_before_or_after_the_command(argv):
     assert build_parser().parse_args(["gradcheck"]).verbose is False
 
 
-def test_help_names_the_environment_variable(capsys):
+def test_help_names_the_environment_variable():
     from twinnet.cli import build_parser
 
     assert "TWINNET_VERBOSE=1" in build_parser().format_help()
