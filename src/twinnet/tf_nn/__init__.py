@@ -9,9 +9,9 @@ copies their update rules.
 
 from __future__ import annotations
 
-import os
+from twinnet.quiet import import_tensorflow
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter quiet
+import_tensorflow()  # first, so that TensorFlow's start-up lines are dropped (twinnet.quiet)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
