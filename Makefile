@@ -25,13 +25,13 @@ $(VENV)/.installed: pyproject.toml
 report: $(VENV)/.installed
 	$(BIN)/twinnet report --out report
 
-# -rs lists every skipped test with its reason (e.g. the browser test without Chromium).
+# pytest lists every skipped test with its reason (-rs in pyproject.toml).
 test: $(VENV)/.installed
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 	  echo "make test: note: no Chromium found, so the browser test of twinnet serve is skipped;" \
 	       "install it with: sudo apt-get install chromium"
 	$(BIN)/ruff check src tests
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q
 
 # Runs notebooks/tour.ipynb top to bottom and saves it with its outputs (commit the result).
 notebook: $(VENV)/.installed
