@@ -26,6 +26,7 @@ report: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check src tests
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed
@@ -35,4 +36,4 @@ serve: $(VENV)/.installed
 	$(BIN)/twinnet serve
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .import_linter_cache

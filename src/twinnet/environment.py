@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from twinnet import __version__
+from twinnet.version import __version__
 
 
 def _cpuinfo_field(name: str) -> str | None:

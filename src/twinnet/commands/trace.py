@@ -1,0 +1,40 @@
+"""``twinnet trace``: one image through both twins, in pictures (``twinnet.tracing``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from twinnet.commands.arguments import add_data_dir
+from twinnet.comparison import DTYPES
+from twinnet.tracing import trace
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "trace", help="one image through both twins, forward and backward, in pictures",
+        description="Run one image through both twins with the given weights, forward and "
+                    "backward, and write into --out a picture per layer (its activations, conv "
+                    "maps as a grid of channels, beside the gradient flowing back into it), "
+                    "saliency.png (dL/dx of both twins) and trace.md / trace.json (per layer: "
+                    "shapes, norms, the twins' largest differences, the derivation's section). "
+                    "With --index the loss is taken against the test image's true label; with "
+                    "an IMAGE (prepared as `twinnet predict` does) against the NumPy twin's "
+                    "predicted digit.")
+    parser.add_argument("image", nargs="?", metavar="IMAGE", default=None,
+                        help="a digit image file (instead of --index)")
+    parser.add_argument("--index", type=int, default=None, metavar="I",
+                        help="MNIST test image number I (0..9999)")
+    parser.add_argument("--weights", required=True, metavar="FILE", help="a twinnet weights file (.npz)")
+    parser.add_argument("--out", metavar="DIR", default="trace", help="output folder (default: %(default)s)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="precision of both twins (default: %(default)s, as trained)")
+    add_data_dir(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = trace(args.weights, index=args.index, image=args.image, out=args.out, dtype=args.dtype,
+                   data_dir=args.data_dir)
+    print(result.markdown(), end="")
+    print(f"wrote {len(result.files)} files into {args.out} in {result.seconds:.1f} s")
+    return 0
