@@ -13,7 +13,8 @@ import os
 import sys
 
 from twinnet.commands import bench, compare, evaluate, gradcheck, predict, report, serve, sweep, trace, train
-from twinnet.errors import TwinnetError
+from twinnet.commands.arguments import GRAMMAR
+from twinnet.errors import TwinnetError, UsageError
 from twinnet.version import __version__
 
 # In the order `twinnet --help` lists them.
@@ -23,13 +24,16 @@ COMMANDS = (train, report, evaluate, predict, sweep, bench, gradcheck, compare, 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twinnet",
-        description="Four MNIST classifiers trained twice: by TensorFlow (the framework twin) "
+        description="Four MNIST classifiers trained twice: by TensorFlow (the framework twin)\n"
                     "and by hand-derived NumPy backpropagation (the NumPy twin).",
+        epilog=GRAMMAR + "Each command's --help has the rest; docs/usage.md what --help cannot say.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"twinnet {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
-        command.add_parser(subparsers)
+        command_parser = command.add_parser(subparsers)
+        command_parser.set_defaults(func=command.run, command_parser=command_parser)
     return parser
 
 
@@ -38,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except UsageError as exc:  # as argparse reports its own: the usage line, then the fault
+        args.command_parser.print_usage(sys.stderr)
+        print(f"{args.command_parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
     except TwinnetError as exc:
         code = getattr(exc, "exit_code", 2)
         print(f"twinnet: {'error: ' if code != 130 else ''}{exc}", file=sys.stderr)

@@ -46,6 +46,8 @@ TOLERANCES: dict[str, dict[str, float]] = {
     "float64": {"activation": 1e-10, "gradient": 1e-8, "loss": 1e-12},
 }
 DTYPES = tuple(TOLERANCES)
+# compare and trace are checks: both default to float64, the tighter tolerances.
+DEFAULT_DTYPE = "float64"
 
 # Sections of docs/derivations.md, by layer kind (GitHub's heading anchors).
 DERIVATIONS = "docs/derivations.md"
@@ -258,7 +260,7 @@ def model_params(model: str | None, weights: str | None, seed: int) -> tuple[str
 
 
 def compare(model: str | None = None, weights: str | None = None, batch: int = 64,
-            dtype: str = "float64", seed: int = 0, data_dir: str | None = None,
+            dtype: str = DEFAULT_DTYPE, seed: int = 0, data_dir: str | None = None,
             x: np.ndarray | None = None, y: np.ndarray | None = None) -> Comparison:
     """Run both twins on one batch with the same weights, forward and backward, and
     compare them layer by layer.

@@ -24,7 +24,7 @@ browser. Gradio's Sketchpad would bring a large dependency tree, a front end tha
 fonts and scripts from CDNs, and its own image preprocessing between the canvas and our
 ``prepare_grayscale``. A small ASGI app and one hand-written page (about 300 lines of
 HTML/JS/CSS, no build step) give full control of the preparation, the layout and the
-element ids the browser test reads, for three small wheels (``pip install twinnet[serve]``).
+element ids the browser test reads, for three small wheels (the serve extra).
 
 Threads: every image is decoded, prepared and run through both twins in one worker
 thread, so TensorFlow never runs two requests at once and memory stays bounded; at most
@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from twinnet.environment import install_command
 from twinnet.errors import TwinnetError
 from twinnet.predict import ImageError, prepare_grayscale, softmax, to_grayscale
 from twinnet.weights import load_weights, one_line
@@ -58,8 +59,6 @@ if TYPE_CHECKING:
     from twinnet.backend import Backend
 
 STATIC = Path(__file__).resolve().parent / "static"
-# The report's committed cnn weights: part of the repository, not of an installed wheel.
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "docs/report/runs/P2e-cnn-numpy/weights.npz"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
@@ -135,7 +134,7 @@ class Twins:
     def start_tf(self, on_done=None) -> None:
         """Build the TensorFlow twin in a daemon thread; ``on_done(status, seconds)`` after."""
         if not installed("tensorflow"):
-            self.tf_status = "unavailable: TensorFlow is not installed (pip install 'twinnet[tf]')"
+            self.tf_status = f"unavailable: TensorFlow is not installed ({install_command('tf')})"
             if on_done:
                 on_done(self.tf_status, 0.0)
             return

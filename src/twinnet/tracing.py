@@ -4,7 +4,7 @@ The image is MNIST test image ``--index I`` (the loss is taken against its true
 label) or a user's IMAGE prepared exactly as ``twinnet predict`` prepares it (the loss
 is taken against the digit the NumPy twin predicts, as there is no true label). Both
 twins run layer by layer as in ``twinnet.comparison`` (reference NumPy layers; the Keras
-layers under ``tf.GradientTape``), in float32 unless ``--dtype float64``.
+layers under ``tf.GradientTape``), in float64 unless ``--dtype float32``.
 
 Written into ``--out`` (default ``trace/``):
 
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from twinnet.comparison import (
+    DEFAULT_DTYPE,
     DERIVATIONS,
     SECTIONS,
     TOLERANCES,
@@ -163,7 +164,7 @@ def load_image(index: int | None, image: str | os.PathLike | None,
 
 
 def trace(weights: str | os.PathLike, index: int | None = None, image: str | os.PathLike | None = None,
-          out: str | os.PathLike | None = None, dtype: str = "float32",
+          out: str | os.PathLike | None = None, dtype: str = DEFAULT_DTYPE,
           data_dir: str | os.PathLike | None = None, pictures: bool = True) -> Trace:
     """One image through both twins with the model in ``weights``, forward and backward.
 

@@ -17,6 +17,7 @@ import tokenize
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,10 @@ from twinnet.util import FileAccessError, atomic_path, open_regular_file
 class WeightsError(TwinnetError):
     """A weights file that cannot be used: unreadable, wrong model, bad keys or values."""
 
+
+# The weights a command uses without --weights: the report's cnn trained by the NumPy twin,
+# part of the repository (docs/report), not of an installed wheel.
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "docs/report/runs/P2e-cnn-numpy/weights.npz"
 
 # The largest .npy header read (NumPy itself refuses headers over 10,000 bytes by default;
 # a version-1 header cannot exceed 65,535 + 10).

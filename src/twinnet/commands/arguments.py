@@ -1,16 +1,35 @@
-"""Flags that several commands share, defined once: the data folder, the training
-settings (``TrainConfig``'s fields, whose defaults and help come from ``twinnet.config``)
-and the Ray engine."""
+"""Flags that several commands share, defined once: the data folder, the weights file,
+the training settings (``TrainConfig``'s fields, whose defaults and help come from
+``twinnet.config``) and the Ray engine. The grammar they follow is ``GRAMMAR``, printed
+by ``twinnet --help``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from twinnet.backend import BACKENDS, OPTIMIZERS
 from twinnet.config import DEFAULT_LR, SCHEDULES, ConfigError, TrainConfig, default, flag
+from twinnet.errors import TwinnetError
 from twinnet.models import DESCRIPTIONS, MODEL_NAMES
+from twinnet.weights import DEFAULT_WEIGHTS
 
 MODELS_HELP = "; ".join(f"{name}: {text}" for name, text in DESCRIPTIONS.items())
+
+GRAMMAR = """\
+One grammar for every command:
+  MODEL           a model name (linear, mlp128, mlp256x2, cnn), where a command builds
+                  a model: train, sweep, compare, gradcheck; the usage line shows it as
+                  required where it is, and a command run without it stops there
+  --weights FILE  a trained weights file (.npz), where a command uses one: evaluate,
+                  predict, trace, serve (default: the report's cnn weights), compare
+                  (default: a seeded initialisation of MODEL)
+  --backend       tf or numpy; default numpy, the twin that needs no TensorFlow
+  --dtype         float64 or float32 for compare and trace; default float64
+  --data-dir DIR  the MNIST files (default: $TWINNET_DATA, else ~/.cache/twinnet/mnist)
+Old spellings (evaluate FILE) still work and print a deprecation line on stderr.
+"""
 
 
 def add_data_dir(parser: argparse.ArgumentParser,
@@ -40,17 +59,21 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: start a local one on this machine's cores")
 
 
+def add_backend(parser: argparse.ArgumentParser, default: str | None = "numpy", **options) -> None:
+    parser.add_argument("--backend", choices=BACKENDS, default=default, **options,
+                        help="tf: the TensorFlow twin; numpy: the hand-derived NumPy twin, which "
+                             "needs no TensorFlow (default: %(default)s)")
+
+
 def add_train_arguments(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
     """The model and the flags of TrainConfig's fields. ``train`` notes which flags were
     given (to refuse conflicts on --resume); ``sweep`` hides ``--lr`` (it has ``--lrs``)."""
-    parser.add_argument("model", choices=MODEL_NAMES, nargs=None if sweep else "?",
+    parser.add_argument("model", choices=MODEL_NAMES, nargs=None if sweep else "?", metavar="MODEL",
                         help=f"which model ({MODELS_HELP})")
     store = "store" if sweep else NoteGiven
     if not sweep:
         parser.set_defaults(given={})
-    parser.add_argument("--backend", choices=BACKENDS, default=default("backend"), action=store,
-                        help="tf: the TensorFlow twin; numpy: the hand-derived NumPy twin "
-                             "(default: %(default)s)")
+    add_backend(parser, default("backend"), action=store)
     parser.add_argument("--steps", action=store, type=int, default=default("steps"),
                         help="number of parameter updates (default: %(default)s)")
     parser.add_argument("--batch-size", action=store, type=int, default=default("batch_size"),
@@ -81,3 +104,35 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         )
     except ConfigError as exc:
         raise exc.named(flag(exc.field)) from None
+
+
+def add_weights(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """``--weights FILE``; ``default`` says what a command uses without it (the report's
+    cnn weights unless the command says otherwise)."""
+    default = default or "the report's cnn, docs/report/runs/P2e-cnn-numpy/weights.npz"
+    parser.add_argument("--weights", metavar="FILE", default=None,
+                        help=f"a twinnet weights file (.npz) (default: {default})")
+
+
+def shown(path: Path) -> Path:
+    """``path`` relative to the working folder when it lies inside it, for messages."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def weights_file(given: str | None) -> Path:
+    """The weights file given with --weights, else the report's cnn weights; TwinnetError
+    if that default is not there (an install without the repository beside it)."""
+    if given is not None:
+        return Path(given)
+    if not DEFAULT_WEIGHTS.is_file():
+        raise TwinnetError(f"the default weights {DEFAULT_WEIGHTS} are missing (they come with the "
+                           "repository, not the package); pass --weights FILE")
+    return shown(DEFAULT_WEIGHTS)
+
+
+def deprecated(old: str, new: str) -> None:
+    """One line on stderr for a spelling that still works but will go."""
+    print(f"twinnet: warning: '{old}' is deprecated; use '{new}'", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 
 from twinnet.backend import BACKENDS, OPTIMIZERS
@@ -11,7 +12,7 @@ from twinnet.errors import TwinnetError
 from twinnet.models import MODEL_NAMES
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "bench", help="time training steps and inference of both twins",
         description="Time training steps (forward, backward, update) and inference of every "
@@ -20,8 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "FLOPs counted from the spec, GFLOP/s and the NumPy/TensorFlow ratios.")
     parser.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES),
                         help="models to time (default: all)")
-    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS),
-                        help="backends to time (default: both)")
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=None,
+                        help="backends to time (default: both where TensorFlow is installed, "
+                             "else numpy)")
     parser.add_argument("--batch-size", type=int, default=100, help="images per step (default: 100)")
     parser.add_argument("--repeats", type=int, default=7,
                         help="timed repeats per model and backend; the median is reported "
@@ -34,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="instead, time each NumPy-twin block's forward and backward on one "
                              "thread (use --batch-size 50 for a thread's share of a 100-image step)")
     parser.add_argument("--json", action="store_true", help="print the full results as JSON")
-    parser.set_defaults(func=run)
+    return parser
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
             result = time_blocks(name, batch_size=args.batch_size, repeats=args.repeats)
             print(json.dumps(result, indent=2) if args.json else format_blocks(result) + "\n")
         return 0
-    results = run_bench(args.models, args.backends, batch_size=args.batch_size,
+    results = run_bench(args.models, args.backends or installed_backends(), batch_size=args.batch_size,
                         repeats=args.repeats, steps=args.steps, optimizer=args.optimizer)
     print(json.dumps(results, indent=2) if args.json else format_bench(results))
     return 0
+
+
+def installed_backends() -> list[str]:
+    """Both twins where TensorFlow is installed, else the NumPy twin alone."""
+    return list(BACKENDS) if importlib.util.find_spec("tensorflow") else ["numpy"]

@@ -5,23 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 
-from twinnet.backend import BACKENDS, load_model
-from twinnet.commands.arguments import add_data_dir
+from twinnet.backend import load_model
+from twinnet.commands.arguments import add_backend, add_data_dir, add_weights, deprecated, weights_file
 from twinnet.data import load_mnist
+from twinnet.errors import UsageError
 from twinnet.metrics import evaluate
 from twinnet.weights import load_weights
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser("evaluate", help="test accuracy, loss and confusion matrix of a "
                                              "weights file",
                             description="Evaluate a weights file on the 10,000 test images.")
-    parser.add_argument("weights", help="a twinnet weights file (.npz)")
-    parser.add_argument("--backend", choices=BACKENDS, default=None,
-                        help="twin to evaluate with (default: the one that trained it)")
+    add_weights(parser)
+    # The weights file as a positional argument, as before --weights; deprecated.
+    parser.add_argument("old_weights", nargs="?", default=None, help=argparse.SUPPRESS)
+    add_backend(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_data_dir(parser)
-    parser.set_defaults(func=run)
+    return parser
 
 
 def format_confusion(confusion: list[list[int]]) -> str:
@@ -33,18 +35,22 @@ def format_confusion(confusion: list[list[int]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    _, meta = load_weights(args.weights)
+    if args.old_weights is not None:
+        if args.weights is not None:
+            raise UsageError(f"give the weights file once, as --weights FILE (got {args.old_weights} "
+                             f"and --weights {args.weights})")
+        deprecated("twinnet evaluate FILE", "twinnet evaluate --weights FILE")
+        args.weights = args.old_weights
+    path = weights_file(args.weights)
+    _, meta = load_weights(path)
     test = load_mnist(args.data_dir).test
-    backend = args.backend or meta.get("backend")
-    if backend not in BACKENDS:
-        backend = "numpy"
-    model = load_model(meta["model"], backend, weights=args.weights)
+    model = load_model(meta["model"], args.backend, weights=str(path))
     result = evaluate(model, test.x, test.y)
     if args.json:
-        print(json.dumps({"weights": str(args.weights), "model": meta["model"],
-                          "backend": backend, **result}, indent=2))
+        print(json.dumps({"weights": str(path), "model": meta["model"],
+                          "backend": args.backend, **result}, indent=2))
         return 0
-    print(f"{args.weights}: {meta['model']} evaluated by the {backend} twin on "
+    print(f"{path}: {meta['model']} evaluated by the {args.backend} twin on "
           f"{result['count']} test images")
     print(f"test accuracy {result['accuracy']:.2%} ({result['correct']}/{result['count']})  "
           f"cross-entropy {result['loss']:.4f}")

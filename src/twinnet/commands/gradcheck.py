@@ -8,15 +8,15 @@ from twinnet.gradcheck import check_layers, check_model, format_table
 from twinnet.models import MODEL_NAMES
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "gradcheck", help="check the NumPy twin's gradients against finite differences",
         description="Compare every analytic gradient of the NumPy twin with central finite "
                     "differences in float64 and print the maximum relative error per parameter.")
-    parser.add_argument("model", nargs="?", default="all", choices=(*MODEL_NAMES, "all"),
-                        help="a model, or all (also checks every layer alone; default)")
+    parser.add_argument("model", nargs="?", default="all", choices=(*MODEL_NAMES, "all"), metavar="MODEL",
+                        help=f"{', '.join(MODEL_NAMES)}, or all (also checks every layer alone; default)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the random batch")
-    parser.set_defaults(func=run)
+    return parser
 
 
 def run(args: argparse.Namespace) -> int:

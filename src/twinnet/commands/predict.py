@@ -6,12 +6,13 @@ import argparse
 import json
 import sys
 
-from twinnet.backend import BACKENDS, load_model
+from twinnet.backend import load_model
+from twinnet.commands.arguments import add_backend, add_weights, weights_file
 from twinnet.predict import format_predictions, predict_images
 from twinnet.weights import load_weights
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "predict", help="read digits from your own images",
         description="Predict the digit in each image (PNG, JPEG or anything Pillow reads, any "
@@ -21,17 +22,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "probabilities; a file that cannot be used is reported and the rest are "
                     "still predicted (exit code 2 if any failed).")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    parser.add_argument("--weights", required=True, help="a twinnet weights file (.npz)")
-    parser.add_argument("--backend", choices=BACKENDS, default="numpy",
-                        help="twin to predict with (default: %(default)s, which needs no "
-                             "TensorFlow)")
+    add_weights(parser)
+    add_backend(parser)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.set_defaults(func=run)
+    return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    _, meta = load_weights(args.weights)
-    model = load_model(meta["model"], args.backend, weights=args.weights)
+    path = weights_file(args.weights)
+    _, meta = load_weights(path)
+    model = load_model(meta["model"], args.backend, weights=str(path))
     results = predict_images(model, args.images)
     failed = [r for r in results if "error" in r]
     if args.json:

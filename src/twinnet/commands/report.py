@@ -9,7 +9,7 @@ from twinnet.errors import TwinnetError
 from twinnet.report import generate_report
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "report", help="run the preset runs and the assignment report's reruns, write the results report",
         description="Train the eight preset runs (both twins of all four models) with --seeds "
@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="also write every run's curves as TensorBoard scalars under DIR")
     add_engine_arguments(parser)
     add_data_dir(parser)
-    parser.set_defaults(func=run)
+    return parser
 
 
 def run(args: argparse.Namespace) -> int:

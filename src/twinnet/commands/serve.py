@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from twinnet.commands.arguments import add_weights, weights_file
+from twinnet.environment import install_command
 from twinnet.errors import TwinnetError
 from twinnet.serve import (
     DEFAULT_HOST,
     DEFAULT_PORT,
-    DEFAULT_WEIGHTS,
     Twins,
     bind,
     create_app,
@@ -17,15 +18,13 @@ from twinnet.serve import (
 )
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "serve", help="a local web page: draw a digit, both twins predict it live",
         description="Start a local web server with a page where you draw a digit and both twins "
                     "predict it as you draw, on the 28x28 image `twinnet predict` would make of it. "
                     "Also answers POST /api/predict with an image (JSON). Needs twinnet[serve].")
-    parser.add_argument("--weights", metavar="FILE", default=None,
-                        help="weights for both twins (a file trained by either twin loads into both; "
-                             "default: the report's cnn, docs/report/runs/P2e-cnn-numpy/weights.npz)")
+    add_weights(parser)  # for both twins: a file trained by either twin loads into both
     parser.add_argument("--weights-numpy", metavar="FILE", default=None,
                         help="weights for the NumPy twin only (default: --weights)")
     parser.add_argument("--weights-tf", metavar="FILE", default=None,
@@ -34,24 +33,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="address to listen on (default: %(default)s, this machine only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help="port (default: %(default)s; 0 picks a free one)")
-    parser.set_defaults(func=run)
-
-
-def shorter(path: Path) -> Path:
-    """``path`` relative to the working folder when it lies inside it, for messages and the page."""
-    try:
-        return path.relative_to(Path.cwd())
-    except ValueError:
-        return path
+    return parser
 
 
 def resolve_weights(args: argparse.Namespace) -> tuple[Path, Path]:
     """(NumPy twin's, TF twin's) weights files from --weights / --weights-numpy / --weights-tf."""
-    shared = Path(args.weights) if args.weights else None
-    if shared is None and not (args.weights_numpy and args.weights_tf) and not DEFAULT_WEIGHTS.is_file():
-        raise TwinnetError(f"the default weights {DEFAULT_WEIGHTS} are missing (they come with the "
-                           f"repository, not the package); pass --weights FILE")
-    default = shared or shorter(DEFAULT_WEIGHTS)
+    if args.weights_numpy and args.weights_tf and not args.weights:
+        return Path(args.weights_numpy), Path(args.weights_tf)
+    default = weights_file(args.weights)
     return (Path(args.weights_numpy) if args.weights_numpy else default,
             Path(args.weights_tf) if args.weights_tf else default)
 
@@ -60,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     missing = missing_dependency()
     if missing:
         raise TwinnetError(f"twinnet serve needs the serve extra (missing {missing}): "
-                           f"pip install 'twinnet[serve]'")
+                           f"{install_command('serve')}")
     import uvicorn
 
     if not 0 <= args.port <= 65535:

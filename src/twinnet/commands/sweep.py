@@ -10,7 +10,7 @@ from twinnet.errors import TwinnetError
 from twinnet.sweep import DEFAULT_LRS, SWEEP_STEPS, format_sweep, run_sweep, write_sweep
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "sweep", help="short runs at several learning rates, ranked by validation accuracy",
         description="Train short runs at each learning rate on the training split, in parallel "
@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="folder for MODEL-BACKEND-OPTIMIZER.json and .png, and the finished "
                              "points (.points/), which a rerun reuses (default: %(default)s)")
     add_engine_arguments(parser)
-    parser.set_defaults(func=run)
+    return parser
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from twinnet.commands.arguments import add_data_dir
-from twinnet.comparison import DTYPES
+from twinnet.commands.arguments import add_data_dir, add_weights, weights_file
+from twinnet.comparison import DEFAULT_DTYPE, DTYPES
+from twinnet.errors import UsageError
 from twinnet.tracing import trace
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "trace", help="one image through both twins, forward and backward, in pictures",
+        usage="%(prog)s [options] IMAGE\n       %(prog)s [options] --index I",
         description="Run one image through both twins with the given weights, forward and "
                     "backward, and write into --out a picture per layer (its activations, conv "
                     "maps as a grid of channels, beside the gradient flowing back into it), "
@@ -24,17 +26,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="a digit image file (instead of --index)")
     parser.add_argument("--index", type=int, default=None, metavar="I",
                         help="MNIST test image number I (0..9999)")
-    parser.add_argument("--weights", required=True, metavar="FILE", help="a twinnet weights file (.npz)")
+    add_weights(parser)
     parser.add_argument("--out", metavar="DIR", default="trace", help="output folder (default: %(default)s)")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32",
-                        help="precision of both twins (default: %(default)s, as trained)")
+    parser.add_argument("--dtype", choices=DTYPES, default=DEFAULT_DTYPE,
+                        help="precision of both twins (default: %(default)s; float32 as trained)")
     add_data_dir(parser)
-    parser.set_defaults(func=run)
+    return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    result = trace(args.weights, index=args.index, image=args.image, out=args.out, dtype=args.dtype,
-                   data_dir=args.data_dir)
+    if (args.index is None) == (args.image is None):
+        raise UsageError("give either --index I (an MNIST test image) or an IMAGE file")
+    result = trace(weights_file(args.weights), index=args.index, image=args.image, out=args.out,
+                   dtype=args.dtype, data_dir=args.data_dir)
     print(result.markdown(), end="")
     print(f"wrote {len(result.files)} files into {args.out} in {result.seconds:.1f} s")
     return 0

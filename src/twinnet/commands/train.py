@@ -9,14 +9,15 @@ from twinnet import data
 from twinnet.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from twinnet.commands.arguments import add_train_arguments, config_from_args
 from twinnet.config import ConfigError, TrainConfig, flag
-from twinnet.errors import TwinnetError
+from twinnet.errors import TwinnetError, UsageError
 from twinnet.runs import check_output_dir, default_run_dir, lock_run_dir, run_bytes
 from twinnet.tensorboard import write_tensorboard
 from twinnet.training import train
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser("train", help="train one model with one twin",
+                            usage="%(prog)s [options] MODEL\n       %(prog)s --resume DIR [options]",
                             description="Train one model with one twin and write weights.npz, "
                                         "metrics.json, curves.png and confusion.png.")
     add_train_arguments(parser)
@@ -34,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                              "checkpoint is deleted)")
     parser.add_argument("--tensorboard", metavar="DIR", default=None,
                         help="also write the curves as TensorBoard scalars under DIR/MODEL/BACKEND")
-    parser.set_defaults(func=run)
+    return parser
 
 
 def resume_conflicts(args: argparse.Namespace, config: TrainConfig, out: Path) -> None:
@@ -66,7 +67,7 @@ def planned_run(args: argparse.Namespace) -> tuple[TrainConfig, Path, dict | Non
         resume_conflicts(args, config, out)
         return config, out, state
     if args.model is None:
-        raise TwinnetError("name a model to train, or --resume DIR to continue a run")
+        raise UsageError("name a MODEL to train, or --resume DIR to continue a run")
     config = config_from_args(args)
     return config, Path(args.out) if args.out else default_run_dir(config), None
 
