@@ -512,8 +512,8 @@ def test_presets_errors_name_the_file_and_run(tmp_path):
     path.write_text(MINI_PRESETS.replace("twins = {numpy", "twins = {jax"))
     with pytest.raises(TwinnetError, match=r"twins: unknown key\(s\) jax"):
         load_presets(path)
-    path.write_text(MINI_PRESETS + '[seed_report."P2:b"]\nlr = 0.5\n')  # now in assignment_report.toml
-    with pytest.raises(TwinnetError, match=r"p.toml: unknown key\(s\) seed_report"):
+    path.write_text(MINI_PRESETS + '[assignment_report."P2:b"]\nlr = 0.5\n')  # now in assignment_report.toml
+    with pytest.raises(TwinnetError, match=r"p.toml: unknown key\(s\) assignment_report"):
         load_presets(path)
 
 
