@@ -106,12 +106,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise exc.named(flag(exc.field)) from None
 
 
-def add_weights(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+def add_weights(parser: argparse.ArgumentParser, default: str | None = None,
+                what: str = "a twinnet weights file (.npz)") -> None:
     """``--weights FILE``; ``default`` says what a command uses without it (the report's
     cnn weights unless the command says otherwise)."""
     default = default or "the report's cnn, docs/report/runs/P2e-cnn-numpy/weights.npz"
-    parser.add_argument("--weights", metavar="FILE", default=None,
-                        help=f"a twinnet weights file (.npz) (default: {default})")
+    parser.add_argument("--weights", metavar="FILE", default=None, help=f"{what} (default: {default})")
 
 
 def shown(path: Path) -> Path:

@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Start a local web server with a page where you draw a digit and both twins "
                     "predict it as you draw, on the 28x28 image `twinnet predict` would make of it. "
                     "Also answers POST /api/predict with an image (JSON). Needs twinnet[serve].")
-    add_weights(parser)  # for both twins: a file trained by either twin loads into both
+    add_weights(parser, what="weights for both twins (a file trained by either twin loads into both)")
     parser.add_argument("--weights-numpy", metavar="FILE", default=None,
                         help="weights for the NumPy twin only (default: --weights)")
     parser.add_argument("--weights-tf", metavar="FILE", default=None,
