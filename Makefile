@@ -5,7 +5,8 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-# The only MNIST copy on a machine without network is ../shared/mnist; use it when present.
+# A development and CI convenience, not a user path: the project's checkouts keep MNIST in
+# ../shared/mnist, used when present. Where twinnet itself looks: docs/usage.md.
 ifeq ($(origin TWINNET_DATA), undefined)
   ifneq ($(wildcard ../shared/mnist/train-images-idx3-ubyte*),)
     TWINNET_DATA := $(abspath ../shared/mnist)
