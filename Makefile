@@ -6,7 +6,8 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-# The only MNIST copy on a machine without network is ../shared/mnist; use it when present.
+# A development and CI convenience, not a user path: the project's checkouts keep MNIST in
+# ../shared/mnist, used when present. Where twinnet itself looks: docs/usage.md.
 ifeq ($(origin TWINNET_DATA), undefined)
   ifneq ($(wildcard ../shared/mnist/train-images-idx3-ubyte*),)
     TWINNET_DATA := $(abspath ../shared/mnist)
@@ -31,6 +32,7 @@ test: $(VENV)/.installed
 	  echo "make test: note: no Chromium found, so the browser test of twinnet serve is skipped;" \
 	       "install it with: sudo apt-get install chromium"
 	$(BIN)/ruff check src tests
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # Runs notebooks/tour.ipynb top to bottom and saves it with its outputs (commit the result).
@@ -44,4 +46,4 @@ serve: $(VENV)/.installed
 	$(BIN)/twinnet serve
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .import_linter_cache

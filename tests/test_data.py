@@ -200,7 +200,7 @@ def test_cli_reports_a_damaged_file_in_one_line_with_exit_2(tmp_path, mnist_path
 
     save_weights(weights, "linear", init_params("linear"), {"backend": "numpy"})
     result = subprocess.run(
-        [sys.executable, "-m", "twinnet", "evaluate", str(weights), "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "twinnet", "evaluate", "--weights", str(weights), "--data-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -100,7 +100,7 @@ def test_npz_bomb_is_refused_at_once_in_small_memory(tmp_path, inflating_member,
     peak = peak_bytes(lambda: load_weights(path))
     assert time.perf_counter() - started < 1.0
     assert peak < 5 << 20
-    assert main(["evaluate", str(path), "--backend", "numpy"]) == 2
+    assert main(["evaluate", "--weights", str(path), "--backend", "numpy"]) == 2
     assert "unexpected key(s) x0, x1, x2, x3" in one_error_line(capsys)
 
 
@@ -108,7 +108,7 @@ def test_too_many_members_are_refused_before_any_is_read(tmp_path, monkeypatch, 
     path = bz2_zip(tmp_path / "many.npz", {f"{i}.npy": b"" for i in range(40)})
     opened = []
     monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, *a, **k: opened.append(a) or 1 / 0)
-    assert main(["evaluate", str(path), "--backend", "numpy"]) == 2
+    assert main(["evaluate", "--weights", str(path), "--backend", "numpy"]) == 2
     assert "40 entries, more than the" in one_error_line(capsys)
     assert opened == []
 
@@ -176,7 +176,7 @@ def test_raw_idx_magic_is_checked_before_the_body_is_read(tmp_path, good_weights
     path = directory / "train-images-idx3-ubyte"
     peak = peak_bytes(lambda: data.load_idx(path, data.FILES[path.name]))
     assert peak < 1 << 20  # before: the whole 8 MB file was read first
-    assert main(["evaluate", str(good_weights), "--backend", "numpy",
+    assert main(["evaluate", "--weights", str(good_weights), "--backend", "numpy",
                  "--data-dir", str(directory)]) == 2
     assert "wrong magic number 0xdeadbeef" in one_error_line(capsys)
 
@@ -198,7 +198,7 @@ def test_a_folder_under_a_data_file_name_is_refused_by_name(tmp_path, good_weigh
         (directory / f"{spec.name}.gz").mkdir()
     # Before: the folder was passed over and the file downloaded.
     monkeypatch.setattr(data, "download", lambda *a: pytest.fail("tried to download"))
-    assert main(["evaluate", str(good_weights), "--backend", "numpy",
+    assert main(["evaluate", "--weights", str(good_weights), "--backend", "numpy",
                  "--data-dir", str(directory)]) == 2
     assert one_error_line(capsys).endswith("train-images-idx3-ubyte.gz: is a directory")
 
@@ -262,12 +262,12 @@ def test_device_as_image_is_not_a_regular_file(tmp_path, good_weights, capsys):
 # ---- paths that are not readable regular files --------------------------------------
 
 def test_weights_path_is_a_directory(tmp_path, capsys):
-    assert main(["evaluate", str(tmp_path), "--backend", "numpy"]) == 2
+    assert main(["evaluate", "--weights", str(tmp_path), "--backend", "numpy"]) == 2
     assert one_error_line(capsys) == f"twinnet: error: {tmp_path}: is a directory"
 
 
 def test_weights_path_is_a_device(capsys):
-    assert main(["evaluate", "/dev/zero", "--backend", "numpy"]) == 2
+    assert main(["evaluate", "--weights", "/dev/zero", "--backend", "numpy"]) == 2
     assert one_error_line(capsys) == "twinnet: error: /dev/zero: not a regular file"
 
 
@@ -281,13 +281,13 @@ def test_weights_file_unreadable(good_weights, monkeypatch, capsys):
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(util.os, "open", denying_open)
-    assert main(["evaluate", str(good_weights), "--backend", "numpy"]) == 2
+    assert main(["evaluate", "--weights", str(good_weights), "--backend", "numpy"]) == 2
     assert one_error_line(capsys) == f"twinnet: error: {good_weights}: permission denied"
 
 
 def test_weights_name_too_long(tmp_path, capsys):
     path = tmp_path / ("w" * 300 + ".npz")
-    assert main(["evaluate", str(path), "--backend", "numpy"]) == 2
+    assert main(["evaluate", "--weights", str(path), "--backend", "numpy"]) == 2
     assert one_error_line(capsys).endswith(": file name too long")
 
 

@@ -229,15 +229,24 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("command", [["train", "linear", "--steps", "5"], ["compare", "linear"],
-                                     ["evaluate", str(CNN_WEIGHTS), "--backend", "tf"]])
-def test_without_tensorflow_commands_that_need_it_print_the_install_hint(command, tmp_path, mnist_path):
+OR_NUMPY = " (or use the NumPy twin, --backend numpy)"
+
+
+@pytest.mark.parametrize("command, alternative", [
+    (["train", "linear", "--backend", "tf", "--steps", "5"], OR_NUMPY),
+    (["evaluate", "--weights", str(CNN_WEIGHTS), "--backend", "tf"], OR_NUMPY),
+    (["compare", "linear"], ""),  # compare runs both twins: it has no --backend to suggest
+])
+def test_without_tensorflow_commands_that_need_it_print_the_install_hint(command, alternative, tmp_path,
+                                                                          mnist_path):
+    from twinnet.environment import install_command
+
     proc = python(NO_TF, *command, "--data-dir", str(mnist_path),
                   *(["--out", str(tmp_path / "run")] if command[0] == "train" else []))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "twinnet: error: this needs TensorFlow, which is not installed: pip install 'twinnet[tf]' "
-        "(or use the NumPy twin, --backend numpy)"]
+        "twinnet: error: this needs TensorFlow, which is not installed: "
+        f"{install_command('tf')}{alternative}"]
 
 
 def test_without_tensorflow_the_numpy_twin_trains(tmp_path, mnist_path):

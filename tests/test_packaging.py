@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 
 from twinnet.serve import DEFAULT_WEIGHTS
-from twinnet.weights import PRETRAINED_CNN, load_weights
+from twinnet.weights import DEFAULT_WEIGHTS, load_weights
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT_CNN = REPO / "docs/report/runs/P2e-cnn-numpy/weights.npz"
@@ -17,15 +17,15 @@ REPORT_CNN = REPO / "docs/report/runs/P2e-cnn-numpy/weights.npz"
 
 def test_serve_defaults_to_the_weights_inside_the_package():
     package = Path(__import__("twinnet").__file__).parent
-    assert DEFAULT_WEIGHTS == PRETRAINED_CNN
-    assert PRETRAINED_CNN.is_relative_to(package) and PRETRAINED_CNN.is_file()
-    assert load_weights(PRETRAINED_CNN)[1]["model"] == "cnn"
-    assert PRETRAINED_CNN.stat().st_size < 1_000_000
+    assert DEFAULT_WEIGHTS == DEFAULT_WEIGHTS
+    assert DEFAULT_WEIGHTS.is_relative_to(package) and DEFAULT_WEIGHTS.is_file()
+    assert load_weights(DEFAULT_WEIGHTS)[1]["model"] == "cnn"
+    assert DEFAULT_WEIGHTS.stat().st_size < 1_000_000
 
 
 def test_packaged_cnn_is_the_report_cnn():
     # Retraining the report changes docs/report; copy the new file into the package too.
-    assert PRETRAINED_CNN.read_bytes() == REPORT_CNN.read_bytes()
+    assert DEFAULT_WEIGHTS.read_bytes() == REPORT_CNN.read_bytes()
 
 
 def test_package_data_lists_the_weights():

@@ -70,7 +70,7 @@ def test_report_runs_reuses_and_matches_every_confusion_matrix(tmp_path, mnist_p
     presets_file.write_text(MINI_PRESETS)
     out = tmp_path / "report"
     path = generate_report(out=out, jobs=2, data_dir=mnist_path, presets_path=presets_file,
-                           seed_settings=False)
+                           assignment_settings=False)
     report = path.read_text()
     rows = table_rows(report)
     assert [row[0] for row in rows] == ["P1:a", "P2:b", "P2:c"]
@@ -88,16 +88,18 @@ def test_report_runs_reuses_and_matches_every_confusion_matrix(tmp_path, mnist_p
         for image in ("curves.png", "confusion.png"):
             assert (run / image).is_file() and f"{run.name}/{image}" in report
     assert "| P2:b | linear | numpy | sgd | 0.5 | cosine | 60 | 1 |" in report
-    assert "| 0.01 | 10000 | 1.8% | 1.81% |" in report  # the seed's figures for P2:b
+    assert "| 0.01 | 10000 | 1.8% | 1.81% |" in report  # the assignment report's figures for P2:b
     assert (out / "twins-linear.png").is_file() and "twins-linear.png" in report
     assert "derivations.md" in report
 
     # A second call reuses every finished run; --only retrains just the one named.
     before = {p: (p / "metrics.json").stat().st_mtime_ns for p in (out / "runs").iterdir()}
-    generate_report(out=out, jobs=1, data_dir=mnist_path, presets_path=presets_file, seed_settings=False)
+    generate_report(out=out, jobs=1, data_dir=mnist_path, presets_path=presets_file,
+                    assignment_settings=False)
     assert before == {p: (p / "metrics.json").stat().st_mtime_ns for p in (out / "runs").iterdir()}
     presets_file.write_text(MINI_PRESETS.replace("steps = 60", "steps = 70", 1))  # linear
-    generate_report(out=out, jobs=1, data_dir=mnist_path, presets_path=presets_file, seed_settings=False)
+    generate_report(out=out, jobs=1, data_dir=mnist_path, presets_path=presets_file,
+                    assignment_settings=False)
     after = {p: (p / "metrics.json").stat().st_mtime_ns for p in (out / "runs").iterdir()}
     assert sorted(p.name for p in after if after[p] != before[p]) == ["P1a-linear-tf", "P2b-linear-numpy"]
 
@@ -107,7 +109,7 @@ def test_report_runs_reuses_and_matches_every_confusion_matrix(tmp_path, mnist_p
     p1a_metrics = out / "runs" / "P1a-linear-tf" / "metrics.json"
     p1a_before = p1a_metrics.stat().st_mtime_ns
     generate_report(out=out, only="P1:a", jobs=1, data_dir=mnist_path, presets_path=presets_file,
-                    seed_settings=False)
+                    assignment_settings=False)
     assert p1a_metrics.stat().st_mtime_ns != p1a_before
     assert not (out / "runs" / "P2c-mlp128-numpy" / "metrics.json").exists()
     assert "| P2:c | mlp128 | numpy | adam | 0.002 | constant | 60 | | not run yet |" in (
@@ -122,7 +124,7 @@ def test_report_with_two_seeds_writes_seed_folders(tmp_path, mnist_path):
     presets_file.write_text(MINI_PRESETS.split("[models.mlp128]")[0].replace("steps = 60", "steps = 30"))
     out = tmp_path / "report"
     report = generate_report(out=out, jobs=1, data_dir=mnist_path, presets_path=presets_file, seeds=2,
-                             seed_settings=False).read_text()
+                             assignment_settings=False).read_text()
     for folder in ("P1a-linear-tf", "P2b-linear-numpy"):
         seeds = [json.loads((out / "runs" / folder / sub / "metrics.json").read_text())["config"]["seed"]
                  for sub in ("", "seed-1")]
@@ -280,7 +282,7 @@ def test_report_renders_every_figure_from_the_metrics(tmp_path):
     assert p1a[1:12] == ["linear", "tf", "sgd", "0.5", "cosine", "60", "1", "1.24%", "12.35%", "8.77%",
                          "91.23%"]
     assert p1a[-1] == "42 s"
-    assert p1a[12:16] == ["0.6", "20000", "3.4%", "7.1%"]  # the seed report's P1:a figures
+    assert p1a[12:16] == ["0.6", "20000", "3.4%", "7.1%"]  # the assignment report's P1:a figures
     assert p2b[8:12] == ["50.00%", "75.00%", "22.23%", "77.77%"]
     assert p2b[12:16] == ["0.01", "10000", "1.8%", "1.81%"]
     # A preset not run yet: its settings, "not run yet", its seed cells, and nothing measured.
@@ -398,19 +400,19 @@ def test_t_quantiles():
 
 
 def test_report_gives_each_seed_verdict_with_its_figures(tmp_path):
-    """The seed-settings runs' metrics feed "The seed report, rerun": each of the three
+    """The assignment-settings runs' metrics feed "The assignment report, rerun": each of the three
     verdicts appears with the figures that decide it."""
-    from twinnet.presets import seed_settings_presets
+    from twinnet.presets import assignment_settings_presets
     from twinnet.report import render_report
 
     presets = load_presets()
-    reruns = {p.reruns: p for p in seed_settings_presets()}
+    reruns = {p.reruns: p for p in assignment_settings_presets()}
     runs = {reruns["P1:a"].id: [fake_metrics(reruns["P1:a"].config, 0.95, 0.94, 9300, 50.0)],
             reruns["P1:b"].id: [fake_metrics(reruns["P1:b"].config, 0.97, 0.96, 9500, 40.0)],
             reruns["P2:b"].id: [fake_metrics(reruns["P2:b"].config, 0.92, 0.92, 9200, 5.0)]}
     report = render_report(tmp_path, presets, runs, elapsed=12.0, trained=3, env=ENV,
                            reruns=list(reruns.values()))
-    section = report.split("## The seed report, rerun", 1)[1].split("\n## ", 1)[0]
+    section = report.split("## The assignment report, rerun", 1)[1].split("\n## ", 1)[0]
     rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| P")}
     assert rows["P1:a"].endswith("| 93.00% | reproduced (rerun 93.00% vs claim 92.9%: +0.10 pp) |")
     assert rows["P1:b"].endswith("| 95.00% | not reproduced (rerun 95.00% vs claim 97.11%: -2.11 pp) |")
@@ -418,13 +420,13 @@ def test_report_gives_each_seed_verdict_with_its_figures(tmp_path):
         "| 92.00% | claim contradicts its own matrix (claim 98.19% vs matrix 90.95%) |")
     assert "not run yet" in rows["P1:c"]
     assert "trained with one seed (seed 0), whatever `--seeds` says" in section
-    assert "runs/S-P1a-linear-tf" in section
-    # The main table has the seed's figures in every row it reports, n/a only for P2:e.
+    assert "runs/A-P1a-linear-tf" in section
+    # The main table has the assignment report's figures in every row it reports, n/a only for P2:e.
     for row in table_rows(report):
         assert ("n/a" in row) == (row[0] == "P2:e"), row
     # The reruns are not rows of the main table, but their timings are listed.
-    assert all("seed settings" not in row[0] for row in table_rows(report))
-    assert "| P1:a (seed settings) | 50.0 s | 51.0 s |" in report
+    assert all("assignment settings" not in row[0] for row in table_rows(report))
+    assert "| P1:a (assignment settings) | 50.0 s | 51.0 s |" in report
 
 
 def curves(shift: float = 0.0, accuracy_top: float = 0.84) -> dict:
@@ -527,11 +529,11 @@ def write_finished(directory, config) -> None:
 
 
 def test_plan_trains_k_seeds_of_each_preset_and_one_of_each_rerun(tmp_path):
-    from twinnet.presets import seed_settings_presets
+    from twinnet.presets import assignment_settings_presets
     from twinnet.report import cost, finished_runs, plan_runs
 
     presets = mini_presets(tmp_path)
-    reruns = seed_settings_presets()
+    reruns = assignment_settings_presets()
     out = tmp_path / "report"
     reused, jobs = plan_runs(presets + reruns, out, [], None, workers=2, seeds=3)
     assert reused == {}
@@ -547,12 +549,12 @@ def test_plan_trains_k_seeds_of_each_preset_and_one_of_each_rerun(tmp_path):
     costs = [cost(job.preset.config) for job in jobs]
     assert costs == sorted(costs, reverse=True)  # longest first
 
-    # Finished seed runs are reused; a one-seed report's folder is seed 0 of a three-seed one.
+    # Finished seed runs are reused; a one-assignment report's folder is seed 0 of a three-seed one.
     write_finished(presets[0].run_dir(out), presets[0].config)
     write_finished(presets[0].run_dir(out, 2), presets[0].with_seed(2, 3).config)
     write_finished(reruns[0].run_dir(out), reruns[0].config)
     reused, jobs = plan_runs(presets + reruns, out, [], None, workers=2, seeds=3)
-    assert set(reused) == {("P1a", 0), ("P1a", 2), ("S-P1a", 0)}
+    assert set(reused) == {("P1a", 0), ("P1a", 2), ("A-P1a", 0)}
     assert len(jobs) == len(expected) - 3
     assert [run["config"]["seed"] for run in finished_runs(presets, out, 3)["P1a"]] == [0, 2]
     reused, jobs = plan_runs(presets, out, [], None, workers=1, seeds=1)
@@ -560,22 +562,22 @@ def test_plan_trains_k_seeds_of_each_preset_and_one_of_each_rerun(tmp_path):
 
 
 def test_only_selects_across_both_sets(tmp_path):
-    from twinnet.presets import seed_settings_presets, select
+    from twinnet.presets import assignment_settings_presets, select
     from twinnet.report import plan_runs
 
     presets = load_presets()
-    everything = presets + seed_settings_presets()
-    assert {p.id for p in select(everything, "linear")} == {"P1a", "P2b", "S-P1a", "S-P2b"}
-    assert {p.id for p in select(everything, "S-P1d,P2:e,P2:c (seed settings)")} == {
-        "S-P1d", "P2e", "S-P2c"}
+    everything = presets + assignment_settings_presets()
+    assert {p.id for p in select(everything, "linear")} == {"P1a", "P2b", "A-P1a", "A-P2b"}
+    assert {p.id for p in select(everything, "A-P1d,P2:e,P2:c (assignment settings)")} == {
+        "A-P1d", "P2e", "A-P2c"}
     out = tmp_path / "report"
     write_finished(everything[0].run_dir(out), everything[0].config)  # P1:a, finished
-    retrain = select(everything, "P1:a,S-P2b")
+    retrain = select(everything, "P1:a,A-P2b")
     reused, jobs = plan_runs(everything, out, retrain, None, workers=1, seeds=2)
     assert reused == {}  # --only retrains what it names, finished or not
     assert sorted(os.path.relpath(job.directory, out) for job in jobs) == [
-        "runs/P1a-linear-tf", "runs/P1a-linear-tf/seed-1", "runs/S-P2b-linear-numpy"]
-    with pytest.raises(TwinnetError, match="unknown run.*S-P1a"):
+        "runs/A-P2b-linear-numpy", "runs/P1a-linear-tf", "runs/P1a-linear-tf/seed-1"]
+    with pytest.raises(TwinnetError, match="unknown run.*A-P1a"):
         select(everything, "P9:z")
 
 
@@ -601,13 +603,14 @@ def test_presets_errors_name_the_file_and_run(tmp_path):
     path.write_text(MINI_PRESETS.replace("twins = {numpy", "twins = {jax"))
     with pytest.raises(TwinnetError, match=r"twins: unknown key\(s\) jax"):
         load_presets(path)
-    path.write_text(MINI_PRESETS + '[seed_report."P2:b"]\nlr = 0.5\n')  # now in seed_report.toml
-    with pytest.raises(TwinnetError, match=r"p.toml: unknown key\(s\) seed_report"):
+    path.write_text(MINI_PRESETS + '[assignment_report."P2:b"]\nlr = 0.5\n')  # now in assignment_report.toml
+    with pytest.raises(TwinnetError, match=r"p.toml: unknown key\(s\) assignment_report"):
         load_presets(path)
 
 
 def test_cli_defaults_are_the_config_defaults_and_errors_name_the_flag(capsys):
-    from twinnet.cli import build_parser, config_from_args, main
+    from twinnet.cli import build_parser, main
+    from twinnet.commands.arguments import config_from_args
     from twinnet.config import DEFAULT_LR, TrainConfig
 
     args = build_parser().parse_args(["train", "mlp128"])

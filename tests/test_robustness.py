@@ -158,7 +158,7 @@ def test_hostile_weights_files_at_the_cli(tmp_path, mnist_path, case):
     else:
         with open(path, "wb") as fh:
             np.savez(fh, **params, meta=np.array(json.dumps(meta)))
-    result = run_cli("evaluate", str(path), "--backend", "numpy", "--data-dir", str(mnist_path))
+    result = run_cli("evaluate", "--weights", str(path), "--backend", "numpy", "--data-dir", str(mnist_path))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and "Traceback" not in result.stderr, lines
@@ -167,6 +167,6 @@ def test_hostile_weights_files_at_the_cli(tmp_path, mnist_path, case):
 def test_a_valid_file_still_evaluates(tmp_path, mnist_path):
     path = tmp_path / "w.npz"
     save_weights(path, "mlp128", init_params("mlp128"), {"backend": "numpy"})
-    result = run_cli("evaluate", str(path), "--data-dir", str(mnist_path), "--json")
+    result = run_cli("evaluate", "--weights", str(path), "--data-dir", str(mnist_path), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["count"] == 10_000

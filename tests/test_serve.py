@@ -28,7 +28,8 @@ pytest.importorskip("starlette", reason="needs the serve extra: pip install 'twi
 pytest.importorskip("uvicorn", reason="needs the serve extra: pip install 'twinnet[serve]'")
 
 from twinnet.cli import main  # noqa: E402
-from twinnet.serve import DEFAULT_WEIGHTS, MAX_UPLOAD_BYTES  # noqa: E402
+from twinnet.serve import MAX_UPLOAD_BYTES  # noqa: E402
+from twinnet.weights import DEFAULT_WEIGHTS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

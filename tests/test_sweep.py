@@ -9,6 +9,7 @@ import pytest
 
 import twinnet.sweep
 from twinnet.cli import main
+from twinnet.environment import install_command
 from twinnet.sweep import run_sweep, sweep_stem
 from twinnet.training import TrainConfig
 
@@ -57,7 +58,7 @@ def test_ray_engine_without_ray_names_the_extra(tmp_path, mnist_path, monkeypatc
                  "--engine", "ray", "--data-dir", str(mnist_path), "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2
-    assert err == "twinnet: error: --engine ray needs Ray: pip install 'twinnet[ray]'\n"
+    assert err == f"twinnet: error: --engine ray needs Ray: {install_command('ray')}\n"
 
 
 @pytest.mark.slow

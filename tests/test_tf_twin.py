@@ -79,14 +79,15 @@ def test_300_steps_on_real_mnist(mnist: Mnist, model, optimizer, lr, floor):
 @pytest.mark.slow
 def test_train_then_evaluate_agree(tmp_path, mnist_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "mlp128", "--steps", "60", "--lr", "0.2", "--data-dir", str(mnist_path),
-                 "--out", str(out)]) == 0
+    assert main(["train", "mlp128", "--backend", "tf", "--steps", "60", "--lr", "0.2", "--data-dir",
+                 str(mnist_path), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "confusion.png", "curves.png", "metrics.json", "weights.npz"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["steps"] == 60 and metrics["environment"]["tensorflow"]
     capsys.readouterr()
-    assert main(["evaluate", str(out / "weights.npz"), "--json", "--data-dir", str(mnist_path)]) == 0
+    assert main(["evaluate", "--weights", str(out / "weights.npz"), "--backend", "tf", "--json",
+                 "--data-dir", str(mnist_path)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["accuracy"] == metrics["final"]["test"]["accuracy"]
     assert result["confusion_matrix"] == metrics["confusion_matrix"]

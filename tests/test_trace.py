@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from twinnet.plots import layout_note, mosaic, plot_layer, scaled, vector_grid
-from twinnet.weights import PRETRAINED_CNN, save_weights
+from twinnet.weights import DEFAULT_WEIGHTS, save_weights
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -78,7 +78,7 @@ def test_label_takes_the_loss_against_that_digit(tmp_path, mnist_path):
     pytest.importorskip("tensorflow")
     out = tmp_path / "trace"
     done = subprocess.run([sys.executable, "-m", "twinnet", "trace", "--index", "0", "--label", "3",
-                           "--weights", str(PRETRAINED_CNN), "--out", str(out), "--data-dir",
+                           "--weights", str(DEFAULT_WEIGHTS), "--out", str(out), "--data-dir",
                            str(mnist_path)], capture_output=True, text=True, timeout=300,
                           env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
@@ -96,7 +96,7 @@ def test_label_takes_the_loss_against_that_digit(tmp_path, mnist_path):
 def test_label_must_be_a_digit(capsys):
     from twinnet.cli import main
 
-    assert main(["trace", "--index", "0", "--label", "10", "--weights", str(PRETRAINED_CNN)]) == 2
+    assert main(["trace", "--index", "0", "--label", "10", "--weights", str(DEFAULT_WEIGHTS)]) == 2
     assert "twinnet: error: --label must be a digit 0..9, got 10" in capsys.readouterr().err
 
 
@@ -105,5 +105,5 @@ def test_saliency_says_the_twins_maps_coincide(mnist_path):
     pytest.importorskip("tensorflow")
     import twinnet
 
-    result = twinnet.trace(PRETRAINED_CNN, index=0, label=3, data_dir=mnist_path)
+    result = twinnet.trace(DEFAULT_WEIGHTS, index=0, label=3, data_dir=mnist_path)
     assert "the two maps coincide" in result.figures["saliency.png"]._suptitle.get_text()

@@ -10,23 +10,26 @@ The notebook API (``twinnet.api``)::
     twinnet.compare("mlp128", weights="mlp128.npz")   # both twins, layer by layer
     twinnet.trace("mlp128.npz", index=0)              # one digit forward and backward
 
-Importing this package never imports TensorFlow, nor matplotlib. The training loop
-itself is ``twinnet.training``.
+The API's names are loaded on first use (a module ``__getattr__``), so ``import twinnet``
+or of any of its modules loads nothing else; the API itself imports neither TensorFlow
+nor matplotlib until a function needs them. The training loop is ``twinnet.training``.
 """
 
-__version__ = "0.1.0"
+from twinnet.version import __version__
 
-# The API modules import NumPy and twinnet's own modules only (TensorFlow and matplotlib
-# are imported inside the functions that need them), so this import stays cheap.
-from twinnet.api import (  # noqa: E402
-    compare,
-    evaluate,
-    load_mnist,
-    load_model,
-    save_weights,
-    trace,
-    train,
-)
+API = ("compare", "evaluate", "load_mnist", "load_model", "save_weights", "trace", "train")
+__all__ = ["__version__", *API]
 
-__all__ = ["__version__", "compare", "evaluate", "load_mnist", "load_model", "save_weights",
-           "trace", "train"]
+
+def __getattr__(name: str):  # noqa: ANN202 (an API function)
+    if name not in API:
+        raise AttributeError(f"module 'twinnet' has no attribute {name!r}")
+    from twinnet import api
+
+    value = getattr(api, name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *API})

@@ -24,7 +24,7 @@ __all__ = ["Comparison", "Mnist", "Trace", "compare", "evaluate", "load_mnist", 
            "save_weights", "trace", "train"]
 
 
-def load_model(name: str | None = None, backend: str = "tf", weights: str | os.PathLike | None = None,
+def load_model(name: str | None = None, backend: str = "numpy", weights: str | os.PathLike | None = None,
                seed: int = 0, optimizer: str = "sgd") -> Backend:
     """Model ``name`` on ``backend`` ("tf" or "numpy"), with the parameters in the
     ``weights`` file (whose ``meta`` names the model, so ``name`` may be left out) or a
@@ -47,7 +47,7 @@ def load_model(name: str | None = None, backend: str = "tf", weights: str | os.P
                 optimizer=optimizer)
 
 
-def train(model: str, backend: str = "tf", data: Mnist | None = None, progress: bool = True,
+def train(model: str, backend: str = "numpy", data: Mnist | None = None, progress: bool = True,
           **config: Any) -> tuple[Backend, dict[str, Any]]:
     """Train ``model`` with one twin; returns ``(trained model, metrics)``.
 

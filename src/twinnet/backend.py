@@ -17,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
+from twinnet.environment import install_command
 from twinnet.errors import TwinnetError
 from twinnet.models import get_spec, init_params
 from twinnet.weights import check_params, load_weights
@@ -69,7 +70,7 @@ class Backend(Protocol):
 
 def load_model(
     name: str,
-    backend: str = "tf",
+    backend: str = "numpy",
     weights: str | None = None,
     seed: int = 0,
     optimizer: str = "sgd",
@@ -99,25 +100,28 @@ def load_model(
         from twinnet.numpy_nn import NumpyModel
 
         return NumpyModel(name, params, optimizer=optimizer, threads=threads, fast=not reference)
-    tf_nn = import_tf_nn()
+    tf_nn = import_tf_nn(alternative="or use the NumPy twin, --backend numpy")
     if threads is not None:
         set_tensorflow_threads(threads)
     return tf_nn.TFModel(name, params, optimizer=optimizer, seed=seed)
 
 
-TF_MISSING = ("this needs TensorFlow, which is not installed: pip install 'twinnet[tf]' "
-              "(or use the NumPy twin, --backend numpy)")
+def tf_missing(alternative: str = "") -> str:
+    """The one line saying TensorFlow is missing and how to add it to this installation;
+    ``alternative`` (``"or use the NumPy twin, --backend numpy"``) where the caller has one."""
+    hint = f" ({alternative})" if alternative else ""
+    return f"this needs TensorFlow, which is not installed: {install_command('tf')}{hint}"
 
 
-def import_tf_nn():  # noqa: ANN201 (the twinnet.tf_nn module)
-    """``twinnet.tf_nn``, or TwinnetError with the one-line install hint where TensorFlow
-    or Keras is missing (``pip install .`` without the tf extra)."""
+def import_tf_nn(alternative: str = ""):  # noqa: ANN201 (the twinnet.tf_nn module)
+    """``twinnet.tf_nn``, or TwinnetError with the one-line install hint (``tf_missing``)
+    where TensorFlow or Keras is missing (an install without the tf extra)."""
     try:
         import twinnet.tf_nn as tf_nn
     except ImportError as exc:
         if (exc.name or "").split(".")[0] not in ("tensorflow", "keras"):
             raise
-        raise TwinnetError(TF_MISSING) from None
+        raise TwinnetError(tf_missing(alternative)) from None
     return tf_nn
 
 

@@ -33,8 +33,6 @@ with 1 when any difference exceeds its tolerance and names the layer.
 
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,6 +46,8 @@ TOLERANCES: dict[str, dict[str, float]] = {
     "float64": {"activation": 1e-10, "gradient": 1e-8, "loss": 1e-12},
 }
 DTYPES = tuple(TOLERANCES)
+# compare and trace are checks: both default to float64, the tighter tolerances.
+DEFAULT_DTYPE = "float64"
 
 # Sections of docs/derivations.md, by layer kind (GitHub's heading anchors).
 DERIVATIONS = "docs/derivations.md"
@@ -249,7 +249,7 @@ def model_params(model: str | None, weights: str | None, seed: int) -> tuple[str
 
 
 def compare(model: str | None = None, weights: str | None = None, batch: int = 64,
-            dtype: str = "float64", seed: int = 0, data_dir: str | None = None,
+            dtype: str = DEFAULT_DTYPE, seed: int = 0, data_dir: str | None = None,
             x: np.ndarray | None = None, y: np.ndarray | None = None) -> Comparison:
     """Run both twins on one batch with the same weights, forward and backward, and
     compare them layer by layer.
@@ -321,39 +321,3 @@ def format_comparison(result: Comparison) -> str:
         lines += [f"FAIL: {failure}" for failure in result.failures]
     return "\n".join(lines)
 
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``twinnet compare``."""
-    tol = "; ".join(f"{d}: activations {t['activation']:.0e}, gradients {t['gradient']:.0e}, "
-                    f"loss {t['loss']:.0e}" for d, t in TOLERANCES.items())
-    parser = sub.add_parser(
-        "compare", help="run both twins on one batch and compare them layer by layer",
-        description="Load both twins with the same weights (--weights, else a seeded "
-                    "initialisation), run the same batch (the first N MNIST test images, "
-                    "else a seeded random batch) forward and backward, and print per layer "
-                    "the output shape, the activation difference max|NumPy-TF|/max(1,max|TF|), "
-                    "the relative error of the gradient flowing into the layer and of each "
-                    "parameter's gradient (max|NumPy-TF|/max|TF|), then each twin's loss. "
-                    f"Tolerances: {tol}. Exit code 1 if any is exceeded.")
-    parser.add_argument("model", nargs="?", choices=models.MODEL_NAMES, default=None,
-                        help="which model (optional with --weights, whose meta names it)")
-    parser.add_argument("--weights", metavar="FILE", default=None,
-                        help="a twinnet weights file (default: seeded initial weights)")
-    parser.add_argument("--batch", type=int, default=64, metavar="N",
-                        help="images in the batch (default: %(default)s)")
-    parser.add_argument("--dtype", choices=DTYPES, default="float64",
-                        help="precision of both twins (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seeds the initial weights and the random batch (default: %(default)s)")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--data-dir", metavar="DIR", default=None,
-                        help="folder with the MNIST files (default: $TWINNET_DATA, else "
-                             "~/.cache/twinnet/mnist; a random batch if absent)")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    result = compare(args.model, weights=args.weights, batch=args.batch, dtype=args.dtype,
-                     seed=args.seed, data_dir=args.data_dir)
-    print(json.dumps(result.to_json(), indent=2) if args.json else format_comparison(result))
-    return 0 if result.passed else 1

@@ -41,7 +41,7 @@ class TrainConfig:
     """
 
     model: str
-    backend: str = "tf"
+    backend: str = "numpy"  # the twin that needs no TensorFlow (see docs/usage.md)
     optimizer: str = "sgd"
     lr: float | None = None
     steps: int = 2000

@@ -1,16 +1,21 @@
-"""What machine and software a run or a timing came from: CPU model, SIMD level, versions."""
+"""What machine and software a run or a timing came from (CPU model, SIMD level, versions),
+and how this installation of twinnet gets an extra."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import os
 import platform
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from twinnet import __version__
+from twinnet.version import __version__
 
 
 def _cpuinfo_field(name: str) -> str | None:
@@ -60,3 +65,22 @@ def environment() -> dict[str, Any]:
     if "tensorflow" in sys.modules:
         env["tensorflow"] = sys.modules["tensorflow"].__version__
     return env
+
+
+def install_command(extra: str) -> str:
+    """The pip command that adds ``extra`` (``tf``, ``serve``, ``ray``) to this installation
+    of twinnet, read from its ``direct_url.json`` (PEP 610): an editable install of a
+    clone gives ``pip install -e '<clone>[extra]'``, an install from a local wheel or
+    folder ``pip install '<that file>[extra]'``, anything else (an index)
+    ``pip install 'twinnet[extra]'``."""
+    try:
+        recorded = importlib.metadata.distribution("twinnet").read_text("direct_url.json")
+        origin = json.loads(recorded) if recorded else {}
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        origin = {}
+    url = origin.get("url", "") if isinstance(origin, dict) else ""
+    if not url.startswith("file://"):
+        return f"pip install 'twinnet[{extra}]'"
+    path = urllib.request.url2pathname(urllib.parse.urlparse(url).path)
+    editable = bool((origin.get("dir_info") or {}).get("editable"))
+    return f"pip install {'-e ' if editable else ''}'{path}[{extra}]'"

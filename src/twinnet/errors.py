@@ -7,3 +7,8 @@ class TwinnetError(Exception):
     The message is one line that names the file or value and what is wrong; the
     CLI prints it as ``twinnet: error: <message>`` and exits with code 2.
     """
+
+
+class UsageError(TwinnetError):
+    """A command line that does not say what to work on (no model, no image): the CLI prints
+    the command's usage line before the message, as argparse does for its own errors."""

@@ -29,6 +29,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
+from twinnet.environment import install_command
 from twinnet.errors import TwinnetError
 
 ENGINES = ("local", "ray")
@@ -169,7 +170,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise TwinnetError("--engine ray needs Ray: pip install 'twinnet[ray]'") from None
+        raise TwinnetError(f"--engine ray needs Ray: {install_command('ray')}") from None
     return ray
 
 

@@ -10,10 +10,10 @@ The file says each setting once per model and names the model's twins::
 Each twin becomes one ``Preset``: label ``P1:a``, id ``P1a`` (the label without its
 colon), run folder ``runs/P1a-linear-tf``. Trained with several seeds, seed k of a
 preset (config seed + k) has its own folder: k = 0 keeps the run folder itself, so a
-one-seed report and every reference to its weights stay as they are; k >= 1 is
+one-assignment report and every reference to its weights stay as they are; k >= 1 is
 ``runs/P1a-linear-tf/seed-k``. Another set of presets is another file of
-the same form, read by the same ``load_presets``. The seed report's figures are not
-here but in ``seed_report.toml`` (``twinnet.seed_report``).
+the same form, read by the same ``load_presets``. The assignment report's figures are not
+here but in ``assignment_report.toml`` (``twinnet.assignment_report``).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from twinnet.assignment_report import AssignmentReport, assignment_settings_runs, load_assignment_report
 from twinnet.backend import BACKENDS
 from twinnet.config import ConfigError, TrainConfig
 from twinnet.errors import TwinnetError
-from twinnet.seed_report import SeedReport, load_seed_report, seed_settings_runs
 
 CONFIG_KEYS = ("optimizer", "lr", "schedule", "steps", "batch_size", "seed")
 MODEL_KEYS = (*CONFIG_KEYS, "lr_chosen_by", "twins")
@@ -44,7 +44,7 @@ class Preset:
     label: str
     config: TrainConfig
     lr_chosen_by: str
-    reruns: str | None = None  # the seed report's run ("P1:a") this one reruns at its settings
+    reruns: str | None = None  # the assignment report's run ("P1:a") this one reruns at its settings
 
     def run_dir(self, out: Path, k: int = 0) -> Path:
         """The folder of the run's seed k in a report folder: ``out/runs/P1a-linear-tf``
@@ -135,11 +135,12 @@ def select(presets: list[Preset], only: str | None) -> list[Preset]:
     return chosen
 
 
-def seed_settings_presets(seed: SeedReport | None = None) -> list[Preset]:
-    """The seed report's runs at its own settings (``twinnet.seed_report.seed_settings_runs``)
-    as presets: id ``S-P1a``, label ``P1:a (seed settings)``, run folder
-    ``runs/S-P1a-linear-tf``, ``reruns`` the seed run's label."""
-    seed = load_seed_report() if seed is None else seed
-    return [Preset(run.id, run.label, TrainConfig(**run.config), "the seed report's own settings",
-                   reruns=run.seed_label)
-            for run in seed_settings_runs(seed)]
+def assignment_settings_presets(report: AssignmentReport | None = None) -> list[Preset]:
+    """The assignment report's runs at its own settings
+    (``twinnet.assignment_report.assignment_settings_runs``) as presets: id ``A-P1a``,
+    label ``P1:a (assignment settings)``, run folder ``runs/A-P1a-linear-tf``, ``reruns``
+    the assignment run's label."""
+    report = load_assignment_report() if report is None else report
+    return [Preset(run.id, run.label, TrainConfig(**run.config), "the assignment report's own settings",
+                   reruns=run.assignment_label)
+            for run in assignment_settings_runs(report)]

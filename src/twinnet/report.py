@@ -1,8 +1,8 @@
 """The results report: plan the preset runs, run what is missing, render REPORT.md.
 
 - **Plan**: the runs are the tuned presets (``twinnet.presets``), each trained with K
-  seeds (``--seeds``; seed k in ``Preset.run_dir(out, k)``), and the seed report's eight
-  runs at its own settings (``presets.seed_settings_presets``), one seed each. Every seed
+  seeds (``--seeds``; seed k in ``Preset.run_dir(out, k)``), and the assignment report's eight
+  runs at its own settings (``presets.assignment_settings_presets``), one seed each. Every seed
   run whose folder holds a finished run of its exact configuration is reused; the others
   become ``RunJob``s, longest first.
 - **Run**: the jobs train on workers (``twinnet.parallel``: local processes or Ray), each
@@ -11,7 +11,7 @@
   folders), after each run's test accuracy is checked against the trace of its confusion
   matrix. The main table shows each figure over seeds (one value, or mean ± std and
   min–max); the twins of a model are compared paired by seed with a 95% t interval; the
-  seed report's section comes from ``twinnet.seed_report``. Tables are built from column
+  assignment report's section comes from ``twinnet.assignment_report``. Tables are built from column
   definitions (``COLUMNS``); the prose is in ``report_text.toml``.
 """
 
@@ -28,12 +28,24 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from twinnet.assignment_report import (
+    CONTRADICTS,
+    NOT_REPRODUCED,
+    NOT_RUN_YET,
+    REPRODUCED,
+    REPRODUCED_WITHIN_PP,
+    assignment_columns,
+    load_assignment_report,
+    percent,
+    render_assignment_section,
+    verdict,
+)
 from twinnet.config import TrainConfig
 from twinnet.environment import environment
 from twinnet.errors import TwinnetError
 from twinnet.models import DESCRIPTIONS, MODEL_NAMES, count_params, multiply_adds_per_image
 from twinnet.parallel import run_jobs
-from twinnet.presets import Preset, load_presets, seed_settings_presets, select
+from twinnet.presets import Preset, assignment_settings_presets, load_presets, select
 from twinnet.runs import (
     PLOTS_BYTES,
     check_output_dir,
@@ -43,23 +55,11 @@ from twinnet.runs import (
     run_bytes,
     write_run,
 )
-from twinnet.seed_report import (
-    CONTRADICTS,
-    NOT_REPRODUCED,
-    NOT_RUN_YET,
-    REPRODUCED,
-    REPRODUCED_WITHIN_PP,
-    load_seed_report,
-    percent,
-    render_seed_section,
-    seed_columns,
-    verdict,
-)
 from twinnet.training import SPLITS, progress_bar, train
 from twinnet.util import write_text_atomic
 
 TEXT = tomllib.loads(resources.files("twinnet").joinpath("report_text.toml").read_text(encoding="utf-8"))
-SEED = load_seed_report()  # the seed report's figures (twinnet/seed_report.toml)
+ASSIGNMENT = load_assignment_report()  # the assignment report's figures (twinnet/assignment_report.toml)
 Metrics = dict[str, Any]  # one run's metrics.json
 Cell = Callable[[Preset, "list[Metrics]"], str]  # a table cell of a preset and its finished seed runs
 
@@ -71,8 +71,8 @@ def text(name: str, **values: Any) -> str:
 
 # -- plan ------------------------------------------------------------------------------
 
-# The seed-settings runs rerun the seed report's single runs: one seed each, whatever --seeds.
-SEED_SETTINGS_SEEDS = 1
+# The assignment-settings runs rerun the assignment report's single runs: one seed each, whatever --seeds.
+ASSIGNMENT_SETTINGS_SEEDS = 1
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def cost(config: TrainConfig) -> int:
 
 def seed_count(preset: Preset, seeds: int) -> int:
     """How many seeds ``preset`` is trained with in a report of ``seeds`` seeds."""
-    return min(seeds, SEED_SETTINGS_SEEDS) if preset.reruns else seeds
+    return min(seeds, ASSIGNMENT_SETTINGS_SEEDS) if preset.reruns else seeds
 
 
 def plan_runs(presets: list[Preset], out: Path, retrain: list[Preset], data_dir: str | None,
@@ -192,13 +192,13 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
                     data_dir: str | os.PathLike | None = None,
                     tensorboard: str | os.PathLike | None = None,
                     presets_path: str | os.PathLike | None = None, seeds: int = 1,
-                    seed_settings: bool | None = None, engine: str = "local",
+                    assignment_settings: bool | None = None, engine: str = "local",
                     address: str | None = None) -> Path:
     """Run what is missing or changed, then write ``out/REPORT.md``; returns its path.
 
     The runs are the presets (``presets_path``), each with ``seeds`` seeds, and with
-    ``seed_settings`` (default: when the shipped presets are used; a presets file of one's
-    own says exactly which runs to train) the eight runs at the seed report's own
+    ``assignment_settings`` (default: when the shipped presets are used; a presets file of one's
+    own says exactly which runs to train) the eight runs at the assignment report's own
     settings, one seed each. ``only`` selects from both sets. ``engine`` and ``address`` as in
     ``twinnet.parallel.run_jobs``. When ``out`` is the repository's docs/report, the results
     block of the repository's README.md is rewritten from the same runs (``readme_of``).
@@ -208,9 +208,9 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
     started = time.perf_counter()
     out = Path(out)
     presets = load_presets(presets_path)
-    if seed_settings is None:
-        seed_settings = presets_path is None
-    reruns = seed_settings_presets(SEED) if seed_settings else []
+    if assignment_settings is None:
+        assignment_settings = presets_path is None
+    reruns = assignment_settings_presets(ASSIGNMENT) if assignment_settings else []
     retrain = check_plan(out, presets + reruns, only, seeds)
     readme = readme_of(out)
     load_mnist(data_dir)  # fail on bad data here, once, before any worker starts
@@ -338,9 +338,9 @@ def error_rate(split: str, missing: str = "") -> Cell:
     return measured(lambda runs: spread([1 - run["final"][split]["accuracy"] for run in runs]), missing)
 
 
-def seed_figure(key: str) -> Cell:
-    """The seed report's figure for the run (``twinnet.seed_report.seed_columns``)."""
-    return lambda preset, runs: seed_columns(SEED, preset.label)[key]
+def assignment_figure(key: str) -> Cell:
+    """The assignment report's figure for the run (``twinnet.assignment_report.assignment_columns``)."""
+    return lambda preset, runs: assignment_columns(ASSIGNMENT, preset.label)[key]
 
 
 def mean_seconds(runs: list[Metrics], key: str = "wall_seconds") -> float:
@@ -360,10 +360,10 @@ COLUMNS: tuple[tuple[str, Cell], ...] = (
     ("val error", error_rate("validation")),
     ("test error", error_rate("test")),
     ("test accuracy", measured(lambda runs: spread([run["final"]["test"]["accuracy"] for run in runs]))),
-    ("seed lr", seed_figure("seed_lr")),
-    ("seed steps", seed_figure("seed_steps")),
-    ("seed train error", seed_figure("seed_train_error")),
-    ("seed test error", seed_figure("seed_test_error")),
+    ("assignment lr", assignment_figure("assignment_lr")),
+    ("assignment steps", assignment_figure("assignment_steps")),
+    ("assignment train error", assignment_figure("assignment_train_error")),
+    ("assignment test error", assignment_figure("assignment_test_error")),
     ("wall time", measured(lambda runs: f"{mean_seconds(runs):.0f} s")),
 )
 
@@ -377,11 +377,11 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def render_report(out: Path, presets: list[Preset], runs: dict[str, list[Metrics]], elapsed: float,
                   trained: int, env: dict[str, Any] | None = None, seeds: int = 1,
                   reruns: list[Preset] | None = None) -> str:
-    """REPORT.md: comparison table, one section per model, the seed report rerun, the twins
+    """REPORT.md: comparison table, one section per model, the assignment report rerun, the twins
     compared, environment.
 
     ``runs`` maps a preset id to its finished seed runs' metrics in seed order (of
-    ``presets`` and of the seed-settings presets ``reruns``); ``seeds`` is the number each
+    ``presets`` and of the assignment-settings presets ``reruns``); ``seeds`` is the number each
     preset was planned with.
     """
     reruns = [] if reruns is None else reruns
@@ -399,10 +399,10 @@ def render_report(out: Path, presets: list[Preset], runs: dict[str, list[Metrics
     models = [model_section(model, [p for p in presets if p.config.model == model], runs, seeds)
               for model in MODEL_NAMES if any(p.config.model == model for p in presets)]
     rerun_metrics = {p.reruns: runs[p.id][0] for p in reruns if p.id in runs}
-    rerun_section = "\n".join(render_seed_section(SEED, rerun_metrics)) + "\n"
+    rerun_section = "\n".join(render_assignment_section(ASSIGNMENT, rerun_metrics)) + "\n"
     rerun_folders = ", ".join(f"[{p.run_dir(Path()).as_posix()}]({p.run_dir(Path()).as_posix()})"
                               for p in reruns if p.id in runs)
-    rerun_note = text("seed_rerun_note", seeds=seeds, folders=rerun_folders or "none yet")
+    rerun_note = text("assignment_rerun_note", seeds=seeds, folders=rerun_folders or "none yet")
     parts = [header, text("table_intro", seeds=seeds_text), table, text("lr_choices"), choices, *models,
              rerun_section, rerun_note, twins_section(presets, runs),
              environment_section(presets + reruns, runs, env)]
@@ -597,7 +597,7 @@ def results_block(presets: list[Preset], runs: dict[str, list[Metrics]], seeds: 
                   reruns: list[Preset]) -> str:
     """The README's results: one row per model with both twins' test accuracy and their
     difference paired by seed, whether its interval contains 0, then the verdicts on the
-    assignment report's claims (``SEED``)."""
+    assignment report's claims (``ASSIGNMENT``)."""
     rows, contains_zero = [], {}
     for model in MODEL_NAMES:
         twins = {p.config.backend: p for p in presets if p.config.model == model and p.id in runs}
@@ -622,7 +622,7 @@ def results_block(presets: list[Preset], runs: dict[str, list[Metrics]], seeds: 
                          outside=", ".join(outside))
     rerun_accuracy = {p.reruns: runs[p.id][0]["final"]["test"]["accuracy"] for p in reruns if p.id in runs}
     by_outcome: dict[str, list[str]] = {}
-    for run in SEED.runs:
+    for run in ASSIGNMENT.runs:
         by_outcome.setdefault(verdict(run, rerun_accuracy.get(run.label)).outcome, []).append(run.label)
     verdicts = [text(f"readme_{key}", labels=", ".join(by_outcome[outcome]), pp=REPRODUCED_WITHIN_PP)
                 for key, outcome in (("reproduced", REPRODUCED), ("not_reproduced", NOT_REPRODUCED),
@@ -663,6 +663,6 @@ def readme_blocks_of(out: str | os.PathLike) -> dict[str, str]:
     """The README's blocks from the finished runs, in the report folder ``out``, of the
     shipped presets and the assignment report's settings (no training)."""
     out = Path(out)
-    presets, reruns = load_presets(), seed_settings_presets(SEED)
+    presets, reruns = load_presets(), assignment_settings_presets(ASSIGNMENT)
     seeds = seeds_in(out, presets)
     return readme_blocks(presets, finished_runs(presets + reruns, out, seeds), seeds, reruns)

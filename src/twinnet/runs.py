@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from twinnet import __version__
 from twinnet.config import TrainConfig
 from twinnet.errors import TwinnetError
 from twinnet.models import count_params
 from twinnet.util import make_output_folder, open_regular_file, os_reason, write_json_atomic
+from twinnet.version import __version__
 from twinnet.weights import save_weights
 
 RUN_FILES = ("weights.npz", "metrics.json", "curves.png", "confusion.png")

@@ -24,7 +24,7 @@ browser. Gradio's Sketchpad would bring a large dependency tree, a front end tha
 fonts and scripts from CDNs, and its own image preprocessing between the canvas and our
 ``prepare_grayscale``. A small ASGI app and one hand-written page (about 300 lines of
 HTML/JS/CSS, no build step) give full control of the preparation, the layout and the
-element ids the browser test reads, for three small wheels (``pip install twinnet[serve]``).
+element ids the browser test reads, for three small wheels (the serve extra).
 
 Threads: every image is decoded, prepared and run through both twins in one worker
 thread, so TensorFlow never runs two requests at once and memory stays bounded; at most
@@ -36,7 +36,6 @@ runs with the NumPy twin alone and says so.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import errno
 import importlib.util
@@ -51,15 +50,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from twinnet.environment import install_command
 from twinnet.errors import TwinnetError
 from twinnet.predict import ImageError, prepare_grayscale, softmax, to_grayscale
-from twinnet.weights import PRETRAINED_CNN, load_weights, one_line
+from twinnet.weights import load_weights, one_line
 
 if TYPE_CHECKING:
     from twinnet.backend import Backend
 
 STATIC = Path(__file__).resolve().parent / "static"
-DEFAULT_WEIGHTS = PRETRAINED_CNN  # the report's cnn, shipped in the package
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
@@ -135,7 +134,7 @@ class Twins:
     def start_tf(self, on_done=None) -> None:
         """Build the TensorFlow twin in a daemon thread; ``on_done(status, seconds)`` after."""
         if not installed("tensorflow"):
-            self.tf_status = "unavailable: TensorFlow is not installed (pip install 'twinnet[tf]')"
+            self.tf_status = f"unavailable: TensorFlow is not installed ({install_command('tf')})"
             if on_done:
                 on_done(self.tf_status, 0.0)
             return
@@ -288,82 +287,6 @@ def bind(host: str, port: int) -> socket.socket:
         raise TwinnetError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
     sock.set_inheritable(True)
     return sock
-
-
-def shorter(path: Path) -> Path:
-    """``path`` relative to the working folder when it lies inside it, for messages and the page."""
-    try:
-        return path.relative_to(Path.cwd())
-    except ValueError:
-        return path
-
-
-def resolve_weights(args: argparse.Namespace) -> tuple[Path, Path]:
-    """(NumPy twin's, TF twin's) weights files from --weights / --weights-numpy / --weights-tf."""
-    shared = Path(args.weights) if args.weights else None
-    if shared is None and not (args.weights_numpy and args.weights_tf) and not DEFAULT_WEIGHTS.is_file():
-        raise TwinnetError(f"the default weights {DEFAULT_WEIGHTS} are missing from this install of "
-                           f"twinnet; reinstall it, or pass --weights FILE")
-    default = shared or shorter(DEFAULT_WEIGHTS)
-    return (Path(args.weights_numpy) if args.weights_numpy else default,
-            Path(args.weights_tf) if args.weights_tf else default)
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    missing = missing_dependency()
-    if missing:
-        raise TwinnetError(f"twinnet serve needs the serve extra (missing {missing}): "
-                           f"pip install 'twinnet[serve]'")
-    import uvicorn
-
-    if not 0 <= args.port <= 65535:
-        raise TwinnetError(f"--port must be in 0..65535, got {args.port}")
-    numpy_weights, tf_weights = resolve_weights(args)
-    twins = Twins(numpy_weights, tf_weights)  # a missing or hostile file stops here, before binding
-    sock = bind(args.host, args.port)
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    print(f"twinnet serve: http://{shown}:{port}/  ({twins.models['numpy']} weights "
-          f"{numpy_weights}{'' if tf_weights == numpy_weights else f', TF twin {tf_weights}'}); "
-          f"Ctrl-C stops it", flush=True)
-    if host not in ("127.0.0.1", "::1"):
-        print(f"twinnet serve: listening on {host}, so other machines may reach the page", flush=True)
-
-    def announce(status: str, seconds: float) -> None:
-        text = f"ready ({seconds:.1f} s)" if status == "ready" else status
-        print(f"twinnet serve: TensorFlow twin {text}", flush=True)
-
-    twins.start_tf(announce)
-    config = uvicorn.Config(create_app(twins), log_level="warning", access_log=False, lifespan="off")
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
-    finally:
-        sock.close()
-        twins.worker.shutdown(wait=False, cancel_futures=True)
-    return 0
-
-
-def add_parser(sub) -> argparse.ArgumentParser:
-    """Register ``twinnet serve`` on the CLI's subparsers."""
-    serve = sub.add_parser(
-        "serve", help="a local web page: draw a digit, both twins predict it live",
-        description="Start a local web server with a page where you draw a digit and both twins "
-                    "predict it as you draw, on the 28x28 image `twinnet predict` would make of it. "
-                    "Also answers POST /api/predict with an image (JSON). Needs twinnet[serve].")
-    serve.add_argument("--weights", metavar="FILE", default=None,
-                       help="weights for both twins (a file trained by either twin loads into both; "
-                            "default: the report's cnn, shipped with twinnet as "
-                            "twinnet/pretrained/cnn.npz)")
-    serve.add_argument("--weights-numpy", metavar="FILE", default=None,
-                       help="weights for the NumPy twin only (default: --weights)")
-    serve.add_argument("--weights-tf", metavar="FILE", default=None,
-                       help="weights for the TensorFlow twin only (default: --weights)")
-    serve.add_argument("--host", default=DEFAULT_HOST,
-                       help="address to listen on (default: %(default)s, this machine only)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT,
-                       help="port (default: %(default)s; 0 picks a free one)")
-    serve.set_defaults(func=cmd_serve)
-    return serve
 
 
 def installed(module: str) -> bool:

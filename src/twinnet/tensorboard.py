@@ -2,7 +2,7 @@
 
 Writing after the run, from ``metrics.json``'s curves, means both twins (and runs the
 report reuses) are logged the same way, and the training loop needs no hook for it.
-Needs TensorFlow and TensorBoard (``pip install 'twinnet[tf]'``).
+Needs TensorFlow and TensorBoard (the tf extra).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from twinnet.environment import install_command
 from twinnet.errors import TwinnetError
 
 SCALARS = {
@@ -35,7 +36,7 @@ def write_tensorboard(metrics: dict[str, Any], log_dir: str | os.PathLike, run_n
         tf = import_tensorflow()
     except ImportError:
         raise TwinnetError("--tensorboard needs TensorFlow and TensorBoard: "
-                           "pip install 'twinnet[tf]'") from None
+                           f"{install_command('tf')}") from None
     target = Path(log_dir) / run_name
     writer = tf.summary.create_file_writer(str(target))
     curves = metrics["curves"]

@@ -7,7 +7,7 @@ is taken against the digit the NumPy twin predicts, as there is no true label);
 digit the loss is nearly 0 and so are all gradients: against another digit they show
 what the model would change to read that one. Both
 twins run layer by layer as in ``twinnet.comparison`` (reference NumPy layers; the Keras
-layers under ``tf.GradientTape``), in float32 unless ``--dtype float64``.
+layers under ``tf.GradientTape``), in float64 unless ``--dtype float32``.
 
 Written into ``--out`` (default ``trace/``):
 
@@ -23,7 +23,6 @@ Written into ``--out`` (default ``trace/``):
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from twinnet.comparison import (
+    DEFAULT_DTYPE,
     DERIVATIONS,
     SECTIONS,
     TOLERANCES,
@@ -179,7 +179,7 @@ def load_image(index: int | None, image: str | os.PathLike | None,
 
 
 def trace(weights: str | os.PathLike, index: int | None = None, image: str | os.PathLike | None = None,
-          out: str | os.PathLike | None = None, dtype: str = "float32",
+          out: str | os.PathLike | None = None, dtype: str = DEFAULT_DTYPE,
           data_dir: str | os.PathLike | None = None, pictures: bool = True,
           label: int | None = None) -> Trace:
     """One image through both twins with the model in ``weights``, forward and backward.
@@ -286,40 +286,3 @@ def write_trace(result: Trace, out: Path) -> None:
     result.files += [str(out / "trace.md"), str(out / "trace.json")]
     write_json_atomic(out / "trace.json", result.to_json())
 
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``twinnet trace``."""
-    parser = sub.add_parser(
-        "trace", help="one image through both twins, forward and backward, in pictures",
-        description="Run one image through both twins with the given weights, forward and "
-                    "backward, and write into --out a picture per layer (its activations, conv "
-                    "maps as a grid of channels, beside the gradient flowing back into it), "
-                    "saliency.png (dL/dx of both twins) and trace.md / trace.json (per layer: "
-                    "shapes, norms, the twins' largest differences, the derivation's section). "
-                    "With --index the loss is taken against the test image's true label; with "
-                    "an IMAGE (prepared as `twinnet predict` does) against the NumPy twin's "
-                    "predicted digit; with --label D against digit D. Pictures are 1200 px wide; "
-                    "gradients are in nats (the loss is a natural log) per unit of the value.")
-    parser.add_argument("image", nargs="?", metavar="IMAGE", default=None,
-                        help="a digit image file (instead of --index)")
-    parser.add_argument("--index", type=int, default=None, metavar="I",
-                        help="MNIST test image number I (0..9999)")
-    parser.add_argument("--label", type=int, default=None, metavar="D",
-                        help="take the loss against digit D (0..9) instead of the true or predicted "
-                             "one: where the model is sure, its gradients are all near 0")
-    parser.add_argument("--weights", required=True, metavar="FILE", help="a twinnet weights file (.npz)")
-    parser.add_argument("--out", metavar="DIR", default="trace", help="output folder (default: %(default)s)")
-    parser.add_argument("--dtype", choices=tuple(TOLERANCES), default="float32",
-                        help="precision of both twins (default: %(default)s, as trained)")
-    parser.add_argument("--data-dir", metavar="DIR", default=None,
-                        help="folder with the MNIST files (default: $TWINNET_DATA, else "
-                             "~/.cache/twinnet/mnist)")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    result = trace(args.weights, index=args.index, image=args.image, out=args.out, dtype=args.dtype,
-                   data_dir=args.data_dir, label=args.label)
-    print(result.markdown(), end="")
-    print(f"wrote {len(result.files)} files into {args.out} in {result.seconds:.1f} s")
-    return 0

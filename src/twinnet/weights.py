@@ -27,10 +27,11 @@ from twinnet.errors import TwinnetError
 from twinnet.models import MODEL_NAMES, param_shapes
 from twinnet.util import FileAccessError, atomic_path, open_regular_file
 
-# The cnn the NumPy twin trained for the committed report (docs/report/runs/P2e-cnn-numpy,
-# 0.8 MB), shipped inside the package so that `twinnet serve` works from any folder of any
-# install. Installs are plain folders (never zipped), so the resource is a file on disk.
-PRETRAINED_CNN = Path(str(files("twinnet") / "pretrained" / "cnn.npz"))
+# The weights a command uses without --weights: the cnn the NumPy twin trained for the
+# committed report (a copy of docs/report/runs/P2e-cnn-numpy/weights.npz, 0.8 MB), shipped
+# inside the package so that commands work from any folder of any install. Installs are
+# plain folders (never zipped), so the resource is a file on disk.
+DEFAULT_WEIGHTS = Path(str(files("twinnet") / "pretrained" / "cnn.npz"))
 
 
 class WeightsError(TwinnetError):

@@ -1,0 +1,138 @@
+"""Flags that several commands share, defined once: the data folder, the weights file,
+the training settings (``TrainConfig``'s fields, whose defaults and help come from
+``twinnet.config``) and the Ray engine. The grammar they follow is ``GRAMMAR``, printed
+by ``twinnet --help``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from twinnet.backend import BACKENDS, OPTIMIZERS
+from twinnet.config import DEFAULT_LR, SCHEDULES, ConfigError, TrainConfig, default, flag
+from twinnet.errors import TwinnetError
+from twinnet.models import DESCRIPTIONS, MODEL_NAMES
+from twinnet.weights import DEFAULT_WEIGHTS
+
+MODELS_HELP = "; ".join(f"{name}: {text}" for name, text in DESCRIPTIONS.items())
+
+GRAMMAR = """\
+One grammar for every command:
+  MODEL           a model name (linear, mlp128, mlp256x2, cnn), where a command builds
+                  a model: train, sweep, compare, gradcheck; the usage line shows it as
+                  required where it is, and a command run without it stops there
+  --weights FILE  a trained weights file (.npz), where a command uses one: evaluate,
+                  predict, trace, serve (default: the report's cnn weights), compare
+                  (default: a seeded initialisation of MODEL)
+  --backend       tf or numpy; default numpy, the twin that needs no TensorFlow
+  --dtype         float64 or float32 for compare and trace; default float64
+  --data-dir DIR  the MNIST files (default: $TWINNET_DATA, else ~/.cache/twinnet/mnist)
+Old spellings (evaluate FILE) still work and print a deprecation line on stderr.
+"""
+
+
+def add_data_dir(parser: argparse.ArgumentParser,
+                 missing: str = "downloading the files there if missing") -> None:
+    """``--data-dir``; ``missing`` says what the command does when the files are absent."""
+    parser.add_argument(
+        "--data-dir", metavar="DIR", default=None,
+        help=f"folder with the four MNIST IDX files, .gz or raw (default: $TWINNET_DATA, "
+             f"else ~/.cache/twinnet/mnist, {missing})")
+
+
+class NoteGiven(argparse.Action):
+    """Store the value and note that the flag was given (``args.given``: dest -> flag), so
+    ``train --resume`` can tell a flag the user typed from a default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = {**getattr(namespace, "given", {}), self.dest: option_string}
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: worker processes on this machine (default); ray: Ray tasks "
+                             "on a Ray cluster (needs twinnet[ray]; see docs/scaling.md)")
+    parser.add_argument("--address", metavar="ADDR", default=None,
+                        help="with --engine ray: join the Ray cluster at ADDR (HEAD:6379); "
+                             "default: start a local one on this machine's cores")
+
+
+def add_backend(parser: argparse.ArgumentParser, default: str | None = "numpy", **options) -> None:
+    parser.add_argument("--backend", choices=BACKENDS, default=default, **options,
+                        help="tf: the TensorFlow twin; numpy: the hand-derived NumPy twin, which "
+                             "needs no TensorFlow (default: %(default)s)")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
+    """The model and the flags of TrainConfig's fields. ``train`` notes which flags were
+    given (to refuse conflicts on --resume); ``sweep`` hides ``--lr`` (it has ``--lrs``)."""
+    parser.add_argument("model", choices=MODEL_NAMES, nargs=None if sweep else "?", metavar="MODEL",
+                        help=f"which model ({MODELS_HELP})")
+    store = "store" if sweep else NoteGiven
+    if not sweep:
+        parser.set_defaults(given={})
+    add_backend(parser, default("backend"), action=store)
+    parser.add_argument("--steps", action=store, type=int, default=default("steps"),
+                        help="number of parameter updates (default: %(default)s)")
+    parser.add_argument("--batch-size", action=store, type=int, default=default("batch_size"),
+                        help="images per update (default: %(default)s)")
+    parser.add_argument("--optimizer", action=store, choices=OPTIMIZERS, default=default("optimizer"),
+                        help="sgd (plain) or adam, both with Keras semantics "
+                             "(default: %(default)s)")
+    lr_defaults = ", ".join(f"{lr:g} for {name}" for name, lr in DEFAULT_LR.items())
+    parser.add_argument("--lr", action=store, type=float, default=default("lr"),
+                        help=argparse.SUPPRESS if sweep else f"learning rate (default: {lr_defaults})")
+    parser.add_argument("--schedule", action=store, choices=SCHEDULES, default=default("schedule"),
+                        help="learning-rate schedule over the run (default: %(default)s)")
+    parser.add_argument("--seed", action=store, type=int, default=default("seed"),
+                        help="seeds the initial weights and the data order (default: %(default)s)")
+    parser.add_argument("--eval-every", action=store, type=int, default=default("eval_every"), metavar="N",
+                        help="record training and validation loss/accuracy every N steps "
+                             "(default: steps/50)")
+    add_data_dir(parser)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from the parsed flags; a bad value is named by its flag."""
+    try:
+        return TrainConfig(
+            model=args.model, backend=args.backend, optimizer=args.optimizer, lr=args.lr,
+            steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+            eval_every=args.eval_every, schedule=args.schedule,
+        )
+    except ConfigError as exc:
+        raise exc.named(flag(exc.field)) from None
+
+
+def add_weights(parser: argparse.ArgumentParser, default: str | None = None,
+                what: str = "a twinnet weights file (.npz)") -> None:
+    """``--weights FILE``; ``default`` says what a command uses without it (the report's
+    cnn weights unless the command says otherwise)."""
+    default = default or "the report's cnn, docs/report/runs/P2e-cnn-numpy/weights.npz"
+    parser.add_argument("--weights", metavar="FILE", default=None, help=f"{what} (default: {default})")
+
+
+def shown(path: Path) -> Path:
+    """``path`` relative to the working folder when it lies inside it, for messages."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def weights_file(given: str | None) -> Path:
+    """The weights file given with --weights, else the report's cnn weights shipped in the
+    package (``weights.DEFAULT_WEIGHTS``); TwinnetError if that default is not there."""
+    if given is not None:
+        return Path(given)
+    if not DEFAULT_WEIGHTS.is_file():
+        raise TwinnetError(f"the default weights {DEFAULT_WEIGHTS} are missing from this install of "
+                           "twinnet; reinstall it, or pass --weights FILE")
+    return shown(DEFAULT_WEIGHTS)
+
+
+def deprecated(old: str, new: str) -> None:
+    """One line on stderr for a spelling that still works but will go."""
+    print(f"twinnet: warning: '{old}' is deprecated; use '{new}'", file=sys.stderr)

@@ -1,0 +1,48 @@
+"""``twinnet compare``: both twins on one batch, layer by layer (``twinnet.comparison``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from twinnet.commands.arguments import add_data_dir, add_weights
+from twinnet.comparison import DEFAULT_DTYPE, DTYPES, TOLERANCES, compare, format_comparison
+from twinnet.errors import UsageError
+from twinnet.models import MODEL_NAMES
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    tol = "; ".join(f"{d}: activations {t['activation']:.0e}, gradients {t['gradient']:.0e}, "
+                    f"loss {t['loss']:.0e}" for d, t in TOLERANCES.items())
+    parser = sub.add_parser(
+        "compare", help="run both twins on one batch and compare them layer by layer",
+        usage="%(prog)s [options] MODEL\n       %(prog)s [options] --weights FILE",
+        description="Load both twins with the same weights (--weights, else a seeded "
+                    "initialisation), run the same batch (the first N MNIST test images, "
+                    "else a seeded random batch) forward and backward, and print per layer "
+                    "the output shape, the activation difference max|NumPy-TF|/max(1,max|TF|), "
+                    "the relative error of the gradient flowing into the layer and of each "
+                    "parameter's gradient (max|NumPy-TF|/max|TF|), then each twin's loss. "
+                    f"Tolerances: {tol}. Exit code 1 if any is exceeded.")
+    parser.add_argument("model", nargs="?", choices=MODEL_NAMES, default=None, metavar="MODEL",
+                        help=f"which model ({', '.join(MODEL_NAMES)}; optional with --weights, "
+                             "whose meta names it)")
+    add_weights(parser, default="seeded initial weights of MODEL")
+    parser.add_argument("--batch", type=int, default=64, metavar="N",
+                        help="images in the batch (default: %(default)s)")
+    parser.add_argument("--dtype", choices=DTYPES, default=DEFAULT_DTYPE,
+                        help="precision of both twins (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the initial weights and the random batch (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_data_dir(parser, missing="a random batch if the files are absent")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.model is None and args.weights is None:
+        raise UsageError("name a MODEL, or give --weights FILE")
+    result = compare(args.model, weights=args.weights, batch=args.batch, dtype=args.dtype,
+                     seed=args.seed, data_dir=args.data_dir)
+    print(json.dumps(result.to_json(), indent=2) if args.json else format_comparison(result))
+    return 0 if result.passed else 1

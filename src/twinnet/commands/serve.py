@@ -1,0 +1,80 @@
+"""``twinnet serve``: the draw-a-digit page (``twinnet.serve``) on a local port."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from twinnet.commands.arguments import add_weights, weights_file
+from twinnet.environment import install_command
+from twinnet.errors import TwinnetError
+from twinnet.serve import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    Twins,
+    bind,
+    create_app,
+    missing_dependency,
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "serve", help="a local web page: draw a digit, both twins predict it live",
+        description="Start a local web server with a page where you draw a digit and both twins "
+                    "predict it as you draw, on the 28x28 image `twinnet predict` would make of it. "
+                    "Also answers POST /api/predict with an image (JSON). Needs twinnet[serve].")
+    add_weights(parser, what="weights for both twins (a file trained by either twin loads into both)")
+    parser.add_argument("--weights-numpy", metavar="FILE", default=None,
+                        help="weights for the NumPy twin only (default: --weights)")
+    parser.add_argument("--weights-tf", metavar="FILE", default=None,
+                        help="weights for the TensorFlow twin only (default: --weights)")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help="address to listen on (default: %(default)s, this machine only)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help="port (default: %(default)s; 0 picks a free one)")
+    return parser
+
+
+def resolve_weights(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(NumPy twin's, TF twin's) weights files from --weights / --weights-numpy / --weights-tf."""
+    if args.weights_numpy and args.weights_tf and not args.weights:
+        return Path(args.weights_numpy), Path(args.weights_tf)
+    default = weights_file(args.weights)
+    return (Path(args.weights_numpy) if args.weights_numpy else default,
+            Path(args.weights_tf) if args.weights_tf else default)
+
+
+def run(args: argparse.Namespace) -> int:
+    missing = missing_dependency()
+    if missing:
+        raise TwinnetError(f"twinnet serve needs the serve extra (missing {missing}): "
+                           f"{install_command('serve')}")
+    import uvicorn
+
+    if not 0 <= args.port <= 65535:
+        raise TwinnetError(f"--port must be in 0..65535, got {args.port}")
+    numpy_weights, tf_weights = resolve_weights(args)
+    twins = Twins(numpy_weights, tf_weights)  # a missing or hostile file stops here, before binding
+    sock = bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"twinnet serve: http://{shown}:{port}/  ({twins.models['numpy']} weights "
+          f"{numpy_weights}{'' if tf_weights == numpy_weights else f', TF twin {tf_weights}'}); "
+          f"Ctrl-C stops it", flush=True)
+    if host not in ("127.0.0.1", "::1"):
+        print(f"twinnet serve: listening on {host}, so other machines may reach the page", flush=True)
+
+    def announce(status: str, seconds: float) -> None:
+        text = f"ready ({seconds:.1f} s)" if status == "ready" else status
+        print(f"twinnet serve: TensorFlow twin {text}", flush=True)
+
+    twins.start_tf(announce)
+    config = uvicorn.Config(create_app(twins), log_level="warning", access_log=False, lifespan="off")
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+        twins.worker.shutdown(wait=False, cancel_futures=True)
+    return 0
+

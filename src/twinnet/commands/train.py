@@ -1,0 +1,105 @@
+"""``twinnet train``: one model, one twin, one run folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from twinnet import data
+from twinnet.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from twinnet.commands.arguments import add_train_arguments, config_from_args
+from twinnet.config import ConfigError, TrainConfig, flag
+from twinnet.errors import TwinnetError, UsageError
+from twinnet.runs import check_output_dir, default_run_dir, lock_run_dir, run_bytes
+from twinnet.tensorboard import write_tensorboard
+from twinnet.training import train
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = sub.add_parser("train", help="train one model with one twin",
+                            usage="%(prog)s [options] MODEL\n       %(prog)s --resume DIR [options]",
+                            description="Train one model with one twin and write weights.npz, "
+                                        "metrics.json, curves.png and confusion.png.")
+    add_train_arguments(parser)
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="output folder (default: runs/MODEL-BACKEND)")
+    parser.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                        help="save a checkpoint (model, optimizer, step, data order) to "
+                             "OUT/checkpoint.npz every N steps; Ctrl-C always saves one "
+                             "(default: only on Ctrl-C)")
+    parser.add_argument("--resume", metavar="DIR", default=None,
+                        help="continue the interrupted run in DIR from its checkpoint, with its "
+                             "saved settings (a training flag that disagrees with them is refused)")
+    parser.add_argument("--force", action="store_true",
+                        help="start a new run even where OUT holds an interrupted one (its "
+                             "checkpoint is deleted)")
+    parser.add_argument("--tensorboard", metavar="DIR", default=None,
+                        help="also write the curves as TensorBoard scalars under DIR/MODEL/BACKEND")
+    return parser
+
+
+def resume_conflicts(args: argparse.Namespace, config: TrainConfig, out: Path) -> None:
+    """TwinnetError naming the first flag given with ``--resume`` that disagrees with the
+    checkpoint's configuration ``config`` (a model, a training flag, another --out)."""
+    if args.model is not None and args.model != config.model:
+        raise TwinnetError(f"model {args.model} conflicts with the checkpoint's model {config.model} "
+                           f"in {out}; --resume continues with the saved settings")
+    if args.out is not None and Path(args.out).resolve() != out.resolve():
+        raise TwinnetError(f"--out {args.out} conflicts with --resume {out}: a run is resumed "
+                           "in its own folder")
+    given = {dest: getattr(args, dest) for dest in args.given}
+    try:
+        wanted = TrainConfig(**{**vars(config), **given})
+    except ConfigError as exc:
+        raise exc.named(flag(exc.field)) from None
+    for dest, option in args.given.items():
+        if getattr(wanted, dest) != getattr(config, dest):
+            raise TwinnetError(f"{option} {getattr(args, dest)} conflicts with the checkpoint's "
+                               f"{dest} {getattr(config, dest)} in {out}; --resume continues with "
+                               "the saved settings")
+
+
+def planned_run(args: argparse.Namespace) -> tuple[TrainConfig, Path, dict | None]:
+    """(configuration, run folder, checkpoint state or None) from the flags or --resume."""
+    if args.resume:
+        out = Path(args.resume)
+        config, state = load_checkpoint(out / CHECKPOINT_NAME)
+        resume_conflicts(args, config, out)
+        return config, out, state
+    if args.model is None:
+        raise UsageError("name a MODEL to train, or --resume DIR to continue a run")
+    config = config_from_args(args)
+    return config, Path(args.out) if args.out else default_run_dir(config), None
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.checkpoint_every < 0:
+        raise TwinnetError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
+    config, out, state = planned_run(args)
+    check_output_dir(out, run_bytes(config))  # before any work
+    checkpoint = out / CHECKPOINT_NAME
+    with lock_run_dir(out):
+        if not args.resume and checkpoint.exists():
+            if not args.force:
+                raise TwinnetError(f"{out} holds an unfinished run ({CHECKPOINT_NAME}); continue it "
+                                   f"with: twinnet train --resume {out}, or start over with --force")
+            checkpoint.unlink()
+        if args.resume:
+            print(f"resuming {config.model} ({config.backend}) in {out} after step {state['step']}")
+        mnist = data.load_mnist(args.data_dir)
+        _, metrics = train(config, mnist, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
+                           resume=bool(args.resume), out_dir=out)
+    if args.tensorboard:
+        write_tensorboard(metrics, args.tensorboard, f"{config.model}/{config.backend}")
+    print_summary(config, metrics, out)
+    return 0
+
+
+def print_summary(config: TrainConfig, metrics: dict, out: Path) -> None:
+    final = metrics["final"]
+    print(f"{config.model} ({config.backend}, {config.optimizer} lr={config.lr:g}, "
+          f"{config.steps} steps) in {metrics['train_seconds']:.1f} s")
+    for split in ("train", "validation", "test"):
+        print(f"  {split:<10} accuracy {final[split]['accuracy']:.2%}  "
+              f"loss {final[split]['loss']:.4f}")
+    print(f"wrote {out}/weights.npz, metrics.json, curves.png, confusion.png")
