@@ -8,16 +8,16 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from twinnet.serve import DEFAULT_WEIGHTS
+from twinnet.commands.arguments import weights_file
 from twinnet.weights import DEFAULT_WEIGHTS, load_weights
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT_CNN = REPO / "docs/report/runs/P2e-cnn-numpy/weights.npz"
 
 
-def test_serve_defaults_to_the_weights_inside_the_package():
+def test_commands_default_to_the_weights_inside_the_package():
     package = Path(__import__("twinnet").__file__).parent
-    assert DEFAULT_WEIGHTS == DEFAULT_WEIGHTS
+    assert weights_file(None).resolve() == DEFAULT_WEIGHTS.resolve()
     assert DEFAULT_WEIGHTS.is_relative_to(package) and DEFAULT_WEIGHTS.is_file()
     assert load_weights(DEFAULT_WEIGHTS)[1]["model"] == "cnn"
     assert DEFAULT_WEIGHTS.stat().st_size < 1_000_000
