@@ -44,7 +44,7 @@ def test_every_module_is_in_a_layer_and_described():
 def test_importing_models_loads_neither_commands_nor_the_api():
     code = "import sys, twinnet.models; print(sorted(m for m in sys.modules if m.startswith('twinnet')))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert proc.stdout.strip() == "['twinnet', 'twinnet.models', 'twinnet.version']"
+    assert proc.stdout.strip() == "['twinnet', 'twinnet.errors', 'twinnet.models', 'twinnet.version']"
 
 
 def test_the_package_face_loads_the_api_on_first_use():
