@@ -26,6 +26,15 @@ def test_tiny_bench_reports_both_twins_and_ratios():
     assert "numpy/tf step" in table and "linear" in table and results["environment"]["numpy_blas"]
 
 
+def test_reference_bench_times_the_reference_layers_against_the_fast_path():
+    results = run_bench(["cnn"], ["numpy"], batch_size=8, repeats=1, steps=2, reference=True)
+    per_model = results["models"]["cnn"]
+    assert per_model["ref"]["step_ms"] > 0
+    assert per_model["ratio_reference_step"] == pytest.approx(
+        per_model["ref"]["step_ms"] / per_model["numpy"]["step_ms"])
+    assert "ref/numpy step" in format_bench(results)
+
+
 def test_every_timing_names_the_cpu_and_its_simd_level():
     from twinnet.environment import cpu_name, simd_level
 
@@ -51,7 +60,7 @@ def test_block_timings_cover_every_parameter_block_with_its_flops():
     rows = {(row["block"], row["phase"]): row for row in result["rows"]}
     assert set(rows) == {(f"{name} ({kind})", phase)
                          for name, kind in [("conv1", "ConvReLUPool"), ("conv2", "ConvReLUPool"),
-                                            ("dense1", "DenseBlock"), ("dense2", "DenseBlock")]
+                                            ("dense1", "DenseReLU"), ("dense2", "Dense")]
                          for phase in ("forward", "backward")}
     # conv2: 14 x 14 outputs x 9 taps x 16 x 16 channels, twice (multiply and add), 4 images;
     # its backward also computes the input gradient, conv1's does not.

@@ -88,8 +88,10 @@ def time_steps(model, x: np.ndarray, y: np.ndarray, steps: int) -> float:
 
 
 def run_bench(models: list[str], backends: list[str], batch_size: int = 100, repeats: int = 5,
-              steps: int = 30, optimizer: str = "sgd", seed: int = 0) -> dict[str, Any]:
-    """Median and spread of ms per step and per 1,000 inference images, with GFLOP/s."""
+              steps: int = 30, optimizer: str = "sgd", seed: int = 0,
+              reference: bool = False) -> dict[str, Any]:
+    """Median and spread of ms per step and per 1,000 inference images, with GFLOP/s; with
+    ``reference``, also of the NumPy twin on its reference layers alone (twin "ref")."""
     load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rng = np.random.default_rng(seed)
     x = rng.random((steps, batch_size, *IMAGE_SHAPE), dtype=np.float32)
@@ -99,11 +101,13 @@ def run_bench(models: list[str], backends: list[str], batch_size: int = 100, rep
                                "optimizer": optimizer, "models": {}}
     for name in models:
         built = {b: load_model(name, b, seed=seed, optimizer=optimizer) for b in backends}
+        if reference:
+            built["ref"] = load_model(name, "numpy", seed=seed, optimizer=optimizer, reference=True)
         for model in built.values():  # warm-up: tracing, buffers, caches
             time_steps(model, x, y, min(5, steps))
             predict_logits(model, images[:2000])
-        step_s: dict[str, list[float]] = {b: [] for b in backends}
-        infer_s: dict[str, list[float]] = {b: [] for b in backends}
+        step_s: dict[str, list[float]] = {b: [] for b in built}
+        infer_s: dict[str, list[float]] = {b: [] for b in built}
         for _ in range(repeats):
             for backend, model in built.items():
                 step_s[backend].append(time_steps(model, x, y, steps))
@@ -111,7 +115,7 @@ def run_bench(models: list[str], backends: list[str], batch_size: int = 100, rep
                 predict_logits(model, images)
                 infer_s[backend].append(time.perf_counter() - start)
         per_model = {}
-        for backend in backends:
+        for backend in built:
             step_ms = statistics.median(step_s[backend]) * 1000
             infer_ms = statistics.median(infer_s[backend]) * 1000 * 1000 / INFERENCE_IMAGES
             per_model[backend] = {
@@ -127,6 +131,8 @@ def run_bench(models: list[str], backends: list[str], batch_size: int = 100, rep
             per_model["ratio_step"] = per_model["numpy"]["step_ms"] / per_model["tf"]["step_ms"]
             per_model["ratio_infer"] = (per_model["numpy"]["infer_ms_per_1000"]
                                         / per_model["tf"]["infer_ms_per_1000"])
+        if "numpy" in per_model and "ref" in per_model:
+            per_model["ratio_reference_step"] = per_model["ref"]["step_ms"] / per_model["numpy"]["step_ms"]
         results["models"][name] = per_model
     results["environment"] = {
         "cpu": cpu_name(), "simd": simd_level(), "platform": platform.platform(),
@@ -177,6 +183,10 @@ def format_bench(results: dict[str, Any]) -> str:
     if ratios:
         lines += ["", f"{'model':<9} {'numpy/tf step':>14} {'numpy/tf inference':>19}"]
         lines += [f"{n:<9} {m['ratio_step']:>13.2f}x {m['ratio_infer']:>18.2f}x" for n, m in ratios]
+    references = [(n, m) for n, m in results["models"].items() if "ratio_reference_step" in m]
+    if references:
+        lines += ["", f"{'model':<9} {'ref/numpy step':>15}  (ref: the reference layers alone, --reference)"]
+        lines += [f"{n:<9} {m['ratio_reference_step']:>14.2f}x" for n, m in references]
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ layer, read next to docs/derivations.md); the TF side runs the same Keras layers
 output, under a ``tf.GradientTape`` that also watches the input. Both take the mean
 softmax cross-entropy of the batch and go backward to the image, so each layer has an
 output a (N, ...), the gradient flowing into it from above g = dL/da (N, ...), and,
-for dense and conv layers, dL/dW and dL/db. The fused NumPy network that trains
+for dense and conv layers, dL/dW and dL/db. The NumPy network that trains
 (``NumpyModel``) is checked against TF as well, on its loss and parameter gradients.
 
 Differences, per layer:
@@ -250,7 +250,8 @@ def model_params(model: str | None, weights: str | None, seed: int) -> tuple[str
 
 def compare(model: str | None = None, weights: str | None = None, batch: int = 64,
             dtype: str = DEFAULT_DTYPE, seed: int = 0, data_dir: str | None = None,
-            x: np.ndarray | None = None, y: np.ndarray | None = None) -> Comparison:
+            x: np.ndarray | None = None, y: np.ndarray | None = None,
+            reference: bool = False) -> Comparison:
     """Run both twins on one batch with the same weights, forward and backward, and
     compare them layer by layer.
 
@@ -258,7 +259,8 @@ def compare(model: str | None = None, weights: str | None = None, batch: int = 6
     and ``y`` (N,) if given, else the first ``batch`` MNIST test images (a seeded random
     batch where MNIST is absent). Returns a ``Comparison``; ``.passed`` tells whether every
     difference is within ``TOLERANCES[dtype]``, ``.layers`` has one row per spec layer.
-    Imports TensorFlow.
+    The network that trains is compared as a whole too: the fast path, or with
+    ``reference`` the reference layers as ``NumpyModel`` runs them. Imports TensorFlow.
     """
     from twinnet.numpy_nn import NumpyModel
 
@@ -275,17 +277,17 @@ def compare(model: str | None = None, weights: str | None = None, batch: int = 6
     theirs = tf_pass(model, params, x, y, dtype)
     ours = numpy_pass(model, params, x, y, dtype)
     rows, failures = diff_passes(model, ours, theirs, tolerance)
-    # The fused network that trains, on the same batch, against the same TF pass.
-    network = NumpyModel(model, params, dtype=dtype)
+    # The network that trains (fast path or reference), on the same batch, against the same TF pass.
+    network = NumpyModel(model, params, dtype=dtype, fast=not reference)
     net_loss, net_grads = network.loss_and_grads(x, y)
     net = {"logits": activation_diff(network.logits(x), theirs.logits),
            "loss": abs(net_loss - theirs.loss) / abs(theirs.loss),
            **{k: relative_error(g, theirs.param_grads[k]) for k, g in net_grads.items()}}
     loss_error = abs(ours.loss - theirs.loss) / abs(theirs.loss)
     for label, value, tol_key in [("loss relative difference", loss_error, "loss"),
-                                  ("fused network: logits difference", net["logits"], "activation"),
-                                  ("fused network: loss relative difference", net["loss"], "loss"),
-                                  *((f"fused network: {k} gradient relative error", net[k], "gradient")
+                                  ("training network: logits difference", net["logits"], "activation"),
+                                  ("training network: loss relative difference", net["loss"], "loss"),
+                                  *((f"training network: {k} gradient relative error", net[k], "gradient")
                                     for k in net_grads)]:
         if not value <= tolerance[tol_key]:
             failures.append(f"{label} {value:.1e} > {tolerance[tol_key]:.0e}")
@@ -311,8 +313,8 @@ def format_comparison(result: Comparison) -> str:
     loss = result.loss
     lines += ["",
               f"loss: NumPy {loss['numpy']:.10g}  TF {loss['tf']:.10g}  "
-              f"(fused NumPy network {loss['numpy_network']:.10g})",
-              "fused NumPy network vs TF: logits {:.1e}, gradients max rel err {:.1e}".format(
+              f"(NumPy network that trains {loss['numpy_network']:.10g})",
+              "NumPy network that trains vs TF: logits {:.1e}, gradients max rel err {:.1e}".format(
                   result.network["logits"],
                   max(v for k, v in result.network.items() if "/" in k))]
     if result.passed:

@@ -247,12 +247,12 @@ def check_progress(progress: Any) -> None:
 
 
 def start_training(config: TrainConfig, n_train: int, checkpoint: str | os.PathLike | None = None,
-                   threads: int | None = None) -> TrainingState:
+                   threads: int | None = None, reference: bool = False) -> TrainingState:
     """A fresh state for ``config``, or the one saved in ``checkpoint`` when given (which
     must be of the same model, optimizer and batch size; other settings may differ);
-    ``threads`` as in ``backend.load_model``."""
+    ``threads`` and ``reference`` as in ``backend.load_model``."""
     model = load_model(config.model, config.backend, seed=config.seed, optimizer=config.optimizer,
-                       threads=threads)
+                       threads=threads, reference=reference)
     state = TrainingState(model, BatchOrder(n_train, config.batch_size, config.seed))
     if checkpoint is not None:
         saved, sections = load_checkpoint(checkpoint)
@@ -313,7 +313,7 @@ def train(config: TrainConfig, data: Mnist, progress: bool | None = None,
           final_splits: tuple[str, ...] = SPLITS, checkpoint: str | os.PathLike | None = None,
           checkpoint_every: int = 0, resume: bool = False,
           out_dir: str | os.PathLike | None = None,
-          threads: int | None = None) -> tuple[Backend, dict[str, Any]]:
+          threads: int | None = None, reference: bool = False) -> tuple[Backend, dict[str, Any]]:
     """Train ``config.model`` on ``config.backend``; returns the model and the run's metrics.
 
     ``on_record(step, values)`` is called at every curve point. ``final_splits`` are
@@ -323,10 +323,11 @@ def train(config: TrainConfig, data: Mnist, progress: bool | None = None,
     evaluates and writes). With ``out_dir`` the run folder is written (``runs.write_run``,
     the caller holding the folder) under the same Ctrl-C handling and the checkpoint is
     removed once it is. ``threads`` is the twin's thread count (``backend.load_model``;
-    default: as the process is set up). Raises DivergenceError (see check_loss),
+    default: as the process is set up); ``reference`` trains the NumPy twin on its reference
+    layers alone. Raises DivergenceError (see check_loss),
     TrainingInterruptedError.
     """
-    state = start_training(config, len(data.train), checkpoint if resume else None, threads)
+    state = start_training(config, len(data.train), checkpoint if resume else None, threads, reference)
     resumed_at = state.step if resume else None
     # Divergence is caught from the loss; NumPy's overflow warnings would only repeat it.
     with stop_on_sigint() as sigint, np.errstate(over="ignore", invalid="ignore"):

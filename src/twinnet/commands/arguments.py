@@ -11,7 +11,7 @@ from pathlib import Path
 
 from twinnet.backend import BACKENDS, OPTIMIZERS
 from twinnet.config import DEFAULT_LR, SCHEDULES, ConfigError, TrainConfig, default, flag
-from twinnet.errors import TwinnetError
+from twinnet.errors import TwinnetError, UsageError
 from twinnet.models import DESCRIPTIONS, MODEL_NAMES
 from twinnet.weights import DEFAULT_WEIGHTS
 
@@ -63,6 +63,20 @@ def add_backend(parser: argparse.ArgumentParser, default: str | None = "numpy", 
     parser.add_argument("--backend", choices=BACKENDS, default=default, **options,
                         help="tf: the TensorFlow twin; numpy: the hand-derived NumPy twin, which "
                              "needs no TensorFlow (default: %(default)s)")
+
+
+def check_reference(args: argparse.Namespace) -> None:
+    """UsageError for --reference with the TensorFlow twin: it names a NumPy-twin path."""
+    if getattr(args, "reference", False) and getattr(args, "backend", "numpy") != "numpy":
+        raise UsageError("--reference runs the NumPy twin's reference layers: use it with --backend numpy")
+
+
+def add_reference(parser: argparse.ArgumentParser, what: str = "run") -> None:
+    parser.add_argument("--reference", action="store_true",
+                        help=f"{what} the NumPy twin on its reference layers alone (numpy_nn/layers.py, "
+                             "one per section of docs/derivations.md), without the fast path's fused "
+                             "blocks and batch splitting: the same results up to rounding, a few "
+                             "times slower")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser, sweep: bool = False) -> None:

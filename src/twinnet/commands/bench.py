@@ -35,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--blocks", action="store_true",
                         help="instead, time each NumPy-twin block's forward and backward on one "
                              "thread (use --batch-size 50 for a thread's share of a 100-image step)")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time the NumPy twin on its reference layers alone (twin 'ref'), "
+                             "and its step against the fast path's")
     parser.add_argument("--json", action="store_true", help="print the full results as JSON")
     return parser
 
@@ -48,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(result, indent=2) if args.json else format_blocks(result) + "\n")
         return 0
     results = run_bench(args.models, args.backends or installed_backends(), batch_size=args.batch_size,
-                        repeats=args.repeats, steps=args.steps, optimizer=args.optimizer)
+                        repeats=args.repeats, steps=args.steps, optimizer=args.optimizer,
+                        reference=args.reference)
     print(json.dumps(results, indent=2) if args.json else format_bench(results))
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from twinnet.commands.arguments import add_data_dir, add_weights
+from twinnet.commands.arguments import add_data_dir, add_reference, add_weights
 from twinnet.comparison import DEFAULT_DTYPE, DTYPES, TOLERANCES, compare, format_comparison
 from twinnet.errors import UsageError
 from twinnet.models import MODEL_NAMES
@@ -35,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the initial weights and the random batch (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_reference(parser, "also compare, as the whole network that trains,")
     add_data_dir(parser, missing="a random batch if the files are absent")
     return parser
 
@@ -43,6 +44,6 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None and args.weights is None:
         raise UsageError("name a MODEL, or give --weights FILE")
     result = compare(args.model, weights=args.weights, batch=args.batch, dtype=args.dtype,
-                     seed=args.seed, data_dir=args.data_dir)
+                     seed=args.seed, data_dir=args.data_dir, reference=args.reference)
     print(json.dumps(result.to_json(), indent=2) if args.json else format_comparison(result))
     return 0 if result.passed else 1

@@ -6,7 +6,15 @@ import argparse
 import json
 
 from twinnet.backend import load_model
-from twinnet.commands.arguments import add_backend, add_data_dir, add_weights, deprecated, weights_file
+from twinnet.commands.arguments import (
+    add_backend,
+    add_data_dir,
+    add_reference,
+    add_weights,
+    check_reference,
+    deprecated,
+    weights_file,
+)
 from twinnet.data import load_mnist
 from twinnet.errors import UsageError
 from twinnet.metrics import evaluate
@@ -21,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     # The weights file as a positional argument, as before --weights; deprecated.
     parser.add_argument("old_weights", nargs="?", default=None, help=argparse.SUPPRESS)
     add_backend(parser)
+    add_reference(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_data_dir(parser)
     return parser
@@ -41,10 +50,11 @@ def run(args: argparse.Namespace) -> int:
                              f"and --weights {args.weights})")
         deprecated("twinnet evaluate FILE", "twinnet evaluate --weights FILE")
         args.weights = args.old_weights
+    check_reference(args)
     path = weights_file(args.weights)
     _, meta = load_weights(path)
     test = load_mnist(args.data_dir).test
-    model = load_model(meta["model"], args.backend, weights=str(path))
+    model = load_model(meta["model"], args.backend, weights=str(path), reference=args.reference)
     result = evaluate(model, test.x, test.y)
     if args.json:
         print(json.dumps({"weights": str(path), "model": meta["model"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from twinnet.commands.arguments import add_reference
 from twinnet.gradcheck import check_layers, check_model, format_table
 from twinnet.models import MODEL_NAMES
 
@@ -16,6 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("model", nargs="?", default="all", choices=(*MODEL_NAMES, "all"), metavar="MODEL",
                         help=f"{', '.join(MODEL_NAMES)}, or all (also checks every layer alone; default)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the random batch")
+    add_reference(parser, "check")
     return parser
 
 
@@ -23,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     names = MODEL_NAMES if args.model == "all" else (args.model,)
     rows = check_layers(seed=args.seed) if args.model == "all" else []
     for name in names:
-        rows += check_model(name, seed=args.seed)
+        rows += check_model(name, seed=args.seed, fast=not args.reference)
     print(format_table(rows))
     failed = [row for row in rows if not row.passed]
     print(f"{len(rows) - len(failed)} passed, {len(failed)} failed")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from twinnet import data
 from twinnet.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from twinnet.commands.arguments import add_train_arguments, config_from_args
+from twinnet.commands.arguments import add_reference, add_train_arguments, check_reference, config_from_args
 from twinnet.config import ConfigError, TrainConfig, flag
 from twinnet.errors import TwinnetError, UsageError
 from twinnet.runs import check_output_dir, default_run_dir, lock_run_dir, run_bytes
@@ -33,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true",
                         help="start a new run even where OUT holds an interrupted one (its "
                              "checkpoint is deleted)")
+    add_reference(parser, "train with")
     parser.add_argument("--tensorboard", metavar="DIR", default=None,
                         help="also write the curves as TensorBoard scalars under DIR/MODEL/BACKEND")
     return parser
@@ -75,6 +76,7 @@ def planned_run(args: argparse.Namespace) -> tuple[TrainConfig, Path, dict | Non
 def run(args: argparse.Namespace) -> int:
     if args.checkpoint_every < 0:
         raise TwinnetError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
+    check_reference(args)
     config, out, state = planned_run(args)
     check_output_dir(out, run_bytes(config))  # before any work
     checkpoint = out / CHECKPOINT_NAME
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"resuming {config.model} ({config.backend}) in {out} after step {state['step']}")
         mnist = data.load_mnist(args.data_dir)
         _, metrics = train(config, mnist, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
-                           resume=bool(args.resume), out_dir=out)
+                           resume=bool(args.resume), out_dir=out, reference=args.reference)
     if args.tensorboard:
         write_tensorboard(metrics, args.tensorboard, f"{config.model}/{config.backend}")
     print_summary(config, metrics, out)
