@@ -154,7 +154,7 @@ class FastNetwork:
     def _run(self, parts: list[slice], x: np.ndarray, y: np.ndarray | None) -> list[Any]:
         """Each part's ``loss_and_grads`` (y given, each divided by len(x)) or ``logits``."""
         with _blas().limit(limits=1, user_api="blas"):
-            if _use_processes and self._replicas is None:
+            if _use_processes and self._replicas is None and workers.can_start():
                 try:
                     return self._on_workers(parts, x, y)
                 except workers.WorkerError as exc:
@@ -210,8 +210,11 @@ class FastNetwork:
         self._shared = None
         taken = workers.get_workers(self.parts - 1)
         self._key = next(_keys)
-        shared = workers.SharedArrays(models.param_shapes(self.spec), self.dtype, len(taken),
-                                      max(images, INPUT_IMAGES), models.IMAGE_SHAPE)
+        try:
+            shared = workers.SharedArrays(models.param_shapes(self.spec), self.dtype, len(taken),
+                                          max(images, INPUT_IMAGES), models.IMAGE_SHAPE)
+        except OSError as exc:  # no room in /dev/shm, or none at all
+            raise workers.WorkerError(f"no shared memory for the workers ({exc.strerror or exc})") from None
         try:
             for index, worker in enumerate(taken):
                 worker.send(_take_model, self._key, self.spec, self.dtype.str, shared.name, index,
