@@ -51,7 +51,7 @@ def test_block_timings_cover_every_parameter_block_with_its_flops():
     rows = {(row["block"], row["phase"]): row for row in result["rows"]}
     assert set(rows) == {(f"{name} ({kind})", phase)
                          for name, kind in [("conv1", "ConvReLUPool"), ("conv2", "ConvReLUPool"),
-                                            ("dense1", "DenseBlock"), ("dense2", "DenseBlock")]
+                                            ("dense1", "DenseReLU"), ("dense2", "Dense")]
                          for phase in ("forward", "backward")}
     # conv2: 14 x 14 outputs x 9 taps x 16 x 16 channels, twice (multiply and add), 4 images;
     # its backward also computes the input gradient, conv1's does not.
