@@ -641,7 +641,9 @@ def _finish(process: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
 
 def test_forked_children_do_not_train_on_the_parents_weights(tmp_path: Path) -> None:
     script = _script(tmp_path, """
+        import logging
         import multiprocessing
+        logging.basicConfig(level=logging.WARNING)
 
         model = NumpyModel("cnn", init_params("cnn", 1), threads=2)
         model.train_step(x, y, 0.1)
@@ -706,6 +708,56 @@ def test_a_bare_fork_child_leaves_the_parents_workers_alone(tmp_path: Path) -> N
     """)
     out, _ = _finish(_python(script))
     assert all(not _alive(pid) for pid in json.loads(out))
+
+
+def test_ctrl_c_ends_a_wait_for_a_stopped_worker(tmp_path: Path) -> None:
+    # REPLY_SECONDS is 600 here: only Ctrl-C can end the wait within the test's time.
+    script = _script(tmp_path, """
+        import signal, threading
+        workers.REPLY_SECONDS = 600
+        model = NumpyModel("cnn", init_params("cnn", 1), threads=2)
+        model.train_step(x, y, 0.1)
+        stopped = workers._workers[0].process
+        os.kill(stopped.pid, signal.SIGSTOP)
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()  # as Ctrl-C would
+        try:
+            model.train_step(x, y, 0.1)
+        except KeyboardInterrupt:
+            print("interrupted")
+        assert not stopped.is_alive()  # killed with the other workers
+        model.train_step(x, y, 0.1)  # on new workers
+        assert model.network._shared is not None and workers._workers[0].process.pid != stopped.pid
+        print(stopped.pid)
+    """)
+    out, _ = _finish(_python(script))
+    assert out.split()[0] == "interrupted" and not _alive(int(out.split()[1]))
+
+
+def test_workers_exit_with_their_parent_while_a_forked_child_lives(tmp_path: Path) -> None:
+    script = _script(tmp_path, """
+        import time
+        model = NumpyModel("cnn", init_params("cnn", 1), threads=2)
+        model.train_step(x, y, 0.1)
+        child = os.fork()
+        if child == 0:
+            time.sleep(600)
+            os._exit(0)
+        print(json.dumps({"pids": [w.process.pid for w in workers._workers], "child": child}), flush=True)
+        time.sleep(600)
+    """)
+    process = _python(script)
+    started = {"child": None}
+    try:
+        started = json.loads(process.stdout.readline())
+        assert started["pids"]
+        process.kill()
+        process.wait()
+        assert _alive(started["child"])
+        assert _wait_until(lambda: not any(_alive(pid) for pid in started["pids"])), "an orphaned worker"
+    finally:
+        process.kill()
+        if started["child"]:
+            os.kill(started["child"], signal.SIGKILL)
 
 
 def _wait_until(condition, seconds: float = 15) -> bool:

@@ -469,11 +469,13 @@ def test_inference_logits_equal_training_forward(name: str, fast: bool) -> None:
     np.testing.assert_allclose(model.logits(x), train_logits, rtol=1e-6, atol=1e-6)
 
 
-def test_logits_in_chunks_equal_one_pass() -> None:
-    model = NumpyModel("cnn", init_params("cnn", 0), fast=False)
+@pytest.mark.parametrize("fast", [False, True], ids=["reference", "fast"])
+def test_logits_in_chunks_equal_one_pass(fast: bool) -> None:
+    model = NumpyModel("cnn", init_params("cnn", 0), threads=1, fast=fast)
     x, _ = _batch(MAX_EVAL_CHUNK + 100)
     chunked = model.logits(x)
-    direct = np.concatenate([model.network.forward(x[:600]), model.network.forward(x[600:])])
+    network = model.network.network if fast else model.network
+    direct = np.concatenate([network.forward(x[:600]), network.forward(x[600:])])
     assert chunked.shape == (MAX_EVAL_CHUNK + 100, 10)
     np.testing.assert_allclose(chunked, direct, rtol=1e-5, atol=1e-6)
 
