@@ -344,17 +344,17 @@ def _assert_same_loss_and_grads(reference: NumpyModel, fast: NumpyModel, x: np.n
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_fast_and_reference_paths_agree_in_float64(name: str) -> None:
+def test_fast_and_reference_paths_agree_in_float64(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(split, "MIN_PART_FLOPS", 1)  # split whatever the work
     params = _float64(name, 2)
     for key in params:  # biases away from zero, so their gradients are checked too
         if key.endswith("/b"):
             params[key] += 0.05
-    x, y = _batch(64, seed=1)  # a cnn batch this size is split in two
+    x, y = _batch(64, seed=1)
     reference = NumpyModel(name, params, dtype=np.float64, fast=False)
     fast = NumpyModel(name, params, dtype=np.float64, threads=2)
     _assert_same_loss_and_grads(reference, fast, x, y)
-    if name == "cnn":  # the dense-only models leave the cores to BLAS: one part
-        assert fast.network._split(64, 3 * fast.network._flops * 64) != [slice(0, 64)]
+    if name == "cnn":  # split in two (the dense-only models leave the cores to BLAS: one part)
         assert fast.network._shared is not None or fast.network._replicas is not None
     # and after training, from the same state
     for model in (reference, fast):
@@ -397,9 +397,11 @@ def test_splitting_the_batch_does_not_change_the_result(n: int, monkeypatch: pyt
 
 def test_parts_are_contiguous_and_each_worth_a_core() -> None:
     network = NumpyModel("cnn", init_params("cnn", 0), threads=3).network
-    step_flops = 3 * network._flops
-    assert network._split(2, 2 * step_flops) == [slice(0, 2)]  # too little work to hand over
-    parts = network._split(100, 100 * step_flops)
+    least = split.MIN_PART_FLOPS
+    assert network._split(2, least / 2) == [slice(0, 2)]  # too little work to hand over
+    assert len(network._split(100, 2.5 * least)) == 2
+    assert network._split(2, 10 * least) == [slice(0, 1), slice(1, 2)]  # at most one part an image
+    parts = network._split(100, 10 * least)  # at most one part a core
     assert len(parts) == 3 and parts[0].start == 0 and parts[-1].stop == 100
     assert all(a.stop == b.start for a, b in zip(parts, parts[1:], strict=False))
     for name in ("linear", "mlp256x2"):  # dense-only: BLAS's own threads, one part
