@@ -56,6 +56,10 @@ def _thread_pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="twinnet-numpy")
 
 
+# A forked child has none of the pool's threads: work it queued would wait forever.
+os.register_at_fork(after_in_child=_thread_pool.cache_clear)
+
+
 def fused_network(model: str | tuple, params: dict[str, np.ndarray]) -> Network:
     """The reference layers of ``model`` over ``params``, fused where a block matches."""
     return Network(fuse(model, build_layers(model, params)))
