@@ -683,6 +683,35 @@ def test_forked_children_do_not_train_on_the_parents_weights(tmp_path: Path) -> 
     assert len({tuple(run) for run in losses}) == 3  # three fine-tunings, not one raced on
 
 
+def test_a_forked_child_of_a_parent_on_threads_trains(tmp_path: Path) -> None:
+    # The parent's thread pool has no threads in a child: the child must make its own.
+    script = _script(tmp_path, """
+        import multiprocessing
+        from twinnet.numpy_nn.fast import split
+        split._use_processes = False  # as after a worker failed
+        model = NumpyModel("cnn", init_params("cnn", 1), threads=2)
+        model.train_step(x, y, 0.1)
+        assert model.network._replicas is not None  # the parts ran on threads
+
+        def step(_):
+            return model.train_step(x, y, 0.1)
+
+        if __name__ == "__main__":
+            with multiprocessing.get_context("fork").Pool(1) as pool:
+                in_pool = pool.map_async(step, [0]).get(timeout=60)[0]
+            child = os.fork()
+            if child == 0:
+                step(0)
+                os._exit(0)
+            _, status = os.waitpid(child, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            assert in_pool == step(0)  # what the parent computes from the same state
+            print("ok")
+    """)
+    out, _ = _finish(_python(script), timeout=100)
+    assert out.strip() == "ok"
+
+
 def test_a_bare_fork_child_leaves_the_parents_workers_alone(tmp_path: Path) -> None:
     script = _script(tmp_path, """
         import logging
