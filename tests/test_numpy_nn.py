@@ -1,24 +1,24 @@
-"""Tests of the NumPy twin: gradient checks, reference forwards, optimizers, dtypes."""
+"""Tests of the NumPy twin's lesson: the reference layers alone, losses, optimizers, the
+network runner, ``NumpyModel`` on both paths, gradient checks, and the reference path
+training on real MNIST. The fast path (numpy_nn/fast) is tested in test_fast.py."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from twinnet.numpy_nn.blocks import ConvReLUPool, DenseBlock, FlattenBlock
-from twinnet.numpy_nn.graph import forward
-from twinnet.numpy_nn.kernels import add_bias, im2col_3x3, relu
 
-from twinnet import gradcheck
+from twinnet import gradcheck, models
 from twinnet.models import MODEL_NAMES, init_params, param_shapes
-from twinnet.numpy_nn import SGD, Adam, NumpyModel, blocks, helpers, softmax_cross_entropy
-from twinnet.numpy_nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
-from twinnet.util import chunk_slices
+from twinnet.numpy_nn import SGD, Adam, NumpyModel, make_optimizer, softmax_cross_entropy
+from twinnet.numpy_nn.fast.blocks import DenseReLU
+from twinnet.numpy_nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, same_padding
+from twinnet.numpy_nn.network import MAX_EVAL_CHUNK, Network, build_layers
 from twinnet.weights import WeightsError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -43,29 +43,43 @@ def test_every_layer_passes_gradcheck() -> None:
         assert r.passed and r.max_rel_error <= 1e-6, gradcheck.format_table(rows)
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["reference", "fast"])
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_every_model_passes_gradcheck(name: str) -> None:
-    rows = gradcheck.check_model(name, seed=0)
+def test_every_model_passes_gradcheck(name: str, fast: bool) -> None:
+    rows = gradcheck.check_model(name, seed=0, fast=fast)
     assert [r.parameter for r in rows] == list(param_shapes(name))
     for r in rows:
         assert r.passed and r.max_rel_error <= 1e-6, gradcheck.format_table(rows)
 
 
-def test_gradcheck_catches_a_wrong_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
-    right_backward = DenseBlock.backward
+def test_gradcheck_catches_a_wrong_fused_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    right_backward = DenseReLU.backward
 
-    def wrong_backward(self: DenseBlock, dout: np.ndarray) -> np.ndarray | None:
-        dx = right_backward(self, dout)
+    def wrong_backward(self: DenseReLU, d: np.ndarray) -> np.ndarray | None:
+        dx = right_backward(self, d)
         self.grads[f"{self.name}/W"] *= 1.01
         return dx
 
-    monkeypatch.setattr(DenseBlock, "backward", wrong_backward)
-    rows = gradcheck.check_model("mlp128", seed=0)
-    failed = {r.parameter for r in rows if not r.passed}
-    assert failed == {"dense1/W", "dense2/W"}
+    monkeypatch.setattr(DenseReLU, "backward", wrong_backward)
+    failed = {r.parameter for r in gradcheck.check_model("mlp128", seed=0) if not r.passed}
+    assert failed == {"dense1/W"}  # dense2 has no ReLU after it: a reference Dense
+    assert all(r.passed for r in gradcheck.check_model("mlp128", seed=0, fast=False))
 
 
 def test_gradcheck_catches_a_wrong_reference_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    right_backward = Dense.backward
+
+    def wrong_backward(self: Dense, dz: np.ndarray) -> np.ndarray:
+        dx = right_backward(self, dz)
+        self.grads[f"{self.name}/b"] = self.grads[f"{self.name}/b"] * 1.01
+        return dx
+
+    monkeypatch.setattr(Dense, "backward", wrong_backward)
+    failed = {r.parameter for r in gradcheck.check_model("mlp128", seed=0, fast=False) if not r.passed}
+    assert failed == {"dense1/b", "dense2/b"}
+
+
+def test_gradcheck_catches_a_wrong_conv_input_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
     right_backward = Conv2D.backward
     monkeypatch.setattr(Conv2D, "backward", lambda self, dz: 0.99 * right_backward(self, dz))
     failed = {(r.target, r.parameter) for r in gradcheck.check_layers(seed=0) if not r.passed}
@@ -111,36 +125,83 @@ def test_softmax_cross_entropy_stable_for_huge_logits() -> None:
     assert grad.dtype == np.float32
 
 
-# -- layer forwards against references ------------------------------------------------
+def test_parts_of_a_batch_add_up_to_the_batch() -> None:
+    rng = np.random.default_rng(2)
+    logits, y = rng.standard_normal((9, 10)), rng.integers(0, 10, size=9)
+    loss, grad = softmax_cross_entropy(logits, y)
+    first, d_first = softmax_cross_entropy(logits[:4], y[:4], total=9)
+    second, d_second = softmax_cross_entropy(logits[4:], y[4:], total=9)
+    assert first + second == pytest.approx(loss, rel=1e-14)
+    np.testing.assert_allclose(np.concatenate([d_first, d_second]), grad, rtol=1e-14)
 
 
-def _conv_reference(x: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Slow, obvious 'same' cross-correlation with explicit loops (tests only)."""
-    n, h, w, c_in = x.shape
-    c_out = W.shape[3]
-    out = np.zeros((n, h, w, c_out))
+# -- the reference layers alone ---------------------------------------------------------
+
+
+def _conv_reference(x: np.ndarray, W: np.ndarray, b: np.ndarray, stride: int,
+                    pad: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+    """Slow, obvious cross-correlation with explicit loops over a zero-padded input (tests only)."""
+    xpad = np.pad(x, ((0, 0), pad[0], pad[1], (0, 0)))
+    n, hp, wp, c_in = xpad.shape
+    k, c_out = W.shape[0], W.shape[3]
+    h_out, w_out = (hp - k) // stride + 1, (wp - k) // stride + 1
+    out = np.zeros((n, h_out, w_out, c_out))
     for i_n in range(n):
-        for i in range(h):
-            for j in range(w):
+        for i in range(h_out):
+            for j in range(w_out):
                 for o in range(c_out):
                     total = b[o]
-                    for p in range(3):
-                        for q in range(3):
-                            ii, jj = i + p - 1, j + q - 1
-                            if 0 <= ii < h and 0 <= jj < w:
-                                for c in range(c_in):
-                                    total += x[i_n, ii, jj, c] * W[p, q, c, o]
+                    for p in range(k):
+                        for q in range(k):
+                            for c in range(c_in):
+                                total += xpad[i_n, i * stride + p, j * stride + q, c] * W[p, q, c, o]
                     out[i_n, i, j, o] = total
     return out
 
 
-@pytest.mark.parametrize("c_in", [1, 3])
-def test_conv2d_forward_matches_loop_reference(c_in: int) -> None:
+@pytest.mark.parametrize(("size", "kernel", "stride", "expected"), [
+    (28, 3, 1, (1, 1)), (5, 3, 1, (1, 1)), (28, 5, 2, (1, 2)), (5, 4, 1, (1, 2)), (7, 3, 2, (1, 1)),
+    (6, 1, 1, (0, 0)), (6, 3, 3, (0, 0)),
+])
+def test_same_padding_is_tensorflows(size: int, kernel: int, stride: int, expected: tuple) -> None:
+    # TensorFlow: output ceil(size / stride), total padding max((out-1)*s + k - size, 0),
+    # the odd one after.
+    assert same_padding(size, kernel, stride) == expected
+
+
+@pytest.mark.parametrize(("c_in", "kernel", "stride", "padding", "pad"), [
+    (1, 3, 1, "same", ((1, 1), (1, 1))),
+    (3, 3, 1, "same", ((1, 1), (1, 1))),
+    (2, 5, 2, "same", ((1, 2), (2, 2))),  # 4x5 input: out 2x3
+    (2, 4, 1, "same", ((1, 2), (1, 2))),
+    (2, 3, 1, "valid", ((0, 0), (0, 0))),
+    (1, 2, 2, "valid", ((0, 0), (0, 0))),
+])
+def test_conv2d_forward_matches_loop_reference(c_in: int, kernel: int, stride: int, padding: str,
+                                              pad: tuple) -> None:
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 4, 5, c_in))
-    W = rng.standard_normal((3, 3, c_in, 2))
+    W = rng.standard_normal((kernel, kernel, c_in, 2))
     b = rng.standard_normal(2)
-    np.testing.assert_allclose(Conv2D(W, b).forward(x), _conv_reference(x, W, b), rtol=1e-12, atol=1e-12)
+    conv = Conv2D("conv1", W, b, stride, padding)
+    np.testing.assert_allclose(conv.forward(x), _conv_reference(x, W, b, stride, pad), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [(3, 1, "same"), (5, 2, "same"), (2, 2, "valid")])
+def test_conv2d_backward_is_the_adjoint_of_its_forward(kernel: int, stride: int, padding: str) -> None:
+    # The conv is linear in x: <forward(x) - b, d> = <x, backward(d)> for any x and d.
+    rng = np.random.default_rng(3)
+    W, b = rng.standard_normal((kernel, kernel, 2, 3)), rng.standard_normal(3)
+    conv = Conv2D("conv1", W, b, stride, padding)
+    x = rng.standard_normal((2, 6, 7, 2))
+    z = conv.forward(x)
+    d = rng.standard_normal(z.shape)
+    dx = conv.backward(d)
+    assert dx.shape == x.shape
+    assert np.sum((z - b) * d) == pytest.approx(np.sum(x * dx), rel=1e-12)
+    # and bilinear in (x, W): <forward(x) - b, d> = <W, dW>
+    assert np.sum((z - b) * d) == pytest.approx(np.sum(W * conv.grads["conv1/W"]), rel=1e-12)
+    np.testing.assert_allclose(conv.grads["conv1/b"], d.sum(axis=(0, 1, 2)), rtol=1e-12)
 
 
 def test_maxpool_forward_backward_hand_example() -> None:
@@ -181,6 +242,71 @@ def test_maxpool_routes_ties_to_exactly_one_element() -> None:
     assert np.count_nonzero(dx) == dout.size
 
 
+def test_maxpool_with_overlapping_windows_and_a_ragged_edge() -> None:
+    # size 3, stride 2 over 5x6: windows overlap by one pixel, the last column is dropped.
+    x = np.random.default_rng(5).standard_normal((2, 5, 6, 3))
+    pool = MaxPool2D(3, 2)
+    out = pool.forward(x)
+    assert out.shape == (2, 2, 2, 3)
+    for i in range(2):
+        for j in range(2):
+            window = x[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3]
+            np.testing.assert_array_equal(out[:, i, j], window.max(axis=(1, 2)))
+    dx = pool.backward(np.ones_like(out))
+    assert dx.sum() == out.size and np.all(dx[:, :, 5] == 0)  # each window passes on one
+
+
+def test_relu_and_flatten_alone() -> None:
+    relu, flatten = ReLU(), Flatten()
+    x = np.array([[-1.0, 0.0, 2.0]])
+    np.testing.assert_array_equal(relu.forward(x), [[0.0, 0.0, 2.0]])
+    np.testing.assert_array_equal(relu.backward(np.array([[5.0, 6.0, 7.0]])), [[0.0, 0.0, 7.0]])
+    image = np.arange(2 * 3 * 4 * 2.0).reshape(2, 3, 4, 2)
+    flat = flatten.forward(image)
+    np.testing.assert_array_equal(flat, image.reshape(2, 24))  # row-major over (H, W, C)
+    np.testing.assert_array_equal(flatten.backward(flat), image)
+    assert relu.params == flatten.params == {} and relu.grads == flatten.grads == {}
+
+
+def test_dense_gradients_have_canonical_names_and_params_are_held_by_reference() -> None:
+    rng = np.random.default_rng(6)
+    W, b = rng.standard_normal((4, 3)), rng.standard_normal(3)
+    dense = Dense("dense2", W, b)
+    assert set(dense.params) == {"dense2/W", "dense2/b"} and dense.params["dense2/W"] is W
+    x, dz = rng.standard_normal((5, 4)), rng.standard_normal((5, 3))
+    np.testing.assert_allclose(dense.forward(x), x @ W + b, rtol=1e-14)
+    dx = dense.backward(dz)
+    np.testing.assert_allclose(dx, dz @ W.T, rtol=1e-14)
+    np.testing.assert_allclose(dense.grads["dense2/W"], x.T @ dz, rtol=1e-14)
+    np.testing.assert_allclose(dense.grads["dense2/b"], dz.sum(axis=0), rtol=1e-14)
+    W -= 1.0  # an optimizer's in-place update is what the layer computes with
+    np.testing.assert_allclose(dense.forward(x), x @ W + b, rtol=1e-14)
+
+
+def test_inference_forward_keeps_nothing_for_backward() -> None:
+    # forward(train=False) between a training forward and its backward changes nothing.
+    rng = np.random.default_rng(7)
+    conv = Conv2D("conv1", rng.standard_normal((3, 3, 1, 2)), rng.standard_normal(2))
+    stack = [conv, ReLU(), MaxPool2D(), Flatten(), Dense("dense1", rng.standard_normal((8, 3)), np.zeros(3))]
+    x, other = rng.standard_normal((2, 4, 4, 1)), rng.standard_normal((3, 4, 4, 1))
+
+    def run(inference_between: bool) -> list[np.ndarray]:
+        out = x
+        for layer in stack:
+            out = layer.forward(out, train=True)
+        if inference_between:
+            o = other
+            for layer in stack:
+                o = layer.forward(o, train=False)
+        d = np.ones_like(out)
+        for layer in reversed(stack):
+            d = layer.backward(d)
+        return [d, conv.grads["conv1/W"]]
+
+    for a, b in zip(run(False), run(True), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 # -- optimizers ------------------------------------------------------------------------
 
 
@@ -211,6 +337,18 @@ def test_adam_matches_hand_computed_two_steps() -> None:
     np.testing.assert_allclose(state["p/v"], v2, rtol=1e-14)
 
 
+def test_adam_in_float32_stays_float32_and_close_to_float64() -> None:
+    rng = np.random.default_rng(8)
+    grads = [rng.standard_normal(5) for _ in range(3)]
+    p32, p64 = {"p": np.ones(5, dtype=np.float32)}, {"p": np.ones(5)}
+    a32, a64 = Adam(), Adam()
+    for g in grads:
+        a32.step(p32, {"p": g.astype(np.float32)}, 0.01)
+        a64.step(p64, {"p": g}, 0.01)
+    assert p32["p"].dtype == np.float32 and a32.m["p"].dtype == a32.v["p"].dtype == np.float32
+    np.testing.assert_allclose(p32["p"], p64["p"], rtol=1e-6)
+
+
 def test_adam_state_roundtrip_continues_identically() -> None:
     rng = np.random.default_rng(5)
     g = [{"p": rng.standard_normal(3).astype(np.float32)} for _ in range(3)]
@@ -226,6 +364,24 @@ def test_adam_state_roundtrip_continues_identically() -> None:
     assert pa["p"].dtype == np.float32 and a.m["p"].dtype == np.float32
 
 
+def test_adam_refuses_malformed_state_and_resets_on_empty() -> None:
+    adam = Adam()
+    with pytest.raises(ValueError, match="lacks 'iterations'"):
+        adam.load_state_dict({"p/m": np.zeros(2)})
+    with pytest.raises(ValueError, match="malformed Adam state"):
+        adam.load_state_dict({"iterations": np.array(1), "p/m": np.zeros(2)})
+    adam.step({"p": np.ones(2)}, {"p": np.ones(2)}, 0.1)
+    adam.load_state_dict({})
+    assert adam.iterations == 0 and adam.m == {} and adam.v == {}
+
+
+def test_an_optimizer_updates_only_what_has_a_gradient() -> None:
+    for opt in (SGD(), Adam()):
+        params = {"a": np.ones(2), "b": np.ones(2)}
+        opt.step(params, {"a": np.ones(2)}, 0.1)
+        assert np.all(params["a"] < 1) and np.all(params["b"] == 1)
+
+
 def test_sgd_step_counts_iterations() -> None:
     params = {"p": np.array([1.0, 2.0], dtype=np.float32)}
     sgd = SGD()
@@ -236,20 +392,109 @@ def test_sgd_step_counts_iterations() -> None:
     restored = SGD()
     restored.load_state_dict(sgd.state_dict())
     assert restored.iterations == 1
+    with pytest.raises(ValueError, match="SGD keeps only 'iterations'"):
+        restored.load_state_dict({"p/m": np.zeros(2), "iterations": np.array(1)})
 
 
-# -- NumpyModel ------------------------------------------------------------------------
+def test_make_optimizer_by_name() -> None:
+    assert isinstance(make_optimizer("sgd"), SGD) and isinstance(make_optimizer("adam"), Adam)
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        make_optimizer("rmsprop")
+
+
+# -- the network runner ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
+def test_build_layers_follows_the_spec(name: str) -> None:
+    built = build_layers(name, init_params(name, 0))
+    kinds = [type(layer).__name__ for layer in built]
+    expected = {
+        "linear": ["Flatten", "Dense"],
+        "mlp128": ["Flatten", "Dense", "ReLU", "Dense"],
+        "mlp256x2": ["Flatten", "Dense", "ReLU", "Dense", "ReLU", "Dense"],
+        "cnn": ["Conv2D", "ReLU", "MaxPool2D", "Conv2D", "ReLU", "MaxPool2D", "Flatten", "Dense", "ReLU",
+                "Dense"],
+    }
+    assert kinds == expected[name]
+    assert [key for layer in built for key in layer.params] == list(param_shapes(name))
+
+
+def test_build_layers_refuses_a_layer_it_has_no_class_for() -> None:
+    spec = models.parse_spec({"layers": [{"type": "flatten"}, {"type": "dense", "units": 10},
+                                         {"type": "tanh"}]}, "tanh.toml")
+    params = {k: np.zeros(s) for k, s in param_shapes(spec).items()}
+    with pytest.raises(ValueError, match="no layer for TanhSpec"):
+        build_layers(spec, params)
+
+
+def test_network_runs_any_list_of_layers() -> None:
+    # Not one of the four: a valid 5x5 stride-2 conv, an overlapping pool, no ReLU.
+    rng = np.random.default_rng(9)
+    net = Network([Conv2D("conv1", 0.1 * rng.standard_normal((5, 5, 1, 3)), np.zeros(3), 2, "valid"),
+                   MaxPool2D(3, 2), Flatten(),
+                   Dense("dense1", 0.1 * rng.standard_normal((75, 10)), np.zeros(10))])
+    x, y = _batch(4)
+    record: dict = {}
+    loss, correct, grads = net.loss_and_grads(x.astype(np.float64), y, record=record)
+    assert np.isfinite(loss) and 0 <= correct <= 4
+    assert set(grads) == {"conv1/W", "conv1/b", "dense1/W", "dense1/b"}
+    assert [o.shape for o in record["outputs"]] == [(4, 12, 12, 3), (4, 5, 5, 3), (4, 75), (4, 10)]
+    assert [g.shape for g in record["grad_outputs"]] == [o.shape for o in record["outputs"]]
+    assert record["grad_input"].shape == (4, 28, 28, 1)
+    np.testing.assert_allclose(net.logits(x.astype(np.float64)), record["outputs"][-1], rtol=1e-14)
+
+
+def test_train_step_reaches_conv2d_backward_in_two_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    callers: list[list[str]] = []
+    right_backward = Conv2D.backward
+
+    def watched(self: Conv2D, dz: np.ndarray) -> np.ndarray:
+        callers.append([frame.function for frame in inspect.stack()[1:3]])
+        return right_backward(self, dz)
+
+    monkeypatch.setattr(Conv2D, "backward", watched)
+    model = NumpyModel("cnn", init_params("cnn", 0), fast=False)
+    model.train_step(*_batch(2), 0.1)
+    assert callers == [["loss_and_grads", "train_step"]] * 2
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["reference", "fast"])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_inference_logits_equal_training_forward(name: str, fast: bool) -> None:
+    model = NumpyModel(name, init_params(name, 0), threads=1, fast=fast)
+    x, _ = _batch(30)
+    network = model.network.network if fast else model.network
+    train_logits = network.forward(x, train=True)
+    np.testing.assert_allclose(model.logits(x), train_logits, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["reference", "fast"])
+def test_logits_in_chunks_equal_one_pass(fast: bool) -> None:
+    model = NumpyModel("cnn", init_params("cnn", 0), threads=1, fast=fast)
+    x, _ = _batch(MAX_EVAL_CHUNK + 100)
+    chunked = model.logits(x)
+    network = model.network.network if fast else model.network
+    direct = np.concatenate([network.forward(x[:600]), network.forward(x[600:])])
+    assert chunked.shape == (MAX_EVAL_CHUNK + 100, 10)
+    np.testing.assert_allclose(chunked, direct, rtol=1e-5, atol=1e-6)
+
+
+# -- NumpyModel, on both paths ----------------------------------------------------------------
+
+BOTH_PATHS = pytest.mark.parametrize("fast", [False, True], ids=["reference", "fast"])
+
+
+@BOTH_PATHS
+@pytest.mark.parametrize("name", MODEL_NAMES)
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_float32_stays_float32(name: str, optimizer: str) -> None:
-    model = NumpyModel(name, init_params(name, 0), optimizer=optimizer)
+def test_float32_stays_float32(name: str, optimizer: str, fast: bool) -> None:
+    model = NumpyModel(name, init_params(name, 0), optimizer=optimizer, fast=fast)
     x, y = _batch(4)
     assert model.logits(x.astype(np.float64)).dtype == np.float32
     loss, grads = model.loss_and_grads(x, y)
     assert isinstance(loss, float)
-    assert {k: g.shape for k, g in grads.items()} == param_shapes(name)
+    assert [(k, g.shape) for k, g in grads.items()] == list(param_shapes(name).items())  # in order
     assert all(g.dtype == np.float32 for g in grads.values())
     model.train_step(x, y, 0.01)
     assert all(p.dtype == np.float32 for p in model.params.values())
@@ -257,33 +502,59 @@ def test_float32_stays_float32(name: str, optimizer: str) -> None:
                if k != "iterations")
 
 
-def test_float64_model_end_to_end() -> None:
-    model = NumpyModel("cnn", init_params("cnn", 0), optimizer="adam", dtype=np.float64)
+@BOTH_PATHS
+def test_float64_model_end_to_end(fast: bool) -> None:
+    model = NumpyModel("cnn", init_params("cnn", 0), optimizer="adam", dtype=np.float64, fast=fast)
     x, y = _batch(3)
     assert model.logits(x).dtype == np.float64
     _, grads = model.loss_and_grads(x, y)
     assert all(g.dtype == np.float64 for g in grads.values())
     model.train_step(x, y, 1e-3)
     assert all(p.dtype == np.float64 for p in model.params.values())
+    assert all(a.dtype == np.float64 for k, a in model.optimizer_state_dict().items()
+               if k != "iterations")
 
 
-def test_protocol_attributes_and_params_are_copies() -> None:
+def test_float64_model_keeps_float64_from_float32_weights() -> None:
+    # Weights files are float32; a float64 model computes in float64 from them.
     params = init_params("mlp128", 0)
-    model = NumpyModel("mlp128", params)
+    model = NumpyModel("mlp128", params, dtype=np.float64, fast=False)
+    x, _ = _batch(2)
+    expected = np.maximum(x.reshape(2, -1).astype(np.float64) @ params["dense1/W"].astype(np.float64), 0) \
+        @ params["dense2/W"].astype(np.float64)
+    np.testing.assert_allclose(model.logits(x), expected, rtol=1e-13)
+
+
+def test_three_dimensional_images_get_their_channel_axis() -> None:
+    model = NumpyModel("cnn", init_params("cnn", 0), fast=False)
+    x, y = _batch(3)
+    np.testing.assert_array_equal(model.logits(x[..., 0]), model.logits(x))
+    assert model.loss_and_grads(x[..., 0], y)[0] == model.loss_and_grads(x, y)[0]
+
+
+@BOTH_PATHS
+def test_protocol_attributes_and_params_are_copies(fast: bool) -> None:
+    params = init_params("mlp128", 0)
+    model = NumpyModel("mlp128", params, fast=fast)
     assert (model.backend, model.model_name, model.optimizer) == ("numpy", "mlp128", "sgd")
     copy = model.params
     copy["dense1/W"][:] = 0
+    assert np.any(model.params["dense1/W"] != 0)
+    params["dense1/W"][:] = 0  # the model copied what it was given
     assert np.any(model.params["dense1/W"] != 0)
     model.set_params({k: np.zeros_like(v) for k, v in params.items()})
     x, _ = _batch(2)
     np.testing.assert_array_equal(model.logits(x), np.zeros((2, 10), dtype=np.float32))
     with pytest.raises(WeightsError, match="missing dense1/b"):
-        NumpyModel("mlp128", {"dense1/W": params["dense1/W"]})
+        NumpyModel("mlp128", {"dense1/W": params["dense1/W"]}, fast=fast)
+    with pytest.raises(WeightsError, match="dense1/W has shape"):
+        model.set_params({**params, "dense1/W": np.zeros((3, 3), dtype=np.float32)})
 
 
+@BOTH_PATHS
 @pytest.mark.parametrize("name", ["mlp128", "cnn"])
-def test_train_step_reports_loss_before_update_and_learns(name: str) -> None:
-    model = NumpyModel(name, init_params(name, 0), optimizer="sgd")
+def test_train_step_reports_loss_before_update_and_learns(name: str, fast: bool) -> None:
+    model = NumpyModel(name, init_params(name, 0), optimizer="sgd", fast=fast)
     x, y = _batch(16, seed=6)
     expected_loss, _ = model.loss_and_grads(x, y)
     expected_correct = int(np.sum(model.logits(x).argmax(axis=1) == y))
@@ -294,10 +565,11 @@ def test_train_step_reports_loss_before_update_and_learns(name: str) -> None:
     assert losses[-1] < 0.85 * losses[0]
 
 
-def test_train_step_equals_loss_and_grads_then_apply() -> None:
+@BOTH_PATHS
+def test_train_step_equals_loss_and_grads_then_apply(fast: bool) -> None:
     x, y = _batch(8)
-    a = NumpyModel("cnn", init_params("cnn", 1), optimizer="adam")
-    b = NumpyModel("cnn", init_params("cnn", 1), optimizer="adam")
+    a = NumpyModel("cnn", init_params("cnn", 1), optimizer="adam", fast=fast)
+    b = NumpyModel("cnn", init_params("cnn", 1), optimizer="adam", fast=fast)
     for _ in range(2):
         a.train_step(x, y, 1e-3)
         _, grads = b.loss_and_grads(x, y)
@@ -311,305 +583,46 @@ def test_optimizer_state_roundtrip_through_model() -> None:
     x, y = _batch(8)
     a = NumpyModel("mlp128", init_params("mlp128", 0), optimizer="adam")
     a.train_step(x, y, 1e-3)
-    b = NumpyModel("mlp128", a.params, optimizer="adam")
+    b = NumpyModel("mlp128", a.params, optimizer="adam", fast=False)
     b.load_optimizer_state_dict(a.optimizer_state_dict())
     a.train_step(x, y, 1e-3)
     b.train_step(x, y, 1e-3)
     for key, p in a.params.items():
-        np.testing.assert_array_equal(p, b.params[key])
+        np.testing.assert_allclose(p, b.params[key], rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="optimizer state 'dense9/W/m' does not match model mlp128"):
+        b.load_optimizer_state_dict({"iterations": np.array(1), "dense9/W/m": np.zeros(3)})
 
 
-# -- fused blocks against the reference layers ------------------------------------------
-
-
-def _block_data(shape: tuple[int, ...], dtype: type, rng: np.random.Generator) -> np.ndarray:
-    """Random values; in float32, multiples of 1/8 in [-1, 1], so that every sum a block or
-    a layer forms is exact whatever its order, and ties between maxima are common."""
-    if dtype == np.float64:
-        return rng.standard_normal(shape)
-    return (rng.integers(-8, 9, size=shape) / 8).astype(np.float32)
-
-
-def _compose(parts: list, x: np.ndarray, dout: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-    for part in parts:
-        x = part.forward(x)
-    d = dout.copy()
-    for part in reversed(parts):
-        d = part.backward(d)
-    return x, d, parts[0].grads if hasattr(parts[0], "grads") else {}
-
-
-def _assert_close(actual: np.ndarray, expected: np.ndarray) -> None:
-    tolerance = 1e-12 if expected.dtype == np.float64 else 1e-6
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape
-    np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n", [1, 7, 100])
-@pytest.mark.parametrize(("c_in", "size"), [(1, 28), (16, 14)])
-def test_conv_relu_pool_equals_the_reference_layers(dtype: type, n: int, c_in: int, size: int) -> None:
-    rng = np.random.default_rng(n * c_in)
-    W, b = _block_data((3, 3, c_in, 16), dtype, rng) / 4, _block_data((16,), dtype, rng)
-    x = _block_data((n, size, size, c_in), dtype, rng)
-    dout = _block_data((n, size // 2, size // 2, 16), dtype, rng)
-    out, dx, grads = _compose([Conv2D(W, b), ReLU(), MaxPool2D()], x, dout)
-    block = ConvReLUPool("conv", W, b)
-    _assert_close(block.forward(x), out)
-    _assert_close(block.backward(dout.copy()), dx)
-    _assert_close(block.grads["conv/W"], grads["W"])
-    _assert_close(block.grads["conv/b"], grads["b"])
-    _assert_close(block.forward(x, train=False), out)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n", [1, 7, 100])
-@pytest.mark.parametrize("with_relu", [True, False])
-def test_dense_block_equals_the_reference_layers(dtype: type, n: int, with_relu: bool) -> None:
-    rng = np.random.default_rng(n)
-    W, b = _block_data((64, 32), dtype, rng), _block_data((32,), dtype, rng)
-    x, dout = _block_data((n, 64), dtype, rng), _block_data((n, 32), dtype, rng)
-    out, dx, grads = _compose([Dense(W, b), ReLU()] if with_relu else [Dense(W, b)], x, dout)
-    block = DenseBlock("dense", W, b, relu=with_relu)
-    _assert_close(block.forward(x), out)
-    _assert_close(block.backward(dout.copy()), dx)
-    _assert_close(block.grads["dense/W"], grads["W"])
-    _assert_close(block.grads["dense/b"], grads["b"])
-    _assert_close(block.forward(x, train=False), out)
-
-
-def test_flatten_block_equals_the_reference_layer() -> None:
-    x = np.arange(2 * 7 * 7 * 16, dtype=np.float32).reshape(2, 7, 7, 16)
-    block, layer = FlattenBlock(), Flatten()
-    np.testing.assert_array_equal(block.forward(x), layer.forward(x))
-    d = np.ones((2, 784), dtype=np.float32)
-    np.testing.assert_array_equal(block.backward(d), layer.backward(d))
-
-
-def test_first_block_skips_the_input_gradient() -> None:
-    rng = np.random.default_rng(3)
-    block = ConvReLUPool("conv1", rng.standard_normal((3, 3, 1, 2)), np.zeros(2), needs_input_grad=False)
-    out = block.forward(rng.standard_normal((2, 4, 4, 1)))
-    assert block.backward(np.ones_like(out)) is None
-    assert block.grads["conv1/W"].shape == (3, 3, 1, 2) and block.grads["conv1/b"].shape == (2,)
-
-
-def test_conv_relu_pool_rejects_odd_sizes() -> None:
-    block = ConvReLUPool("conv1", np.ones((3, 3, 1, 2)), np.zeros(2))
-    with pytest.raises(ValueError, match="conv1: .*even height and width"):
-        block.forward(np.ones((1, 5, 4, 1)))
-
-
-def test_conv_relu_pool_buffers_follow_the_input_shape() -> None:
-    rng = np.random.default_rng(12)
-    W, b = rng.standard_normal((3, 3, 3, 4)), rng.standard_normal(4)
-    block = ConvReLUPool("conv", W, b)
-    for shape in [(3, 4, 6, 3), (2, 8, 8, 3), (3, 4, 6, 3)]:  # a new shape reuses no stale buffer
-        x = rng.standard_normal(shape)
-        expected = MaxPool2D().forward(ReLU().forward(Conv2D(W, b).forward(x)))
-        np.testing.assert_allclose(block.forward(x), expected, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize(("n", "size"), [(50, 41), (50, 18), (7, 100), (1, 1), (10, 3), (6, 2)])
-def test_chunks_cover_the_batch_in_order_evenly(n: int, size: int) -> None:
-    parts = chunk_slices(n, size)
-    assert [i for part in parts for i in range(n)[part]] == list(range(n))
-    lengths = [part.stop - part.start for part in parts]
-    assert max(lengths) <= size and max(lengths) - min(lengths) <= 1
-    assert len(parts) == -(-n // size)
-
-
-@pytest.mark.parametrize("chunk_bytes", [1, 1 << 40])  # one image per chunk; all in one
-def test_conv_relu_pool_results_do_not_depend_on_its_chunks(chunk_bytes: int,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    rng = np.random.default_rng(14)
-    W, b = rng.standard_normal((3, 3, 3, 4)), rng.standard_normal(4)
-    x, dout = rng.standard_normal((5, 6, 8, 3)), rng.standard_normal((5, 3, 4, 4))
-    out, dx, grads = _compose([Conv2D(W, b), ReLU(), MaxPool2D()], x, dout)
-    monkeypatch.setattr(blocks, "CHUNK_BYTES", chunk_bytes)
-    block = ConvReLUPool("conv", W, b)
-    _assert_close(block.forward(x), out)
-    block.forward(rng.standard_normal((9, 6, 8, 3)), train=False)  # reuses the work arrays
-    _assert_close(block.backward(dout.copy()), dx)
-    _assert_close(block.grads["conv/W"], grads["W"])
-
-
-@pytest.mark.parametrize("c_in", [1, 3])
-@pytest.mark.parametrize("pool_order", [False, True])
-def test_fast_im2col_equals_the_reference(c_in: int, pool_order: bool) -> None:
-    from twinnet.numpy_nn.layers import im2col_3x3 as reference_im2col
-
-    xpad = np.random.default_rng(8).standard_normal((2, 6, 8, c_in))  # 4x6 images
-    plain = reference_im2col(xpad)
-    fast = im2col_3x3(xpad, pool_order=pool_order)
-    if pool_order:  # rows ordered (a, b, n, i', j') instead of (n, i, j)
-        plain = plain.reshape(2, 2, 2, 3, 2, 9 * c_in).transpose(2, 4, 0, 1, 3, 5).reshape(plain.shape)
-    np.testing.assert_array_equal(fast, plain)
-
-
-def test_relu_and_add_bias_kernels() -> None:
-    rng = np.random.default_rng(10)
-    x = rng.standard_normal((3, 2, 5, 4)).astype(np.float32)
-    b = rng.standard_normal(4).astype(np.float32)
-    np.testing.assert_array_equal(relu(x), np.maximum(x, 0))
-    expected = x + b
-    np.testing.assert_array_equal(add_bias(x, b), expected)
-    np.testing.assert_array_equal(x, expected)  # in place
-    same = relu(x, out=x)
-    assert same is x and x.min() >= 0
-    assert relu(np.zeros((0, 3, 3, 4), np.float32)).shape == (0, 3, 3, 4)
-    with pytest.raises(ValueError, match="C-contiguous"):
-        relu(x[:, :, ::2], out=x[:, :, ::2])
-
-
-# -- the model as one graph -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_the_graph_is_one_list_of_blocks(name: str) -> None:
-    model = NumpyModel(name, init_params(name, 0))
-    kinds = [type(block).__name__ for block in model.blocks]
-    expected = {
-        "linear": ["FlattenBlock", "DenseBlock"],
-        "mlp128": ["FlattenBlock", "DenseBlock", "DenseBlock"],
-        "mlp256x2": ["FlattenBlock", "DenseBlock", "DenseBlock", "DenseBlock"],
-        "cnn": ["ConvReLUPool", "ConvReLUPool", "FlattenBlock", "DenseBlock", "DenseBlock"],
-    }
-    assert kinds == expected[name]
-    names = [block.name for block in model.blocks if hasattr(block, "W")]
-    assert names == list(dict.fromkeys(key.split("/")[0] for key in param_shapes(name)))
-
-
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_inference_logits_equal_training_forward(name: str) -> None:
-    model = NumpyModel(name, init_params(name, 0), threads=1)
-    x, _ = _batch(30)
-    train_logits = forward(model.blocks, x, train=True)
-    np.testing.assert_allclose(model.logits(x), train_logits, rtol=1e-6, atol=1e-6)
-
-
-def test_logits_in_chunks_equal_one_pass() -> None:
-    model = NumpyModel("cnn", init_params("cnn", 0), threads=1)
-    x, _ = _batch(1100)
-    chunked = model.logits(x)
-    direct = np.concatenate([forward(model.blocks, x[:600], train=False),
-                             forward(model.blocks, x[600:], train=False)])
-    assert chunked.shape == (1100, 10)
-    np.testing.assert_allclose(chunked, direct, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("n", [1, 3, 100])
-def test_threads_split_the_batch_without_changing_the_result(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    from twinnet.numpy_nn import network
-
-    monkeypatch.setattr(network, "MIN_PART_FLOPS", 1)  # split whatever the work
-    name = "cnn"  # the model whose batches are split (the dense ones leave it to BLAS)
-    params = {k: v.astype(np.float64) for k, v in init_params(name, 2).items()}
-    x, y = _batch(n, seed=n)
-    one, three = (NumpyModel(name, params, dtype=np.float64, threads=t) for t in (1, 3))
-    assert three.parts == 3
-    loss_1, grads_1 = one.loss_and_grads(x, y)
-    loss_3, grads_3 = three.loss_and_grads(x, y)
-    assert loss_3 == pytest.approx(loss_1, rel=1e-12)
-    for key, g in grads_1.items():
-        np.testing.assert_allclose(grads_3[key], g, rtol=1e-10, atol=1e-13)
-    np.testing.assert_allclose(three.logits(x), one.logits(x), rtol=1e-12, atol=1e-12)
-
-
-def test_threaded_training_is_deterministic() -> None:
-    x, y = _batch(100, seed=4)
-    runs = []
-    for _ in range(2):
-        model = NumpyModel("cnn", init_params("cnn", 3), optimizer="adam", threads=2)
-        for _ in range(3):
-            model.train_step(x, y, 1e-3)
-        runs.append(model.params)
-    for key, p in runs[0].items():
-        np.testing.assert_array_equal(p, runs[1][key])
-
-
-def _train_three_steps(model: NumpyModel) -> tuple[list, dict[str, np.ndarray], np.ndarray]:
-    x, y = _batch(100, seed=5)
-    steps = [model.train_step(x, y, 1e-3) for _ in range(3)]
-    return steps, model.params, model.logits(x)
-
-
-def _assert_same_run(a: tuple, b: tuple) -> None:
-    assert a[0] == b[0]
-    for key, p in a[1].items():
-        np.testing.assert_array_equal(p, b[1][key])
-    np.testing.assert_array_equal(a[2], b[2])
-
-
-@pytest.mark.skipif(not helpers.available(), reason="helper processes need POSIX")
-def test_helper_processes_compute_what_threads_compute(monkeypatch: pytest.MonkeyPatch) -> None:
-    with_helpers = NumpyModel("cnn", init_params("cnn", 3), optimizer="adam", threads=2)
-    run_helpers = _train_three_steps(with_helpers)
-    assert with_helpers._helpers is not None  # the second part ran in a helper process
-    monkeypatch.setattr(helpers, "available", lambda: False)
-    with_threads = NumpyModel("cnn", init_params("cnn", 3), optimizer="adam", threads=2)
-    _assert_same_run(run_helpers, _train_three_steps(with_threads))
-    assert with_threads._helpers is None and with_threads._replicas is not None
-
-
-@pytest.mark.skipif(not helpers.available(), reason="helper processes need POSIX")
-def test_a_helper_that_dies_hands_its_part_to_a_thread(caplog: pytest.LogCaptureFixture) -> None:
-    model = NumpyModel("cnn", init_params("cnn", 3), optimizer="adam", threads=2)
-    reference = NumpyModel("cnn", init_params("cnn", 3), optimizer="adam", threads=2)
-    x, y = _batch(100, seed=5)
-    for m in (model, reference):
-        m.train_step(x, y, 1e-3)
-    model._helpers[0].process.kill()
-    model._helpers[0].process.wait()
-    with caplog.at_level("WARNING"):
-        _assert_same_run(_train_three_steps(model), _train_three_steps(reference))
-    assert "run on threads" in caplog.text and model._helpers is None
-
-
-@pytest.mark.skipif(not helpers.available(), reason="helper processes need POSIX")
-def test_without_room_for_shared_memory_the_parts_run_on_threads(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    reference = _train_three_steps(NumpyModel("cnn", init_params("cnn", 3), threads=2))
-    monkeypatch.setattr(helpers, "SHARED_DIR", str(tmp_path / "missing"))
-    model = NumpyModel("cnn", init_params("cnn", 3), threads=2)
-    with caplog.at_level("WARNING"):
-        _assert_same_run(_train_three_steps(model), reference)
-    assert "no helper processes" in caplog.text and model._helpers is None
-
-
-@pytest.mark.skipif(not helpers.available(), reason="helper processes need POSIX")
-def test_ctrl_c_is_left_to_the_parent(caplog: pytest.LogCaptureFixture) -> None:
-    import signal
-
-    model = NumpyModel("cnn", init_params("cnn", 3), threads=2)
-    _train_three_steps(model)
-    os.kill(model._helpers[0].process.pid, signal.SIGINT)  # as a terminal's Ctrl-C would
-    with caplog.at_level("WARNING"):
-        _train_three_steps(model)
-    assert model._helpers is not None and not caplog.text
-
-
-@pytest.mark.skipif(not helpers.available(), reason="helper processes need POSIX")
-def test_a_helper_reports_its_errors_and_leaves_no_files() -> None:
-    before = set(os.listdir(helpers.SHARED_DIR or tempfile.gettempdir()))
-    model = NumpyModel("cnn", init_params("cnn", 3), threads=2)
-    _train_three_steps(model)
-    assert set(os.listdir(helpers.SHARED_DIR or tempfile.gettempdir())) == before  # unlinked at once
-    worker = model._helpers[0]
-    with worker.lock:
-        worker.send(("logits", -1, 1))  # a model the helper does not know
-        with pytest.raises(helpers.HelperError, match="KeyError: -1"):
-            worker.receive()
-        with pytest.raises(helpers.HelperError, match="did not answer in 0.05 s"):
-            worker.receive(timeout=0.05)  # nothing was asked
-    helpers.close_helpers()
-    assert worker.process.poll() is not None
-
-
-def test_logits_of_no_images() -> None:
+@BOTH_PATHS
+def test_logits_of_no_images(fast: bool) -> None:
     for name in ("mlp128", "cnn"):
-        logits = NumpyModel(name, init_params(name, 0)).logits(np.zeros((0, 28, 28, 1)))
+        logits = NumpyModel(name, init_params(name, 0), fast=fast).logits(np.zeros((0, 28, 28, 1)))
         assert logits.shape == (0, 10) and logits.dtype == np.float32
+
+
+# -- the reference path trains, for real ---------------------------------------------------
+
+
+def _test_accuracy(model: NumpyModel, mnist, n: int = 2000) -> float:
+    return float(np.mean(model.logits(mnist.test.x[:n]).argmax(axis=1) == mnist.test.y[:n]))
+
+
+@pytest.mark.parametrize(("name", "optimizer", "lr", "steps", "floor"), [
+    ("mlp128", "sgd", 0.5, 150, 0.85),
+    pytest.param("cnn", "adam", 2e-3, 40, 0.6, marks=pytest.mark.slow),  # ~15 s
+])
+def test_the_reference_layers_learn_mnist(mnist, name: str, optimizer: str, lr: float, steps: int,
+                                          floor: float) -> None:
+    model = NumpyModel(name, init_params(name, 0), optimizer=optimizer, fast=False)
+    assert isinstance(model.network, Network) and all(
+        type(layer) in (Conv2D, ReLU, MaxPool2D, Flatten, Dense) for layer in model.network.layers)
+    before = _test_accuracy(model, mnist)
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        rows = rng.integers(0, len(mnist.train), size=64)
+        model.train_step(mnist.train.x[rows], mnist.train.y[rows], lr)
+    assert before < 0.3 and _test_accuracy(model, mnist) >= floor
+
 
 # -- independence from TensorFlow ----------------------------------------------------
 
@@ -623,11 +636,12 @@ import numpy as np
 import twinnet.numpy_nn
 from twinnet.models import init_params
 from twinnet.numpy_nn import NumpyModel
-model = NumpyModel("cnn", init_params("cnn", 0), optimizer="adam")
 rng = np.random.default_rng(0)
 x = rng.random((4, 28, 28, 1), dtype=np.float32)
-loss, correct = model.train_step(x, rng.integers(0, 10, 4), 1e-3)
-assert np.isfinite(loss) and 0 <= correct <= 4
+for fast in (False, True):
+    model = NumpyModel("cnn", init_params("cnn", 0), optimizer="adam", fast=fast)
+    loss, correct = model.train_step(x, rng.integers(0, 10, 4), 1e-3)
+    assert np.isfinite(loss) and 0 <= correct <= 4
 assert "tensorflow" not in sys.modules or sys.modules["tensorflow"] is None
 print("ok")
 """
@@ -637,3 +651,13 @@ print("ok")
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_the_lesson_imports_no_engine() -> None:
+    # The reference layers, losses, optimizers and runner need nothing from fast/.
+    code = ("import sys, twinnet.numpy_nn.layers, twinnet.numpy_nn.losses, twinnet.numpy_nn.optimizers, "
+            "twinnet.numpy_nn.network; print(sorted(m for m in sys.modules if '.fast' in m))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(SRC)}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

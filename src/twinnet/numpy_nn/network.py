@@ -85,4 +85,5 @@ class Network:
                 break
         if record is not None:
             record["grad_input"] = d
-        return loss, correct, grads
+        # In the layers' order, the canonical one (models.param_shapes), as TensorFlow lists them.
+        return loss, correct, {key: grads[key] for layer in self.layers for key in layer.grads}

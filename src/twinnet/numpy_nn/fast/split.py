@@ -56,6 +56,10 @@ def _thread_pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="twinnet-numpy")
 
 
+# A forked child has none of the pool's threads: work it queued would wait forever.
+os.register_at_fork(after_in_child=_thread_pool.cache_clear)
+
+
 def fused_network(model: str | tuple, params: dict[str, np.ndarray]) -> Network:
     """The reference layers of ``model`` over ``params``, fused where a block matches."""
     return Network(fuse(model, build_layers(model, params)))
@@ -154,7 +158,7 @@ class FastNetwork:
     def _run(self, parts: list[slice], x: np.ndarray, y: np.ndarray | None) -> list[Any]:
         """Each part's ``loss_and_grads`` (y given, each divided by len(x)) or ``logits``."""
         with _blas().limit(limits=1, user_api="blas"):
-            if _use_processes and self._replicas is None:
+            if _use_processes and self._replicas is None and workers.can_start():
                 try:
                     return self._on_workers(parts, x, y)
                 except workers.WorkerError as exc:
@@ -210,8 +214,11 @@ class FastNetwork:
         self._shared = None
         taken = workers.get_workers(self.parts - 1)
         self._key = next(_keys)
-        shared = workers.SharedArrays(models.param_shapes(self.spec), self.dtype, len(taken),
-                                      max(images, INPUT_IMAGES), models.IMAGE_SHAPE)
+        try:
+            shared = workers.SharedArrays(models.param_shapes(self.spec), self.dtype, len(taken),
+                                          max(images, INPUT_IMAGES), models.IMAGE_SHAPE)
+        except OSError as exc:  # no room in /dev/shm, or none at all
+            raise workers.WorkerError(f"no shared memory for the workers ({exc.strerror or exc})") from None
         try:
             for index, worker in enumerate(taken):
                 worker.send(_take_model, self._key, self.spec, self.dtype.str, shared.name, index,

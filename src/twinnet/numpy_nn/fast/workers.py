@@ -117,9 +117,10 @@ class Worker:
         except OSError as exc:
             raise WorkerError(f"worker {self.process.pid} is gone ({exc})") from None
 
-    def receive(self, timeout: float = REPLY_SECONDS) -> Any:
+    def receive(self, timeout: float | None = None) -> Any:
         """The reply to the last request; WorkerError if the worker failed, died or did
-        not answer within ``timeout`` seconds."""
+        not answer within ``timeout`` seconds (default REPLY_SECONDS, read at each call)."""
+        timeout = REPLY_SECONDS if timeout is None else timeout
         ready = connection.wait([self.conn, self.process.sentinel], timeout)
         if self.conn in ready:
             try:
@@ -151,6 +152,12 @@ def generation() -> int:
     """How many times the workers were closed: a model registered at another count must
     register again."""
     return _generation
+
+
+def can_start() -> bool:
+    """Whether this process may start workers: a daemonic one (a ``multiprocessing.Pool``
+    worker) may not have children, so its parts run on threads, as nothing failed."""
+    return not multiprocessing.current_process().daemon
 
 
 def get_workers(count: int) -> list[Worker]:

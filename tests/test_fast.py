@@ -1,0 +1,905 @@
+"""Tests of the NumPy twin's engine (numpy_nn/fast): each fused block equals the reference
+layers it replaces, the fusion pass replaces exactly the runs it matches, the fast path
+computes what the reference path computes, and the worker runtime (workers.py, split.py)
+gives the same results as threads and survives dead, stopped and forked workers,
+Ctrl-C, kill -9 and hostile working directories."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from twinnet import models
+from twinnet.models import MODEL_NAMES, init_params, param_shapes
+from twinnet.numpy_nn import NumpyModel
+from twinnet.numpy_nn.fast import blocks, split, workers
+from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
+from twinnet.numpy_nn.fast.fusion import fuse
+from twinnet.numpy_nn.fast.kernels import (
+    Scratch,
+    add_bias,
+    column_sums,
+    im2col_3x3_rows,
+    max_pool_blocks,
+    relu,
+    window_major_view,
+)
+from twinnet.numpy_nn.layers import Conv2D, Dense, MaxPool2D, ReLU, windows
+from twinnet.numpy_nn.network import build_layers
+from twinnet.util import chunk_slices
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _batch(n: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, size=n)
+
+
+def _float64(name: str | tuple, seed: int = 0) -> dict[str, np.ndarray]:
+    return {k: v.astype(np.float64) for k, v in init_params(name, seed).items()}
+
+
+# -- fused blocks against the layers they replace ------------------------------------------
+
+
+def _block_data(shape: tuple[int, ...], dtype: type, rng: np.random.Generator) -> np.ndarray:
+    """Random values; in float32, multiples of 1/8 in [-1, 1], so that every sum a block or
+    a layer forms is exact whatever its order, and ties between maxima are common."""
+    if dtype == np.float64:
+        return rng.standard_normal(shape)
+    return (rng.integers(-8, 9, size=shape) / 8).astype(np.float32)
+
+
+def _compose(layer_list: tuple | list, x: np.ndarray,
+             dout: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The layers run one after the other: output, input gradient, the first one's grads."""
+    for layer in layer_list:
+        x = layer.forward(x)
+    d = dout.copy()
+    for layer in reversed(layer_list):
+        d = layer.backward(d)
+    return x, d, dict(layer_list[0].grads)
+
+
+def _assert_close(actual: np.ndarray, expected: np.ndarray) -> None:
+    tolerance = 1e-12 if expected.dtype == np.float64 else 1e-6
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance)
+
+
+def _conv_block(W: np.ndarray, b: np.ndarray, needs_input_grad: bool = True) -> ConvReLUPool:
+    return ConvReLUPool(Conv2D("conv", W, b), ReLU(), MaxPool2D(), needs_input_grad=needs_input_grad)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, 100])
+@pytest.mark.parametrize(("c_in", "size"), [(1, 28), (16, 14), (3, (4, 6))])
+def test_conv_relu_pool_equals_the_layers_it_replaces(dtype: type, n: int, c_in: int, size) -> None:
+    h, w = (size, size) if isinstance(size, int) else size
+    rng = np.random.default_rng(n * c_in)
+    W, b = _block_data((3, 3, c_in, 16), dtype, rng) / 4, _block_data((16,), dtype, rng)
+    x = _block_data((n, h, w, c_in), dtype, rng)
+    dout = _block_data((n, h // 2, w // 2, 16), dtype, rng)
+    block = _conv_block(W, b)
+    assert [type(layer) for layer in block.replaces] == [Conv2D, ReLU, MaxPool2D]
+    out, dx, grads = _compose(block.replaces, x, dout)
+    _assert_close(block.forward(x), out)
+    _assert_close(block.backward(dout.copy()), dx)
+    _assert_close(block.grads["conv/W"], grads["conv/W"])
+    _assert_close(block.grads["conv/b"], grads["conv/b"])
+    _assert_close(block.forward(x, train=False), out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, 100])
+def test_dense_relu_equals_the_layers_it_replaces(dtype: type, n: int) -> None:
+    rng = np.random.default_rng(n)
+    W, b = _block_data((64, 32), dtype, rng), _block_data((32,), dtype, rng)
+    x, dout = _block_data((n, 64), dtype, rng), _block_data((n, 32), dtype, rng)
+    block = DenseReLU(Dense("dense", W, b), ReLU())
+    assert [type(layer) for layer in block.replaces] == [Dense, ReLU]
+    out, dx, grads = _compose(block.replaces, x, dout)
+    _assert_close(block.forward(x), out)
+    _assert_close(block.backward(dout.copy()), dx)
+    _assert_close(block.grads["dense/W"], grads["dense/W"])
+    _assert_close(block.grads["dense/b"], grads["dense/b"])
+    _assert_close(block.forward(x, train=False), out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_first_blocks_skip_the_input_gradient(dtype: type) -> None:
+    rng = np.random.default_rng(3)
+    W, b = _block_data((3, 3, 1, 4), dtype, rng), _block_data((4,), dtype, rng)
+    x, dout = _block_data((5, 6, 8, 1), dtype, rng), _block_data((5, 3, 4, 4), dtype, rng)
+    conv = _conv_block(W, b, needs_input_grad=False)
+    out, _, grads = _compose(conv.replaces, x, dout)
+    _assert_close(conv.forward(x), out)
+    assert conv.backward(dout.copy()) is None
+    _assert_close(conv.grads["conv/W"], grads["conv/W"])
+    _assert_close(conv.grads["conv/b"], grads["conv/b"])
+
+    dense = DenseReLU(Dense("dense1", _block_data((6, 3), dtype, rng), np.zeros(3, dtype)), ReLU(),
+                      needs_input_grad=False)
+    out = dense.forward(_block_data((4, 6), dtype, rng))
+    assert dense.backward(np.ones_like(out)) is None and dense.grads["dense1/W"].shape == (6, 3)
+
+
+def test_blocks_hold_the_layers_parameters_by_reference() -> None:
+    W, b = np.zeros((3, 3, 1, 2)), np.zeros(2)
+    block = _conv_block(W, b)
+    assert block.params["conv/W"] is W and block.W is W and block.b is b
+    W += 1.0  # an optimizer's in-place update
+    assert block.forward(np.ones((1, 2, 2, 1))).max() > 0
+
+
+def test_conv_relu_pool_refuses_what_it_does_not_replace() -> None:
+    for conv in (Conv2D("conv1", np.ones((5, 5, 1, 2)), np.zeros(2)),
+                 Conv2D("conv1", np.ones((3, 3, 1, 2)), np.zeros(2), stride=2),
+                 Conv2D("conv1", np.ones((3, 3, 1, 2)), np.zeros(2), padding="valid")):
+        with pytest.raises(ValueError, match="conv1: ConvReLUPool replaces only"):
+            ConvReLUPool(conv, ReLU(), MaxPool2D())
+    with pytest.raises(ValueError, match="ConvReLUPool replaces only"):
+        ConvReLUPool(Conv2D("conv1", np.ones((3, 3, 1, 2)), np.zeros(2)), ReLU(), MaxPool2D(3, 2))
+
+
+def test_conv_relu_pool_rejects_odd_sizes() -> None:
+    block = _conv_block(np.ones((3, 3, 1, 2)), np.zeros(2))
+    with pytest.raises(ValueError, match="conv: .*even height and width"):
+        block.forward(np.ones((1, 5, 4, 1)))
+
+
+def test_conv_relu_pool_buffers_follow_the_input_shape() -> None:
+    rng = np.random.default_rng(12)
+    W, b = rng.standard_normal((3, 3, 3, 4)), rng.standard_normal(4)
+    block = _conv_block(W, b)
+    for shape in [(3, 4, 6, 3), (2, 8, 8, 3), (3, 4, 6, 3)]:  # a new shape reuses no stale buffer
+        x = rng.standard_normal(shape)
+        expected = MaxPool2D().forward(ReLU().forward(Conv2D("c", W, b).forward(x)))
+        np.testing.assert_allclose(block.forward(x), expected, rtol=1e-12, atol=1e-12)
+    block.forward(rng.standard_normal((2, 4, 4, 3)).astype(np.float32))  # and a new dtype
+    assert block.forward(rng.standard_normal((2, 4, 4, 3))).dtype == np.float64
+
+
+@pytest.mark.parametrize(("n", "size"), [(50, 41), (50, 18), (7, 100), (1, 1), (10, 3), (6, 2)])
+def test_chunks_cover_the_batch_in_order_evenly(n: int, size: int) -> None:
+    parts = chunk_slices(n, size)
+    assert [i for part in parts for i in range(n)[part]] == list(range(n))
+    lengths = [part.stop - part.start for part in parts]
+    assert max(lengths) <= size and max(lengths) - min(lengths) <= 1
+    assert len(parts) == -(-n // size)
+
+
+@pytest.mark.parametrize("needs_input_grad", [True, False])
+@pytest.mark.parametrize("chunk_bytes", [1, 1 << 40])  # one image per chunk; all in one
+def test_conv_relu_pool_results_do_not_depend_on_its_chunks(chunk_bytes: int, needs_input_grad: bool,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(14)
+    W, b = rng.standard_normal((3, 3, 3, 4)), rng.standard_normal(4)
+    x, dout = rng.standard_normal((5, 6, 8, 3)), rng.standard_normal((5, 3, 4, 4))
+    reference = _conv_block(W, b)
+    out, dx, grads = _compose(reference.replaces, x, dout)
+    monkeypatch.setattr(blocks, "CHUNK_BYTES", chunk_bytes)
+    block = _conv_block(W, b, needs_input_grad)
+    assert (block.chunk_size(6, 8, 8) == 1) == (chunk_bytes == 1)
+    _assert_close(block.forward(x), out)
+    block.forward(rng.standard_normal((9, 6, 8, 3)), train=False)  # reuses the work arrays
+    backward = block.backward(dout.copy())
+    if needs_input_grad:
+        _assert_close(backward, dx)
+    _assert_close(block.grads["conv/W"], grads["conv/W"])
+    _assert_close(block.grads["conv/b"], grads["conv/b"])
+
+
+# -- kernels --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("c_in", [1, 3])
+@pytest.mark.parametrize("pool_order", [False, True])
+def test_fast_im2col_equals_the_reference_windows(c_in: int, pool_order: bool) -> None:
+    xpad = np.random.default_rng(8).standard_normal((2, 6, 8, c_in))  # 4x6 images
+    plain = windows(xpad, 3, 1).reshape(-1, 9 * c_in)  # what Conv2D.forward multiplies
+    fast = im2col_3x3_rows(xpad, pool_order=pool_order, scratch=Scratch())
+    if pool_order:  # rows ordered (a, b, n, i', j') instead of (n, i, j)
+        plain = plain.reshape(2, 2, 2, 3, 2, 9 * c_in).transpose(2, 4, 0, 1, 3, 5).reshape(plain.shape)
+    np.testing.assert_array_equal(fast, plain)
+    with pytest.raises(ValueError, match="C-contiguous NHWC"):
+        im2col_3x3_rows(np.ones((2, 6, 8, 2))[..., ::-1][:, :, ::2])
+
+
+def test_max_pool_blocks_routes_as_max_pool_2d() -> None:
+    x = np.random.default_rng(9).integers(-2, 3, size=(3, 4, 6, 2)).astype(np.float32)  # many ties
+    pool = MaxPool2D()
+    expected = pool.forward(x)
+    z = np.ascontiguousarray(window_major_view(x)).reshape(4, 3, 2, 3, 2)
+    routing = np.empty(z.shape, dtype=bool)
+    np.testing.assert_array_equal(max_pool_blocks(z, routing), expected)
+    np.testing.assert_array_equal(routing, pool.routing)
+    back = np.zeros_like(x)
+    window_major_view(back)[...] = z.reshape(2, 2, 3, 2, 3, 2)
+    np.testing.assert_array_equal(back, x)  # the view writes NHWC
+
+
+def test_relu_add_bias_and_column_sums_kernels() -> None:
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((3, 2, 5, 4)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    np.testing.assert_array_equal(relu(x), np.maximum(x, 0))
+    expected = x + b
+    np.testing.assert_array_equal(add_bias(x, b), expected)
+    np.testing.assert_array_equal(x, expected)  # in place
+    same = relu(x, out=x)
+    assert same is x and x.min() >= 0
+    assert relu(np.zeros((0, 3, 3, 4), np.float32)).shape == (0, 3, 3, 4)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        relu(x[:, :, ::2], out=x[:, :, ::2])
+    a = rng.standard_normal((50, 16))
+    np.testing.assert_allclose(column_sums(a), a.sum(axis=0), rtol=1e-12)
+
+
+# -- the fusion pass ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_fusion_replaces_the_matching_runs_of_the_four_models(name: str) -> None:
+    params = init_params(name, 0)
+    reference = build_layers(name, params)
+    fused = fuse(name, build_layers(name, params))
+    kinds = [type(layer).__name__ for layer in fused]
+    expected = {
+        "linear": ["Flatten", "Dense"],
+        "mlp128": ["Flatten", "DenseReLU", "Dense"],
+        "mlp256x2": ["Flatten", "DenseReLU", "DenseReLU", "Dense"],
+        "cnn": ["ConvReLUPool", "ConvReLUPool", "Flatten", "DenseReLU", "Dense"],
+    }
+    assert kinds == expected[name]
+    # Unrolled, the blocks are the reference layers again, over the same arrays.
+    unrolled = [part for layer in fused for part in getattr(layer, "replaces", (layer,))]
+    assert [type(layer) for layer in unrolled] == [type(layer) for layer in reference]
+    assert [key for layer in fused for key in layer.params] == list(param_shapes(name))
+    assert all(layer.params[key] is params[key] for layer in fused for key in layer.params)
+    # Only the first layer with parameters skips the input gradient.
+    needs = [layer.needs_input_grad for layer in fused if hasattr(layer, "needs_input_grad")]
+    assert all(needs_it == (i > 0) for i, needs_it in enumerate(needs))
+
+
+# Not one of the four: a valid 4x4 conv to an odd 25x25 image, where conv -> ReLU -> pool
+# cannot fuse; then a run that fuses; a 5x5 stride-2 conv that stays; an overlapping
+# pool; a dense -> ReLU run and a last dense that stays.
+ODD_SPEC = {"layers": [
+    {"type": "conv2d", "filters": 3, "kernel": 4, "padding": "valid"},  # 25x25x3
+    {"type": "relu"},
+    {"type": "conv2d", "filters": 4},  # 3x3 'same' on an odd image: stays
+    {"type": "relu"},
+    {"type": "maxpool2d"},  # 12x12x4
+    {"type": "conv2d", "filters": 4},  # fuses
+    {"type": "relu"},
+    {"type": "maxpool2d"},  # 6x6x4
+    {"type": "conv2d", "filters": 5, "kernel": 5, "stride": 2},  # 3x3x5
+    {"type": "relu"},
+    {"type": "conv2d", "filters": 4},  # 3x3 'same' but an overlapping pool: stays
+    {"type": "relu"},
+    {"type": "maxpool2d", "size": 2, "stride": 1},  # 2x2x4
+    {"type": "flatten"},
+    {"type": "dense", "units": 12},
+    {"type": "relu"},
+    {"type": "dense", "units": 10},
+]}
+ODD_KINDS = ["Conv2D", "ReLU", "Conv2D", "ReLU", "MaxPool2D", "ConvReLUPool", "Conv2D", "ReLU", "Conv2D",
+             "ReLU", "MaxPool2D", "Flatten", "DenseReLU", "Dense"]
+
+
+def _odd_spec() -> tuple:
+    return models.parse_spec(ODD_SPEC, "odd.toml")
+
+
+def test_fusion_leaves_every_other_layer_a_reference_layer() -> None:
+    spec = _odd_spec()
+    fused = fuse(spec, build_layers(spec, init_params(spec, 0)))
+    assert [type(layer).__name__ for layer in fused] == ODD_KINDS
+    assert fused[5].needs_input_grad and fused[12].needs_input_grad  # not the first layers
+
+
+def test_a_model_with_unfused_layers_runs_on_the_fast_path(monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path) -> None:
+    # As a spec file, like a user's: the workers get its spec, not its path.
+    path = tmp_path / "odd.toml"
+    path.write_text("\n".join(["[[layers]]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in layer.items())
+                               for layer in ODD_SPEC["layers"]]))
+    monkeypatch.setattr(split, "MIN_PART_FLOPS", 1)  # split whatever the work
+    params = _float64(str(path), 1)
+    x, y = _batch(6, seed=3)
+    reference = NumpyModel(str(path), params, dtype=np.float64, fast=False)
+    fast = NumpyModel(str(path), params, dtype=np.float64, threads=2)
+    assert [type(layer).__name__ for layer in fast.network.network.layers] == ODD_KINDS
+    _assert_same_loss_and_grads(reference, fast, x, y)
+    assert fast.network._shared is not None or fast.network._replicas is not None  # it was split
+
+
+# -- the fast path computes what the reference path computes --------------------------------
+
+
+def _assert_same_loss_and_grads(reference: NumpyModel, fast: NumpyModel, x: np.ndarray,
+                                y: np.ndarray) -> None:
+    loss_r, grads_r = reference.loss_and_grads(x, y)
+    loss_f, grads_f = fast.loss_and_grads(x, y)
+    assert loss_f == pytest.approx(loss_r, rel=1e-10, abs=0)
+    assert list(grads_f) == list(grads_r) == list(param_shapes(reference.model_name))
+    for key, g in grads_r.items():
+        # 1e-10 relative to the tensor's scale: an entry that cancels to ~0 is not resolved
+        # more finely than its neighbours' rounding.
+        np.testing.assert_allclose(grads_f[key], g, rtol=1e-10, atol=1e-10 * np.abs(g).max(), err_msg=key)
+    np.testing.assert_allclose(fast.logits(x), reference.logits(x), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_fast_and_reference_paths_agree_in_float64(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(split, "MIN_PART_FLOPS", 1)  # split whatever the work
+    params = _float64(name, 2)
+    for key in params:  # biases away from zero, so their gradients are checked too
+        if key.endswith("/b"):
+            params[key] += 0.05
+    x, y = _batch(64, seed=1)
+    reference = NumpyModel(name, params, dtype=np.float64, fast=False)
+    fast = NumpyModel(name, params, dtype=np.float64, threads=2)
+    _assert_same_loss_and_grads(reference, fast, x, y)
+    if name == "cnn":  # split in two (the dense-only models leave the cores to BLAS: one part)
+        assert fast.network._shared is not None or fast.network._replicas is not None
+    # and after training, from the same state
+    for model in (reference, fast):
+        for _ in range(2):
+            model.train_step(x, y, 0.05)
+    _assert_same_loss_and_grads(reference, fast, x, y)
+
+
+@pytest.mark.slow
+def test_fast_and_reference_paths_train_alike_on_mnist(mnist) -> None:
+    runs = []
+    for fast in (False, True):
+        model = NumpyModel("cnn", init_params("cnn", 0), optimizer="adam", fast=fast, threads=2)
+        rng = np.random.default_rng(0)
+        for _ in range(60):
+            rows = rng.integers(0, len(mnist.train), size=100)
+            model.train_step(mnist.train.x[rows], mnist.train.y[rows], 1e-3)
+        runs.append(model.logits(mnist.test.x[:2000]).argmax(axis=1))
+    accuracy = [float(np.mean(run == mnist.test.y[:2000])) for run in runs]
+    assert min(accuracy) > 0.85 and abs(accuracy[0] - accuracy[1]) <= 0.01
+
+
+# -- batch splitting ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 3, 100])
+def test_splitting_the_batch_does_not_change_the_result(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(split, "MIN_PART_FLOPS", 1)  # split whatever the work
+    params = _float64("cnn", 2)
+    x, y = _batch(n, seed=n)
+    one, three = (NumpyModel("cnn", params, dtype=np.float64, threads=t) for t in (1, 3))
+    assert three.network.parts == 3
+    loss_1, grads_1 = one.loss_and_grads(x, y)
+    loss_3, grads_3 = three.loss_and_grads(x, y)
+    assert loss_3 == pytest.approx(loss_1, rel=1e-12)
+    for key, g in grads_1.items():
+        np.testing.assert_allclose(grads_3[key], g, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(three.logits(x), one.logits(x), rtol=1e-12, atol=1e-12)
+
+
+def test_parts_are_contiguous_and_each_worth_a_core() -> None:
+    network = NumpyModel("cnn", init_params("cnn", 0), threads=3).network
+    least = split.MIN_PART_FLOPS
+    assert network._split(2, least / 2) == [slice(0, 2)]  # too little work to hand over
+    assert len(network._split(100, 2.5 * least)) == 2
+    assert network._split(2, 10 * least) == [slice(0, 1), slice(1, 2)]  # at most one part an image
+    parts = network._split(100, 10 * least)  # at most one part a core
+    assert len(parts) == 3 and parts[0].start == 0 and parts[-1].stop == 100
+    assert all(a.stop == b.start for a, b in zip(parts, parts[1:], strict=False))
+    for name in ("linear", "mlp256x2"):  # dense-only: BLAS's own threads, one part
+        assert NumpyModel(name, init_params(name, 0), threads=4).network.parts == 1
+
+
+def test_threaded_training_is_deterministic() -> None:
+    x, y = _batch(100, seed=4)
+    runs = []
+    for _ in range(2):
+        model = NumpyModel("cnn", init_params("cnn", 3), optimizer="adam", threads=2)
+        for _ in range(3):
+            model.train_step(x, y, 1e-3)
+        runs.append(model.params)
+    for key, p in runs[0].items():
+        np.testing.assert_array_equal(p, runs[1][key])
+
+
+# -- the worker runtime ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def runtime(monkeypatch: pytest.MonkeyPatch):
+    """Workers allowed (a test that gives them up does so only for itself); any workers a
+    test spoiled are closed after it."""
+    monkeypatch.setattr(split, "_use_processes", True)
+    yield
+    if any(not w.process.is_alive() for w in workers._workers):
+        workers.close_workers()
+
+
+def _cnn(seed: int = 3, optimizer: str = "adam") -> NumpyModel:
+    return NumpyModel("cnn", init_params("cnn", seed), optimizer=optimizer, threads=2)
+
+
+def _train_three_steps(model: NumpyModel) -> tuple[list, dict[str, np.ndarray], np.ndarray]:
+    x, y = _batch(100, seed=5)
+    steps = [model.train_step(x, y, 1e-3) for _ in range(3)]
+    return steps, model.params, model.logits(x)
+
+
+def _assert_same_run(a: tuple, b: tuple) -> None:
+    assert a[0] == b[0]
+    for key, p in a[1].items():
+        np.testing.assert_array_equal(p, b[1][key])
+    np.testing.assert_array_equal(a[2], b[2])
+
+
+def _on_workers(model: NumpyModel) -> bool:
+    """Whether the model's last split ran on worker processes (rather than threads)."""
+    network = model.network
+    return (network._shared is not None and network._replicas is None
+            and network._owner == (os.getpid(), workers.generation()))
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not reaped, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_workers_compute_what_threads_compute(runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    with_workers = _cnn()
+    run_workers = _train_three_steps(with_workers)
+    assert _on_workers(with_workers) and workers._workers
+    monkeypatch.setattr(split, "_use_processes", False)
+    with_threads = _cnn()
+    _assert_same_run(run_workers, _train_three_steps(with_threads))  # bit for bit
+    assert with_threads.network._shared is None and with_threads.network._replicas is not None
+
+
+def test_workers_compute_what_one_part_computes_up_to_rounding(runtime) -> None:
+    params = _float64("cnn", 3)
+    x, y = _batch(100, seed=5)
+    split_up = NumpyModel("cnn", params, dtype=np.float64, threads=2)
+    whole = NumpyModel("cnn", params, dtype=np.float64, threads=1)
+    loss_2, grads_2 = split_up.loss_and_grads(x, y)
+    assert _on_workers(split_up)
+    loss_1, grads_1 = whole.loss_and_grads(x, y)
+    assert loss_2 == pytest.approx(loss_1, rel=1e-12)
+    for key, g in grads_1.items():
+        np.testing.assert_allclose(grads_2[key], g, rtol=1e-10, atol=1e-10 * np.abs(g).max())
+    np.testing.assert_allclose(split_up.logits(x), whole.logits(x), rtol=1e-12, atol=1e-12)
+
+
+def test_a_worker_that_dies_hands_its_part_to_a_thread(runtime, caplog: pytest.LogCaptureFixture) -> None:
+    model, reference = _cnn(), _cnn()
+    x, y = _batch(100, seed=5)
+    for m in (model, reference):
+        m.train_step(x, y, 1e-3)
+    assert _on_workers(model)
+    dead = workers._workers[0].process
+    dead.kill()
+    dead.join()
+    with caplog.at_level(logging.WARNING):
+        _assert_same_run(_train_three_steps(model), _train_three_steps(reference))
+    messages = _warnings(caplog)
+    assert len(messages) == 1 and "run on threads" in messages[0] and f"worker {dead.pid}" in messages[0]
+    assert model.network._replicas is not None and not workers._workers
+
+
+def test_a_stopped_worker_ends_the_step_and_is_killed(runtime, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    model, reference = _cnn(), _cnn()
+    x, y = _batch(100, seed=5)
+    for m in (model, reference):
+        m.train_step(x, y, 1e-3)
+    assert _on_workers(model)
+    monkeypatch.setattr(workers, "REPLY_SECONDS", 2)
+    stopped = workers._workers[0].process.pid
+    os.kill(stopped, signal.SIGSTOP)
+    results: list = []
+    step = threading.Thread(target=lambda: results.append(_train_three_steps(model)), daemon=True)
+    try:
+        with caplog.at_level(logging.WARNING):
+            step.start()
+            step.join(timeout=60)  # REPLY_SECONDS is 2: the step must not wait for the worker
+        assert not step.is_alive(), "the step is still waiting for a stopped worker"
+    finally:
+        if _alive(stopped):
+            os.kill(stopped, signal.SIGCONT)
+    _assert_same_run(results[0], _train_three_steps(reference))
+    messages = _warnings(caplog)
+    assert len(messages) == 1 and "did not answer within 2 s" in messages[0]
+    assert not _alive(stopped)  # killed, not left behind
+
+
+def test_ctrl_c_while_waiting_leaves_the_next_step_working(runtime, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    model, reference = _cnn(), _cnn()
+    x, y = _batch(100, seed=5)
+    for m in (model, reference):
+        m.train_step(x, y, 1e-3)
+    right_receive = workers.Worker.receive
+    interrupts = []
+
+    def interrupted_once(self: workers.Worker, *args, **kwargs):
+        if not interrupts:
+            interrupts.append(self.process.pid)
+            raise KeyboardInterrupt
+        return right_receive(self, *args, **kwargs)
+
+    monkeypatch.setattr(workers.Worker, "receive", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        model.train_step(x, y, 1e-3)  # interrupted before its update
+    assert interrupts and not _alive(interrupts[0])  # its reply would answer the next request
+    with caplog.at_level(logging.WARNING):
+        _assert_same_run(_train_three_steps(model), _train_three_steps(reference))
+    assert _on_workers(model) and not _warnings(caplog)
+
+
+def test_ctrl_c_at_the_terminal_is_left_to_the_parent(runtime, caplog: pytest.LogCaptureFixture) -> None:
+    model = _cnn()
+    _train_three_steps(model)
+    worker = workers._workers[0].process
+    os.kill(worker.pid, signal.SIGINT)  # as a terminal's Ctrl-C reaches the whole process group
+    with caplog.at_level(logging.WARNING):
+        _train_three_steps(model)
+    assert _on_workers(model) and worker.is_alive() and not _warnings(caplog)
+
+
+def test_a_worker_reports_its_errors_and_leaves_no_shared_files(runtime) -> None:
+    model = _cnn()
+    _train_three_steps(model)
+    assert not Path("/dev/shm", model.network._shared.name).exists()  # unlinked once mapped
+    worker = workers._workers[0]
+    worker.send(split._part_logits, -1, 1)  # a model the worker does not know
+    with pytest.raises(workers.WorkerError, match=f"worker {worker.process.pid} failed: KeyError: -1"):
+        worker.receive()
+    with pytest.raises(workers.WorkerError, match="did not answer within 0.05 s"):
+        worker.receive(timeout=0.05)  # nothing was asked
+    workers.close_workers()
+    assert not worker.process.is_alive() and not workers._workers
+
+
+def test_without_room_for_shared_memory_the_parts_run_on_threads(
+        runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(split, "_use_processes", False)
+    reference = _train_three_steps(_cnn())
+    monkeypatch.setattr(split, "_use_processes", True)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(workers.shared_memory, "SharedMemory", full)
+    model = _cnn()
+    with caplog.at_level(logging.WARNING):
+        _assert_same_run(_train_three_steps(model), reference)
+    messages = _warnings(caplog)
+    assert len(messages) == 1 and "run on threads" in messages[0]
+    assert model.network._replicas is not None
+
+
+# -- the worker runtime seen from a user's script ---------------------------------------------
+
+TRAIN = """
+import json, os, sys
+import numpy as np
+from twinnet.models import init_params
+from twinnet.numpy_nn import NumpyModel
+from twinnet.numpy_nn.fast import workers
+
+rng = np.random.default_rng(0)
+x, y = rng.random((64, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 64)
+"""
+
+
+def _script(tmp_path: Path, body: str, name: str = "script.py") -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(TRAIN) + textwrap.dedent(body))
+    return path
+
+
+def _python(path: Path, cwd: Path | None = None, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    return subprocess.Popen([sys.executable, str(path)], cwd=cwd or path.parent, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def _finish(process: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"the script did not end:\n{out}\n{err}")
+    assert process.returncode == 0, err
+    assert "Traceback" not in err and "WARNING" not in err.upper(), err
+    return out, err
+
+
+def test_forked_children_do_not_train_on_the_parents_weights(tmp_path: Path) -> None:
+    script = _script(tmp_path, """
+        import logging
+        import multiprocessing
+        logging.basicConfig(level=logging.WARNING)
+
+        model = NumpyModel("cnn", init_params("cnn", 1), threads=2)
+        model.train_step(x, y, 0.1)
+        assert model.network._shared is not None  # the model is on its workers
+        start = model.params
+
+        def fine_tune(first):
+            losses = [model.train_step(x[first:], y[first:], 0.1)[0] for _ in range(2)]
+            return losses, model.params
+
+        def in_process(first, queue):
+            queue.put(fine_tune(first))
+
+        if __name__ == "__main__":
+            fork = multiprocessing.get_context("fork")
+            with fork.Pool(2) as pool:
+                results = pool.map(fine_tune, [0, 1])
+            queue = fork.Queue()
+            child = fork.Process(target=in_process, args=(2, queue))
+            child.start()
+            results.append(queue.get(timeout=100))
+            child.join()
+            changed = [k for k in start if not np.array_equal(start[k], model.params[k])]
+            assert not changed, f"the children changed the parent's {changed}"
+            for first, (losses, params) in enumerate(results):
+                again = NumpyModel("cnn", start, threads=2)  # the same fine-tuning, here
+                assert losses == [again.train_step(x[first:], y[first:], 0.1)[0] for _ in range(2)], first
+                assert all(np.array_equal(params[k], again.params[k]) for k in params), first
+            model.train_step(x, y, 0.1)  # the parent's workers still serve it
+            assert model.network._owner == (os.getpid(), 0)
+            print(json.dumps([losses for losses, _ in results]))
+    """)
+    out, _ = _finish(_python(script))
+    losses = json.loads(out)
+    assert len({tuple(run) for run in losses}) == 3  # three fine-tunings, not one raced on
+
+
+def test_a_forked_child_of_a_parent_on_threads_trains(tmp_path: Path) -> None:
+    # The parent's thread pool has no threads in a child: the child must make its own.
+    script = _script(tmp_path, """
+        import multiprocessing
+        from twinnet.numpy_nn.fast import split
+        split._use_processes = False  # as after a worker failed
+        model = NumpyModel("cnn", init_params("cnn", 1), threads=2)
+        model.train_step(x, y, 0.1)
+        assert model.network._replicas is not None  # the parts ran on threads
+
+        def step(_):
+            return model.train_step(x, y, 0.1)
+
+        if __name__ == "__main__":
+            with multiprocessing.get_context("fork").Pool(1) as pool:
+                in_pool = pool.map_async(step, [0]).get(timeout=60)[0]
+            child = os.fork()
+            if child == 0:
+                step(0)
+                os._exit(0)
+            _, status = os.waitpid(child, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            assert in_pool == step(0)  # what the parent computes from the same state
+            print("ok")
+    """)
+    out, _ = _finish(_python(script), timeout=100)
+    assert out.strip() == "ok"
+
+
+def test_a_bare_fork_child_leaves_the_parents_workers_alone(tmp_path: Path) -> None:
+    script = _script(tmp_path, """
+        import logging
+        logging.basicConfig(level=logging.WARNING)
+
+        model = NumpyModel("cnn", init_params("cnn", 1), threads=2)
+        twin = NumpyModel("cnn", init_params("cnn", 1), threads=2)
+        for m in (model, twin):
+            m.train_step(x, y, 0.1)
+        pids = [w.process.pid for w in workers._workers]
+        child = os.fork()
+        if child == 0:
+            model.train_step(x, y, 0.1)  # on workers of its own
+            assert workers._workers and [w.process.pid for w in workers._workers] != pids
+            sys.exit(0)  # a normal exit: atexit and finalizers run
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert [w.process.pid for w in workers._workers] == pids
+        assert all(w.process.is_alive() for w in workers._workers)
+        steps = [m.train_step(x, y, 0.1) for m in (model, twin)]
+        assert steps[0] == steps[1]  # the child's training changed nothing here
+        assert all(np.array_equal(model.params[k], twin.params[k]) for k in model.params)
+        assert workers.generation() == 0 and model.network._owner == (os.getpid(), 0)
+        print(json.dumps(pids))
+    """)
+    out, _ = _finish(_python(script))
+    assert all(not _alive(pid) for pid in json.loads(out))
+
+
+def test_ctrl_c_ends_a_wait_for_a_stopped_worker(tmp_path: Path) -> None:
+    # REPLY_SECONDS is 600 here: only Ctrl-C can end the wait within the test's time.
+    script = _script(tmp_path, """
+        import signal, threading
+        workers.REPLY_SECONDS = 600
+        model = NumpyModel("cnn", init_params("cnn", 1), threads=2)
+        model.train_step(x, y, 0.1)
+        stopped = workers._workers[0].process
+        os.kill(stopped.pid, signal.SIGSTOP)
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()  # as Ctrl-C would
+        try:
+            model.train_step(x, y, 0.1)
+        except KeyboardInterrupt:
+            print("interrupted")
+        assert not stopped.is_alive()  # killed with the other workers
+        model.train_step(x, y, 0.1)  # on new workers
+        assert model.network._shared is not None and workers._workers[0].process.pid != stopped.pid
+        print(stopped.pid)
+    """)
+    out, _ = _finish(_python(script))
+    assert out.split()[0] == "interrupted" and not _alive(int(out.split()[1]))
+
+
+def test_workers_exit_with_their_parent_while_a_forked_child_lives(tmp_path: Path) -> None:
+    script = _script(tmp_path, """
+        import time
+        model = NumpyModel("cnn", init_params("cnn", 1), threads=2)
+        model.train_step(x, y, 0.1)
+        child = os.fork()
+        if child == 0:
+            time.sleep(600)
+            os._exit(0)
+        print(json.dumps({"pids": [w.process.pid for w in workers._workers], "child": child}), flush=True)
+        time.sleep(600)
+    """)
+    process = _python(script)
+    started = {"child": None}
+    try:
+        started = json.loads(process.stdout.readline())
+        assert started["pids"]
+        process.kill()
+        process.wait()
+        assert _alive(started["child"])
+        assert _wait_until(lambda: not any(_alive(pid) for pid in started["pids"])), "an orphaned worker"
+    finally:
+        process.kill()
+        if started["child"]:
+            os.kill(started["child"], signal.SIGKILL)
+
+
+def _wait_until(condition, seconds: float = 15) -> bool:
+    """Poll ``condition()`` every 0.1 s for up to ``seconds``; whether it became true."""
+    stop = threading.Event()
+    for _ in range(int(seconds * 10)):
+        if condition():
+            return True
+        stop.wait(0.1)
+    return condition()
+
+
+LEAK_PROBE = """
+    names = []
+    created = workers.SharedArrays.__init__
+
+    def recording(self, *args, **kwargs):
+        created(self, *args, **kwargs)
+        if kwargs.get("name") is None:
+            names.append(self.name)
+
+    workers.SharedArrays.__init__ = recording
+    model = NumpyModel("cnn", init_params("cnn", 1), threads=2)
+"""
+
+
+def test_a_run_that_ends_leaves_no_worker_and_no_shared_memory(tmp_path: Path) -> None:
+    script = _script(tmp_path, textwrap.dedent(LEAK_PROBE) + textwrap.dedent("""
+        model.train_step(x, y, 0.1)
+        model.logits(x)
+        print(json.dumps({"pids": [w.process.pid for w in workers._workers], "shm": names}))
+    """))
+    out, err = _finish(_python(script))
+    started = json.loads(out)
+    assert started["pids"] and started["shm"]
+    assert _wait_until(lambda: not any(_alive(pid) for pid in started["pids"]), 5)
+    assert not any(Path("/dev/shm", name).exists() for name in started["shm"])
+    assert "leaked" not in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("when", ["after a step", "while registering"])
+def test_a_killed_parent_leaves_no_worker_and_no_shared_memory(tmp_path: Path, sig: int, when: str) -> None:
+    hold = """
+        import time
+        if WHEN == "while registering":  # killed between creating the block and unlinking it
+            taking = workers.Worker.receive
+
+            def held(self, *args, **kwargs):
+                reply = taking(self, *args, **kwargs)
+                report()
+                time.sleep(600)
+
+            workers.Worker.receive = held
+
+        def report():
+            print(json.dumps({"pids": [w.process.pid for w in workers._workers], "shm": names}), flush=True)
+
+        model.train_step(x, y, 0.1)
+        report()
+        time.sleep(600)
+    """
+    script = _script(tmp_path, f"WHEN = {when!r}\n" + textwrap.dedent(LEAK_PROBE) + textwrap.dedent(hold))
+    process = _python(script)
+    try:
+        started = json.loads(process.stdout.readline())
+        assert started["pids"] and started["shm"], process.stderr.read()
+        if when == "while registering":
+            assert all(Path("/dev/shm", name).exists() for name in started["shm"])
+        process.send_signal(sig)
+        _, err = process.communicate(timeout=30)  # the pipes close once every worker is gone
+    finally:
+        process.kill()
+    assert _wait_until(lambda: not any(_alive(pid) for pid in started["pids"]))
+    assert _wait_until(lambda: not any(Path("/dev/shm", name).exists() for name in started["shm"]))
+    if when == "after a step":
+        assert not err  # no BrokenPipeError traceback, no "leaked semaphore" line
+    else:  # the standard library's resource tracker unlinked the block, and says so
+        assert all("resource_tracker" in line for line in err.splitlines() if "warn" in line), err
+        assert "Traceback" not in err and "BrokenPipeError" not in err and "semaphore" not in err, err
+
+
+def test_a_random_py_in_the_working_directory_stays_out_of_the_workers(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "random.py").write_text("raise ImportError('the working directory was imported from')\n")
+    script = _script(tmp_path / "app", """
+        import logging
+        logging.basicConfig(level=logging.WARNING)
+        model = NumpyModel("cnn", init_params("cnn", 1), threads=2)
+        model.train_step(x, y, 0.1)
+        assert model.network._shared is not None and model.network._replicas is None
+        print("ok")
+    """)
+    out, _ = _finish(_python(script, cwd=work))
+    assert out.strip() == "ok"
+
+
+def test_an_unguarded_script_runs_its_top_level_once(tmp_path: Path) -> None:
+    # No `if __name__ == "__main__":`, as in many a notebook exported to a script.
+    marker = tmp_path / "runs.txt"
+    script = _script(tmp_path, f"""
+        import logging
+        logging.basicConfig(level=logging.WARNING)
+        with open({str(marker)!r}, "a") as runs:
+            runs.write(f"{{os.getpid()}}\\n")
+        model = NumpyModel("cnn", init_params("cnn", 1), threads=2)
+        model.train_step(x, y, 0.1)
+        assert model.network._shared is not None and model.network._replicas is None
+        print("ok")
+    """)
+    out, _ = _finish(_python(script))
+    assert out.strip() == "ok"
+    assert len(marker.read_text().split()) == 1
