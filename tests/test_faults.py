@@ -323,6 +323,8 @@ def test_full_disk_during_train_output_is_one_line(tmp_path, mnist_path, monkeyp
                  "--data-dir", str(mnist_path), "--out", str(out)]) == 2
     line = one_error_line(capsys)
     assert f"{out / 'weights.npz'}: not written (no space left on device)" in line
+    # Before: nothing said that the training was lost. Now the message does.
+    assert "nor could the trained state be saved as a checkpoint: the 3 steps of training are lost" in line
     assert (out / "weights.npz").read_bytes() == b"earlier weights"
     assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
 
@@ -480,13 +482,21 @@ def checkpoint_members(path: Path) -> dict[str, np.ndarray]:
         return {key: npz[key] for key in npz.files}
 
 
-def rewrite_checkpoint(path: Path, change) -> None:
-    """Apply ``change(arrays, state)`` to a good checkpoint's members and JSON state."""
+def rewrite_checkpoint(path: Path, change, sign: bool | None = True) -> None:
+    """Apply ``change(arrays, state)`` to a good checkpoint's members and JSON state; with
+    ``sign`` the integrity hash is made to match, as a careful forger would, so that the
+    checks of the contents themselves are reached; False keeps the old hash, None drops it."""
     arrays = checkpoint_members(path)
+    stored = arrays.pop(checkpoint_module.HASH_KEY)
     state = json.loads(str(arrays.pop("state")))
     change(arrays, state)
+    arrays["state"] = np.array(json.dumps(state))
+    if sign:
+        arrays[checkpoint_module.HASH_KEY] = np.array(checkpoint_module.content_sha256(arrays))
+    elif sign is False:
+        arrays[checkpoint_module.HASH_KEY] = stored
     with open(path, "wb") as fh:
-        np.savez(fh, state=np.array(json.dumps(state)), **arrays)
+        np.savez(fh, **arrays)
 
 
 def test_inflated_permutation_checkpoint_is_refused_at_once(interrupted_run, mnist_path, capsys):
@@ -530,6 +540,22 @@ def set_state(section, value, *keys):
             table = table[key]
         table[section] = value
     return change
+
+
+@pytest.mark.parametrize("change", [
+    set_state("step", 1),
+    set_state("backend", "tf", "config"),
+    put("params/dense1/b", np.ones(10, np.float32)),
+    None,  # an older checkpoint: no hash at all
+])
+def test_edited_checkpoint_is_refused_by_its_integrity_hash(interrupted_run, mnist_path, capsys, change):
+    # Before: a checkpoint whose step or backend was edited resumed silently.
+    path = interrupted_run / CHECKPOINT_NAME
+    rewrite_checkpoint(path, change or (lambda arrays, state: None), sign=False if change else None)
+    assert main(["train", "--resume", str(interrupted_run), "--data-dir", str(mnist_path)]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"twinnet: error: {path}: ")
+    assert ("no integrity hash" if change is None else "do not match the checkpoint's integrity hash") in line
 
 
 @pytest.mark.parametrize("change, message", [
@@ -626,7 +652,8 @@ def test_full_disk_while_writing_a_run_keeps_the_earlier_run(tmp_path, mnist_pat
         assert main(train_args(out, mnist_path)) == 2
     line = one_error_line(capsys)
     assert f"{out / 'confusion.png'}: not written (no space left on device)" in line
-    assert f"the trained state is saved in {out / CHECKPOINT_NAME}" in line and "--resume" in line
+    assert f"nothing is lost: the trained state is saved in {out / CHECKPOINT_NAME}" in line
+    assert f"make room and finish with: twinnet train --resume {out}" in line
     # Before: new weights beside the old metrics.json. Now the earlier run is whole.
     assert {k: v for k, v in folder_bytes(out).items() if k != CHECKPOINT_NAME} == earlier
     assert sorted(os.listdir(out)) == sorted([*RUN_FILES, CHECKPOINT_NAME])
@@ -635,6 +662,38 @@ def test_full_disk_while_writing_a_run_keeps_the_earlier_run(tmp_path, mnist_pat
     assert sorted(os.listdir(out)) == RUN_FILES
     for key, value in weights_arrays(uninterrupted / "weights.npz").items():
         assert np.array_equal(value, weights_arrays(out / "weights.npz")[key])
+
+
+def test_full_disk_mid_run_keeps_the_previous_checkpoint_and_the_message_says_so(
+        tmp_path, mnist_path, monkeypatch, capsys):
+    # The disk fills after the checkpoint of step 3: the one of step 6 and the final files fail.
+    out = tmp_path / "run"
+    real = train_module.save_checkpoint
+    saved = []
+
+    def full_after_first(path, state):
+        if saved:
+            raise TwinnetError(f"{path}: not written (no space left on device); any previous "
+                               "version is unchanged")
+        saved.append(state["step"])
+        real(path, state)
+
+    def full(path, *args, **kwargs):
+        raise TwinnetError(f"{path}: not written (no space left on device)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "save_checkpoint", full_after_first)
+        patch.setattr(runs, "save_weights", full)
+        assert main(train_args(out, mnist_path, "--checkpoint-every", "3", "--steps", "9")) == 2
+    warning, error = capsys.readouterr().err.splitlines()
+    assert warning.startswith("twinnet: warning: checkpoint after step 6 not saved (")
+    assert "training goes on" in warning
+    assert error.startswith(f"twinnet: error: {out / 'weights.npz'}: not written (no space left")
+    assert f"the steps after the last checkpoint ({out / CHECKPOINT_NAME}) are lost" in error
+    assert f"continue from it with: twinnet train --resume {out}" in error
+    assert saved == [3] and checkpoint_module.load_checkpoint(out / CHECKPOINT_NAME)[1]["step"] == 3
+    assert main(["train", "--resume", str(out), "--data-dir", str(mnist_path)]) == 0
+    assert sorted(os.listdir(out)) == RUN_FILES
 
 
 # ---- 3. Ctrl-C at each phase -------------------------------------------------------------

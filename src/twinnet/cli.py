@@ -126,7 +126,7 @@ def resume_conflicts(args: argparse.Namespace, config, out: Path) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from twinnet.checkpoint import CHECKPOINT_NAME, load_checkpoint
     from twinnet.data import load_mnist
-    from twinnet.runs import check_output_dir, default_run_dir, lock_run_dir, run_bytes
+    from twinnet.runs import check_run_output, default_run_dir, lock_run_dir
     from twinnet.training import train
 
     if args.checkpoint_every < 0:
@@ -140,7 +140,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         config = config_from_args(args)
         out = Path(args.out) if args.out else default_run_dir(config)
-    check_output_dir(out, run_bytes(config))  # before any work
+    check_run_output(out, config)  # before any work
+    if args.tensorboard:
+        from twinnet.tensorboard import check_log_dir
+
+        check_log_dir(args.tensorboard)
     checkpoint = out / CHECKPOINT_NAME
     with lock_run_dir(out):
         if not args.resume and checkpoint.exists():
@@ -296,8 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output folder (default: runs/MODEL-BACKEND)")
     train.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
                        help="save a checkpoint (model, optimizer, step, data order) to "
-                            "OUT/checkpoint.npz every N steps; Ctrl-C always saves one "
-                            "(default: only on Ctrl-C)")
+                            "OUT/checkpoint.npz every N steps; Ctrl-C always saves one, and so "
+                            "does a failed final write (a full disk). A checkpoint that cannot "
+                            "be written mid-run keeps the previous one and training goes on, "
+                            "with a warning (default: only on Ctrl-C)")
     train.add_argument("--resume", metavar="DIR", default=None,
                        help="continue the interrupted run in DIR from its checkpoint, with its "
                             "saved settings (a training flag that disagrees with them is refused)")

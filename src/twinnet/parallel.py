@@ -22,6 +22,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -173,6 +174,46 @@ def import_ray() -> Any:
     return ray
 
 
+# How long joining a Ray cluster may take: the TCP connection to its head, then Ray's own
+# connection to the head's GCS (Ray's default would retry for minutes).
+RAY_CONNECT_SECONDS = 10
+RAY_DEFAULT_PORT = 6379
+
+
+# What a gRPC server (a Ray head's GCS is one) answers first to an HTTP/2 client: a frame
+# whose header's type byte (the fourth) is SETTINGS.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP2_SETTINGS = 4
+
+
+def check_ray_address(address: str, timeout: float = RAY_CONNECT_SECONDS) -> None:
+    """TwinnetError naming ``address`` unless a Ray head could be listening there: a TCP
+    connection must open within ``timeout`` seconds and the server must answer as a gRPC
+    (HTTP/2) server does. Ray itself would retry for minutes and print its own warnings.
+    ``HOST:PORT``, ``HOST`` (port 6379) or ``ray://HOST:PORT`` (Ray Client, also gRPC);
+    ``auto`` (a cluster started on this machine) is left to Ray."""
+    if address == "auto":
+        return
+    where = address.removeprefix("ray://")
+    host, _, port_text = where.rpartition(":") if ":" in where else (where, "", str(RAY_DEFAULT_PORT))
+    host = host.strip("[]")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise TwinnetError(f"--address {address}: expected HOST:PORT, e.g. 192.168.1.10:6379")
+    hint = "is a Ray head running there (ray start --head)?"
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=timeout) as conn:
+            conn.sendall(HTTP2_PREFACE)
+            answer = conn.recv(9)
+    except TimeoutError:
+        raise TwinnetError(f"--address {address}: no answer in {timeout:g} s; {hint}") from None
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise TwinnetError(f"--address {address}: cannot connect ({reason}); {hint}") from None
+    if len(answer) < 4 or answer[3] != HTTP2_SETTINGS:
+        raise TwinnetError(f"--address {address}: the server there is not a Ray head (it does not "
+                           f"answer as Ray's gRPC server does); {hint}")
+
+
 def start_ray(ray: Any, address: str | None) -> bool:
     """Connect to the cluster at ``address``, or start a local one on 127.0.0.1 with this
     machine's cores and no dashboard; True when this call started or joined it."""
@@ -182,6 +223,7 @@ def start_ray(ray: Any, address: str | None) -> bool:
     quiet = {"log_to_driver": False, "configure_logging": False}
     try:
         if address:
+            check_ray_address(address)
             ray.init(address=address, **quiet)
         else:
             ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,

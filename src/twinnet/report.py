@@ -32,9 +32,17 @@ from twinnet.config import TrainConfig
 from twinnet.environment import environment
 from twinnet.errors import TwinnetError
 from twinnet.models import DESCRIPTIONS, MODEL_NAMES, count_params, multiply_adds_per_image
-from twinnet.parallel import run_jobs
-from twinnet.presets import Preset, load_presets, seed_settings_presets, select
-from twinnet.runs import PLOTS_BYTES, check_output_dir, finished_metrics, lock_run_dir, run_bytes, write_run
+from twinnet.parallel import check_ray_address, run_jobs
+from twinnet.presets import Preset, check_name_lengths, load_presets, seed_settings_presets, select
+from twinnet.runs import (
+    PLOTS_BYTES,
+    check_output_dir,
+    check_run_dir,
+    finished_metrics,
+    lock_run_dir,
+    run_bytes,
+    write_run,
+)
 from twinnet.seed_report import load_seed_report, percent, render_seed_section, seed_columns
 from twinnet.training import SPLITS, progress_bar, train
 from twinnet.util import write_text_atomic
@@ -190,6 +198,12 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
         seed_settings = presets_path is None
     reruns = seed_settings_presets(SEED) if seed_settings else []
     retrain = check_plan(out, presets + reruns, only, seeds)
+    if tensorboard is not None:
+        from twinnet.tensorboard import check_log_dir
+
+        check_log_dir(tensorboard)
+    if engine == "ray" and address:
+        check_ray_address(address)
     load_mnist(data_dir)  # fail on bad data here, once, before any worker starts
     reused, todo = plan_runs(presets + reruns, out, retrain, None if data_dir is None else str(data_dir),
                              jobs, seeds)
@@ -217,6 +231,10 @@ def check_plan(out: Path, presets: list[Preset], only: str | None, seeds: int) -
         preset.with_seed(seed_count(preset, seeds) - 1, seed_count(preset, seeds))
     retrain = select(presets, only) if only else []
     check_output_dir(out, sum(run_bytes(p.config) * seed_count(p, seeds) for p in presets) + PLOTS_BYTES)
+    check_name_lengths(presets, out)
+    for preset in presets:
+        for k in range(seed_count(preset, seeds)):
+            check_run_dir(preset.run_dir(out, k))
     return retrain
 
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -83,6 +84,55 @@ def check_output_dir(directory: str | os.PathLike, needed_bytes: int) -> None:
     if free < needed_bytes:
         raise TwinnetError(f"{out}: not enough free space: {free / 1e6:.1f} MB free, the outputs "
                            f"need about {needed_bytes / 1e6:.1f} MB")
+
+
+def check_run_dir(directory: str | os.PathLike) -> None:
+    """Refuse, before any training, a run folder that a finished run could not be written
+    into: the folder (or the nearest part of its path that exists) is a file, or is a
+    symbolic link; one of the run's files (RUN_FILES, the checkpoint, the lock) is a
+    folder, a link or anything else than a regular file; ``.incoming`` is not a folder.
+    TwinnetError, one line naming the path.
+
+    A symbolic link is refused rather than followed: a run folder is written, replaced
+    and cleaned by twinnet, and doing that through a link would touch wherever it points.
+    Links above the run folder (a ``runs`` that is a link to a larger disk) are followed.
+    """
+    from twinnet.checkpoint import CHECKPOINT_NAME
+
+    folder = Path(directory)
+    if folder.is_symlink():
+        raise TwinnetError(f"{folder}: is a symbolic link (to {os.readlink(folder)}); a run folder "
+                           "must be a real folder: remove the link, or name its target")
+    existing = folder
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        what = "the run folder" if existing == folder else f"a part of the path of {folder}"
+        raise TwinnetError(f"{existing}: is a file, but {what} must be a folder")
+    if existing != folder:
+        return
+    for name in (*RUN_FILES, CHECKPOINT_NAME, LOCK_NAME, STAGING_NAME):
+        path = folder / name
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise TwinnetError(f"{path}: cannot be checked ({os_reason(exc)})") from None
+        wanted = stat.S_ISDIR if name == STAGING_NAME else stat.S_ISREG
+        if not wanted(mode):
+            kind = ("a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode)
+                    else "a file" if stat.S_ISREG(mode) else "not a regular file")
+            expected = "a folder" if name == STAGING_NAME else "a file"
+            raise TwinnetError(f"{path}: is {kind}, where the run keeps {expected}; move it away "
+                               "before training")
+
+
+def check_run_output(directory: str | os.PathLike, config: TrainConfig) -> None:
+    """Everything ``twinnet train`` checks of its run folder before any work:
+    ``check_run_dir``, then ``check_output_dir`` with room for ``run_bytes(config)``."""
+    check_run_dir(directory)
+    check_output_dir(directory, run_bytes(config))
 
 
 @contextmanager
