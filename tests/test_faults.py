@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import importlib.util
 import io
 import json
 import os
@@ -20,6 +21,7 @@ import tracemalloc
 import warnings
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -867,3 +869,165 @@ def test_train_seconds_are_summed_over_segments(interrupted_run, mnist_path):
     metrics = json.loads((interrupted_run / "metrics.json").read_text())
     assert 1000.0 < metrics["train_seconds"] < 1100.0
     assert metrics["wall_seconds"] > 0 and metrics["resumed_at_step"] == 3
+
+
+# ---- issue 24: a damaged reused run, run folders checked before the work ----------------
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("change, key", [
+    (lambda m: m.update(final=None), "final: not a table"),
+    (lambda m: m.update(curves={}), "curves: not a table"),
+    (lambda m: m["curves"]["val_loss"].pop(), "curves: not lists of one length"),
+    (lambda m: m.update(train_seconds="fast"), "train_seconds: not a number of seconds"),
+    (lambda m: m.update(environment=None), "environment: not a table"),
+    (lambda m: m["final"]["test"].pop("loss"), "final.test.loss: not a valid figure"),
+    (lambda m: m["final"].pop("validation"), "final.validation: missing"),  # an older format
+    (lambda m: m["confusion_matrix"][3].__setitem__(3, 0), "final.test.accuracy:"),
+    (lambda m: m.update(confusion_matrix=[[1] * 3]), "confusion_matrix: not 10 rows"),
+])
+def test_damaged_metrics_of_a_reused_run_are_named_and_the_run_retrained(tmp_path, mnist_path, capsys,
+                                                                           change, key):
+    # Before: each of these raised a traceback while rendering (or exit 2 for the confusion
+    # matrix); now the run is trained again, after one note naming the file and the key.
+    presets = tmp_path / "p.toml"
+    presets.write_text(REPORT_PRESETS)
+    out = tmp_path / "report"
+    args = ["report", "--out", str(out), "--presets", str(presets), "--jobs", "1",
+            "--data-dir", str(mnist_path)]
+    path = out / "runs" / "P2b-linear-numpy" / "metrics.json"
+    assert main(args) == 0
+    good = json.loads(path.read_text())
+    damaged = json.loads(path.read_text())
+    change(damaged)
+    path.write_text(json.dumps(damaged))
+    capsys.readouterr()
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    note, = captured.err.splitlines()
+    assert note.startswith(f"twinnet: note: run P2:b: {path}: {key}") and "trained again" in note, note
+    assert "training 1 run(s)" in captured.out
+    assert json.loads(path.read_text())["final"] == good["final"]
+
+
+def test_huge_or_deeply_nested_metrics_are_not_read_whole(tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    from twinnet.config import TrainConfig
+
+    config = TrainConfig(model="linear", backend="numpy")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(nested(100_000))
+    assert runs.read_finished(run, config) == (None, f"{run / 'metrics.json'}: nested too deeply to "
+                                                     "be a run's metrics")
+    with open(run / "metrics.json", "wb") as fh:  # sparse: 300 MB that take no room
+        fh.write(json.dumps({"config": asdict(config)}).encode()[:-1] + b', "pad": "')
+        fh.truncate(300 << 20)
+    peak = peak_bytes(lambda: runs.read_finished(run, config))
+    metrics, reason = runs.read_finished(run, config)
+    assert metrics is None and "314,572,800 bytes, more than the" in reason
+    assert peak < 1 << 20
+
+
+def test_inconsistent_run_outside_only_is_left_out_with_a_note_naming_only(tmp_path, mnist_path, capsys):
+    presets = tmp_path / "p.toml"
+    presets.write_text(REPORT_PRESETS + REPORT_PRESETS.replace("linear", "mlp128")
+                       .replace('"P2:b"', '"P2:c"').replace("steps = 10", "steps = 2"))
+    out = tmp_path / "report"
+    args = ["report", "--out", str(out), "--presets", str(presets), "--jobs", "1",
+            "--data-dir", str(mnist_path)]
+    assert main(args) == 0
+    path = out / "runs" / "P2b-linear-numpy" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["final"]["test"]["accuracy"] = 0.5
+    path.write_text(json.dumps(metrics))
+    capsys.readouterr()
+    assert main([*args, "--only", "P2c"]) == 0
+    note, = capsys.readouterr().err.splitlines()
+    assert note.startswith(f"twinnet: note: run P2:b: {path}: final.test.accuracy: 0.5 disagrees")
+    assert note.endswith("so it is left out; --only P2b trains it again")
+    assert main([*args, "--only", "P2b"]) == 0
+    assert runs.finished_metrics(path.parent, load_presets_config(presets, "P2:b")) is not None
+
+
+def load_presets_config(presets: Path, label: str):
+    from twinnet.presets import load_presets
+
+    return next(p.config for p in load_presets(presets) if p.label == label)
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda out: (out / "weights.npz").mkdir(parents=True),
+     "weights.npz: is a folder, where the run keeps a file"),
+    (lambda out: (out.mkdir(parents=True), os.symlink(out / "elsewhere", out / "metrics.json")),
+     "metrics.json: is a symbolic link, where the run keeps a file"),
+    (lambda out: (out.parent.mkdir(exist_ok=True), out.write_text("x")),
+     "is a file, but the run folder must be"),
+    (lambda out: (out.parent.mkdir(exist_ok=True), (out.parent / "target").mkdir(),
+                  os.symlink(out.parent / "target", out)), "is a symbolic link (to "),
+])
+def test_train_run_paths_are_checked_before_training(tmp_path, no_training, capsys, make, fragment):
+    # Before: the run trained first and failed at the end (or wrote through the link).
+    out = tmp_path / "runs" / "linear-numpy"
+    make(out)
+    assert main([*TRAIN, "--out", str(out)]) == 2
+    assert fragment in one_error_line(capsys)
+    assert not (tmp_path / "runs" / "target").exists() or not os.listdir(tmp_path / "runs" / "target")
+
+
+def test_report_run_paths_are_checked_before_training(tmp_path, no_training, capsys):
+    presets = tmp_path / "p.toml"
+    presets.write_text(REPORT_PRESETS)
+    out = tmp_path / "report"
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "P2b-linear-numpy").write_text("a file")
+    assert main(["report", "--out", str(out), "--presets", str(presets)]) == 2
+    line = one_error_line(capsys)
+    assert line.endswith("P2b-linear-numpy: is a file, but the run folder must be a folder")
+    (out / "runs" / "P2b-linear-numpy").unlink()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", out / "runs" / "P2b-linear-numpy")
+    assert main(["report", "--out", str(out), "--presets", str(presets)]) == 2
+    assert f"P2b-linear-numpy: is a symbolic link (to {tmp_path / 'elsewhere'})" in one_error_line(capsys)
+
+
+def test_presets_label_longer_than_the_filesystem_allows_is_one_line(tmp_path, no_training, capsys):
+    # Before: OSError: File name too long, after the first runs had trained.
+    presets = tmp_path / "p.toml"
+    presets.write_text(REPORT_PRESETS.replace('"P2:b"', '"' + "P" * 300 + '"'))
+    assert main(["report", "--out", str(tmp_path / "report"), "--presets", str(presets)]) == 2
+    line = one_error_line(capsys)
+    assert "is too long: its run folder name would take 313 bytes, more than the 255" in line
+
+
+def test_steps_are_bounded(no_training, capsys):
+    # Before: 9223372036854775807 steps were accepted and ran forever.
+    assert main([*TRAIN[:-4], "--steps", str(2**63 - 1)]) == 2
+    assert one_error_line(capsys).endswith("--steps must be at most 10,000,000 (twinnet's bound on a run), "
+                                           f"got {2**63 - 1}")
+
+
+@pytest.mark.skipif(not all(map(importlib.util.find_spec, ("tensorflow", "tensorboard"))),
+                    reason="--tensorboard needs TensorFlow")
+def test_tensorboard_target_is_checked_before_the_work(tmp_path, no_training, monkeypatch, capsys):
+    # Before: a TensorFlow traceback after the training; report never wrote REPORT.md.
+    from twinnet import tensorboard
+
+    presets = tmp_path / "p.toml"
+    presets.write_text(REPORT_PRESETS)
+    (tmp_path / "file").write_text("x")
+    for command in ([*TRAIN, "--out", str(tmp_path / "run")],
+                    ["report", "--out", str(tmp_path / "report"), "--presets", str(presets)]):
+        assert main([*command, "--tensorboard", str(tmp_path / "file")]) == 2
+        assert one_error_line(capsys).endswith(f"--tensorboard {tmp_path / 'file'}: is a file, not a folder")
+
+        def refuse(*args, **kwargs):  # root ignores permission bits: the refusal is injected
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(tensorboard, "tempfile", SimpleNamespace(mkstemp=refuse))
+            assert main([*command, "--tensorboard", str(tmp_path / "ro")]) == 2
+        assert one_error_line(capsys).endswith("ro: cannot write there (permission denied)")

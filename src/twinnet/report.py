@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import sys
 import time
 import tomllib
 from collections.abc import Callable
@@ -36,10 +37,12 @@ from twinnet.parallel import check_ray_address, run_jobs
 from twinnet.presets import Preset, check_name_lengths, load_presets, seed_settings_presets, select
 from twinnet.runs import (
     PLOTS_BYTES,
+    check_confusion,
     check_output_dir,
     check_run_dir,
     finished_metrics,
     lock_run_dir,
+    read_finished,
     run_bytes,
     write_run,
 )
@@ -98,7 +101,9 @@ def plan_runs(presets: list[Preset], out: Path, retrain: list[Preset], data_dir:
     Each preset is planned with ``seed_count`` seeds, seed k in ``preset.run_dir(out, k)``.
     Without ``retrain`` every unfinished seed run is run. With it (``--only``) exactly the
     presets it names are run, all their seeds, finished or not (after a code change, say);
-    the others are only reused, if finished.
+    the others are only reused, if finished. A run of the right configuration whose
+    metrics.json or weights are damaged (``runs.read_finished``) is trained again, or,
+    outside ``--only``, left out, with one note line on stderr naming the file and key.
     """
     reused: dict[tuple[str, int], Metrics] = {}
     todo = []
@@ -107,11 +112,15 @@ def plan_runs(presets: list[Preset], out: Path, retrain: list[Preset], data_dir:
         for k in range(count):
             seeded = preset.with_seed(k, count)
             directory = preset.run_dir(out, k)
-            found = None if preset in retrain else finished_metrics(directory, seeded.config)
+            found, damage = (None, None) if preset in retrain else read_finished(directory, seeded.config)
             if found is not None:
                 reused[preset.id, k] = found
             elif not retrain or preset in retrain:
                 todo.append((seeded, directory))
+            if damage:
+                then = ("so it is trained again" if not retrain or preset in retrain
+                        else f"so it is left out; --only {preset.id} trains it again")
+                print(f"twinnet: note: run {seeded.label}: {damage}; {then}", file=sys.stderr)
     todo.sort(key=lambda job: cost(job[0].config), reverse=True)
     progress = None if workers <= 1 else False  # bars of parallel workers would interleave
     return reused, [RunJob(p, str(directory), data_dir, progress) for p, directory in todo]
@@ -165,14 +174,13 @@ def run_planned(jobs: list[RunJob], workers: int, reused: int, engine: str = "lo
 
 
 def check_consistent(preset: Preset, metrics: Metrics) -> None:
-    """Test accuracy must equal the confusion matrix's trace over the test count."""
-    confusion = metrics["confusion_matrix"]
-    trace = sum(confusion[i][i] for i in range(len(confusion)))
-    total = sum(map(sum, confusion))
-    test = metrics["final"]["test"]
-    if total != test["count"] or trace != test["correct"] or test["accuracy"] != trace / total:
-        raise TwinnetError(f"run {preset.label}: test accuracy {test['accuracy']} disagrees with "
-                           f"its confusion matrix ({trace}/{total})")
+    """Test accuracy must equal the confusion matrix's trace over the test count
+    (``runs.check_confusion``); TwinnetError naming the run if not."""
+    try:
+        check_confusion(metrics.get("confusion_matrix"), metrics["final"]["test"])
+    except ValueError as exc:
+        raise TwinnetError(f"run {preset.label}: {exc}; train it again with --only "
+                           f"{preset.id}") from None
 
 
 def generate_report(out: str | os.PathLike = "report", only: str | None = None, jobs: int = 2,

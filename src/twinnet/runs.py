@@ -33,7 +33,14 @@ from twinnet import __version__
 from twinnet.config import TrainConfig
 from twinnet.errors import TwinnetError
 from twinnet.models import count_params
-from twinnet.util import make_output_folder, open_regular_file, os_reason, write_json_atomic
+from twinnet.util import (
+    is_int,
+    is_number,
+    make_output_folder,
+    open_regular_file,
+    os_reason,
+    write_json_atomic,
+)
 from twinnet.weights import save_weights
 
 RUN_FILES = ("weights.npz", "metrics.json", "curves.png", "confusion.png")
@@ -226,16 +233,106 @@ def write_run(out_dir: str | os.PathLike, params: dict[str, np.ndarray], metrics
     return metrics
 
 
+# A metrics.json is a few KB (about 1 MB with a curve point at every one of 10,000 steps);
+# anything larger is not read (a reused run is read back by every report).
+METRICS_MAX_BYTES = 16 << 20
+CURVE_KEYS = ("step", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
+FINAL_KEYS = ("loss", "accuracy", "correct", "count")
+
+
 def finished_metrics(directory: str | os.PathLike, config: TrainConfig) -> dict[str, Any] | None:
-    """The metrics of the run in ``directory`` if it finished with exactly ``config`` and
-    its weights.npz is the file its metrics.json describes (same SHA-256), else None."""
-    directory = Path(directory)
+    """The metrics of the run in ``directory`` if it finished with exactly ``config``, its
+    metrics.json is whole (``check_metrics``) and its weights.npz is the file its
+    metrics.json describes (same SHA-256), else None."""
+    return read_finished(directory, config)[0]
+
+
+def read_finished(directory: str | os.PathLike,
+                  config: TrainConfig) -> tuple[dict[str, Any] | None, str | None]:
+    """(metrics, None) for a finished run of ``config`` in ``directory`` (as
+    ``finished_metrics``); (None, None) where there is none, or one of another
+    configuration; (None, reason) for a run of this configuration that is damaged: the
+    reason names metrics.json (or weights.npz) and the key at fault, on one line."""
+    path = Path(directory) / "metrics.json"
     try:
-        metrics = json.loads((directory / "metrics.json").read_text())
-        if not isinstance(metrics, dict) or metrics.get("config") != asdict(config):
-            return None
-        if metrics.get("weights_sha256") != file_sha256(directory / "weights.npz"):
-            return None
-    except (OSError, ValueError, TwinnetError):
-        return None
-    return metrics
+        with open_regular_file(path) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > METRICS_MAX_BYTES:
+                text = None
+            else:
+                text = fh.read(METRICS_MAX_BYTES + 1).decode("utf-8")
+    except TwinnetError:  # missing, a folder, unreadable: no finished run here
+        return None, None
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"{path}: unreadable ({exc})"[:300]
+    if text is None:
+        return None, f"{path}: {size:,} bytes, more than the {METRICS_MAX_BYTES:,} a run's metrics take"
+    try:
+        metrics = json.loads(text)
+    except RecursionError:
+        return None, f"{path}: nested too deeply to be a run's metrics"
+    except ValueError as exc:
+        return None, f"{path}: not valid JSON ({' '.join(str(exc).split())})"[:300]
+    if not isinstance(metrics, dict) or metrics.get("config") != asdict(config):
+        return None, None
+    try:
+        check_metrics(metrics)
+    except ValueError as exc:
+        return None, f"{path}: {exc}"[:300]
+    try:
+        if metrics["weights_sha256"] != file_sha256(Path(directory) / "weights.npz"):
+            return None, f"{Path(directory) / 'weights.npz'}: not the file its metrics.json describes"
+    except TwinnetError as exc:
+        return None, str(exc)
+    return metrics, None
+
+
+def check_metrics(metrics: dict[str, Any]) -> None:
+    """ValueError ("KEY: what is wrong") unless ``metrics`` has everything the report and
+    TensorBoard read from a run's metrics.json, of the right types: ``final`` (train,
+    validation, test: loss, accuracy, correct, count), ``confusion_matrix`` (10x10
+    counts whose trace and total agree with the test figures), ``curves`` (lists of one
+    length, at least one point), the seconds, ``environment`` and ``weights_sha256``."""
+    final = metrics.get("final")
+    if not isinstance(final, dict):
+        raise ValueError(f"final: not a table ({type(final).__name__})")
+    for split in ("train", "validation", "test"):
+        figures = final.get(split)
+        if not isinstance(figures, dict):
+            raise ValueError(f"final.{split}: missing or not a table")
+        for key in FINAL_KEYS:
+            value = figures.get(key)
+            ok = is_int(value) and value >= 0 if key in ("correct", "count") else is_number(value)
+            if not ok or (key == "accuracy" and not 0 <= value <= 1):
+                raise ValueError(f"final.{split}.{key}: not a valid figure ({value!r})"[:200])
+    check_confusion(metrics["confusion_matrix"] if "confusion_matrix" in metrics else None, final["test"])
+    curves = metrics.get("curves")
+    if not isinstance(curves, dict) or any(key not in curves for key in CURVE_KEYS):
+        raise ValueError(f"curves: not a table of {', '.join(CURVE_KEYS)}")
+    lengths = {len(curves[key]) if isinstance(curves[key], list) else -1 for key in CURVE_KEYS}
+    if len(lengths) != 1 or lengths & {-1, 0}:
+        raise ValueError("curves: not lists of one length with at least one point")
+    if not all(is_int(v) for v in curves["step"]) or not all(
+            is_number(v) for key in CURVE_KEYS[1:] for v in curves[key]):
+        raise ValueError("curves: not integer steps and finite numbers")
+    for key in ("train_seconds", "wall_seconds"):
+        if not is_number(metrics.get(key)) or metrics[key] < 0:
+            raise ValueError(f"{key}: not a number of seconds ({metrics.get(key)!r})"[:200])
+    if not isinstance(metrics.get("environment"), dict):
+        raise ValueError("environment: not a table")
+    if not isinstance(metrics.get("weights_sha256"), str):
+        raise ValueError("weights_sha256: missing")
+
+
+def check_confusion(confusion: Any, test: dict[str, Any]) -> None:
+    """ValueError unless ``confusion`` is 10x10 non-negative counts whose trace and total
+    agree with the test figures ``test`` (correct, count, accuracy)."""
+    if not (isinstance(confusion, list) and len(confusion) == 10 and all(
+            isinstance(row, list) and len(row) == 10 and all(is_int(n) and n >= 0 for n in row)
+            for row in confusion)):
+        raise ValueError("confusion_matrix: not 10 rows of 10 counts")
+    trace = sum(confusion[i][i] for i in range(10))
+    total = sum(map(sum, confusion))
+    if total != test["count"] or trace != test["correct"] or test["accuracy"] != trace / max(total, 1):
+        raise ValueError(f"final.test.accuracy: {test['accuracy']} disagrees with its confusion matrix "
+                         f"({trace}/{total})")
