@@ -1031,3 +1031,44 @@ def test_tensorboard_target_is_checked_before_the_work(tmp_path, no_training, mo
             patch.setattr(tensorboard, "tempfile", SimpleNamespace(mkstemp=refuse))
             assert main([*command, "--tensorboard", str(tmp_path / "ro")]) == 2
         assert one_error_line(capsys).endswith("ro: cannot write there (permission denied)")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "tf"])
+def test_finite_but_huge_weights_are_refused_at_load(tmp_path, mnist_path, capsys, backend):
+    # Before: evaluate printed overflow warnings and a cross-entropy of nan; predict printed
+    # "0 (0 nan%...)" with exit 0.
+    if backend == "tf":
+        pytest.importorskip("tensorflow")
+    params = {key: np.full_like(value, 3e38) for key, value in init_params("cnn").items()}
+    path = tmp_path / "huge.npz"
+    save_weights(path, "cnn", params, {"backend": backend})
+    image = digit_png(tmp_path / "digit.png")
+    for command in (["evaluate", str(path), "--data-dir", str(mnist_path), "--backend", backend],
+                    ["predict", str(image), "--weights", str(path), "--backend", backend]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no overflow warning either
+            assert main(command) == 2
+        captured = capsys.readouterr()
+        assert not captured.out
+        assert one_error_line_of(captured.err).startswith(
+            f"twinnet: error: {path}: the weights give non-finite outputs (overflow")
+
+
+def test_outputs_that_overflow_on_real_images_are_one_error(monkeypatch):
+    from twinnet import metrics
+    from twinnet.backend import load_model
+
+    model = load_model("linear", "numpy")
+    # Finite on a blank image; a full one sums to 784e36, past float32's 3.4e38.
+    model.set_params({key: np.full_like(value, 1e36 if key.endswith("W") else 0.0)
+                      for key, value in model.params.items()})
+    x = np.zeros((3, 28, 28, 1), np.float32)
+    x[1] = 1.0
+    with pytest.raises(metrics.NonFiniteOutputError, match="not finite .* for 1 of 3 images"):
+        metrics.predict_logits(model, x)
+
+
+def one_error_line_of(err: str) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("twinnet: error: "), err
+    return lines[0]
