@@ -267,8 +267,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from twinnet.weights import load_weights
 
     _, meta = load_weights(args.weights)
-    model = load_model(meta["model"], args.backend, weights=args.weights)
-    results = predict_images(model, args.images)
+    results = predict_images(lambda: load_model(meta["model"], args.backend, weights=args.weights),
+                             args.images)
     failed = [r for r in results if "error" in r]
     if args.json:
         print(json.dumps(results, indent=2))
