@@ -1072,3 +1072,44 @@ def one_error_line_of(err: str) -> str:
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("twinnet: error: "), err
     return lines[0]
+
+
+def test_ray_address_that_does_not_answer_is_one_line(tmp_path, mnist_path, capsys):
+    # Before: Ray's "Failed to connect to GCS" lines for 7.5 minutes and more, never an error.
+    import socket
+    import threading
+
+    from twinnet.parallel import check_ray_address
+
+    presets = tmp_path / "p.toml"
+    presets.write_text(REPORT_PRESETS)
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    for command in (["report", "--out", str(tmp_path / "report"), "--presets", str(presets)],
+                    ["sweep", "linear", "--backend", "numpy", "--out", str(tmp_path / "sweeps")]):
+        assert main([*command, "--engine", "ray", "--address", f"127.0.0.1:{port}",
+                     "--data-dir", str(mnist_path)]) == 2
+        assert one_error_line(capsys).endswith(f"--address 127.0.0.1:{port}: cannot connect (connection "
+                                               "refused); is a Ray head running there (ray start --head)?")
+    assert not (tmp_path / "report" / "runs").exists()
+
+    with socket.socket() as silent, socket.socket() as talker:  # listen, never answer / answer HTTP
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        talker.bind(("127.0.0.1", 0))
+        talker.listen()
+
+        def answer_http() -> None:
+            conn, _ = talker.accept()
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+        threading.Thread(target=answer_http, daemon=True).start()
+        with pytest.raises(TwinnetError, match=r"no answer in 0.5 s"):
+            check_ray_address(f"127.0.0.1:{silent.getsockname()[1]}", timeout=0.5)
+        with pytest.raises(TwinnetError, match="the server there is not a Ray head"):
+            check_ray_address(f"127.0.0.1:{talker.getsockname()[1]}", timeout=5)
+    with pytest.raises(TwinnetError, match="expected HOST:PORT"):
+        check_ray_address("127.0.0.1:http")

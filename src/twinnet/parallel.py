@@ -82,8 +82,23 @@ def run_with_threads(function: Callable[[J], Result], job: J) -> Result:
         return function(job)
 
 
+def no_process_lock_for_bars() -> None:
+    """Keep tqdm from creating its multiprocessing lock in this worker process.
+
+    tqdm makes one (a named POSIX semaphore, registered with multiprocessing's resource
+    tracker) the first time a bar is made, and it lives until the process ends. A worker
+    that is killed never unregisters it, and the tracker then prints "There appear to be
+    N leaked semaphore objects" when the command ends. A worker's bars need only its
+    thread lock, which tqdm keeps besides."""
+    from tqdm.std import TqdmDefaultWriteLock
+
+    if not hasattr(TqdmDefaultWriteLock, "mp_lock"):
+        TqdmDefaultWriteLock.mp_lock = None
+
+
 def run_in_worker(function: Callable[[J], Result], job: J) -> Result:
     """What a worker process (local or Ray) runs for one job."""
+    no_process_lock_for_bars()
     die_once_for_tests()
     return run_with_threads(function, job)
 
