@@ -107,12 +107,15 @@ def check_run_dir(directory: str | os.PathLike) -> None:
     from twinnet.checkpoint import CHECKPOINT_NAME
 
     folder = Path(directory)
-    if folder.is_symlink():
-        raise TwinnetError(f"{folder}: is a symbolic link (to {os.readlink(folder)}); a run folder "
-                           "must be a real folder: remove the link, or name its target")
-    existing = folder
-    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
-        existing = existing.parent
+    try:
+        if folder.is_symlink():
+            raise TwinnetError(f"{folder}: is a symbolic link (to {os.readlink(folder)}); a run "
+                               "folder must be a real folder: remove the link, or name its target")
+        existing = folder
+        while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+            existing = existing.parent
+    except OSError as exc:  # a name too long, a folder that cannot be searched
+        raise TwinnetError(f"{folder}: cannot be used as a run folder ({os_reason(exc)})") from None
     if existing.exists() and not existing.is_dir():
         what = "the run folder" if existing == folder else f"a part of the path of {folder}"
         raise TwinnetError(f"{existing}: is a file, but {what} must be a folder")
@@ -137,9 +140,9 @@ def check_run_dir(directory: str | os.PathLike) -> None:
 
 def check_run_output(directory: str | os.PathLike, config: TrainConfig) -> None:
     """Everything ``twinnet train`` checks of its run folder before any work:
-    ``check_run_dir``, then ``check_output_dir`` with room for ``run_bytes(config)``."""
-    check_run_dir(directory)
+    ``check_output_dir`` with room for ``run_bytes(config)``, then ``check_run_dir``."""
     check_output_dir(directory, run_bytes(config))
+    check_run_dir(directory)
 
 
 @contextmanager
@@ -290,7 +293,7 @@ def read_finished(directory: str | os.PathLike,
 def check_metrics(metrics: dict[str, Any]) -> None:
     """ValueError ("KEY: what is wrong") unless ``metrics`` has everything the report and
     TensorBoard read from a run's metrics.json, of the right types: ``final`` (train,
-    validation, test: loss, accuracy, correct, count), ``confusion_matrix`` (10x10
+    validation, test: loss and accuracy; test also correct and count), ``confusion_matrix`` (10x10
     counts whose trace and total agree with the test figures), ``curves`` (lists of one
     length, at least one point), the seconds, ``environment`` and ``weights_sha256``."""
     final = metrics.get("final")
@@ -300,7 +303,7 @@ def check_metrics(metrics: dict[str, Any]) -> None:
         figures = final.get(split)
         if not isinstance(figures, dict):
             raise ValueError(f"final.{split}: missing or not a table")
-        for key in FINAL_KEYS:
+        for key in FINAL_KEYS if split == "test" else FINAL_KEYS[:2]:
             value = figures.get(key)
             ok = is_int(value) and value >= 0 if key in ("correct", "count") else is_number(value)
             if not ok or (key == "accuracy" and not 0 <= value <= 1):
