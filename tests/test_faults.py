@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import importlib.util
 import io
 import json
 import os
@@ -20,6 +21,7 @@ import tracemalloc
 import warnings
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -323,6 +325,8 @@ def test_full_disk_during_train_output_is_one_line(tmp_path, mnist_path, monkeyp
                  "--data-dir", str(mnist_path), "--out", str(out)]) == 2
     line = one_error_line(capsys)
     assert f"{out / 'weights.npz'}: not written (no space left on device)" in line
+    # Before: nothing said that the training was lost. Now the message does.
+    assert "nor could the trained state be saved as a checkpoint: the 3 steps of training are lost" in line
     assert (out / "weights.npz").read_bytes() == b"earlier weights"
     assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
 
@@ -480,13 +484,21 @@ def checkpoint_members(path: Path) -> dict[str, np.ndarray]:
         return {key: npz[key] for key in npz.files}
 
 
-def rewrite_checkpoint(path: Path, change) -> None:
-    """Apply ``change(arrays, state)`` to a good checkpoint's members and JSON state."""
+def rewrite_checkpoint(path: Path, change, sign: bool | None = True) -> None:
+    """Apply ``change(arrays, state)`` to a good checkpoint's members and JSON state; with
+    ``sign`` the integrity hash is made to match, as a careful forger would, so that the
+    checks of the contents themselves are reached; False keeps the old hash, None drops it."""
     arrays = checkpoint_members(path)
+    stored = arrays.pop(checkpoint_module.HASH_KEY)
     state = json.loads(str(arrays.pop("state")))
     change(arrays, state)
+    arrays["state"] = np.array(json.dumps(state))
+    if sign:
+        arrays[checkpoint_module.HASH_KEY] = np.array(checkpoint_module.content_sha256(arrays))
+    elif sign is False:
+        arrays[checkpoint_module.HASH_KEY] = stored
     with open(path, "wb") as fh:
-        np.savez(fh, state=np.array(json.dumps(state)), **arrays)
+        np.savez(fh, **arrays)
 
 
 def test_inflated_permutation_checkpoint_is_refused_at_once(interrupted_run, mnist_path, capsys):
@@ -530,6 +542,22 @@ def set_state(section, value, *keys):
             table = table[key]
         table[section] = value
     return change
+
+
+@pytest.mark.parametrize("change", [
+    set_state("step", 1),
+    set_state("backend", "tf", "config"),
+    put("params/dense1/b", np.ones(10, np.float32)),
+    None,  # an older checkpoint: no hash at all
+])
+def test_edited_checkpoint_is_refused_by_its_integrity_hash(interrupted_run, mnist_path, capsys, change):
+    # Before: a checkpoint whose step or backend was edited resumed silently.
+    path = interrupted_run / CHECKPOINT_NAME
+    rewrite_checkpoint(path, change or (lambda arrays, state: None), sign=False if change else None)
+    assert main(["train", "--resume", str(interrupted_run), "--data-dir", str(mnist_path)]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"twinnet: error: {path}: ")
+    assert ("no integrity hash" if change is None else "do not match the checkpoint's integrity hash") in line
 
 
 @pytest.mark.parametrize("change, message", [
@@ -626,7 +654,8 @@ def test_full_disk_while_writing_a_run_keeps_the_earlier_run(tmp_path, mnist_pat
         assert main(train_args(out, mnist_path)) == 2
     line = one_error_line(capsys)
     assert f"{out / 'confusion.png'}: not written (no space left on device)" in line
-    assert f"the trained state is saved in {out / CHECKPOINT_NAME}" in line and "--resume" in line
+    assert f"nothing is lost: the trained state is saved in {out / CHECKPOINT_NAME}" in line
+    assert f"make room and finish with: twinnet train --resume {out}" in line
     # Before: new weights beside the old metrics.json. Now the earlier run is whole.
     assert {k: v for k, v in folder_bytes(out).items() if k != CHECKPOINT_NAME} == earlier
     assert sorted(os.listdir(out)) == sorted([*RUN_FILES, CHECKPOINT_NAME])
@@ -635,6 +664,38 @@ def test_full_disk_while_writing_a_run_keeps_the_earlier_run(tmp_path, mnist_pat
     assert sorted(os.listdir(out)) == RUN_FILES
     for key, value in weights_arrays(uninterrupted / "weights.npz").items():
         assert np.array_equal(value, weights_arrays(out / "weights.npz")[key])
+
+
+def test_full_disk_mid_run_keeps_the_previous_checkpoint_and_the_message_says_so(
+        tmp_path, mnist_path, monkeypatch, capsys):
+    # The disk fills after the checkpoint of step 3: the one of step 6 and the final files fail.
+    out = tmp_path / "run"
+    real = train_module.save_checkpoint
+    saved = []
+
+    def full_after_first(path, state):
+        if saved:
+            raise TwinnetError(f"{path}: not written (no space left on device); any previous "
+                               "version is unchanged")
+        saved.append(state["step"])
+        real(path, state)
+
+    def full(path, *args, **kwargs):
+        raise TwinnetError(f"{path}: not written (no space left on device)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "save_checkpoint", full_after_first)
+        patch.setattr(runs, "save_weights", full)
+        assert main(train_args(out, mnist_path, "--checkpoint-every", "3", "--steps", "9")) == 2
+    warning, error = capsys.readouterr().err.splitlines()
+    assert warning.startswith("twinnet: warning: checkpoint after step 6 not saved (")
+    assert "training goes on" in warning
+    assert error.startswith(f"twinnet: error: {out / 'weights.npz'}: not written (no space left")
+    assert f"the steps after the last checkpoint ({out / CHECKPOINT_NAME}) are lost" in error
+    assert f"continue from it with: twinnet train --resume {out}" in error
+    assert saved == [3] and checkpoint_module.load_checkpoint(out / CHECKPOINT_NAME)[1]["step"] == 3
+    assert main(["train", "--resume", str(out), "--data-dir", str(mnist_path)]) == 0
+    assert sorted(os.listdir(out)) == RUN_FILES
 
 
 # ---- 3. Ctrl-C at each phase -------------------------------------------------------------
@@ -808,3 +869,245 @@ def test_train_seconds_are_summed_over_segments(interrupted_run, mnist_path):
     metrics = json.loads((interrupted_run / "metrics.json").read_text())
     assert 1000.0 < metrics["train_seconds"] < 1100.0
     assert metrics["wall_seconds"] > 0 and metrics["resumed_at_step"] == 3
+
+
+# ---- issue 24: a damaged reused run, run folders checked before the work ----------------
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("change, key", [
+    (lambda m: m.update(final=None), "final: not a table"),
+    (lambda m: m.update(curves={}), "curves: not a table"),
+    (lambda m: m["curves"]["val_loss"].pop(), "curves: not lists of one length"),
+    (lambda m: m.update(train_seconds="fast"), "train_seconds: not a number of seconds"),
+    (lambda m: m.update(environment=None), "environment: not a table"),
+    (lambda m: m["final"]["test"].pop("loss"), "final.test.loss: not a valid figure"),
+    (lambda m: m["final"].pop("validation"), "final.validation: missing"),  # an older format
+    (lambda m: m["confusion_matrix"][3].__setitem__(3, 0), "final.test.accuracy:"),
+    (lambda m: m.update(confusion_matrix=[[1] * 3]), "confusion_matrix: not 10 rows"),
+])
+def test_damaged_metrics_of_a_reused_run_are_named_and_the_run_retrained(tmp_path, mnist_path, capsys,
+                                                                           change, key):
+    # Before: each of these raised a traceback while rendering (or exit 2 for the confusion
+    # matrix); now the run is trained again, after one note naming the file and the key.
+    presets = tmp_path / "p.toml"
+    presets.write_text(REPORT_PRESETS)
+    out = tmp_path / "report"
+    args = ["report", "--out", str(out), "--presets", str(presets), "--jobs", "1",
+            "--data-dir", str(mnist_path)]
+    path = out / "runs" / "P2b-linear-numpy" / "metrics.json"
+    assert main(args) == 0
+    good = json.loads(path.read_text())
+    damaged = json.loads(path.read_text())
+    change(damaged)
+    path.write_text(json.dumps(damaged))
+    capsys.readouterr()
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    note, = captured.err.splitlines()
+    assert note.startswith(f"twinnet: note: run P2:b: {path}: {key}") and "trained again" in note, note
+    assert "training 1 run(s)" in captured.out
+    assert json.loads(path.read_text())["final"] == good["final"]
+
+
+def test_huge_or_deeply_nested_metrics_are_not_read_whole(tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    from twinnet.config import TrainConfig
+
+    config = TrainConfig(model="linear", backend="numpy")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(nested(100_000))
+    assert runs.read_finished(run, config) == (None, f"{run / 'metrics.json'}: nested too deeply to "
+                                                     "be a run's metrics")
+    with open(run / "metrics.json", "wb") as fh:  # sparse: 300 MB that take no room
+        fh.write(json.dumps({"config": asdict(config)}).encode()[:-1] + b', "pad": "')
+        fh.truncate(300 << 20)
+    peak = peak_bytes(lambda: runs.read_finished(run, config))
+    metrics, reason = runs.read_finished(run, config)
+    assert metrics is None and "314,572,800 bytes, more than the" in reason
+    assert peak < 1 << 20
+
+
+def test_inconsistent_run_outside_only_is_left_out_with_a_note_naming_only(tmp_path, mnist_path, capsys):
+    presets = tmp_path / "p.toml"
+    presets.write_text(REPORT_PRESETS + REPORT_PRESETS.replace("linear", "mlp128")
+                       .replace('"P2:b"', '"P2:c"').replace("steps = 10", "steps = 2"))
+    out = tmp_path / "report"
+    args = ["report", "--out", str(out), "--presets", str(presets), "--jobs", "1",
+            "--data-dir", str(mnist_path)]
+    assert main(args) == 0
+    path = out / "runs" / "P2b-linear-numpy" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["final"]["test"]["accuracy"] = 0.5
+    path.write_text(json.dumps(metrics))
+    capsys.readouterr()
+    assert main([*args, "--only", "P2c"]) == 0
+    note, = capsys.readouterr().err.splitlines()
+    assert note.startswith(f"twinnet: note: run P2:b: {path}: final.test.accuracy: 0.5 disagrees")
+    assert note.endswith("so it is left out; --only P2b trains it again")
+    assert main([*args, "--only", "P2b"]) == 0
+    assert runs.finished_metrics(path.parent, load_presets_config(presets, "P2:b")) is not None
+
+
+def load_presets_config(presets: Path, label: str):
+    from twinnet.presets import load_presets
+
+    return next(p.config for p in load_presets(presets) if p.label == label)
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda out: (out / "weights.npz").mkdir(parents=True),
+     "weights.npz: is a folder, where the run keeps a file"),
+    (lambda out: (out.mkdir(parents=True), os.symlink(out / "elsewhere", out / "metrics.json")),
+     "metrics.json: is a symbolic link, where the run keeps a file"),
+    (lambda out: (out.parent.mkdir(exist_ok=True), (out.parent / "target").mkdir(),
+                  os.symlink(out.parent / "target", out)), "is a symbolic link (to "),
+])
+def test_train_run_paths_are_checked_before_training(tmp_path, no_training, capsys, make, fragment):
+    # Before: the run trained first and failed at the end (or wrote through the link).
+    out = tmp_path / "runs" / "linear-numpy"
+    make(out)
+    assert main([*TRAIN, "--out", str(out)]) == 2
+    assert fragment in one_error_line(capsys)
+    assert not (tmp_path / "runs" / "target").exists() or not os.listdir(tmp_path / "runs" / "target")
+
+
+def test_report_run_paths_are_checked_before_training(tmp_path, no_training, capsys):
+    presets = tmp_path / "p.toml"
+    presets.write_text(REPORT_PRESETS)
+    out = tmp_path / "report"
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "P2b-linear-numpy").write_text("a file")
+    assert main(["report", "--out", str(out), "--presets", str(presets)]) == 2
+    line = one_error_line(capsys)
+    assert line.endswith("P2b-linear-numpy: is a file, but the run folder must be a folder")
+    (out / "runs" / "P2b-linear-numpy").unlink()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", out / "runs" / "P2b-linear-numpy")
+    assert main(["report", "--out", str(out), "--presets", str(presets)]) == 2
+    assert f"P2b-linear-numpy: is a symbolic link (to {tmp_path / 'elsewhere'})" in one_error_line(capsys)
+
+
+def test_presets_label_longer_than_the_filesystem_allows_is_one_line(tmp_path, no_training, capsys):
+    # Before: OSError: File name too long, after the first runs had trained.
+    presets = tmp_path / "p.toml"
+    presets.write_text(REPORT_PRESETS.replace('"P2:b"', '"' + "P" * 300 + '"'))
+    assert main(["report", "--out", str(tmp_path / "report"), "--presets", str(presets)]) == 2
+    line = one_error_line(capsys)
+    assert "is too long: its run folder name would take 313 bytes, more than the 255" in line
+
+
+def test_steps_are_bounded(no_training, capsys):
+    # Before: 9223372036854775807 steps were accepted and ran forever.
+    assert main([*TRAIN[:-4], "--steps", str(2**63 - 1)]) == 2
+    assert one_error_line(capsys).endswith("--steps must be at most 10,000,000 (twinnet's bound on a run), "
+                                           f"got {2**63 - 1}")
+
+
+@pytest.mark.skipif(not all(map(importlib.util.find_spec, ("tensorflow", "tensorboard"))),
+                    reason="--tensorboard needs TensorFlow")
+def test_tensorboard_target_is_checked_before_the_work(tmp_path, no_training, monkeypatch, capsys):
+    # Before: a TensorFlow traceback after the training; report never wrote REPORT.md.
+    from twinnet import tensorboard
+
+    presets = tmp_path / "p.toml"
+    presets.write_text(REPORT_PRESETS)
+    (tmp_path / "file").write_text("x")
+    for command in ([*TRAIN, "--out", str(tmp_path / "run")],
+                    ["report", "--out", str(tmp_path / "report"), "--presets", str(presets)]):
+        assert main([*command, "--tensorboard", str(tmp_path / "file")]) == 2
+        assert one_error_line(capsys).endswith(f"--tensorboard {tmp_path / 'file'}: is a file, not a folder")
+
+        def refuse(*args, **kwargs):  # root ignores permission bits: the refusal is injected
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(tensorboard, "tempfile", SimpleNamespace(mkstemp=refuse))
+            assert main([*command, "--tensorboard", str(tmp_path / "ro")]) == 2
+        assert one_error_line(capsys).endswith("ro: cannot write there (permission denied)")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "tf"])
+def test_finite_but_huge_weights_are_refused_at_load(tmp_path, mnist_path, capsys, backend):
+    # Before: evaluate printed overflow warnings and a cross-entropy of nan; predict printed
+    # "0 (0 nan%...)" with exit 0.
+    if backend == "tf":
+        pytest.importorskip("tensorflow")
+    params = {key: np.full_like(value, 3e38) for key, value in init_params("cnn").items()}
+    path = tmp_path / "huge.npz"
+    save_weights(path, "cnn", params, {"backend": backend})
+    image = digit_png(tmp_path / "digit.png")
+    for command in (["evaluate", str(path), "--data-dir", str(mnist_path), "--backend", backend],
+                    ["predict", str(image), "--weights", str(path), "--backend", backend]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no overflow warning either
+            assert main(command) == 2
+        captured = capsys.readouterr()
+        assert not captured.out
+        assert one_error_line_of(captured.err).startswith(
+            f"twinnet: error: {path}: the weights give non-finite outputs (overflow")
+
+
+def test_outputs_that_overflow_on_real_images_are_one_error(monkeypatch):
+    from twinnet import metrics
+    from twinnet.backend import load_model
+
+    model = load_model("linear", "numpy")
+    # Finite on a blank image; a full one sums to 784e36, past float32's 3.4e38.
+    model.set_params({key: np.full_like(value, 1e36 if key.endswith("W") else 0.0)
+                      for key, value in model.params.items()})
+    x = np.zeros((3, 28, 28, 1), np.float32)
+    x[1] = 1.0
+    with pytest.raises(metrics.NonFiniteOutputError, match="not finite .* for 1 of 3 images"):
+        metrics.predict_logits(model, x)
+
+
+def one_error_line_of(err: str) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("twinnet: error: "), err
+    return lines[0]
+
+
+def test_ray_address_that_does_not_answer_is_one_line(tmp_path, mnist_path, capsys):
+    # Before: Ray's "Failed to connect to GCS" lines for 7.5 minutes and more, never an error.
+    import socket
+    import threading
+
+    from twinnet.parallel import check_ray_address
+
+    presets = tmp_path / "p.toml"
+    presets.write_text(REPORT_PRESETS)
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    for command in (["report", "--out", str(tmp_path / "report"), "--presets", str(presets)],
+                    ["sweep", "linear", "--backend", "numpy", "--out", str(tmp_path / "sweeps")]):
+        assert main([*command, "--engine", "ray", "--address", f"127.0.0.1:{port}",
+                     "--data-dir", str(mnist_path)]) == 2
+        assert one_error_line(capsys).endswith(f"--address 127.0.0.1:{port}: cannot connect (connection "
+                                               "refused); is a Ray head running there (ray start --head)?")
+    assert not (tmp_path / "report" / "runs").exists()
+
+    with socket.socket() as silent, socket.socket() as talker:  # listen, never answer / answer HTTP
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        talker.bind(("127.0.0.1", 0))
+        talker.listen()
+
+        def answer_http() -> None:
+            conn, _ = talker.accept()
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+        threading.Thread(target=answer_http, daemon=True).start()
+        with pytest.raises(TwinnetError, match=r"no answer in 0.5 s"):
+            check_ray_address(f"127.0.0.1:{silent.getsockname()[1]}", timeout=0.5)
+        with pytest.raises(TwinnetError, match="the server there is not a Ray head"):
+            check_ray_address(f"127.0.0.1:{talker.getsockname()[1]}", timeout=5)
+    with pytest.raises(TwinnetError, match="expected HOST:PORT"):
+        check_ray_address("127.0.0.1:http")

@@ -72,3 +72,56 @@ def test_a_killed_local_worker_is_retried(tmp_path, mnist_path, monkeypatch, cap
     assert "Traceback" not in err and "leaked" not in err
     for preset in load_presets(presets_file):
         assert (preset.run_dir(out) / "metrics.json").is_file()
+
+
+KILLED_JOB_MODULE = '''
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+from twinnet.parallel import run_jobs
+from twinnet.training import progress_bar
+
+
+@dataclass(frozen=True)
+class Job:
+    marker: str
+    number: int
+    threads: int | None = None
+
+    @property
+    def name(self):
+        return f"job {self.number}"
+
+
+def work(job):
+    with progress_bar(1, "a worker's bar", enabled=False):
+        pass
+    try:
+        os.close(os.open(job.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return 1
+    os.kill(os.getpid(), signal.SIGKILL)  # the first job is killed after its bar, as by a user
+
+
+if __name__ == "__main__":
+    jobs = [Job(sys.argv[1], 1), Job(sys.argv[1], 2)]
+    print(sum(result for _, result in run_jobs(work, jobs, 2)))
+'''
+
+
+def test_a_killed_worker_leaks_no_semaphore(tmp_path) -> None:
+    # Before: "resource_tracker: There appear to be 2 leaked semaphore objects" at exit,
+    # the killed workers' tqdm locks.
+    import subprocess
+    import sys
+
+    (tmp_path / "killed_job.py").write_text(KILLED_JOB_MODULE)
+    src = os.path.join(os.path.dirname(os.path.dirname(__file__)), "src")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), src]))
+    done = subprocess.run([sys.executable, str(tmp_path / "killed_job.py"), str(tmp_path / "marker")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr
+    assert "a worker died while running" in done.stderr
+    assert "leaked" not in done.stderr, done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +196,71 @@ def test_predict_command(tmp_path, capsys):
     assert main(["predict", good, "--weights", str(weights), "--json"]) == 0
     (result,) = json.loads(capsys.readouterr().out)
     assert result["file"] == good and len(result["top3"]) == 3
+
+
+# ---- issue 24: memory bounded by the decoded size of each format --------------------------
+
+def big_digit(mode: str, side: int) -> Image.Image:
+    """A ``side`` x ``side`` image of one dark bar on white, in ``mode``: a few KB compressed."""
+    image = Image.new(mode, (side, side), "white")
+    bar = (side // 2 - side // 20, side // 5, side // 2 + side // 20, side * 4 // 5)
+    ImageDraw.Draw(image).rectangle(bar, fill="black")
+    return image
+
+
+def test_decode_cost_depends_on_the_format(tmp_path, monkeypatch):
+    # Before: only the pixel count was bounded (40 MP at an assumed 10 bytes a pixel), so a
+    # 5 KB lossless WebP of 6320x6320 peaked at 682 MB and a progressive CMYK JPEG at 514 MB.
+    from twinnet import predict
+
+    monkeypatch.setattr(predict, "MAX_DECODE_BYTES", 32 * 1024 * 1024)
+    side = 2200  # 4.84 MP: within the pixel cap, and cheap as a PNG or a baseline JPEG
+    webp = tmp_path / "lossless.webp"
+    big_digit("RGB", side).save(webp, lossless=True)
+    cmyk = tmp_path / "cmyk.jpg"
+    big_digit("CMYK", side).save(cmyk, progressive=True, quality=30)
+    assert webp.stat().st_size < 20_000 and cmyk.stat().st_size < 200_000
+    for path, what in ((webp, "WebP (RGB)"), (cmyk, "progressive JPEG (CMYK)")):
+        expected = f"image too large to decode: {side}x{side} pixels of {what} take about"
+        with pytest.raises(ImageError, match=re.escape(expected)):
+            prepare_image(path)
+    for name, options in (("same.png", {}), ("same.jpg", {"quality": 90}), ("same.tif", {})):
+        big_digit("RGB", side).save(tmp_path / name, **options)
+        assert prepare_image(tmp_path / name).shape == (28, 28, 1), name
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path, monkeypatch):
+    from twinnet import predict
+
+    path = tmp_path / "photo.jpg"
+    big_digit("RGB", 4100).save(path, quality=90)  # 16.8 MP, four times WORK_PIXELS
+    sizes = []
+    real = predict.shrink
+    monkeypatch.setattr(predict, "shrink",
+                        lambda image: sizes.append((image.mode, image.size)) or real(image))
+    prepared = prepare_image(path)
+    assert sizes == [("L", (2050, 2050))]  # libjpeg's 1/2 scale, straight to grayscale
+    whole = np.asarray(Image.open(path).convert("L").reduce(2), np.float64) / 255
+    assert np.abs(prepared - predict.prepare_grayscale(whole, path)).max() < 0.1
+
+
+def test_the_twin_is_built_after_the_images_are_decoded(tmp_path):
+    # So that decoding's peak and TensorFlow's ~500 MB come one after the other.
+    order = []
+
+    class Model:
+        def logits(self, x):
+            return np.zeros((len(x), 10))
+
+    def build():
+        order.append("model")
+        return Model()
+
+    path = save(draw_seven(), tmp_path / "seven.png")
+    real = predict_images.__globals__["prepare_image"]
+    predict_images.__globals__["prepare_image"] = lambda p: order.append("image") or real(p)
+    try:
+        results = predict_images(build, [path, path])
+    finally:
+        predict_images.__globals__["prepare_image"] = real
+    assert order == ["image", "image", "model"] and results[0]["digit"] == 0

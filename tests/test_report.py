@@ -516,15 +516,14 @@ def test_claims_print_at_their_stated_precision():
 
 
 def write_finished(directory, config) -> None:
-    """A finished run folder as far as planning can tell: metrics.json with ``config`` and the
-    SHA-256 of its weights file."""
-    from dataclasses import asdict
-
-    from twinnet.runs import file_sha256
+    """A finished run folder as far as planning can tell: a whole metrics.json with ``config``
+    and the SHA-256 of its weights file."""
+    from twinnet.runs import CURVE_KEYS, file_sha256
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "weights.npz").write_bytes(b"stand-in weights")
-    metrics = {"config": asdict(config), "weights_sha256": file_sha256(directory / "weights.npz")}
+    metrics = fake_metrics(config, 0.9, 0.9, 9000, 1.0, curves={key: [1] for key in CURVE_KEYS})
+    metrics["weights_sha256"] = file_sha256(directory / "weights.npz")
     (directory / "metrics.json").write_text(json.dumps(metrics))
 
 

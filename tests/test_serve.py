@@ -28,7 +28,7 @@ pytest.importorskip("starlette", reason="needs the serve extra: pip install 'twi
 pytest.importorskip("uvicorn", reason="needs the serve extra: pip install 'twinnet[serve]'")
 
 from twinnet.cli import main  # noqa: E402
-from twinnet.serve import MAX_UPLOAD_BYTES  # noqa: E402
+from twinnet.serve import MAX_PENDING, MAX_UPLOAD_BYTES, UPLOAD_GRACE_SECONDS  # noqa: E402
 from twinnet.weights import DEFAULT_WEIGHTS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,12 +85,14 @@ def multipart(fields: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
 def server(tmp_path_factory):
     """`twinnet serve --port 0` in a subprocess: yields (base URL, process, timings)."""
     out = tmp_path_factory.mktemp("serve") / "stdout.txt"
+    err = out.with_name("stderr.txt")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
     start = time.perf_counter()
-    with open(out, "w") as fh:
+    with open(out, "w") as fh, open(err, "w") as err_fh:
         process = subprocess.Popen([sys.executable, "-m", "twinnet", "serve", "--port", "0"],
-                                   stdout=fh, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
+                                   stdout=fh, stderr=err_fh, env=env, cwd=REPO)
+    process.stderr_path = err  # what the server logs, for the tests that read it
     try:
         url = None
         while url is None:
@@ -257,6 +259,106 @@ def test_fifty_concurrent_requests_all_answered_and_latency(server, mnist):
     print(f"\n50 concurrent requests answered in {burst:.2f} s; per image, one at a time: "
           f"round trip median {np.median(round_trips):.1f} ms (max {max(round_trips):.1f}), "
           f"server time median {np.median(compute):.1f} ms (max {max(compute):.1f})")
+
+
+def raw_upload_start(url: str, declared: int, sent: bytes) -> socket.socket:
+    """A connection to the server that has sent a POST's header declaring ``declared``
+    body bytes and then only ``sent`` (loopback only)."""
+    host, port = url.removeprefix("http://").rstrip("/").split(":")
+    assert host == "127.0.0.1"
+    conn = socket.create_connection((host, int(port)), timeout=30)
+    conn.sendall(f"POST /api/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\n"
+                 f"Content-Length: {declared}\r\n\r\n".encode() + sent)
+    return conn
+
+
+def test_slow_uploads_do_not_lock_others_out_and_are_cut(server, mnist):
+    # Before: 64 connections sending a byte now and then took every pending slot, and every
+    # other request got 503 for as long as they stayed open.
+    url, process, _, _ = server
+    slow = [raw_upload_start(url, 1000, b"\x89") for _ in range(MAX_PENDING + 8)]
+    try:
+        time.sleep(0.5)  # all of them are being read now
+        code, answer = post(url + "api/predict", digit_png(mnist.test.x[0]))
+        assert code == 200 and answer["twins"]["numpy"]["digit"] == mnist.test.y[0]
+        # Each slow upload is cut after the grace period, with 408 and one line.
+        for conn in slow:
+            conn.settimeout(UPLOAD_GRACE_SECONDS + 20)
+            answer = b""
+            while b"upload too slow" not in answer and (chunk := conn.recv(65536)):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 408") and b"upload too slow" in answer, answer[:300]
+    finally:
+        for conn in slow:
+            conn.close()
+    assert post(url + "api/predict", digit_png(mnist.test.x[1]))[0] == 200
+
+
+def test_a_client_leaving_mid_upload_is_one_log_line(server):
+    # Before: a 40-line ClientDisconnect traceback for every such client.
+    url, process, _, _ = server
+    log = process.stderr_path
+    before = log.read_text()
+    conn = raw_upload_start(url, 100_000, b"\x89PNG\r\n\x1a\n" + bytes(1000))
+    time.sleep(0.2)
+    conn.close()
+    deadline = time.monotonic() + 30
+    while log.read_text() == before:
+        assert time.monotonic() < deadline, "nothing logged in 30 s"
+        time.sleep(0.05)
+    time.sleep(0.5)  # anything else it would print
+    new = log.read_text()[len(before):].splitlines()
+    assert len(new) == 1 and "went away during its upload" in new[0], new
+    assert "Traceback" not in log.read_text()
+    assert process.poll() is None
+
+
+def image_bytes(array: np.ndarray, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def test_only_the_listed_formats_are_decoded(server, mnist):
+    # Before: any format Pillow knows was decoded, EPS included (which runs Ghostscript).
+    url = server[0]
+    pixels = np.round(mnist.test.x[0, ..., 0] * 255).astype(np.uint8)
+    for fmt in ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"):
+        options = {"quality": 95} if fmt == "JPEG" else {}
+        code, answer = post(url + "api/predict", image_bytes(pixels, fmt, **options))
+        assert code == 200 and answer["twins"]["numpy"]["digit"] == mnist.test.y[0], (fmt, code, answer)
+    eps = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\n%%EndComments\n"
+           b"0 0 moveto 28 28 lineto stroke\nshowpage\n%%EOF\n")
+    for name, data in (("EPS", eps), ("PCX", image_bytes(pixels, "PCX")), ("ICO", image_bytes(pixels, "ICO")),
+                       ("PPM", image_bytes(pixels, "PPM"))):
+        code, answer = post(url + "api/predict", data)
+        assert code == 415, (name, code, answer)
+        assert answer["error"].startswith("not a PNG, JPEG, GIF, BMP, WebP or TIFF image"), (name, answer)
+
+
+CLIENTS = 200
+
+
+def test_two_hundred_concurrent_clients_are_all_answered(server, mnist):
+    # Before: 72 answers of 200 and 128 of 503. Now every client is answered, and the
+    # latencies are printed (scripts/serve_load.py measures them on their own).
+    url, process, _, _ = server
+    images = [digit_png(mnist.test.x[i], dark_on_light=True, scale=10) for i in range(CLIENTS)]
+
+    def timed(data: bytes) -> tuple[int, float, int]:
+        start = time.perf_counter()
+        code, answer = post(url + "api/predict", data)
+        return code, time.perf_counter() - start, answer.get("twins", {}).get("numpy", {}).get("digit", -1)
+
+    with ThreadPoolExecutor(max_workers=CLIENTS) as pool:  # exactly 200 requests, all to 127.0.0.1
+        results = list(pool.map(timed, images))
+    codes = [code for code, _, _ in results]
+    assert codes == [200] * CLIENTS, {code: codes.count(code) for code in set(codes)}
+    correct = sum(digit == y for (_, _, digit), y in zip(results, mnist.test.y[:CLIENTS], strict=True))
+    assert correct >= 0.9 * CLIENTS
+    seconds = np.array([t for _, t, _ in results])
+    print(f"\n{CLIENTS} concurrent clients: p50 {np.percentile(seconds, 50) * 1000:.0f} ms, "
+          f"p99 {np.percentile(seconds, 99) * 1000:.0f} ms, max {seconds.max() * 1000:.0f} ms")
 
 
 # --- the page in a real browser -----------------------------------------------------------------

@@ -12,6 +12,7 @@ canonical names (``dense1/W`` ...) to NumPy arrays in the canonical layouts of
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Protocol
 
@@ -20,7 +21,7 @@ import numpy as np
 from twinnet.environment import install_command
 from twinnet.errors import TwinnetError
 from twinnet.models import get_spec, init_params
-from twinnet.weights import check_params, load_weights
+from twinnet.weights import WeightsError, check_params, load_weights
 
 BACKENDS = ("tf", "numpy")
 OPTIMIZERS = ("sgd", "adam")
@@ -99,11 +100,37 @@ def load_model(
     if backend == "numpy":
         from twinnet.numpy_nn import NumpyModel
 
-        return NumpyModel(name, params, optimizer=optimizer, threads=threads, fast=not reference)
-    tf_nn = import_tf_nn(alternative="or use the NumPy twin, --backend numpy")
-    if threads is not None:
-        set_tensorflow_threads(threads)
-    return tf_nn.TFModel(name, params, optimizer=optimizer, seed=seed)
+        model: Backend = NumpyModel(name, params, optimizer=optimizer, threads=threads, fast=not reference)
+    else:
+        tf_nn = import_tf_nn(alternative="or use the NumPy twin, --backend numpy")
+        if threads is not None:
+            set_tensorflow_threads(threads)
+        model = tf_nn.TFModel(name, params, optimizer=optimizer, seed=seed)
+    if weights is not None:
+        check_outputs(model, weights)
+    return model
+
+
+def probe_images() -> np.ndarray:
+    """float32 (3, 28, 28, 1): a blank image, a full one and a fixed random one."""
+    noise = np.random.default_rng(0).random((28, 28, 1), dtype=np.float32)
+    return np.stack([np.zeros((28, 28, 1), np.float32), np.ones((28, 28, 1), np.float32), noise])
+
+
+def check_outputs(model: Backend, source: str | os.PathLike) -> None:
+    """WeightsError naming ``source`` unless the model's logits on ``probe_images`` are
+    finite. Weights that pass ``check_params`` (finite) can still be so large (3e38) that
+    every output overflows; such a file is refused at load rather than giving NaN
+    figures. ``metrics.predict_logits`` checks the outputs of real images too."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        logits = np.asarray(model.logits(probe_images()))
+    if not np.isfinite(logits).all():
+        raise WeightsError(f"{source}: the weights give non-finite outputs (overflow: values too "
+                           f"large, up to {max_magnitude(model):.3g}); they cannot be used")
+
+
+def max_magnitude(model: Backend) -> float:
+    return max(float(np.max(np.abs(value), initial=0.0)) for value in model.params.values())
 
 
 def tf_missing(alternative: str = "") -> str:

@@ -7,7 +7,11 @@ JSON-able. In ``checkpoint.npz``:
 
 - each array member ``name`` of section ``s`` is the array ``s/name`` (parameter names
   hold slashes themselves: ``params/dense1/W``, ``optimizer/dense1/W/m``);
-- everything else is one JSON string, ``state``.
+- everything else is one JSON string, ``state``;
+- ``sha256``, the integrity hash of all the other members (``content_sha256``), as
+  ``metrics.json`` carries one of its weights. A checkpoint whose contents do not match it
+  (edited, damaged, or written by a twinnet before the hash existed) is refused: resuming
+  from a state that is not the one saved would silently give another run.
 
 The file is written atomically (temporary name, then rename), so a run killed at any
 moment leaves either the previous checkpoint or the new one. It is read back by the
@@ -20,6 +24,7 @@ data order, the progress) as they load them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -43,6 +48,20 @@ STATE_MAX_BYTES = 16 << 20
 # Without the caller's limits: any key, all members together within this budget.
 DEFAULT_MAX_TOTAL_BYTES = 64 << 20
 DEFAULT_MAX_MEMBERS = 256
+HASH_KEY = "sha256"
+
+
+def content_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 (hex) of a checkpoint's members but ``sha256`` itself: each member's name,
+    dtype, shape and C-order bytes, in the order of the sorted names."""
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        if key == HASH_KEY:
+            continue
+        array = np.ascontiguousarray(arrays[key])
+        digest.update(json.dumps([key, array.dtype.str, list(array.shape)]).encode())
+        digest.update(array.tobytes() if array.dtype.kind != "U" else str(array).encode("utf-8"))
+    return digest.hexdigest()
 
 
 class CheckpointError(TwinnetError):
@@ -62,6 +81,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
         else:
             plain[section] = value
     arrays["state"] = np.array(json.dumps(plain))
+    arrays[HASH_KEY] = np.array(content_sha256(arrays))
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
 
@@ -84,12 +104,15 @@ def read_checkpoint(path: str | os.PathLike, array_limit: Callable[[str], int | 
     def limit_of(key: str) -> int | None:
         if key == "state":
             return STATE_MAX_BYTES
+        if key == HASH_KEY:
+            return 4 * 64
         if "/" not in key.strip("/"):
             return None
         return max_total_bytes if array_limit is None else array_limit(key)
 
     arrays = read_npz(source, str(source), limit_of, max_total_bytes=max_total_bytes,
                       max_members=max_members, error=CheckpointError)
+    check_integrity(arrays, source)
     text = arrays.pop("state", None)
     if text is None or text.shape != () or text.dtype.kind != "U":
         raise CheckpointError(f"{source}: no 'state' string; not a twinnet checkpoint")
@@ -107,12 +130,26 @@ def read_checkpoint(path: str | os.PathLike, array_limit: Callable[[str], int | 
     return state
 
 
+def check_integrity(arrays: dict[str, np.ndarray], source: Path) -> None:
+    """CheckpointError unless ``arrays`` holds ``sha256`` and it matches the other members
+    (``content_sha256``); removes it from ``arrays``."""
+    stored = arrays.pop(HASH_KEY, None)
+    if stored is None:
+        raise CheckpointError(f"{source}: no integrity hash ('{HASH_KEY}'): written before "
+                              "checkpoints carried one, or not by twinnet; it cannot be trusted "
+                              "to resume from: start the run over (train --force)")
+    if stored.shape != () or stored.dtype.kind != "U" or str(stored) != content_sha256(arrays):
+        raise CheckpointError(f"{source}: contents do not match the checkpoint's integrity hash "
+                              "(edited or damaged); refusing to resume from it: start the run over "
+                              "(train --force)")
+
+
 # -- training checkpoints: limits and the checks of the sections this module knows ------
 
 SECTIONS = ("config", "step", "params", "optimizer", "order", "progress")
 MAX_PARAMS = max(len(param_shapes(model)) for model in MODEL_NAMES)
 MAX_PARAM_BYTES = max(sum(4 * math.prod(s) for s in param_shapes(m).values()) for m in MODEL_NAMES)
-CHECKPOINT_MAX_MEMBERS = 3 * MAX_PARAMS + 3  # params, Adam's m and v, iterations, perm, state
+CHECKPOINT_MAX_MEMBERS = 3 * MAX_PARAMS + 4  # params, Adam's m and v, iterations, perm, state, sha256
 CHECKPOINT_MAX_TOTAL_BYTES = (STATE_MAX_BYTES + 3 * MAX_PARAM_BYTES + 8 * TRAIN_SIZE
                               + 4096 * CHECKPOINT_MAX_MEMBERS)
 

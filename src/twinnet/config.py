@@ -18,6 +18,10 @@ from twinnet.models import MODEL_NAMES
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.001}
 SCHEDULES = ("constant", "cosine")
 MAX_SEED = 2**32 - 1  # TensorFlow's seeds are 32-bit
+# Far beyond any MNIST run (the presets take 2,000 to 6,000 steps; ten million steps of
+# the cnn would take weeks on a laptop), yet small enough that a typo or a 64-bit
+# maximum is refused at once instead of running forever.
+MAX_STEPS = 10_000_000
 
 
 class ConfigError(TwinnetError):
@@ -68,6 +72,9 @@ class TrainConfig:
             self.lr = DEFAULT_LR[self.optimizer]
         if self.steps < 1:
             raise ConfigError("steps", f"must be at least 1, got {self.steps}")
+        if self.steps > MAX_STEPS:
+            raise ConfigError("steps", f"must be at most {MAX_STEPS:,} (twinnet's bound on a run), "
+                                       f"got {self.steps}")
         if self.batch_size < 1:
             raise ConfigError("batch_size", f"must be at least 1, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):

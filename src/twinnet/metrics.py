@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from twinnet.errors import TwinnetError
 from twinnet.models import NUM_CLASSES
 from twinnet.numpy_nn.losses import log_softmax
 from twinnet.util import in_chunks
@@ -35,9 +36,19 @@ def confusion_matrix(predicted: np.ndarray, y: np.ndarray) -> np.ndarray:
     )
 
 
+class NonFiniteOutputError(TwinnetError):
+    """A model whose outputs overflow: its parameters are finite but far too large."""
+
+
 def predict_logits(model: Backend, x: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
-    """Logits (N, 10) for images x (N, 28, 28, 1), in batches to bound memory."""
-    return in_chunks(model.logits, x, batch_size)
+    """Logits (N, 10) for images x (N, 28, 28, 1), in batches to bound memory.
+    NonFiniteOutputError if any is NaN or infinite (overflow), rather than NaN figures."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        logits = in_chunks(model.logits, x, batch_size)
+    if bad := int(np.count_nonzero(~np.isfinite(logits).all(axis=1))):
+        raise NonFiniteOutputError(f"the model's outputs are not finite (overflow) for {bad} of "
+                                   f"{len(x)} images; its parameters are too large to use")
+    return logits
 
 
 def evaluate(model: Backend, x: np.ndarray, y: np.ndarray) -> dict:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -82,8 +83,23 @@ def run_with_threads(function: Callable[[J], Result], job: J) -> Result:
         return function(job)
 
 
+def no_process_lock_for_bars() -> None:
+    """Keep tqdm from creating its multiprocessing lock in this worker process.
+
+    tqdm makes one (a named POSIX semaphore, registered with multiprocessing's resource
+    tracker) the first time a bar is made, and it lives until the process ends. A worker
+    that is killed never unregisters it, and the tracker then prints "There appear to be
+    N leaked semaphore objects" when the command ends. A worker's bars need only its
+    thread lock, which tqdm keeps besides."""
+    from tqdm.std import TqdmDefaultWriteLock
+
+    if not hasattr(TqdmDefaultWriteLock, "mp_lock"):
+        TqdmDefaultWriteLock.mp_lock = None
+
+
 def run_in_worker(function: Callable[[J], Result], job: J) -> Result:
     """What a worker process (local or Ray) runs for one job."""
+    no_process_lock_for_bars()
     die_once_for_tests()
     return run_with_threads(function, job)
 
@@ -174,6 +190,46 @@ def import_ray() -> Any:
     return ray
 
 
+# How long joining a Ray cluster may take: the TCP connection to its head, then Ray's own
+# connection to the head's GCS (Ray's default would retry for minutes).
+RAY_CONNECT_SECONDS = 10
+RAY_DEFAULT_PORT = 6379
+
+
+# What a gRPC server (a Ray head's GCS is one) answers first to an HTTP/2 client: a frame
+# whose header's type byte (the fourth) is SETTINGS.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP2_SETTINGS = 4
+
+
+def check_ray_address(address: str, timeout: float = RAY_CONNECT_SECONDS) -> None:
+    """TwinnetError naming ``address`` unless a Ray head could be listening there: a TCP
+    connection must open within ``timeout`` seconds and the server must answer as a gRPC
+    (HTTP/2) server does. Ray itself would retry for minutes and print its own warnings.
+    ``HOST:PORT``, ``HOST`` (port 6379) or ``ray://HOST:PORT`` (Ray Client, also gRPC);
+    ``auto`` (a cluster started on this machine) is left to Ray."""
+    if address == "auto":
+        return
+    where = address.removeprefix("ray://")
+    host, _, port_text = where.rpartition(":") if ":" in where else (where, "", str(RAY_DEFAULT_PORT))
+    host = host.strip("[]")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise TwinnetError(f"--address {address}: expected HOST:PORT, e.g. 192.168.1.10:6379")
+    hint = "is a Ray head running there (ray start --head)?"
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=timeout) as conn:
+            conn.sendall(HTTP2_PREFACE)
+            answer = conn.recv(9)
+    except TimeoutError:
+        raise TwinnetError(f"--address {address}: no answer in {timeout:g} s; {hint}") from None
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise TwinnetError(f"--address {address}: cannot connect ({reason}); {hint}") from None
+    if len(answer) < 4 or answer[3] != HTTP2_SETTINGS:
+        raise TwinnetError(f"--address {address}: the server there is not a Ray head (it does not "
+                           f"answer as Ray's gRPC server does); {hint}")
+
+
 def start_ray(ray: Any, address: str | None) -> bool:
     """Connect to the cluster at ``address``, or start a local one on 127.0.0.1 with this
     machine's cores and no dashboard; True when this call started or joined it."""
@@ -183,6 +239,7 @@ def start_ray(ray: Any, address: str | None) -> bool:
     quiet = {"log_to_driver": False, "configure_logging": False}
     try:
         if address:
+            check_ray_address(address)
             ray.init(address=address, **quiet)
         else:
             ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,10 +36,14 @@ INK_THRESHOLD = 0.3
 # Strongest ink, as a fraction of full scale, below which an image counts as blank.
 MIN_CONTRAST = 0.1
 TOP = 3
-# Images above this many pixels are refused from their header, before decoding: reading
-# one takes about 10 bytes a pixel (decoded RGBA plus its upright copy), so this bounds a
-# prediction's memory to a few hundred MB whatever the file. 40 MP covers most cameras.
+# Images above this many pixels are refused from their header, before decoding. 40 MP
+# covers most cameras.
 MAX_PIXELS = 40_000_000
+# And so are images whose decoding would take more memory than this (``decode_bytes``),
+# which depends on the format as much as on the pixel count: a lossless WebP takes about
+# 16 bytes a pixel, a progressive CMYK JPEG 12, a PNG 5. With the float arrays of the
+# preparation (WORK_PIXELS) and the interpreter, a prediction stays within 500 MB.
+MAX_DECODE_BYTES = 320 * 1024 * 1024
 # Larger images are box-averaged below this before the float arrays (24 bytes a pixel).
 WORK_PIXELS = 4_000_000
 
@@ -73,6 +78,12 @@ def read_grayscale(path: str | os.PathLike) -> np.ndarray:
                 if width * height > MAX_PIXELS:
                     raise ImageError(path, f"image too large: {width}x{height} pixels, "
                                            f"more than {MAX_PIXELS}")
+                draft_jpeg(image)
+                needed = decode_bytes(image)
+                if needed > MAX_DECODE_BYTES:
+                    raise ImageError(path, f"image too large to decode: {width}x{height} pixels of "
+                                           f"{describe(image)} take about {needed / 2**20:.0f} MB, "
+                                           f"more than the {MAX_DECODE_BYTES / 2**20:.0f} MB allowed")
                 image.load()
                 image = ImageOps.exif_transpose(shrink(image))
                 return to_grayscale(image)
@@ -84,6 +95,64 @@ def read_grayscale(path: str | os.PathLike) -> np.ndarray:
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         # Pillow reports damaged or truncated data through any of these.
         raise ImageError(path, f"cannot read image ({exc})") from None
+
+
+# Bytes a pixel takes in Pillow's image, by mode (RGB is stored as 4 bytes, like RGBA).
+STORAGE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 4, "La": 4, "PA": 4, "I;16": 2, "I;16B": 2,
+                 "I;16L": 2, "I;16N": 2}
+
+
+def storage_bytes(mode: str) -> int:
+    return STORAGE_BYTES.get(mode, 4)
+
+
+def is_progressive_jpeg(image: Image.Image) -> bool:
+    return image.format in ("JPEG", "MPO") and bool(image.info.get("progressive")
+                                                    or image.info.get("progression"))
+
+
+def draft_jpeg(image: Image.Image) -> None:
+    """Let libjpeg decode a JPEG larger than WORK_PIXELS at a reduced scale (1/2, 1/4 or
+    1/8: DCT scaling, a proper downsampling), and a colour one straight to grayscale,
+    rather than decoding it whole and averaging it down after. Other formats: nothing."""
+    width, height = image.size
+    if image.format not in ("JPEG", "MPO"):
+        return
+    mode = "L" if image.mode in ("L", "RGB") else image.mode
+    factor = max(1.0, math.sqrt(width * height / WORK_PIXELS))
+    image.draft(mode, (math.ceil(width / factor), math.ceil(height / factor)))
+
+
+def decode_bytes(image: Image.Image) -> int:
+    """Memory (bytes) that decoding the opened ``image`` takes at its peak, from its
+    header: the decoded image, plus what the format's decoder holds besides.
+
+    - WebP: libwebp decodes into a buffer of its own (RGBA) that Pillow then copies,
+      with their overheads about 16 bytes a pixel (measured).
+    - progressive JPEG: libjpeg keeps every DCT coefficient of the whole image
+      (2 bytes a pixel per colour channel, whatever scale ``draft_jpeg`` chose), then
+      the (reduced) output.
+    - everything else (PNG, baseline JPEG, GIF, BMP, TIFF, ...): the image itself and a
+      row buffer, about one byte a pixel more.
+
+    ``image.size`` is the size after ``draft_jpeg``; the coefficients are counted at
+    the full size the header declares."""
+    width, height = image.size
+    pixels = width * height
+    stored = storage_bytes(image.mode)
+    if image.format == "WEBP":
+        return 16 * pixels
+    if is_progressive_jpeg(image):
+        scale = image.decoderconfig[0] if image.decoderconfig else 1  # set by draft()
+        channels = max(1, getattr(image, "layers", 4))  # the file's colour channels
+        return 2 * channels * pixels * scale * scale + stored * pixels
+    return (stored + 1) * pixels
+
+
+def describe(image: Image.Image) -> str:
+    """``progressive JPEG (CMYK)``, ``WebP (RGBA)``: the format and mode, for messages."""
+    name = {"WEBP": "WebP"}.get(image.format or "", image.format or "image")
+    return f"{'progressive ' if is_progressive_jpeg(image) else ''}{name} ({image.mode})"
 
 
 def shrink(image: Image.Image) -> Image.Image:
@@ -214,11 +283,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return np.exp(log_softmax(logits.astype(np.float64)))
 
 
-def predict_images(model: Backend, paths: list[str]) -> list[dict[str, Any]]:
+def predict_images(model: Backend | Callable[[], Backend], paths: list[str]) -> list[dict[str, Any]]:
     """Predict the digit in each image file, in the order given.
 
     Each result is ``{"file", "digit", "top3": [[digit, probability], ...]}`` or, for a
     file that cannot be used, ``{"file", "error"}``; a bad file does not stop the others.
+    ``model`` may be a function that builds it: it is then called after every image is
+    decoded, so that the memory peaks of decoding and of loading a twin (TensorFlow's
+    runtime is about 500 MB) come one after the other instead of adding up.
     """
     results: list[dict[str, Any]] = []
     images, good = [], []
@@ -231,7 +303,8 @@ def predict_images(model: Backend, paths: list[str]) -> list[dict[str, Any]]:
         good.append(len(results))
         results.append({"file": str(path)})
     if images:
-        probabilities = softmax(predict_logits(model, np.stack(images)))
+        twin = model() if callable(model) and not hasattr(model, "logits") else model
+        probabilities = softmax(predict_logits(twin, np.stack(images)))
         for index, p in zip(good, probabilities, strict=True):
             ranked = np.argsort(-p, kind="stable")[:TOP]
             results[index]["digit"] = int(ranked[0])

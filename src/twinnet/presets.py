@@ -31,6 +31,9 @@ from twinnet.backend import BACKENDS
 from twinnet.config import ConfigError, TrainConfig
 from twinnet.errors import TwinnetError
 
+# The longest file name most filesystems take (ext4, XFS, btrfs, APFS, NTFS: 255 bytes);
+# ``check_name_lengths`` asks the report folder's own filesystem when it exists.
+NAME_MAX = 255
 CONFIG_KEYS = ("optimizer", "lr", "schedule", "steps", "batch_size", "seed")
 MODEL_KEYS = (*CONFIG_KEYS, "lr_chosen_by", "twins")
 
@@ -49,8 +52,12 @@ class Preset:
     def run_dir(self, out: Path, k: int = 0) -> Path:
         """The folder of the run's seed k in a report folder: ``out/runs/P1a-linear-tf``
         for k = 0, ``out/runs/P1a-linear-tf/seed-k`` for k >= 1."""
-        folder = out / "runs" / f"{self.id}-{self.config.model}-{self.config.backend}"
+        folder = out / "runs" / self.folder_name()
         return folder if k == 0 else folder / f"seed-{k}"
+
+    def folder_name(self) -> str:
+        """The run folder's name, ``P1a-linear-tf``."""
+        return f"{self.id}-{self.config.model}-{self.config.backend}"
 
     def with_seed(self, k: int, seeds: int) -> Preset:
         """Seed k of ``seeds``: the config's seed plus k, the label naming that seed when
@@ -103,8 +110,30 @@ def model_presets(source: Path, model: str, entry: Any) -> list[Preset]:
             raise exc.named(f"{source}: run {run_id}: {exc.field}") from None
         except TypeError as exc:  # a value of the wrong type, e.g. steps = "many"
             raise TwinnetError(f"{source}: run {run_id}: {exc}") from None
-        presets.append(Preset(run_id, label, config, str(entry["lr_chosen_by"])))
+        preset = Preset(run_id, label, config, str(entry["lr_chosen_by"]))
+        check_name_length(preset, NAME_MAX, f"{source}: [models.{model}] twins")
+        presets.append(preset)
     return presets
+
+
+def check_name_length(preset: Preset, limit: int, where: str) -> None:
+    """TwinnetError (one line, ``where`` first) if the preset's run folder name is longer
+    than ``limit`` bytes, the filesystem's longest file name."""
+    size = len(os.fsencode(preset.folder_name()))
+    if size > limit:
+        raise TwinnetError(f"{where}: label {preset.label[:40]!r}... is too long: its run folder name "
+                           f"would take {size} bytes, more than the {limit} the filesystem allows")
+
+
+def check_name_lengths(presets: list[Preset], out: Path) -> None:
+    """``check_name_length`` of every preset against the limit of the filesystem holding
+    ``out`` (an existing folder), read with ``os.pathconf``; NAME_MAX if it cannot say."""
+    try:
+        limit = os.pathconf(out, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = NAME_MAX
+    for preset in presets:
+        check_name_length(preset, limit if limit > 0 else NAME_MAX, f"{out}: run {preset.id[:40]}")
 
 
 def load_presets(path: str | os.PathLike | None = None) -> list[Preset]:

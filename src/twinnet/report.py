@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import sys
 import time
 import tomllib
 from collections.abc import Callable
@@ -44,14 +45,17 @@ from twinnet.config import TrainConfig
 from twinnet.environment import environment
 from twinnet.errors import TwinnetError
 from twinnet.models import DESCRIPTIONS, MODEL_NAMES, count_params, multiply_adds_per_image
-from twinnet.parallel import run_jobs
-from twinnet.presets import Preset, assignment_settings_presets, load_presets, select
+from twinnet.parallel import check_ray_address, run_jobs
+from twinnet.presets import Preset, assignment_settings_presets, check_name_lengths, load_presets, select
 from twinnet.runs import (
     PLOTS_BYTES,
+    check_confusion,
     check_output_dir,
+    check_run_dir,
     draw_run_plots,
     finished_metrics,
     lock_run_dir,
+    read_finished,
     run_bytes,
     write_run,
 )
@@ -109,7 +113,9 @@ def plan_runs(presets: list[Preset], out: Path, retrain: list[Preset], data_dir:
     Each preset is planned with ``seed_count`` seeds, seed k in ``preset.run_dir(out, k)``.
     Without ``retrain`` every unfinished seed run is run. With it (``--only``) exactly the
     presets it names are run, all their seeds, finished or not (after a code change, say);
-    the others are only reused, if finished.
+    the others are only reused, if finished. A run of the right configuration whose
+    metrics.json or weights are damaged (``runs.read_finished``) is trained again, or,
+    outside ``--only``, left out, with one note line on stderr naming the file and key.
     """
     reused: dict[tuple[str, int], Metrics] = {}
     todo = []
@@ -118,11 +124,15 @@ def plan_runs(presets: list[Preset], out: Path, retrain: list[Preset], data_dir:
         for k in range(count):
             seeded = preset.with_seed(k, count)
             directory = preset.run_dir(out, k)
-            found = None if preset in retrain else finished_metrics(directory, seeded.config)
+            found, damage = (None, None) if preset in retrain else read_finished(directory, seeded.config)
             if found is not None:
                 reused[preset.id, k] = found
             elif not retrain or preset in retrain:
                 todo.append((seeded, directory))
+            if damage:
+                then = ("so it is trained again" if not retrain or preset in retrain
+                        else f"so it is left out; --only {preset.id} trains it again")
+                print(f"twinnet: note: run {seeded.label}: {damage}; {then}", file=sys.stderr)
     todo.sort(key=lambda job: cost(job[0].config), reverse=True)
     progress = None if workers <= 1 else False  # bars of parallel workers would interleave
     return reused, [RunJob(p, str(directory), data_dir, progress) for p, directory in todo]
@@ -178,14 +188,13 @@ def run_planned(jobs: list[RunJob], workers: int, reused: int, engine: str = "lo
 
 
 def check_consistent(preset: Preset, metrics: Metrics) -> None:
-    """Test accuracy must equal the confusion matrix's trace over the test count."""
-    confusion = metrics["confusion_matrix"]
-    trace = sum(confusion[i][i] for i in range(len(confusion)))
-    total = sum(map(sum, confusion))
-    test = metrics["final"]["test"]
-    if total != test["count"] or trace != test["correct"] or test["accuracy"] != trace / total:
-        raise TwinnetError(f"run {preset.label}: test accuracy {test['accuracy']} disagrees with "
-                           f"its confusion matrix ({trace}/{total})")
+    """Test accuracy must equal the confusion matrix's trace over the test count
+    (``runs.check_confusion``); TwinnetError naming the run if not."""
+    try:
+        check_confusion(metrics.get("confusion_matrix"), metrics["final"]["test"])
+    except ValueError as exc:
+        raise TwinnetError(f"run {preset.label}: {exc}; train it again with --only "
+                           f"{preset.id}") from None
 
 
 def generate_report(out: str | os.PathLike = "report", only: str | None = None, jobs: int = 2,
@@ -212,6 +221,12 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
         assignment_settings = presets_path is None
     reruns = assignment_settings_presets(ASSIGNMENT) if assignment_settings else []
     retrain = check_plan(out, presets + reruns, only, seeds)
+    if tensorboard is not None:
+        from twinnet.tensorboard import check_log_dir
+
+        check_log_dir(tensorboard)
+    if engine == "ray" and address:
+        check_ray_address(address)
     readme = readme_of(out)
     load_mnist(data_dir)  # fail on bad data here, once, before any worker starts
     reused, todo = plan_runs(presets + reruns, out, retrain, None if data_dir is None else str(data_dir),
@@ -244,6 +259,10 @@ def check_plan(out: Path, presets: list[Preset], only: str | None, seeds: int) -
         preset.with_seed(seed_count(preset, seeds) - 1, seed_count(preset, seeds))
     retrain = select(presets, only) if only else []
     check_output_dir(out, sum(run_bytes(p.config) * seed_count(p, seeds) for p in presets) + PLOTS_BYTES)
+    check_name_lengths(presets, out)
+    for preset in presets:
+        for k in range(seed_count(preset, seeds)):
+            check_run_dir(preset.run_dir(out, k))
     return retrain
 
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -31,7 +32,14 @@ import numpy as np
 from twinnet.config import TrainConfig
 from twinnet.errors import TwinnetError
 from twinnet.models import count_params
-from twinnet.util import make_output_folder, open_regular_file, os_reason, write_json_atomic
+from twinnet.util import (
+    is_int,
+    is_number,
+    make_output_folder,
+    open_regular_file,
+    os_reason,
+    write_json_atomic,
+)
 from twinnet.version import __version__
 from twinnet.weights import save_weights
 
@@ -83,6 +91,58 @@ def check_output_dir(directory: str | os.PathLike, needed_bytes: int) -> None:
     if free < needed_bytes:
         raise TwinnetError(f"{out}: not enough free space: {free / 1e6:.1f} MB free, the outputs "
                            f"need about {needed_bytes / 1e6:.1f} MB")
+
+
+def check_run_dir(directory: str | os.PathLike) -> None:
+    """Refuse, before any training, a run folder that a finished run could not be written
+    into: the folder (or the nearest part of its path that exists) is a file, or is a
+    symbolic link; one of the run's files (RUN_FILES, the checkpoint, the lock) is a
+    folder, a link or anything else than a regular file; ``.incoming`` is not a folder.
+    TwinnetError, one line naming the path.
+
+    A symbolic link is refused rather than followed: a run folder is written, replaced
+    and cleaned by twinnet, and doing that through a link would touch wherever it points.
+    Links above the run folder (a ``runs`` that is a link to a larger disk) are followed.
+    """
+    from twinnet.checkpoint import CHECKPOINT_NAME
+
+    folder = Path(directory)
+    try:
+        if folder.is_symlink():
+            raise TwinnetError(f"{folder}: is a symbolic link (to {os.readlink(folder)}); a run "
+                               "folder must be a real folder: remove the link, or name its target")
+        existing = folder
+        while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+            existing = existing.parent
+    except OSError as exc:  # a name too long, a folder that cannot be searched
+        raise TwinnetError(f"{folder}: cannot be used as a run folder ({os_reason(exc)})") from None
+    if existing.exists() and not existing.is_dir():
+        what = "the run folder" if existing == folder else f"a part of the path of {folder}"
+        raise TwinnetError(f"{existing}: is a file, but {what} must be a folder")
+    if existing != folder:
+        return
+    for name in (*RUN_FILES, CHECKPOINT_NAME, LOCK_NAME, STAGING_NAME):
+        path = folder / name
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise TwinnetError(f"{path}: cannot be checked ({os_reason(exc)})") from None
+        wanted = stat.S_ISDIR if name == STAGING_NAME else stat.S_ISREG
+        if not wanted(mode):
+            kind = ("a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode)
+                    else "a file" if stat.S_ISREG(mode) else "not a regular file")
+            expected = "a folder" if name == STAGING_NAME else "a file"
+            raise TwinnetError(f"{path}: is {kind}, where the run keeps {expected}; move it away "
+                               "before training")
+
+
+def check_run_output(directory: str | os.PathLike, config: TrainConfig) -> None:
+    """Everything ``twinnet train`` checks of its run folder before any work:
+    ``check_output_dir`` with room for ``run_bytes(config)``, then ``check_run_dir``."""
+    check_output_dir(directory, run_bytes(config))
+    check_run_dir(directory)
 
 
 @contextmanager
@@ -184,16 +244,106 @@ def write_run(out_dir: str | os.PathLike, params: dict[str, np.ndarray], metrics
     return metrics
 
 
+# A metrics.json is a few KB (about 1 MB with a curve point at every one of 10,000 steps);
+# anything larger is not read (a reused run is read back by every report).
+METRICS_MAX_BYTES = 16 << 20
+CURVE_KEYS = ("step", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
+FINAL_KEYS = ("loss", "accuracy", "correct", "count")
+
+
 def finished_metrics(directory: str | os.PathLike, config: TrainConfig) -> dict[str, Any] | None:
-    """The metrics of the run in ``directory`` if it finished with exactly ``config`` and
-    its weights.npz is the file its metrics.json describes (same SHA-256), else None."""
-    directory = Path(directory)
+    """The metrics of the run in ``directory`` if it finished with exactly ``config``, its
+    metrics.json is whole (``check_metrics``) and its weights.npz is the file its
+    metrics.json describes (same SHA-256), else None."""
+    return read_finished(directory, config)[0]
+
+
+def read_finished(directory: str | os.PathLike,
+                  config: TrainConfig) -> tuple[dict[str, Any] | None, str | None]:
+    """(metrics, None) for a finished run of ``config`` in ``directory`` (as
+    ``finished_metrics``); (None, None) where there is none, or one of another
+    configuration; (None, reason) for a run of this configuration that is damaged: the
+    reason names metrics.json (or weights.npz) and the key at fault, on one line."""
+    path = Path(directory) / "metrics.json"
     try:
-        metrics = json.loads((directory / "metrics.json").read_text())
-        if not isinstance(metrics, dict) or metrics.get("config") != asdict(config):
-            return None
-        if metrics.get("weights_sha256") != file_sha256(directory / "weights.npz"):
-            return None
-    except (OSError, ValueError, TwinnetError):
-        return None
-    return metrics
+        with open_regular_file(path) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > METRICS_MAX_BYTES:
+                text = None
+            else:
+                text = fh.read(METRICS_MAX_BYTES + 1).decode("utf-8")
+    except TwinnetError:  # missing, a folder, unreadable: no finished run here
+        return None, None
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"{path}: unreadable ({exc})"[:300]
+    if text is None:
+        return None, f"{path}: {size:,} bytes, more than the {METRICS_MAX_BYTES:,} a run's metrics take"
+    try:
+        metrics = json.loads(text)
+    except RecursionError:
+        return None, f"{path}: nested too deeply to be a run's metrics"
+    except ValueError as exc:
+        return None, f"{path}: not valid JSON ({' '.join(str(exc).split())})"[:300]
+    if not isinstance(metrics, dict) or metrics.get("config") != asdict(config):
+        return None, None
+    try:
+        check_metrics(metrics)
+    except ValueError as exc:
+        return None, f"{path}: {exc}"[:300]
+    try:
+        if metrics["weights_sha256"] != file_sha256(Path(directory) / "weights.npz"):
+            return None, f"{Path(directory) / 'weights.npz'}: not the file its metrics.json describes"
+    except TwinnetError as exc:
+        return None, str(exc)
+    return metrics, None
+
+
+def check_metrics(metrics: dict[str, Any]) -> None:
+    """ValueError ("KEY: what is wrong") unless ``metrics`` has everything the report and
+    TensorBoard read from a run's metrics.json, of the right types: ``final`` (train,
+    validation, test: loss and accuracy; test also correct and count), ``confusion_matrix`` (10x10
+    counts whose trace and total agree with the test figures), ``curves`` (lists of one
+    length, at least one point), the seconds, ``environment`` and ``weights_sha256``."""
+    final = metrics.get("final")
+    if not isinstance(final, dict):
+        raise ValueError(f"final: not a table ({type(final).__name__})")
+    for split in ("train", "validation", "test"):
+        figures = final.get(split)
+        if not isinstance(figures, dict):
+            raise ValueError(f"final.{split}: missing or not a table")
+        for key in FINAL_KEYS if split == "test" else FINAL_KEYS[:2]:
+            value = figures.get(key)
+            ok = is_int(value) and value >= 0 if key in ("correct", "count") else is_number(value)
+            if not ok or (key == "accuracy" and not 0 <= value <= 1):
+                raise ValueError(f"final.{split}.{key}: not a valid figure ({value!r})"[:200])
+    check_confusion(metrics["confusion_matrix"] if "confusion_matrix" in metrics else None, final["test"])
+    curves = metrics.get("curves")
+    if not isinstance(curves, dict) or any(key not in curves for key in CURVE_KEYS):
+        raise ValueError(f"curves: not a table of {', '.join(CURVE_KEYS)}")
+    lengths = {len(curves[key]) if isinstance(curves[key], list) else -1 for key in CURVE_KEYS}
+    if len(lengths) != 1 or lengths & {-1, 0}:
+        raise ValueError("curves: not lists of one length with at least one point")
+    if not all(is_int(v) for v in curves["step"]) or not all(
+            is_number(v) for key in CURVE_KEYS[1:] for v in curves[key]):
+        raise ValueError("curves: not integer steps and finite numbers")
+    for key in ("train_seconds", "wall_seconds"):
+        if not is_number(metrics.get(key)) or metrics[key] < 0:
+            raise ValueError(f"{key}: not a number of seconds ({metrics.get(key)!r})"[:200])
+    if not isinstance(metrics.get("environment"), dict):
+        raise ValueError("environment: not a table")
+    if not isinstance(metrics.get("weights_sha256"), str):
+        raise ValueError("weights_sha256: missing")
+
+
+def check_confusion(confusion: Any, test: dict[str, Any]) -> None:
+    """ValueError unless ``confusion`` is 10x10 non-negative counts whose trace and total
+    agree with the test figures ``test`` (correct, count, accuracy)."""
+    if not (isinstance(confusion, list) and len(confusion) == 10 and all(
+            isinstance(row, list) and len(row) == 10 and all(is_int(n) and n >= 0 for n in row)
+            for row in confusion)):
+        raise ValueError("confusion_matrix: not 10 rows of 10 counts")
+    trace = sum(confusion[i][i] for i in range(10))
+    total = sum(map(sum, confusion))
+    if total != test["count"] or trace != test["correct"] or test["accuracy"] != trace / max(total, 1):
+        raise ValueError(f"final.test.accuracy: {test['accuracy']} disagrees with its confusion matrix "
+                         f"({trace}/{total})")

@@ -8,10 +8,11 @@ Routes (all on one host, loopback by default):
 - ``GET /api/status`` which weights each twin uses and whether it is ready:
   ``{"twins": {"numpy": {"model", "weights", "status"}, "tf": {...}}}``, status being
   ``"ready"``, ``"loading"`` or ``"unavailable: <reason>"``.
-- ``POST /api/predict`` an image (PNG from the page; anything Pillow reads), as the raw
-  request body or as the multipart field ``image``. Answers ``{"input": 28 rows of 28
-  floats in [0, 1] (the image the models see, 1 = ink), "twins": {"numpy": {"model",
-  "digit", "probabilities": [10 floats]}, "tf": {...} when ready}, "tf_status",
+- ``POST /api/predict`` an image (PNG from the page; also JPEG, GIF, BMP, WebP or TIFF:
+  UPLOAD_FORMATS), as the raw request body or as the multipart field ``image``. Answers
+  ``{"input": 28 rows of 28 floats in [0, 1] (the image the models see, 1 = ink),
+  "twins": {"numpy": {"model", "digit", "probabilities": [10 floats]}, "tf": {...} when
+  ready}, "tf_status",
   "agree": bool or null, "max_difference": max |p_numpy - p_tf| or null, "ms": time
   spent on the image}``. A bad upload gets a 4xx and ``{"error": "<one line>"}``.
 
@@ -27,8 +28,19 @@ HTML/JS/CSS, no build step) give full control of the preparation, the layout and
 element ids the browser test reads, for three small wheels (the serve extra).
 
 Threads: every image is decoded, prepared and run through both twins in one worker
-thread, so TensorFlow never runs two requests at once and memory stays bounded; at most
-MAX_PENDING uploads wait for it, more get 503. TensorFlow is imported in the background
+thread, so TensorFlow never runs two requests at once and memory stays bounded. At most
+MAX_PENDING uploads, read whole, wait for it; more get 503. An image takes about 3 ms
+(decoding and preparing about 1, the NumPy twin 0.1, the TensorFlow twin 1), so a full
+queue is answered within a second or two even on 2 busy cores: 200 clients posting at
+once are all served. Shedding happens only beyond that bound, or when the uploads being
+read hold more than MAX_BUFFERED_BYTES between them.
+
+Slow clients: an upload is read in the event loop and holds no place in the queue while
+it arrives, so slow uploads cannot lock others out. It must arrive at MIN_UPLOAD_RATE
+(after a grace of UPLOAD_GRACE_SECONDS), else it gets 408, so a connection sending a byte
+now and then is dropped within seconds. A client that goes away mid-upload is logged in
+one line. Only the formats of UPLOAD_FORMATS are decoded: Pillow's other plugins (EPS
+runs Ghostscript, for one) never see an upload. TensorFlow is imported in the background
 after the port is bound (importing it takes seconds), so the page is up at once with the
 NumPy twin and the TensorFlow twin joins when ready; without TensorFlow installed the page
 runs with the NumPy twin alone and says so.
@@ -41,6 +53,7 @@ import errno
 import importlib.util
 import io
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -67,7 +80,14 @@ MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around it
 MAX_DRAIN_BYTES = 16 * 1024 * 1024  # an oversized body is read this far before the 413
 MAX_SIDE = 4096  # px, either side
 MAX_PIXELS = 4_000_000  # width * height; a 2000x2000 scan still passes
-MAX_PENDING = 64  # uploads waiting for the worker before more get 503
+MAX_PENDING = 256  # uploads read whole and waiting for the worker before more get 503
+MAX_BUFFERED_BYTES = 128 * 1024 * 1024  # all the uploads being read, together
+MIN_UPLOAD_RATE = 32 * 1024  # bytes a second an upload must keep up, after the grace
+UPLOAD_GRACE_SECONDS = 5.0
+# Pillow's names of the formats an upload may be in (the page sends PNG).
+UPLOAD_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+FORMATS_TEXT = "PNG, JPEG, GIF, BMP, WebP or TIFF"
+LISTEN_BACKLOG = 1024  # connections the kernel queues before accepting: a burst of clients
 CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'"
 
 
@@ -89,7 +109,7 @@ def decode_image(data: bytes) -> np.ndarray:
     if not data:
         raise UploadError(400, "empty upload: send an image (PNG) as the request body")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as image:
             width, height = image.size
             if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
                 raise UploadError(422, f"image is {width}x{height} px; at most {MAX_SIDE} px a side "
@@ -97,7 +117,7 @@ def decode_image(data: bytes) -> np.ndarray:
             image.load()
             return to_grayscale(ImageOps.exif_transpose(image))
     except UnidentifiedImageError:
-        raise UploadError(415, "not an image Pillow can read (send a PNG)") from None
+        raise UploadError(415, f"not a {FORMATS_TEXT} image (send a PNG)") from None
     except Image.DecompressionBombError as exc:
         raise UploadError(422, f"image too large ({one_line(exc)})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
@@ -182,9 +202,54 @@ class Twins:
         }
 
 
-async def read_upload(request) -> bytes:
+class Uploads:
+    """The bytes held by the uploads being read, together (touched only from the event
+    loop's thread)."""
+
+    def __init__(self, budget: int = MAX_BUFFERED_BYTES) -> None:
+        self.budget = budget
+        self.held = 0
+
+
+async def receive_body(request, limit: int, uploads: Uploads) -> bytes:
+    """The request body, read at MIN_UPLOAD_RATE or faster (after UPLOAD_GRACE_SECONDS):
+    408 for a slower one, 413 past ``limit`` (the rest is read and dropped up to
+    MAX_DRAIN_BYTES, so that a client still sending gets to read the answer), 503 when
+    the uploads being read would hold more than ``uploads.budget`` bytes together.
+    Raises starlette's ClientDisconnect if the client goes away."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    chunks = request.stream().__aiter__()
+    body, size, held = bytearray(), 0, 0
+    try:
+        while True:
+            deadline = started + UPLOAD_GRACE_SECONDS + size / MIN_UPLOAD_RATE
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), max(0.0, deadline - loop.time()))
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise UploadError(408, f"upload too slow: {size} bytes in {loop.time() - started:.0f} s; "
+                                       f"send at least {MIN_UPLOAD_RATE // 1024} KB/s") from None
+            size += len(chunk)
+            if size <= limit:
+                if uploads.held + len(chunk) > uploads.budget:
+                    raise UploadError(503, "server busy; try again")
+                uploads.held += len(chunk)
+                held += len(chunk)
+                body += chunk
+            elif size > MAX_DRAIN_BYTES:
+                break
+    finally:
+        uploads.held -= held
+    if size > limit:
+        raise UploadError(413, f"upload over {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
+    return bytes(body)
+
+
+async def read_upload(request, uploads: Uploads | None = None) -> bytes:
     """The image bytes of a POST: the raw body, or the multipart field ``image`` (else the
-    first file). Refuses more than MAX_UPLOAD_BYTES with 413, keeping at most that much."""
+    first file), read by ``receive_body``. Refuses more than MAX_UPLOAD_BYTES with 413."""
     from starlette.datastructures import UploadFile
     from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -194,22 +259,12 @@ async def read_upload(request) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_DRAIN_BYTES:
         raise too_big
-    # Past the limit the rest is read and dropped (up to MAX_DRAIN_BYTES), so that a client
-    # still sending its body gets to read the 413 instead of a reset connection.
-    body, size = bytearray(), 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size <= limit:
-            body += chunk
-        elif size > MAX_DRAIN_BYTES:
-            break
-    if size > limit:
-        raise too_big
+    body = await receive_body(request, limit, uploads or Uploads())
     if not multipart:
-        return bytes(body)
+        return body
 
     async def once():
-        yield bytes(body)
+        yield body
 
     parser = MultiPartParser(request.headers, once(), max_files=1, max_fields=8,
                              max_part_size=MAX_UPLOAD_BYTES)
@@ -231,10 +286,17 @@ async def read_upload(request) -> bytes:
     return data
 
 
+def client_name(request) -> str:
+    """``HOST:PORT`` of the request's client, for log lines."""
+    client = request.client
+    return f"{client.host}:{client.port}" if client else "a client"
+
+
 def create_app(twins: Twins):
     """The Starlette app serving the page, ``/api/status`` and ``/api/predict``."""
     from starlette.applications import Starlette
-    from starlette.responses import FileResponse, JSONResponse
+    from starlette.requests import ClientDisconnect
+    from starlette.responses import FileResponse, JSONResponse, Response
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
@@ -245,12 +307,21 @@ def create_app(twins: Twins):
     async def status(request):
         return JSONResponse(twins.status())
 
+    uploads = Uploads()
+
     async def predict(request):
+        try:
+            data = await read_upload(request, uploads)
+        except UploadError as exc:
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        except ClientDisconnect:
+            print(f"twinnet serve: {client_name(request)} went away during its upload; "
+                  "nothing to answer", file=sys.stderr, flush=True)
+            return Response(status_code=400)  # never sent: the client is gone
         if twins.pending >= MAX_PENDING:
             return JSONResponse({"error": "server busy; try again"}, status_code=503)
         twins.pending += 1
         try:
-            data = await read_upload(request)
             result = await asyncio.get_running_loop().run_in_executor(twins.worker, twins.predict, data)
         except UploadError as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
@@ -278,7 +349,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(128)
+        sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:

@@ -7,7 +7,9 @@ Needs TensorFlow and TensorBoard (the tf extra).
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,29 @@ SCALARS = {
     "train_accuracy": "accuracy/train_batches",
     "val_accuracy": "accuracy/validation",
 }
+
+
+def check_log_dir(log_dir: str | os.PathLike) -> None:
+    """Check ``--tensorboard DIR`` before any work: TensorFlow and TensorBoard are installed
+    and DIR is (or can be made) a folder this process can write into. TwinnetError, one
+    line naming DIR, if not. Creates DIR, as ``--out`` is created."""
+    from twinnet.util import os_reason
+
+    missing = [name for name in ("tensorflow", "tensorboard") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise TwinnetError("--tensorboard needs TensorFlow and TensorBoard: pip install 'twinnet[tf]'")
+    target = Path(log_dir)
+    if target.exists() and not target.is_dir():
+        raise TwinnetError(f"--tensorboard {target}: is a file, not a folder")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=target)
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        raise TwinnetError(f"--tensorboard {target}: a part of the path is a file") from None
+    except OSError as exc:
+        raise TwinnetError(f"--tensorboard {target}: cannot write there ({os_reason(exc)})") from None
 
 
 def write_tensorboard(metrics: dict[str, Any], log_dir: str | os.PathLike, run_name: str) -> Path:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -319,6 +320,7 @@ def train(config: TrainConfig, data: Mnist, progress: bool | None = None,
     ``on_record(step, values)`` is called at every curve point. ``final_splits`` are
     evaluated at the end (a sweep leaves out "test", which must never inform a choice).
     With a ``checkpoint`` path the state is saved there every ``checkpoint_every`` steps
+    (a save that fails is warned about and training goes on: ``save_periodic_checkpoint``)
     and on Ctrl-C; ``resume`` first restores it (a run saved after its last step just
     evaluates and writes). With ``out_dir`` the run folder is written (``runs.write_run``,
     the caller holding the folder) under the same Ctrl-C handling and the checkpoint is
@@ -329,6 +331,7 @@ def train(config: TrainConfig, data: Mnist, progress: bool | None = None,
     """
     state = start_training(config, len(data.train), checkpoint if resume else None, threads, reference)
     resumed_at = state.step if resume else None
+    failing = False  # the last periodic checkpoint could not be saved
     # Divergence is caught from the loss; NumPy's overflow warnings would only repeat it.
     with stop_on_sigint() as sigint, np.errstate(over="ignore", invalid="ignore"):
         with progress_bar(config.steps, f"{config.model} ({config.backend})", enabled=progress) as bar:
@@ -345,7 +348,7 @@ def train(config: TrainConfig, data: Mnist, progress: bool | None = None,
                 if sigint.is_set():
                     stop_here(config, state, checkpoint, f"after step {step}")
                 if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
-                    save_training(checkpoint, config, state)
+                    failing = save_periodic_checkpoint(checkpoint, config, state, failing)
             state.stop_steps()
 
         def honour_sigint(when: str) -> Callable[[], None]:
@@ -379,9 +382,15 @@ def finish_run(out_dir: str | os.PathLike, config: TrainConfig, state: TrainingS
                metrics: dict[str, Any], checkpoint: str | os.PathLike | None,
                check: Callable[[], None]) -> dict[str, Any]:
     """Write the run folder (``runs.write_run``, calling ``check()`` after each file) and
-    remove the checkpoint it supersedes; returns the metrics as written. If the writing
-    fails (a full disk, say) the trained state is kept as a checkpoint, when there is a
-    place for one, and the one-line error says how to finish."""
+    remove the checkpoint it supersedes; returns the metrics as written.
+
+    If the writing fails (a full disk, say: the start-up check of the free space cannot
+    foresee what else fills the disk meanwhile), the run folder is left as it was and
+    the trained state is saved as a checkpoint, when there is a place for one (the failed
+    files are removed first, so their room is free for it). The one-line error then says
+    what was lost and how to go on: ``--resume`` after making room, from this checkpoint,
+    or from an earlier one if this one cannot be written either; without any, that the
+    training is lost."""
     try:
         metrics = write_run(out_dir, state.model.params, metrics, check)
     except TrainingInterruptedError:
@@ -389,15 +398,42 @@ def finish_run(out_dir: str | os.PathLike, config: TrainConfig, state: TrainingS
     except TwinnetError as exc:
         if checkpoint is None:
             raise
+        resume = f"twinnet train --resume {out_dir}"
         try:
             save_training(checkpoint, config, state)
         except TwinnetError:
-            raise exc from None
-        raise TwinnetError(f"{exc}; the trained state is saved in {checkpoint}: make room "
-                           f"and finish with: twinnet train --resume {out_dir}") from None
+            if Path(checkpoint).is_file():
+                raise TwinnetError(f"{exc}; nor could the trained state be saved: the steps after "
+                                   f"the last checkpoint ({checkpoint}) are lost; make room and "
+                                   f"continue from it with: {resume}") from None
+            raise TwinnetError(f"{exc}; nor could the trained state be saved as a checkpoint: "
+                               f"the {state.step} steps of training are lost; make room and train "
+                               "again") from None
+        raise TwinnetError(f"{exc}; nothing is lost: the trained state is saved in {checkpoint}: "
+                           f"make room and finish with: {resume}") from None
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)
     return metrics
+
+
+def save_periodic_checkpoint(path: str | os.PathLike, config: TrainConfig, state: TrainingState,
+                             failing: bool) -> bool:
+    """Save the checkpoint of ``--checkpoint-every``; whether saving failed.
+
+    A failed save (a full disk) does not stop the run: the previous checkpoint stays as
+    it was (checkpoints are written atomically) and training goes on, since the run may
+    still finish and its final write is handled on its own (``finish_run``). The first
+    failure of a series prints one warning line on stderr; ``failing`` says whether the
+    previous save failed too."""
+    try:
+        save_training(path, config, state)
+    except TwinnetError as exc:
+        if not failing:
+            print(f"twinnet: warning: checkpoint after step {state.step} not saved ({exc}); "
+                  "training goes on, and a resume would start from the previous checkpoint",
+                  file=sys.stderr, flush=True)
+        return True
+    return False
 
 
 def run_metrics(config: TrainConfig, state: TrainingState, data: Mnist, final_splits: tuple[str, ...],

@@ -11,6 +11,11 @@ from twinnet.errors import TwinnetError
 from twinnet.serve import (
     DEFAULT_HOST,
     DEFAULT_PORT,
+    FORMATS_TEXT,
+    MAX_PENDING,
+    MAX_UPLOAD_BYTES,
+    MIN_UPLOAD_RATE,
+    UPLOAD_GRACE_SECONDS,
     Twins,
     bind,
     create_app,
@@ -23,7 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "serve", help="a local web page: draw a digit, both twins predict it live",
         description="Start a local web server with a page where you draw a digit and both twins "
                     "predict it as you draw, on the 28x28 image `twinnet predict` would make of it. "
-                    "Also answers POST /api/predict with an image (JSON). Needs twinnet[serve].")
+                    f"Also answers POST /api/predict with an image ({FORMATS_TEXT}, at most "
+                    f"{MAX_UPLOAD_BYTES // (1024 * 1024)} MB, sent at {MIN_UPLOAD_RATE // 1024} KB/s "
+                    f"or faster after {UPLOAD_GRACE_SECONDS:g} s) with JSON. Up to {MAX_PENDING} "
+                    "uploads wait for the models at once; more are answered 503 (busy). Needs "
+                    "twinnet[serve].")
     add_weights(parser, what="weights for both twins (a file trained by either twin loads into both)")
     parser.add_argument("--weights-numpy", metavar="FILE", default=None,
                         help="weights for the NumPy twin only (default: --weights)")

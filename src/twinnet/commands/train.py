@@ -10,8 +10,8 @@ from twinnet.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from twinnet.commands.arguments import add_reference, add_train_arguments, check_reference, config_from_args
 from twinnet.config import ConfigError, TrainConfig, flag
 from twinnet.errors import TwinnetError, UsageError
-from twinnet.runs import check_output_dir, default_run_dir, lock_run_dir, run_bytes
-from twinnet.tensorboard import write_tensorboard
+from twinnet.runs import check_run_output, default_run_dir, lock_run_dir
+from twinnet.tensorboard import check_log_dir, write_tensorboard
 from twinnet.training import train
 
 
@@ -25,8 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="output folder (default: runs/MODEL-BACKEND)")
     parser.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
                         help="save a checkpoint (model, optimizer, step, data order) to "
-                             "OUT/checkpoint.npz every N steps; Ctrl-C always saves one "
-                             "(default: only on Ctrl-C)")
+                             "OUT/checkpoint.npz every N steps; Ctrl-C always saves one, and so "
+                             "does a failed final write (a full disk). A checkpoint that cannot "
+                             "be written mid-run keeps the previous one and training goes on, "
+                             "with a warning (default: only on Ctrl-C)")
     parser.add_argument("--resume", metavar="DIR", default=None,
                         help="continue the interrupted run in DIR from its checkpoint, with its "
                              "saved settings (a training flag that disagrees with them is refused)")
@@ -78,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
         raise TwinnetError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
     check_reference(args)
     config, out, state = planned_run(args)
-    check_output_dir(out, run_bytes(config))  # before any work
+    check_run_output(out, config)  # before any work
+    if args.tensorboard:
+        check_log_dir(args.tensorboard)
     checkpoint = out / CHECKPOINT_NAME
     with lock_run_dir(out):
         if not args.resume and checkpoint.exists():
