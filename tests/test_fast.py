@@ -602,6 +602,23 @@ def test_without_room_for_shared_memory_the_parts_run_on_threads(
     assert model.network._replicas is not None
 
 
+def test_a_full_dev_shm_is_an_error_at_once_not_a_crash_later(
+        runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """SharedMemory only sizes its file; the block is reserved at once (posix_fallocate),
+    so a full /dev/shm is an OSError before any write (the parts run on threads) rather
+    than a SIGBUS at the first write, and the file is removed."""
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    before = set(os.listdir("/dev/shm"))
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    model = _cnn()
+    with caplog.at_level(logging.WARNING):
+        _train_three_steps(model)
+    assert len(_warnings(caplog)) == 1 and model.network._replicas is not None
+    assert set(os.listdir("/dev/shm")) <= before
+
+
 # -- the worker runtime seen from a user's script ---------------------------------------------
 
 TRAIN = """

@@ -209,6 +209,8 @@ class SharedArrays:
         per_set, per_input = sum(sizes.values()), images * math.prod(image_shape)
         total = (per_set * (1 + count) + per_input * count) * dtype.itemsize
         self.shm = shared_memory.SharedMemory(name=name, create=name is None, size=max(total, 1))
+        if name is None:
+            self._reserve(max(total, 1))
         flat = np.ndarray(total // dtype.itemsize, dtype=dtype, buffer=self.shm.buf)
 
         def views(start: int) -> dict[str, np.ndarray]:
@@ -224,6 +226,19 @@ class SharedArrays:
         self.inputs = [flat[start + per_input * k:start + per_input * (k + 1)].reshape(images, *image_shape)
                        for k in range(count)]
         self.name = self.shm.name
+
+    def _reserve(self, size: int) -> None:
+        """Take the block's memory now: SharedMemory only sets the file's size, and a file
+        in a full /dev/shm would then fail at its first write with SIGBUS, which kills the
+        process, rather than with an OSError here (the parts then run on threads)."""
+        try:
+            os.posix_fallocate(self.shm._fd, 0, size)  # the block's descriptor (POSIX only)
+        except OSError:
+            self.shm.close()
+            self.shm.unlink()
+            raise
+        except AttributeError:  # no posix_fallocate or no _fd: nothing to reserve with
+            pass
 
     def close(self) -> None:
         """Unmap the block (views must no longer be used)."""
