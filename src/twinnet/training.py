@@ -40,7 +40,7 @@ from twinnet.data import Mnist, Split
 from twinnet.environment import environment
 from twinnet.errors import TwinnetError
 from twinnet.metrics import evaluate
-from twinnet.models import DESCRIPTIONS, dropout_masks, has_dropout
+from twinnet.models import describe, dropout_masks, has_dropout
 from twinnet.runs import write_run
 from twinnet.util import is_int, is_number
 
@@ -420,7 +420,7 @@ def run_metrics(config: TrainConfig, state: TrainingState, data: Mnist, final_sp
         check()
     return {
         "config": asdict(config),
-        "architecture": DESCRIPTIONS[config.model],
+        "architecture": describe(config.model),
         "environment": environment(),
         "curves": asdict(state.curves),
         "final": {split: {k: v for k, v in r.items() if k != "confusion_matrix"}
