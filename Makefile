@@ -1,5 +1,6 @@
 # twinnet: `make report` regenerates the results report, `make test` runs the tests,
-# `make serve` starts the draw-a-digit page. All create the virtual environment on first use.
+# `make serve` starts the draw-a-digit page, `make notebook` reruns notebooks/tour.ipynb and
+# saves its outputs. All create the virtual environment on first use.
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -13,7 +14,7 @@ ifeq ($(origin TWINNET_DATA), undefined)
 endif
 export TWINNET_DATA
 
-.PHONY: report test lint bench serve clean
+.PHONY: report test lint bench serve notebook clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +25,17 @@ $(VENV)/.installed: pyproject.toml
 report: $(VENV)/.installed
 	$(BIN)/twinnet report --out report
 
+# pytest lists every skipped test with its reason (-rs in pyproject.toml).
 test: $(VENV)/.installed
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  echo "make test: note: no Chromium found, so the browser test of twinnet serve is skipped;" \
+	       "install it with: sudo apt-get install chromium"
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest -q
+
+# Runs notebooks/tour.ipynb top to bottom and saves it with its outputs (commit the result).
+notebook: $(VENV)/.installed
+	cd notebooks && $(abspath $(BIN))/jupyter execute --inplace --timeout=600 tour.ipynb
 
 bench: $(VENV)/.installed
 	$(BIN)/twinnet bench

@@ -1,5 +1,6 @@
 """notebooks/tour.ipynb runs from top to bottom with a small step budget, so it never
-goes stale; its pictures come out as images."""
+goes stale; its pictures come out as images, each training run leaves one progress line and
+TensorFlow's start-up lines none. The committed file carries its outputs (`make notebook`)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,15 @@ def test_tour_notebook_runs(mnist_path, monkeypatch):
     images = [out for out in outputs if "image/png" in out.get("data", {})]
     assert len(images) >= 4  # the twins' curves, the saliency map and two layers
     assert any("| dense1 |" in out.get("data", {}).get("text/markdown", "") for out in outputs)
+    stderr = "".join(out.text for out in outputs if out.output_type == "stream" and out.name == "stderr")
+    assert "IProgress" not in stderr and "oneDNN" not in stderr and "absl" not in stderr
+    assert stderr.count("100%") == 4 and len(stderr.splitlines()) == 4  # one line per training run
+
+
+def test_committed_tour_has_its_outputs():
+    nbformat = pytest.importorskip("nbformat")
+    notebook = nbformat.read(TOUR, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(cell.outputs for cell in code), "run `make notebook` and commit notebooks/tour.ipynb"
+    images = [out for cell in code for out in cell.outputs if "image/png" in out.get("data", {})]
+    assert len(images) >= 4

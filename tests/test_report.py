@@ -294,7 +294,12 @@ def test_report_renders_every_figure_from_the_metrics(tmp_path):
     assert "| accuracy | 98.76% | 87.65% | 91.23% |" in section
     assert "| cross-entropy | 0.0111 | 0.0222 | 0.0333 |" in section
     assert "| **0** | **915** | 877 |" in section  # the confusion matrix, diagonal in bold
-    assert "Test CPU (3 cores)" in report and "The 2 runs took 50 s" in report
+    assert "Test CPU (3 cores)" in report
+    # The header names each time: run time summed over the runs, and this invocation's wall time.
+    header = report.split("\n## ", 1)[0]
+    assert "*Run time*, the 2 runs' training and evaluation summed over the runs" in header
+    assert ": 50 s." in header and "*Wall time* of this invocation, which trained 1" in header
+    assert ": 12 s." in header
     assert "| tensorflow | 9.9 |" in report and "| P2:b | 7.0 s | 8.0 s |" in report
     assert "{" not in report  # every placeholder of the template filled
 
@@ -355,6 +360,22 @@ def test_three_seed_report_shows_spread_interval_and_median_seed(tmp_path):
     assert "{" not in report
 
 
+def test_report_names_the_machine_the_runs_were_trained_on(tmp_path):
+    """Re-rendered on another machine, the report still names the one its runs recorded."""
+    from twinnet.report import render_report
+
+    presets = mini_presets(tmp_path)
+    runs = {p.id: seed_runs(p, 1, [9100]) for p in presets}
+    for run in runs[presets[0].id] + runs[presets[1].id]:
+        run["environment"] = {"cpu": "Recorded CPU", "cpu_count": 2, "tensorflow": "9.9"}
+    report = render_report(tmp_path, presets[:2], runs, elapsed=1.0, trained=0, env=ENV)
+    assert "from runs trained on Recorded CPU (2 cores)" in report and "Test CPU" not in report
+    assert "| cpu | Recorded CPU |" in report and "| python | 3.x |" in report  # not recorded: this one's
+    runs[presets[1].id][0]["environment"] = {"cpu": "Other CPU", "cpu_count": 2}
+    report = render_report(tmp_path, presets[:2], runs, elapsed=1.0, trained=0, env=ENV)
+    assert "from runs trained on Recorded CPU / Other CPU (2 cores)" in report
+
+
 def test_twin_agreement_names_a_difference_outside_zero_and_the_band():
     from twinnet.report import twin_agreement
 
@@ -406,17 +427,87 @@ def test_report_gives_each_seed_verdict_with_its_figures(tmp_path):
     assert "| P1:a (seed settings) | 50.0 s | 51.0 s |" in report
 
 
+def curves(shift: float = 0.0, accuracy_top: float = 0.84) -> dict:
+    """A run's curves over three evaluation points; ``shift`` moves the last accuracies."""
+    return {"step": [10, 20, 30], "train_loss": [1.0, 0.5, 0.4], "val_loss": [1.1, 0.6, 0.5],
+            "train_accuracy": [0.7, 0.8, accuracy_top + 0.01 + shift],
+            "val_accuracy": [0.72, 0.81, accuracy_top + shift]}
+
+
 def test_twins_plot_draws_one_or_several_seeds(tmp_path):
     from twinnet.plots import plot_twins
-
-    def curves(shift: float) -> dict:
-        return {"step": [10, 20, 30], "train_loss": [1.0, 0.5, 0.4], "val_loss": [1.1, 0.6, 0.5],
-                "train_accuracy": [0.7, 0.8, 0.85 + shift], "val_accuracy": [0.72, 0.81, 0.84 + shift]}
 
     plot_twins({"P1:a tf": [curves(0)], "P2:b numpy": [curves(0.01)]}, "one", tmp_path / "one.png")
     plot_twins({"P1:a tf": [curves(0), curves(0.02)], "P2:b numpy": [curves(0.01), curves(0)]},
                "two", tmp_path / "two.png")
     assert (tmp_path / "one.png").stat().st_size > 1000 and (tmp_path / "two.png").stat().st_size > 1000
+
+
+def test_report_redraws_the_run_pictures_it_shows(tmp_path):
+    """A report that reuses runs redraws the pictures it links (the median seed's) from the
+    metrics, so they follow the plotting code; the other seeds' are left alone."""
+    from twinnet.report import redraw_shown_runs
+
+    presets = mini_presets(tmp_path)[:1]
+    correct = [9105, 9100, 9109]  # the median, 9105, is seed 0's
+    runs = {presets[0].id: [fake_metrics(presets[0].with_seed(k, 3).config, 0.9, 0.9, correct[k], 1.0,
+                                         curves=curves()) for k in range(3)]}
+    redraw_shown_runs(tmp_path, presets, runs)
+    drawn = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
+    assert drawn == ["runs/P1a-linear-tf/confusion.png", "runs/P1a-linear-tf/curves.png"]
+
+
+def legend_titles(fig) -> list[str]:
+    """The legend note of each axes (accuracy, cross-entropy); "" where there is none."""
+    return [ax.get_legend().get_title().get_text() for ax in fig.axes]
+
+
+def test_twins_plot_says_when_the_curves_coincide():
+    from twinnet.plots import plot_twins
+
+    same = plot_twins({"P1:a tf": [curves(), curves(0.01)], "P2:b numpy": [curves(), curves(0.01)]}, "same")
+    assert legend_titles(same) == ["P1:a tf and P2:b numpy are identical:\nP1:a tf's lines lie under "
+                                   "P2:b numpy's"] * 2
+    # Within float32 rounding in the losses only: they coincide there, to within the difference.
+    nearly = curves()
+    nearly["val_loss"] = [v * (1 + 1e-8) for v in nearly["val_loss"]]
+    accuracy_note, loss_note = legend_titles(plot_twins({"a": curves(), "b": nearly}, "nearly"))
+    assert "a and b are identical" in accuracy_note and "a and b are within 1e-08 of each other" in loss_note
+    # A difference a plot can show: no note on the accuracy, still one on the equal losses.
+    apart = legend_titles(plot_twins({"a": curves(), "b": curves(0.001)}, "apart"))
+    assert apart[0] == "" and "a and b are identical" in apart[1]
+    assert legend_titles(plot_twins({"a": curves()}, "alone")) == ["", ""]
+
+
+def test_accuracy_axes_fit_their_data():
+    """The accuracy axis spans the plotted values plus a small margin: a run topping out at
+    85% is not stretched to 100%."""
+    from twinnet.plots import MARGIN, MIN_MARGIN, plot_curves, plot_twins
+
+    run = curves(accuracy_top=0.84)
+    low, high = plot_curves(run, "one run").axes[0].get_ylim()
+    values = [v * 100 for v in run["train_accuracy"] + run["val_accuracy"]]
+    margin = max((max(values) - min(values)) * MARGIN, MIN_MARGIN)
+    assert (low, high) == pytest.approx((min(values) - margin, max(values) + margin))
+    assert high < 90
+
+    # The twins plot leaves out the first tenth of the points, which sit far below the rest.
+    many = {"step": list(range(1, 21)), "train_loss": [1.0] * 20, "val_loss": [1.0] * 20,
+            "train_accuracy": [0.10, 0.50] + [0.93] * 17 + [0.94], "val_accuracy": [0.2, 0.6] + [0.92] * 18}
+    low, high = plot_twins({"a": many, "b": many}, "twins").axes[0].get_ylim()
+    assert 91 < low < 92 and 94 < high < 95
+
+
+def test_claims_print_at_their_stated_precision():
+    """The assignment report printed one claim as "97.8500%": it reads "97.85%", at the
+    report's two decimals, while a claim printed with fewer keeps its own."""
+    from twinnet.seed_report import format_claim
+
+    assert format_claim(0.9785, 4) == "97.85%"
+    assert format_claim(0.97856, 4) == "97.856%"
+    assert format_claim(0.929, 1) == "92.9%"
+    assert format_claim(0.971, 2) == "97.10%"
+    assert format_claim(0.97, 0) == "97%"
 
 
 # -- planning: which run folders, which seeds, without training ----------------------------------
@@ -527,24 +618,3 @@ def test_cli_defaults_are_the_config_defaults_and_errors_name_the_flag(capsys):
     assert capsys.readouterr().err.strip() == "twinnet: error: --lr must be a positive number, got -1.0"
     assert main(["train", "linear", "--batch-size", "0"]) == 2
     assert "--batch-size must be at least 1" in capsys.readouterr().err
-
-
-def test_readme_seed_columns_are_the_seed_reports_figures():
-    """The README's results table shows the seed's settings and errors from seed_report.toml."""
-    from pathlib import Path
-
-    from twinnet.seed_report import load_seed_report, seed_columns
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    seed = load_seed_report()
-    rows = [line.strip("|").split("|") for line in readme.splitlines() if line.startswith("| P")]
-    assert len(rows) == 8
-    for cells in rows:
-        label, settings, errors = cells[0].strip(), cells[-2].strip(), cells[-1].strip()
-        figures = seed_columns(seed, label)
-        if figures["seed_lr"] == "n/a":
-            assert (settings, errors) == ("n/a (never run)", "n/a"), label
-            continue
-        assert settings.startswith(f"{figures['seed_lr']}") and settings.endswith(
-            f"{int(figures['seed_steps']):,}"), label
-        assert errors == f"{figures['seed_train_error']} / {figures['seed_test_error']}", label

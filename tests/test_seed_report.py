@@ -150,7 +150,7 @@ def test_renderer_gives_each_verdict_with_its_figures(seed):
         "| 97.11% | 97.11% | 96.00% | not reproduced (rerun 96.00% vs claim 97.11%: -1.11 pp) |")
     assert row_of(lines, "P2:b").endswith(
         "| 98.19% | 90.95% | 92.00% | claim contradicts its own matrix (claim 98.19% vs matrix 90.95%) |")
-    assert row_of(lines, "P1:c").endswith("| 97.8500% | 97.85% | not run yet | not run yet |")
+    assert row_of(lines, "P1:c").endswith("| 97.85% | 97.85% | not run yet | not run yet |")
     assert row_of(lines, "P2:c").endswith(
         "| 98.53% | 92.65% | not run yet "
         "| claim contradicts its own matrix (claim 98.53% vs matrix 92.65%) |")

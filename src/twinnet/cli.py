@@ -16,7 +16,10 @@ from twinnet import __version__
 from twinnet.backend import BACKENDS, OPTIMIZERS
 from twinnet.errors import TwinnetError
 from twinnet.models import DESCRIPTIONS, MODEL_NAMES
+from twinnet.quiet import VERBOSE_ENV
 
+VERBOSE_HELP = (f"show TensorFlow's start-up log lines (absl, oneDNN), hidden by default; "
+                f"{VERBOSE_ENV}=1 in the environment does the same")
 MODELS_HELP = "; ".join(f"{name}: {text}" for name, text in DESCRIPTIONS.items())
 
 
@@ -286,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "and by hand-derived NumPy backpropagation (the NumPy twin).",
     )
     parser.add_argument("--version", action="version", version=f"twinnet {__version__}")
+    parser.add_argument("--verbose", action="store_true", default=False, help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser("train", help="train one model with one twin",
@@ -424,12 +428,17 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_parser(sub)
     tracing.add_parser(sub)
     serve.add_parser(sub)
+    for command in sub.choices.values():  # also after the command: twinnet compare cnn --verbose
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help=VERBOSE_HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:  # an environment variable, so that worker processes see it too
+        os.environ[VERBOSE_ENV] = "1"
     try:
         return args.func(args)
     except TwinnetError as exc:

@@ -34,8 +34,27 @@ from twinnet.errors import TwinnetError
 from twinnet.models import DESCRIPTIONS, MODEL_NAMES, count_params, multiply_adds_per_image
 from twinnet.parallel import run_jobs
 from twinnet.presets import Preset, load_presets, seed_settings_presets, select
-from twinnet.runs import PLOTS_BYTES, check_output_dir, finished_metrics, lock_run_dir, run_bytes, write_run
-from twinnet.seed_report import load_seed_report, percent, render_seed_section, seed_columns
+from twinnet.runs import (
+    PLOTS_BYTES,
+    check_output_dir,
+    draw_run_plots,
+    finished_metrics,
+    lock_run_dir,
+    run_bytes,
+    write_run,
+)
+from twinnet.seed_report import (
+    CONTRADICTS,
+    NOT_REPRODUCED,
+    NOT_RUN_YET,
+    REPRODUCED,
+    REPRODUCED_WITHIN_PP,
+    load_seed_report,
+    percent,
+    render_seed_section,
+    seed_columns,
+    verdict,
+)
 from twinnet.training import SPLITS, progress_bar, train
 from twinnet.util import write_text_atomic
 
@@ -142,6 +161,8 @@ def run_planned(jobs: list[RunJob], workers: int, reused: int, engine: str = "lo
     if jobs:
         print(f"training {len(jobs)} run(s) with {workers} job(s) on the {engine} engine; "
               f"reusing {reused} finished")
+    else:
+        print(f"reusing all {reused} finished run(s); nothing to train")
     results = {}
     with progress_bar(len(jobs), "report runs", unit="run", enabled=None if workers > 1 else False) as bar:
         for job, result in run_jobs(run_job, jobs, workers, engine, address):
@@ -179,7 +200,8 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
     ``seed_settings`` (default: when the shipped presets are used; a presets file of one's
     own says exactly which runs to train) the eight runs at the seed report's own
     settings, one seed each. ``only`` selects from both sets. ``engine`` and ``address`` as in
-    ``twinnet.parallel.run_jobs``.
+    ``twinnet.parallel.run_jobs``. When ``out`` is the repository's docs/report, the results
+    block of the repository's README.md is rewritten from the same runs (``readme_of``).
     """
     from twinnet.data import load_mnist
 
@@ -190,6 +212,7 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
         seed_settings = presets_path is None
     reruns = seed_settings_presets(SEED) if seed_settings else []
     retrain = check_plan(out, presets + reruns, only, seeds)
+    readme = readme_of(out)
     load_mnist(data_dir)  # fail on bad data here, once, before any worker starts
     reused, todo = plan_runs(presets + reruns, out, retrain, None if data_dir is None else str(data_dir),
                              jobs, seeds)
@@ -201,9 +224,13 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
     if tensorboard is not None:
         write_tensorboard_runs(tensorboard, presets, runs, seeds)
     write_twin_plots(out, presets, runs)
+    redraw_shown_runs(out, presets, runs)
     path = out / "REPORT.md"
     write_text_atomic(path, render_report(out, presets, runs, time.perf_counter() - started, len(todo),
                                           seeds=seeds, reruns=reruns))
+    if readme is not None:
+        write_text_atomic(readme, with_blocks(readme, readme_blocks(presets, runs, seeds, reruns)))
+        print(f"updated the figures in {readme} from {path}")
     return path
 
 
@@ -242,6 +269,15 @@ def write_twin_plots(out: Path, presets: list[Preset], runs: dict[str, list[Metr
                   for p in presets if p.config.model == model and p.id in runs}
         if curves:
             plot_twins(curves, f"{model}: both twins", out / f"twins-{model}.png")
+
+
+def redraw_shown_runs(out: Path, presets: list[Preset], runs: dict[str, list[Metrics]]) -> None:
+    """Redraw the run pictures REPORT.md shows (each preset's median seed, ``median_run``)
+    from their metrics, so a report that reuses runs shows them as the plotting code draws
+    them now."""
+    for preset in (p for p in presets if p.id in runs):
+        run = median_run(runs[preset.id])
+        draw_run_plots(preset.run_dir(out, run["config"]["seed"] - preset.config.seed), run)
 
 
 # -- render ----------------------------------------------------------------------------
@@ -348,9 +384,9 @@ def render_report(out: Path, presets: list[Preset], runs: dict[str, list[Metrics
     ``presets`` and of the seed-settings presets ``reruns``); ``seeds`` is the number each
     preset was planned with.
     """
-    env = environment() if env is None else env
     reruns = [] if reruns is None else reruns
     everything = [p for p in presets + reruns if p.id in runs]
+    env = recorded_environment(everything, runs, environment() if env is None else env)
     header = text("header", now=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                   cpu=env["cpu"], cpu_count=env["cpu_count"],
                   runs=sum(len(runs[p.id]) for p in everything),
@@ -368,7 +404,7 @@ def render_report(out: Path, presets: list[Preset], runs: dict[str, list[Metrics
                               for p in reruns if p.id in runs)
     rerun_note = text("seed_rerun_note", seeds=seeds, folders=rerun_folders or "none yet")
     parts = [header, text("table_intro", seeds=seeds_text), table, text("lr_choices"), choices, *models,
-             rerun_section, rerun_note, twins_section(presets, runs, elapsed),
+             rerun_section, rerun_note, twins_section(presets, runs),
              environment_section(presets + reruns, runs, env)]
     return "\n".join(parts)
 
@@ -449,7 +485,7 @@ def twin_agreement(pairs: list[tuple[int, float]]) -> tuple[list[str], str | Non
     return cells, sentence
 
 
-def twins_section(presets: list[Preset], runs: dict[str, list[Metrics]], elapsed: float) -> str:
+def twins_section(presets: list[Preset], runs: dict[str, list[Metrics]]) -> str:
     """The closing note: each model's twin difference of test accuracy, paired by seed."""
     rows, sentences, one_seed = [], [], []
     for model in MODEL_NAMES:
@@ -469,16 +505,25 @@ def twins_section(presets: list[Preset], runs: dict[str, list[Metrics]], elapsed
         sentences.append(text("agreement_one_seed", models=", ".join(one_seed)))
     table = markdown_table(["model", "twins", "seeds", "mean difference", "95% interval", "contains 0",
                             f"within ±{AGREEMENT_PP:g} pp"], rows) if rows else text("no_twin_pairs")
-    return text("twins", table=table.rstrip("\n"), sentences="".join(sentences).rstrip("\n"),
-                elapsed=elapsed)
+    return text("twins", table=table.rstrip("\n"), sentences="".join(sentences).rstrip("\n"))
 
 
-def environment_section(presets: list[Preset], runs: dict[str, list[Metrics]], env: dict) -> str:
-    """Versions (this machine's, then any the runs recorded) and each run's timing (mean per seed)."""
-    versions = dict(env)
+def recorded_environment(presets: list[Preset], runs: dict[str, list[Metrics]], env: dict) -> dict[str, str]:
+    """Where the runs were trained: each key of their recorded environments, its distinct
+    values joined by " / " where runs differ; this machine's (``env``) where none recorded it.
+    (A report re-rendered elsewhere still names the machine its figures came from.)"""
+    recorded: dict[str, list[str]] = {}
     for preset in (p for p in presets if p.id in runs):
         for run in runs[preset.id]:
-            versions.update({k: v for k, v in run["environment"].items() if k not in versions})
+            for key, value in run["environment"].items():
+                if str(value) not in recorded.setdefault(key, []):
+                    recorded[key].append(str(value))
+    return {**{key: str(value) for key, value in env.items()},
+            **{key: " / ".join(values) for key, values in recorded.items()}}
+
+
+def environment_section(presets: list[Preset], runs: dict[str, list[Metrics]], versions: dict) -> str:
+    """Versions and machine (``recorded_environment``) and each run's timing (mean per seed)."""
     keys = ("twinnet", "python", "numpy", "tensorflow", "platform", "cpu", "simd", "cpu_count")
     version_table = markdown_table(["what", "version"],
                                    [[key, str(versions[key])] for key in keys if key in versions])
@@ -488,3 +533,136 @@ def environment_section(presets: list[Preset], runs: dict[str, list[Metrics]], e
           f"{mean_seconds(runs[p.id], 'train_seconds'):.1f} s", f"{mean_seconds(runs[p.id]):.1f} s"]
          for p in presets if p.id in runs])
     return text("environment", versions=version_table.rstrip("\n"), timings=timing_table.rstrip("\n"))
+
+
+# -- the README's figures ----------------------------------------------------------------
+# The README quotes a few figures of the committed report (docs/report). Each sits in a
+# named block, between <!-- NAME:start --> and <!-- NAME:end -->, rewritten by
+# `twinnet report --out docs/report` from the same runs as REPORT.md, so it cannot drift;
+# tests/test_readme.py regenerates the blocks from docs/report and compares.
+
+REPOSITORY = Path(__file__).resolve().parents[2]  # the clone, when twinnet runs from one
+README_BLOCKS = ("report-time", "results")
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def readme_of(out: Path) -> Path | None:
+    """The README.md whose blocks a report in ``out`` rewrites: the repository's, when ``out``
+    is its docs/report, else None. A TwinnetError if that README lacks a block (checked
+    before any training)."""
+    readme = REPOSITORY / "README.md"
+    if out.resolve() != REPOSITORY / "docs" / "report" or not readme.is_file():
+        return None
+    blocks_in(readme)
+    return readme
+
+
+def blocks_in(readme: Path) -> dict[str, str]:
+    """The text of each README_BLOCKS block of ``readme``, between its markers; a
+    TwinnetError unless each marker appears exactly once, start first."""
+    text_ = readme.read_text(encoding="utf-8")
+    blocks = {}
+    for name in README_BLOCKS:
+        start, end = markers(name)
+        if text_.count(start) != 1 or text_.count(end) != 1 or text_.index(start) > text_.index(end):
+            raise TwinnetError(f"{readme}: needs one block {name}, between {start} and a later {end}")
+        blocks[name] = text_.split(start, 1)[1].split(end, 1)[0]
+    return blocks
+
+
+def with_blocks(readme: Path, blocks: dict[str, str]) -> str:
+    """The text of ``readme`` with each of ``blocks`` (name -> text) between its markers."""
+    blocks_in(readme)  # each block once
+    text_ = readme.read_text(encoding="utf-8")
+    for name, block in blocks.items():
+        start, end = markers(name)
+        head, rest = text_.split(start, 1)
+        text_ = f"{head}{start}{block}{end}{rest.split(end, 1)[1]}"
+    return text_
+
+
+def accuracy_over_seeds(runs: list[Metrics]) -> str:
+    """Test accuracy as ``98.02 ± 0.11%`` over several seeds, ``98.02%`` for one."""
+    values = [run["final"]["test"]["accuracy"] for run in runs]
+    if len(values) == 1:
+        return percent(values[0])
+    mean, std = mean_std(values)
+    return f"{mean * 100:.2f} ± {std * 100:.2f}%"
+
+
+def results_block(presets: list[Preset], runs: dict[str, list[Metrics]], seeds: int,
+                  reruns: list[Preset]) -> str:
+    """The README's results: one row per model with both twins' test accuracy and their
+    difference paired by seed, whether its interval contains 0, then the verdicts on the
+    assignment report's claims (``SEED``)."""
+    rows, contains_zero = [], {}
+    for model in MODEL_NAMES:
+        twins = {p.config.backend: p for p in presets if p.config.model == model and p.id in runs}
+        if set(twins) != {"tf", "numpy"}:
+            continue
+        pairs = paired_differences(runs[twins["tf"].id], runs[twins["numpy"].id])
+        cells = twin_agreement(pairs)[0] if pairs else ["0", "no common seed"]
+        if len(pairs) > 1:
+            contains_zero[model] = cells[3] == "yes"
+        difference = f"{cells[1]} {cells[2]}" if len(pairs) > 1 else cells[1]
+        rows.append([model, *(f"{twins[b].label} {accuracy_over_seeds(runs[twins[b].id])}"
+                              for b in ("tf", "numpy")), difference])
+    table = markdown_table(["model", "TF twin", "NumPy twin", "TF − NumPy (95% interval)"], rows)
+    inside = [model for model, yes in contains_zero.items() if yes]
+    outside = [model for model, yes in contains_zero.items() if not yes]
+    if not contains_zero:
+        agreement = TEXT["readme_no_interval"]
+    elif not outside:
+        agreement = TEXT["readme_all_contain_zero"]
+    else:
+        agreement = text("readme_some_contain_zero", inside=", ".join(inside) or "no model",
+                         outside=", ".join(outside))
+    rerun_accuracy = {p.reruns: runs[p.id][0]["final"]["test"]["accuracy"] for p in reruns if p.id in runs}
+    by_outcome: dict[str, list[str]] = {}
+    for run in SEED.runs:
+        by_outcome.setdefault(verdict(run, rerun_accuracy.get(run.label)).outcome, []).append(run.label)
+    verdicts = [text(f"readme_{key}", labels=", ".join(by_outcome[outcome]), pp=REPRODUCED_WITHIN_PP)
+                for key, outcome in (("reproduced", REPRODUCED), ("not_reproduced", NOT_REPRODUCED),
+                                     ("contradicts", CONTRADICTS), ("not_run", NOT_RUN_YET))
+                if by_outcome.get(outcome)]
+    over = TEXT["readme_one_seed"] if seeds == 1 else text("readme_many_seeds", seeds=seeds)
+    return "\n" + text("readme_results", over=over, agreement=agreement, table=table.rstrip("\n"),
+                       verdicts="; ".join(verdicts) if verdicts else TEXT["readme_no_reruns"])
+
+
+def report_time_block(presets: list[Preset], runs: dict[str, list[Metrics]], jobs: int = 2) -> str:
+    """How long `make report` trains (one seed per run, ``jobs`` at a time), from the run
+    time its runs took in the report: their seed 0's, summed, over ``jobs``."""
+    seed_zero = [run for p in presets for run in runs.get(p.id, [])[:1]
+                 if run["config"]["seed"] == p.config.seed]
+    seconds = sum(run["wall_seconds"] for run in seed_zero)
+    return text("readme_report_time", minutes=max(1, round(seconds / jobs / 60)), runs=len(seed_zero),
+                seconds=seconds, jobs=jobs)
+
+
+def readme_blocks(presets: list[Preset], runs: dict[str, list[Metrics]], seeds: int,
+                  reruns: list[Preset]) -> dict[str, str]:
+    """Every README block (README_BLOCKS) from a report's presets, reruns and finished runs."""
+    return {"report-time": report_time_block(presets + reruns, runs),
+            "results": results_block(presets, runs, seeds, reruns)}
+
+
+def seeds_in(out: Path, presets: list[Preset]) -> int:
+    """How many seeds the report in ``out`` holds: one more than the highest seed folder
+    (``seed-k``) of any preset, 1 without any."""
+    count = 1
+    while any(p.run_dir(out, count).is_dir() for p in presets):
+        count += 1
+    return count
+
+
+def readme_blocks_of(out: str | os.PathLike) -> dict[str, str]:
+    """The README's blocks from the finished runs, in the report folder ``out``, of the
+    shipped presets and the assignment report's settings (no training)."""
+    out = Path(out)
+    presets, reruns = load_presets(), seed_settings_presets(SEED)
+    seeds = seeds_in(out, presets)
+    return readme_blocks(presets, finished_runs(presets + reruns, out, seeds), seeds, reruns)

@@ -134,6 +134,20 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def draw_run_plots(directory: str | os.PathLike, metrics: dict[str, Any],
+                   check: Callable[[], None] | None = None) -> None:
+    """Draw a run's curves.png and confusion.png into ``directory`` from its metrics.json
+    dict, calling ``check()`` after each (see ``write_run``)."""
+    from twinnet.plots import plot_confusion, plot_curves
+
+    config, check = metrics["config"], check or (lambda: None)
+    title = f"{config['model']} trained by the {config['backend']} twin"
+    plot_curves(metrics["curves"], title, Path(directory) / "curves.png")
+    check()
+    plot_confusion(metrics["confusion_matrix"], title, Path(directory) / "confusion.png")
+    check()
+
+
 def write_run(out_dir: str | os.PathLike, params: dict[str, np.ndarray], metrics: dict[str, Any],
               check: Callable[[], None] | None = None) -> dict[str, Any]:
     """Write the run folder's files (RUN_FILES) into ``out_dir`` from the run's parameters
@@ -145,22 +159,16 @@ def write_run(out_dir: str | os.PathLike, params: dict[str, np.ndarray], metrics
     it was. Then the old metrics.json goes, the new files are renamed in, metrics.json
     last. The caller should hold the folder (``lock_run_dir``) where others may write.
     """
-    from twinnet.plots import plot_confusion, plot_curves
-
     out = Path(out_dir)
     staging = out / STAGING_NAME
     config = TrainConfig(**metrics["config"])
-    title = f"{config.model} trained by the {config.backend} twin"
     check = check or (lambda: None)
     shutil.rmtree(staging, ignore_errors=True)  # a killed writer's
     try:
         save_weights(staging / "weights.npz", config.model, params, weights_meta(config))
         metrics = {**metrics, "weights_sha256": file_sha256(staging / "weights.npz")}
         check()
-        plot_curves(metrics["curves"], title, staging / "curves.png")
-        check()
-        plot_confusion(metrics["confusion_matrix"], title, staging / "confusion.png")
-        check()
+        draw_run_plots(staging, metrics, check)
         write_json_atomic(staging / "metrics.json", metrics)
     except TwinnetError as exc:
         shutil.rmtree(staging, ignore_errors=True)

@@ -153,8 +153,13 @@ def implied_accuracy(matrix: Sequence[Sequence[int]]) -> float:
 
 
 def format_claim(fraction: float, decimals: int) -> str:
-    """A claimed accuracy as the seed report printed it: (0.9785, 4) -> "97.8500%"."""
-    return f"{fraction * 100:.{decimals}f}%"
+    """A claimed accuracy at the report's precision: the seed report's printed digits, less
+    the trailing zeros beyond two decimals, which add nothing: (0.9785, 4) -> "97.85%" (printed
+    "97.8500%"), (0.929, 1) -> "92.9%", (0.9710, 2) -> "97.10%"."""
+    digits = f"{fraction * 100:.{decimals}f}"
+    while decimals > 2 and digits.endswith("0"):
+        digits, decimals = digits[:-1], decimals - 1
+    return f"{digits}%"
 
 
 def percent(fraction: float) -> str:

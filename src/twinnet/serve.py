@@ -53,14 +53,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from twinnet.errors import TwinnetError
 from twinnet.predict import ImageError, prepare_grayscale, softmax, to_grayscale
-from twinnet.weights import load_weights, one_line
+from twinnet.weights import PRETRAINED_CNN, load_weights, one_line
 
 if TYPE_CHECKING:
     from twinnet.backend import Backend
 
 STATIC = Path(__file__).resolve().parent / "static"
-# The report's committed cnn weights: part of the repository, not of an installed wheel.
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "docs/report/runs/P2e-cnn-numpy/weights.npz"
+DEFAULT_WEIGHTS = PRETRAINED_CNN  # the report's cnn, shipped in the package
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
@@ -303,8 +302,8 @@ def resolve_weights(args: argparse.Namespace) -> tuple[Path, Path]:
     """(NumPy twin's, TF twin's) weights files from --weights / --weights-numpy / --weights-tf."""
     shared = Path(args.weights) if args.weights else None
     if shared is None and not (args.weights_numpy and args.weights_tf) and not DEFAULT_WEIGHTS.is_file():
-        raise TwinnetError(f"the default weights {DEFAULT_WEIGHTS} are missing (they come with the "
-                           f"repository, not the package); pass --weights FILE")
+        raise TwinnetError(f"the default weights {DEFAULT_WEIGHTS} are missing from this install of "
+                           f"twinnet; reinstall it, or pass --weights FILE")
     default = shared or shorter(DEFAULT_WEIGHTS)
     return (Path(args.weights_numpy) if args.weights_numpy else default,
             Path(args.weights_tf) if args.weights_tf else default)
@@ -353,7 +352,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                     "Also answers POST /api/predict with an image (JSON). Needs twinnet[serve].")
     serve.add_argument("--weights", metavar="FILE", default=None,
                        help="weights for both twins (a file trained by either twin loads into both; "
-                            "default: the report's cnn, docs/report/runs/P2e-cnn-numpy/weights.npz)")
+                            "default: the report's cnn, shipped with twinnet as "
+                            "twinnet/pretrained/cnn.npz)")
     serve.add_argument("--weights-numpy", metavar="FILE", default=None,
                        help="weights for the NumPy twin only (default: --weights)")
     serve.add_argument("--weights-tf", metavar="FILE", default=None,

@@ -28,9 +28,11 @@ def write_tensorboard(metrics: dict[str, Any], log_dir: str | os.PathLike, run_n
     twins of a model show as two runs on the same charts.
     """
     try:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorboard  # noqa: F401  (tf.summary.scalar needs it)
-        import tensorflow as tf
+
+        from twinnet.quiet import import_tensorflow
+
+        tf = import_tensorflow()
     except ImportError:
         raise TwinnetError("--tensorboard needs TensorFlow and TensorBoard: "
                            "pip install 'twinnet[tf]'") from None

@@ -2,15 +2,19 @@
 
 The image is MNIST test image ``--index I`` (the loss is taken against its true
 label) or a user's IMAGE prepared exactly as ``twinnet predict`` prepares it (the loss
-is taken against the digit the NumPy twin predicts, as there is no true label). Both
+is taken against the digit the NumPy twin predicts, as there is no true label);
+``--label D`` takes the loss against digit D instead. Where the model is sure of the
+digit the loss is nearly 0 and so are all gradients: against another digit they show
+what the model would change to read that one. Both
 twins run layer by layer as in ``twinnet.comparison`` (reference NumPy layers; the Keras
 layers under ``tf.GradientTape``), in float32 unless ``--dtype float64``.
 
 Written into ``--out`` (default ``trace/``):
 
-- ``NN-LAYER.png``: the layer's output for this image (conv maps as a grid of
-  channels) beside the gradient flowing back into it, dL/d(output), from the NumPy twin
-  (TensorFlow's agree to rounding: see the table);
+- ``NN-LAYER.png`` (1200 px wide): the layer's output for this image (conv maps as a
+  grid of channels, dense units as a grid row by row) beside the gradient flowing back
+  into it, dL/d(output), from the NumPy twin (TensorFlow's agree to rounding: see the
+  table); values in nats, the loss being a natural log;
 - ``saliency.png``: the input and dL/dx of both twins;
 - ``trace.md`` and ``trace.json``: per layer the shapes, the norms of activation and
   gradient, the twins' largest differences, and the section of docs/derivations.md
@@ -42,6 +46,7 @@ from twinnet.errors import TwinnetError
 from twinnet.util import make_output_folder
 
 REPO_DERIVATIONS = Path(__file__).resolve().parents[2] / DERIVATIONS
+SURE_LOSS = 1e-3  # nats: below this the model gives the label a probability above 0.999
 
 
 @dataclass
@@ -66,6 +71,7 @@ class Trace:
     numpy: TwinPass
     tf: TwinPass
     image: np.ndarray
+    dtype: str = "float32"
     figures: dict[str, Any] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -75,8 +81,13 @@ class Trace:
         ``doc_link`` (a path or URL of docs/derivations.md)."""
         lines = [f"# Trace of {self.source} through {self.model}", "",
                  f"Loss against label {self.label} ({self.label_source}): NumPy "
-                 f"{self.loss['numpy']:.6g}, TF {self.loss['tf']:.6g}. Predicted digit: NumPy "
-                 f"{self.predicted['numpy']}, TF {self.predicted['tf']}.", "",
+                 f"{self.loss['numpy']:.6g}, TF {self.loss['tf']:.6g} nats. Predicted digit: NumPy "
+                 f"{self.predicted['numpy']}, TF {self.predicted['tf']}.", ""]
+        if self.loss["numpy"] < SURE_LOSS:
+            lines += [f"The model is sure this is a {self.label} (probability "
+                      f"{np.exp(-self.loss['numpy']):.6f}), so the loss and every gradient below "
+                      f"are close to 0; `--label D` takes the loss against another digit D.", ""]
+        lines += [
                  "| layer | input shape | output shape | ‖activation‖ | ‖dL/d(output)‖ | "
                  "max Δ activation | max Δ gradient | picture | derivation |",
                  "|---|---|---|---|---|---|---|---|---|"]
@@ -92,6 +103,10 @@ class Trace:
                   "activation is the loss and the gradient dL/d(logits)."]
         return "\n".join(lines) + "\n"
 
+    def __repr__(self) -> str:  # short: the arrays and figures would fill a notebook's text output
+        return (f"Trace(model={self.model!r}, source={self.source!r}, label={self.label}, "
+                f"loss={self.loss}, figures={list(self.figures)})")
+
     def _repr_markdown_(self) -> str:
         # In a notebook, links resolve from the working folder (notebooks/ in the tour).
         return self.markdown(doc_link(Path.cwd()))
@@ -99,7 +114,7 @@ class Trace:
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "source": self.source, "label": self.label,
                 "label_source": self.label_source, "predicted": self.predicted,
-                "loss": self.loss, "layers": self.rows, "files": self.files,
+                "loss": self.loss, "dtype": self.dtype, "layers": self.rows, "files": self.files,
                 "seconds": self.seconds}
 
 
@@ -165,12 +180,14 @@ def load_image(index: int | None, image: str | os.PathLike | None,
 
 def trace(weights: str | os.PathLike, index: int | None = None, image: str | os.PathLike | None = None,
           out: str | os.PathLike | None = None, dtype: str = "float32",
-          data_dir: str | os.PathLike | None = None, pictures: bool = True) -> Trace:
+          data_dir: str | os.PathLike | None = None, pictures: bool = True,
+          label: int | None = None) -> Trace:
     """One image through both twins with the model in ``weights``, forward and backward.
 
     The image is MNIST test image ``index`` (loss against its true label) or the file
     ``image``, prepared as ``twinnet predict`` does (loss against the NumPy twin's
-    predicted digit). With ``out``, writes the pictures, ``trace.md`` and ``trace.json``
+    predicted digit); ``label`` (0..9) takes the loss against that digit instead.
+    With ``out``, writes the pictures, ``trace.md`` and ``trace.json``
     there; ``pictures=False`` skips the figures. Returns a ``Trace`` (shown as its table
     in a notebook; ``.figures`` holds the Figures). Imports TensorFlow.
     """
@@ -179,22 +196,30 @@ def trace(weights: str | os.PathLike, index: int | None = None, image: str | os.
     started = time.perf_counter()
     if dtype not in TOLERANCES:
         raise TwinnetError(f"--dtype must be one of {', '.join(TOLERANCES)}, got {dtype!r}")
+    if label is not None and (isinstance(label, bool) or label not in range(10)):
+        raise TwinnetError(f"--label must be a digit 0..9, got {label!r}")
     params, meta = load_weights(weights)
     model = meta["model"]
-    x, label, source = load_image(index, image, data_dir)
+    x, true_label, source = load_image(index, image, data_dir)
     if out is not None:
         make_output_folder(out)  # fail before the work, not after
-    label_source = "true label"
-    if label is None:
+    if label is not None:
+        label_source = ("chosen with --label" if true_label is None or label != true_label
+                        else "chosen with --label, the true label")
+    elif true_label is not None:
+        label, label_source = true_label, "true label"
+    else:
         probe = numpy_pass(model, params, x, np.zeros(1, np.intp), dtype)
         label, label_source = int(probe.logits.argmax()), "the digit the NumPy twin predicts"
     y = np.array([label])
     ours = numpy_pass(model, params, x, y, dtype)
     theirs = tf_pass(model, params, x, y, dtype)
     rows = trace_rows(model, ours, theirs, x)
-    result = Trace(model, source, label, label_source,
+    # + 0.0 turns a loss of -0.0 (the minus of -log 1) into 0.0, so no "-0" is printed.
+    result = Trace(model, source, int(label), label_source,
                    {"numpy": int(ours.logits.argmax()), "tf": int(theirs.logits.argmax())},
-                   {"numpy": ours.loss, "tf": theirs.loss}, rows, ours, theirs, x[0, ..., 0])
+                   {"numpy": float(ours.loss) + 0.0, "tf": float(theirs.loss) + 0.0}, rows, ours,
+                   theirs, x[0, ..., 0], dtype=dtype)
     if pictures:
         result.figures = draw(result)
     if out is not None:
@@ -220,16 +245,32 @@ def draw(result: Trace) -> dict[str, Any]:
     for i, ((name, kind), row) in enumerate(zip(names, result.rows[1:-1], strict=True)):
         file = f"{i + 1:02d}-{name}.png"
         title = (f"{result.model}, layer {i + 1}: {name} ({kind}), output "
-                 f"{shape(row['output_shape'])}; {result.source}, loss against {result.label}")
-        figures[file] = plot_layer(title, result.numpy.outputs[i][0], result.numpy.grad_outputs[i][0])
+                 f"{shape(row['output_shape'])}; {result.source}, loss against {result.label} "
+                 f"= {result.loss['numpy']:.3g} nats")
+        note = (f"drawn from the NumPy twin; the TF twin's differ by at most "
+                f"{row['max_activation_diff']:.1e} (output) and {row['max_gradient_diff']:.1e} (gradient)")
+        figures[file] = plot_layer(title, result.numpy.outputs[i][0], result.numpy.grad_outputs[i][0],
+                                   note=note)
         row["picture"] = file
     saliency = {"NumPy": result.numpy.grad_input[0, ..., 0], "TF": result.tf.grad_input[0, ..., 0]}
     figures["saliency.png"] = plot_saliency(
         result.image, saliency,
-        f"{result.source}: saliency dL/dx for label {result.label} ({result.label_source}); "
-        f"max |NumPy - TF| {result.rows[0]['max_gradient_diff']:.1e}")
+        f"{result.source}: saliency dL/dx for label {result.label} ({result.label_source})",
+        note=coincide_note(saliency["NumPy"], saliency["TF"], result.dtype))
     result.rows[0]["picture"] = "saliency.png"
     return figures
+
+
+def coincide_note(ours: np.ndarray, theirs: np.ndarray, dtype: str) -> str:
+    """Whether two twins' pictures of one array would look the same, in words: they
+    coincide where they differ by less than the comparison's gradient tolerance for
+    ``dtype``, relative to the larger magnitude."""
+    difference = max_abs_diff(ours, theirs)
+    scale = float(np.max(np.abs(theirs))) or 1.0
+    if difference <= TOLERANCES[dtype]["gradient"] * scale:
+        return (f"the two maps coincide: they differ by at most {difference:.1e} "
+                f"({difference / scale:.0e} of the largest value), far below what the colours show")
+    return f"the maps differ by up to {difference:.1e} ({difference / scale:.1e} of the largest value)"
 
 
 def write_trace(result: Trace, out: Path) -> None:
@@ -239,7 +280,7 @@ def write_trace(result: Trace, out: Path) -> None:
 
     make_output_folder(out)
     for file, fig in result.figures.items():
-        save_figure(fig, out / file, dpi=80)
+        save_figure(fig, out / file, dpi=100)  # 12 inches: 1200 px
         result.files.append(str(out / file))
     write_text_atomic(out / "trace.md", result.markdown(doc_link(out)))
     result.files += [str(out / "trace.md"), str(out / "trace.json")]
@@ -257,11 +298,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "shapes, norms, the twins' largest differences, the derivation's section). "
                     "With --index the loss is taken against the test image's true label; with "
                     "an IMAGE (prepared as `twinnet predict` does) against the NumPy twin's "
-                    "predicted digit.")
+                    "predicted digit; with --label D against digit D. Pictures are 1200 px wide; "
+                    "gradients are in nats (the loss is a natural log) per unit of the value.")
     parser.add_argument("image", nargs="?", metavar="IMAGE", default=None,
                         help="a digit image file (instead of --index)")
     parser.add_argument("--index", type=int, default=None, metavar="I",
                         help="MNIST test image number I (0..9999)")
+    parser.add_argument("--label", type=int, default=None, metavar="D",
+                        help="take the loss against digit D (0..9) instead of the true or predicted "
+                             "one: where the model is sure, its gradients are all near 0")
     parser.add_argument("--weights", required=True, metavar="FILE", help="a twinnet weights file (.npz)")
     parser.add_argument("--out", metavar="DIR", default="trace", help="output folder (default: %(default)s)")
     parser.add_argument("--dtype", choices=tuple(TOLERANCES), default="float32",
@@ -274,7 +319,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     result = trace(args.weights, index=args.index, image=args.image, out=args.out, dtype=args.dtype,
-                   data_dir=args.data_dir)
+                   data_dir=args.data_dir, label=args.label)
     print(result.markdown(), end="")
     print(f"wrote {len(result.files)} files into {args.out} in {result.seconds:.1f} s")
     return 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +40,7 @@ from twinnet.environment import environment
 from twinnet.errors import TwinnetError
 from twinnet.metrics import evaluate
 from twinnet.models import describe, dropout_masks, has_dropout
+from twinnet.progress import progress_bar
 from twinnet.runs import write_run
 from twinnet.util import is_int, is_number
 
@@ -276,14 +276,6 @@ def check_loss(loss: float, step: int, lr: float, backend: str) -> None:
     if not loss <= DIVERGED_LOSS:  # also true for NaN
         raise DivergenceError(f"training diverged at step {step}: loss is {loss} "
                               f"(learning rate {lr:g}, backend {backend}); try a smaller --lr")
-
-
-def progress_bar(total: int, description: str, unit: str = "step", enabled: bool | None = None):
-    """A tqdm bar on stderr, shown only when stderr is a terminal unless ``enabled`` says."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=description, unit=unit, dynamic_ncols=True,
-                disable=not (sys.stderr.isatty() if enabled is None else enabled))
 
 
 @contextmanager

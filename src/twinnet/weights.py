@@ -17,6 +17,8 @@ import tokenize
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,11 @@ import numpy as np
 from twinnet.errors import TwinnetError
 from twinnet.models import MODEL_NAMES, param_shapes
 from twinnet.util import FileAccessError, atomic_path, open_regular_file
+
+# The cnn the NumPy twin trained for the committed report (docs/report/runs/P2e-cnn-numpy,
+# 0.8 MB), shipped inside the package so that `twinnet serve` works from any folder of any
+# install. Installs are plain folders (never zipped), so the resource is a file on disk.
+PRETRAINED_CNN = Path(str(files("twinnet") / "pretrained" / "cnn.npz"))
 
 
 class WeightsError(TwinnetError):

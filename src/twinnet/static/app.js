@@ -20,6 +20,7 @@ let drawing = false;
 let lastPoint = null;
 let lastSent = 0;
 let clearedAt = 0; // answers to drawings older than this are stale
+let serverLost = false; // /api/status failed; its error is shown until it answers again
 
 function $(id) { return document.getElementById(id); }
 
@@ -160,7 +161,6 @@ function setVerdict(text, kind) {
 
 function show(answer) {
   state.last = answer;
-  $("message").textContent = "";
   showSeen(answer.input);
   for (const twin of TWINS) showTwin(twin, answer.twins[twin]);
   const { numpy, tf } = answer.twins;
@@ -178,10 +178,11 @@ function showEmpty() {
   showSeen(null);
   for (const twin of TWINS) showTwin(twin, null);
   setVerdict("Draw a digit and both twins will read it.");
-  $("message").textContent = "";
 }
 
-function showError(text) { $("message").textContent = text; }
+// An error takes the verdict's place under the pad, where the user is looking, and stays
+// until the next answer (or Clear) replaces it.
+function showError(text) { setVerdict(text, "error"); }
 
 function describeTf(status) {
   if (status === "ready") return "ready";
@@ -195,15 +196,22 @@ async function pollStatus() {
     const numpy = status.twins.numpy;
     const tf = status.twins.tf;
     const alone = tf.status.startsWith("unavailable");
-    $("weights").textContent = numpy.weights === tf.weights
+    const weights = $("weights");
+    weights.textContent = numpy.weights === tf.weights
       ? `${numpy.model} weights ${numpy.weights}, loaded into ${alone ? "the NumPy twin" : "both twins"}`
       : `NumPy twin: ${numpy.model} ${numpy.weights}; TensorFlow twin: ${tf.model} ${tf.weights}`;
+    weights.title = weights.textContent; // the line is cut to fit a narrow screen
+    if (serverLost) { // the server is back: take the error away
+      serverLost = false;
+      if (state.last) show(state.last); else showEmpty();
+    }
     const changed = state.tf !== tf.status;
     state.tf = tf.status;
     $("note-tf").textContent = tf.status === "ready" ? "Keras layers, autodiff" : describeTf(tf.status);
     if (tf.status === "loading") setTimeout(pollStatus, 1000);
     else if (changed && state.last) send(true); // show the new twin on the current drawing
   } catch (error) {
+    serverLost = true;
     showError("cannot reach the server; is twinnet serve still running?");
     setTimeout(pollStatus, 3000);
   }

@@ -9,9 +9,11 @@ copies their update rules.
 
 from __future__ import annotations
 
-import os
+from pathlib import PurePath
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter quiet
+from twinnet.quiet import import_tensorflow
+
+import_tensorflow()  # first, so that TensorFlow's start-up lines are dropped (twinnet.quiet)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -113,7 +115,7 @@ def build_network(model: str, dtype: str = "float32") -> tuple[keras.Sequential,
     another."""
     layers = [keras_layer(layer, dtype) for layer in get_spec(model)]
     network = keras.Sequential([keras.Input(IMAGE_SHAPE, dtype=dtype), *layers],
-                               name=os.path.basename(model).removesuffix(".toml"))
+                               name=PurePath(model).stem)
     by_name = {layer.name: layer for layer in layers}
     variables = {}
     for key in param_shapes(model):
