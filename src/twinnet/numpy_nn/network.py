@@ -44,7 +44,7 @@ def build_layers(model: str, params: dict[str, np.ndarray]) -> list[layers.Layer
         elif isinstance(spec, models.DropoutSpec):
             built.append(Dropout(spec.rate))
         elif isinstance(spec, models.LeakyReLUSpec):
-            built.append(LeakyReLU(spec.alpha))
+            built.append(LeakyReLU(float(np.float32(spec.alpha))))  # TensorFlow's op holds a float32
         else:
             built.append(PLAIN[type(spec)]())
     return built
