@@ -1041,7 +1041,7 @@ def test_finite_but_huge_weights_are_refused_at_load(tmp_path, mnist_path, capsy
     path = tmp_path / "huge.npz"
     save_weights(path, "cnn", params, {"backend": backend})
     image = digit_png(tmp_path / "digit.png")
-    for command in (["evaluate", str(path), "--data-dir", str(mnist_path), "--backend", backend],
+    for command in (["evaluate", "--weights", str(path), "--data-dir", str(mnist_path), "--backend", backend],
                     ["predict", str(image), "--weights", str(path), "--backend", backend]):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no overflow warning either

@@ -32,7 +32,8 @@ def load_model(name: str | None = None, backend: str = "numpy", weights: str | o
 
     The model has ``.params`` (canonical name -> array), ``.logits(x)``: x (N, 28, 28, 1)
     -> (N, 10), ``.loss_and_grads(x, y)`` -> (mean loss, gradients by name) and
-    ``.train_step(x, y, lr)``.
+    ``.train_step(x, y, lr)``; a model with dropout layers first takes the masks of each
+    training batch, ``.set_dropout_masks(twinnet.models.dropout_masks(name, N, seed, step))``.
     """
     from twinnet.backend import load_model as load
     from twinnet.errors import TwinnetError

@@ -31,12 +31,13 @@ class Backend(Protocol):
     """What either twin offers; see the module docstring for shapes."""
 
     backend: str  # "tf" or "numpy"
-    model_name: str  # one of twinnet.models.MODEL_NAMES
+    model_name: str  # one of twinnet.models.MODEL_NAMES, or a spec file's path
     optimizer: str  # "sgd" or "adam"
 
     @property
     def params(self) -> dict[str, np.ndarray]:
-        """A copy of the parameters, canonical names -> float32 arrays."""
+        """A copy of the parameters, canonical names -> float32 arrays; batch norm's
+        non-trainable moving statistics included."""
         ...
 
     def set_params(self, params: dict[str, np.ndarray]) -> None:
@@ -48,11 +49,21 @@ class Backend(Protocol):
         ...
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        """Mean softmax cross-entropy on the batch and its gradient for every parameter."""
+        """Mean softmax cross-entropy on the batch and its gradient for every trainable
+        parameter (``twinnet.models.is_trainable``), through the training forward: batch
+        norm uses the batch's statistics and updates its moving ones, as Keras does."""
         ...
 
     def apply(self, grads: dict[str, np.ndarray], lr: float) -> None:
         """One optimizer update with learning rate ``lr`` (Keras semantics)."""
+        ...
+
+    def set_dropout_masks(self, masks: list[np.ndarray]) -> None:
+        """The masks the dropout layers apply in the training passes that follow
+        (``loss_and_grads``, ``train_step``), one per dropout layer in spec order, as
+        ``twinnet.models.dropout_masks`` draws them: (N, ...) of the layer's input shape,
+        0 or 1 / (1 - rate). The masks are an input, so both twins drop the same units;
+        a twin never draws its own. Inference (``logits``) runs without dropout."""
         ...
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:

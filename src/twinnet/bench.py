@@ -21,7 +21,7 @@ import numpy as np
 from twinnet.backend import load_model
 from twinnet.environment import cpu_name, simd_level
 from twinnet.metrics import predict_logits
-from twinnet.models import IMAGE_SHAPE, walk
+from twinnet.models import IMAGE_SHAPE, dropout_masks, has_dropout, walk
 
 INFERENCE_IMAGES = 10_000
 PEAK_MATRIX = 2048
@@ -81,6 +81,8 @@ def blas_info() -> dict[str, Any]:
 
 def time_steps(model, x: np.ndarray, y: np.ndarray, steps: int) -> float:
     """Seconds per training step over ``steps`` steps (tiny rate: speed, not learning)."""
+    if has_dropout(model.model_name):  # one set of masks for every step: speed, not learning
+        model.set_dropout_masks(dropout_masks(model.model_name, len(x[0]), 0, 0))
     start = time.perf_counter()
     for i in range(steps):
         model.train_step(x[i], y[i], 1e-4)

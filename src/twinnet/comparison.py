@@ -6,15 +6,21 @@ layer, read next to docs/derivations.md); the TF side runs the same Keras layers
 output, under a ``tf.GradientTape`` that also watches the input. Both take the mean
 softmax cross-entropy of the batch and go backward to the image, so each layer has an
 output a (N, ...), the gradient flowing into it from above g = dL/da (N, ...), and,
-for dense and conv layers, dL/dW and dL/db. The NumPy network that trains
-(``NumpyModel``) is checked against TF as well, on its loss and parameter gradients.
+for layers with parameters, their gradients (dL/dW, dL/db; batch norm's dL/dgamma,
+dL/dbeta). This training-mode pass applies the same dropout masks in both twins
+(``models.dropout_masks`` of the seed, step 0) and batch norm's batch statistics, whose
+updated moving statistics are compared too; an inference-mode forward (no dropout,
+batch norm on the moving statistics) compares every layer's output once more. The
+NumPy network that trains (``NumpyModel``, fast path or with ``reference`` the reference layers) is checked against TF as well, on its
+loss and parameter gradients.
 
 Differences, per layer:
 
 - activation: max |a_numpy - a_tf| / max(1, max |a_tf|), an absolute difference for
   activations up to 1 and a relative one above;
 - gradients (dL/da, dL/dW, dL/db): relative error max |g_numpy - g_tf| / max |g_tf|,
-  as in tests/test_twins_agree.py;
+  as in tests/test_twins_agree.py (a bias that batch norm cancels is shown, not judged:
+  ``cancelled_biases``);
 - loss: |loss_numpy - loss_tf| / |loss_tf|.
 
 Tolerances (TOLERANCES), the same for every model:
@@ -58,9 +64,19 @@ SECTIONS: dict[str, str] = {
     "conv": "4-convolution-3x3-cross-correlation-same-nhwc--hwio",
     "maxpool": "5-max-pooling-2x2-stride-2",
     "flatten": "6-flatten",
+    "avgpool": "8-average-pooling",
+    "tanh": "9-tanh",
+    "sigmoid": "10-sigmoid",
+    "leaky_relu": "11-leaky-relu",
+    "dropout": "12-dropout",
+    "batchnorm": "13-batch-normalisation",
 }
 KINDS = {models.DenseSpec: "dense", models.Conv2DSpec: "conv", models.ReLUSpec: "relu",
-         models.MaxPool2DSpec: "maxpool", models.FlattenSpec: "flatten"}
+         models.MaxPool2DSpec: "maxpool", models.FlattenSpec: "flatten",
+         models.AvgPool2DSpec: "avgpool", models.TanhSpec: "tanh", models.SigmoidSpec: "sigmoid",
+         models.LeakyReLUSpec: "leaky_relu", models.DropoutSpec: "dropout",
+         models.BatchNormSpec: "batchnorm"}
+
 
 
 def layer_names(model_name: str) -> list[tuple[str, str]]:
@@ -90,26 +106,53 @@ class TwinPass:
     grad_outputs: list[np.ndarray]
     grad_input: np.ndarray
     param_grads: dict[str, np.ndarray]
+    moving: dict[str, np.ndarray] = field(default_factory=dict)  # batch norm's, after the pass
+
+
+def pass_masks(model_name: str, n: int, masks: list[np.ndarray] | None) -> list[np.ndarray]:
+    """``masks``, else those of step 0 of seed 0 (``models.dropout_masks``)."""
+    return models.dropout_masks(model_name, n, 0, 0) if masks is None else masks
 
 
 def numpy_pass(model_name: str, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
-               dtype: str = "float64") -> TwinPass:
+               dtype: str = "float64", masks: list[np.ndarray] | None = None) -> TwinPass:
     """The NumPy twin's reference layers forward and backward on x (N, 28, 28, 1), y (N,),
-    through the twin's one run loop (``Network.loss_and_grads``), recording every layer."""
+    through the twin's one run loop (``Network.loss_and_grads``), recording every layer.
+    Training mode: dropout applies ``masks`` (default: ``pass_masks``), batch norm the
+    batch's statistics (its updated moving ones are returned in ``moving``)."""
     from twinnet.numpy_nn.network import Network, build_layers
+    from twinnet.numpy_nn.normalization import Dropout
 
-    cast = {k: np.asarray(v, dtype=dtype) for k, v in params.items()}
+    cast = {k: np.array(v, dtype=dtype) for k, v in params.items()}  # copies: batch norm updates
     network, record = Network(build_layers(model_name, cast)), {}
+    dropouts = [layer for layer in network.layers if isinstance(layer, Dropout)]
+    for layer, mask in zip(dropouts, pass_masks(model_name, len(x), masks), strict=True):
+        layer.mask = np.asarray(mask, dtype=dtype)
     loss, _, grads = network.loss_and_grads(np.asarray(x, dtype=dtype), np.asarray(y, dtype=np.intp),
                                             record=record)
+    moving = {k: v for k, v in cast.items() if not models.is_trainable(k)}
     return TwinPass(loss, record["outputs"][-1], record["outputs"], record["grad_outputs"],
-                    record["grad_input"], grads)
+                    record["grad_input"], grads, moving)
+
+
+def numpy_inference(model_name: str, params: dict[str, np.ndarray], x: np.ndarray,
+                    dtype: str = "float64") -> list[np.ndarray]:
+    """Every layer's output of the NumPy twin's reference layers in inference mode
+    (no dropout, batch norm on its moving statistics)."""
+    from twinnet.numpy_nn.network import Network, build_layers
+
+    cast = {k: np.array(v, dtype=dtype) for k, v in params.items()}
+    record: dict = {}
+    Network(build_layers(model_name, cast)).forward(np.asarray(x, dtype=dtype), False, record)
+    return record["outputs"]
 
 
 def tf_pass(model_name: str, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
-            dtype: str = "float64") -> TwinPass:
+            dtype: str = "float64", masks: list[np.ndarray] | None = None,
+            training: bool = True) -> TwinPass:
     """The TF twin's Keras layers forward and backward (``tf.GradientTape``) on the same
-    batch; imports TensorFlow (TwinnetError naming the extra if it is missing)."""
+    batch, in training mode (as ``numpy_pass``) or, ``training=False``, inference mode;
+    imports TensorFlow (TwinnetError naming the extra if it is missing)."""
     from twinnet.backend import import_tf_nn
 
     tf_nn = import_tf_nn()
@@ -119,12 +162,13 @@ def tf_pass(model_name: str, params: dict[str, np.ndarray], x: np.ndarray, y: np
     network, variables = tf_nn.build_network(model_name, dtype)
     for name, var in variables.items():
         var.assign(np.asarray(params[name], dtype=dtype))
+    tf_nn.set_dropout_masks(network, pass_masks(model_name, len(x), masks))
     every_output = keras.Model(network.inputs, [layer.output for layer in network.layers])
     x_t = tf.convert_to_tensor(np.asarray(x, dtype=dtype))
-    names = list(variables)
+    names = [name for name in variables if models.is_trainable(name)]
     with tf.GradientTape() as tape:
         tape.watch(x_t)
-        outputs = every_output(x_t, training=False)
+        outputs = every_output(x_t, training=training)
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
             labels=tf.convert_to_tensor(np.asarray(y, dtype=np.int64)), logits=outputs[-1]))
     grads = tape.gradient(loss, [*outputs, x_t, *(variables[n] for n in names)])
@@ -132,7 +176,8 @@ def tf_pass(model_name: str, params: dict[str, np.ndarray], x: np.ndarray, y: np
     return TwinPass(
         loss=float(loss), logits=outputs[-1].numpy(), outputs=[o.numpy() for o in outputs],
         grad_outputs=[g.numpy() for g in grads[:n_layers]], grad_input=grads[n_layers].numpy(),
-        param_grads={n: g.numpy() for n, g in zip(names, grads[n_layers + 1:], strict=True)})
+        param_grads={n: g.numpy() for n, g in zip(names, grads[n_layers + 1:], strict=True)},
+        moving={n: v.numpy() for n, v in variables.items() if not models.is_trainable(n)})
 
 
 def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -149,6 +194,15 @@ def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
     return max_abs_diff(ours, reference) / max(float(np.max(np.abs(reference), initial=0.0)), 1e-30)
 
 
+def cancelled_biases(model_name: str) -> set[str]:
+    """The biases that a batch norm right after their layer cancels (``conv1/b`` of
+    conv1 -> bn1): their gradient is 0 in exact arithmetic (derivations, section 13), so
+    each twin's is rounding noise of its own, shown but not held to a tolerance."""
+    spec = models.get_spec(model_name)
+    return {f"{layer.name}/b" for layer, after in zip(spec, spec[1:], strict=False)
+            if isinstance(after, models.BatchNormSpec) and hasattr(layer, "name")}
+
+
 @dataclass
 class LayerDiff:
     """One layer's differences between the twins (see the module docstring)."""
@@ -158,7 +212,7 @@ class LayerDiff:
     output_shape: list[int]
     activation: float
     grad_output: float
-    params: dict[str, float] = field(default_factory=dict)  # "W"/"b" -> gradient rel. error
+    params: dict[str, float] = field(default_factory=dict)  # "W"/"b"/"gamma"... -> gradient rel. error
     failed: list[str] = field(default_factory=list)  # what exceeded its tolerance
 
 
@@ -176,6 +230,10 @@ class Comparison:
     loss: dict[str, float]  # numpy, tf, numpy_network
     network: dict[str, float]  # fused NumpyModel vs TF: logits, loss and each parameter
     failures: list[str]
+    # Inference mode (no dropout, batch norm on moving statistics): each layer's activation
+    # difference; and batch norm's moving statistics after the training pass.
+    inference: dict[str, float] = field(default_factory=dict)
+    moving: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -193,16 +251,17 @@ def diff_passes(model_name: str, ours: TwinPass, tf: TwinPass,
     """Per-layer differences of two passes and the failures, as ``"conv1: W gradient
     relative error 3e-01 > 1e-08"`` lines."""
     rows, failures = [], []
+    cancelled = cancelled_biases(model_name)
     for i, (name, kind) in enumerate(layer_names(model_name)):
         row = LayerDiff(name, kind, list(ours.outputs[i].shape[1:]),
                         activation_diff(ours.outputs[i], tf.outputs[i]),
                         relative_error(ours.grad_outputs[i], tf.grad_outputs[i]))
         checks = [("activation", "activation difference", row.activation),
                   ("gradient", "dL/d(output) relative error", row.grad_output)]
-        if kind in ("dense", "conv"):
-            for p in ("W", "b"):
-                key = f"{name}/{p}"
-                row.params[p] = relative_error(ours.param_grads[key], tf.param_grads[key])
+        for key in (k for k in tf.param_grads if k.rsplit("/", 1)[0] == name):
+            p = key.rsplit("/", 1)[1]
+            row.params[p] = relative_error(ours.param_grads[key], tf.param_grads[key])
+            if key not in cancelled:
                 checks.append(("gradient", f"{p} gradient relative error", row.params[p]))
         for tol_key, label, value in checks:
             if not value <= tolerance[tol_key]:  # NaN fails too
@@ -274,13 +333,28 @@ def compare(model: str | None = None, weights: str | None = None, batch: int = 6
     else:
         data = f"{len(x)} given images"
     tolerance = TOLERANCES[dtype]
-    theirs = tf_pass(model, params, x, y, dtype)
-    ours = numpy_pass(model, params, x, y, dtype)
+    masks = models.dropout_masks(model, len(x), seed, 0)
+    theirs = tf_pass(model, params, x, y, dtype, masks)
+    ours = numpy_pass(model, params, x, y, dtype, masks)
     rows, failures = diff_passes(model, ours, theirs, tolerance)
+    moving = {k: relative_error(v, theirs.moving[k]) for k, v in ours.moving.items()}
+    failures += [f"{k} after the training pass: relative error {v:.1e} > {tolerance['activation']:.0e}"
+                 for k, v in moving.items() if not v <= tolerance["activation"]]
+    # Inference mode: no dropout, batch norm on the moving statistics.
+    inference = {}
+    their_outputs = tf_pass(model, params, x, y, dtype, masks, training=False).outputs
+    for (name, _), a, b in zip(layer_names(model), numpy_inference(model, params, x, dtype),
+                               their_outputs, strict=True):
+        inference[name] = activation_diff(a, b)
+        if not inference[name] <= tolerance["activation"]:
+            failures.append(f"inference: {name}: activation difference {inference[name]:.1e} "
+                            f"> {tolerance['activation']:.0e}")
     # The network that trains (fast path or reference), on the same batch, against the same TF pass.
     network = NumpyModel(model, params, dtype=dtype, fast=not reference)
+    network.set_dropout_masks(masks)
+    net_logits = network.logits(x)  # before the training pass updates batch norm's statistics
     net_loss, net_grads = network.loss_and_grads(x, y)
-    net = {"logits": activation_diff(network.logits(x), theirs.logits),
+    net = {"logits": activation_diff(net_logits, their_outputs[-1]),
            "loss": abs(net_loss - theirs.loss) / abs(theirs.loss),
            **{k: relative_error(g, theirs.param_grads[k]) for k, g in net_grads.items()}}
     loss_error = abs(ours.loss - theirs.loss) / abs(theirs.loss)
@@ -288,12 +362,12 @@ def compare(model: str | None = None, weights: str | None = None, batch: int = 6
                                   ("training network: logits difference", net["logits"], "activation"),
                                   ("training network: loss relative difference", net["loss"], "loss"),
                                   *((f"training network: {k} gradient relative error", net[k], "gradient")
-                                    for k in net_grads)]:
+                                    for k in net_grads if k not in cancelled_biases(model))]:
         if not value <= tolerance[tol_key]:
             failures.append(f"{label} {value:.1e} > {tolerance[tol_key]:.0e}")
     return Comparison(model, dtype, len(x), data, source, tolerance, rows,
                       {"numpy": ours.loss, "tf": theirs.loss, "numpy_network": net_loss},
-                      net, failures)
+                      net, failures, inference, moving)
 
 
 def format_comparison(result: Comparison) -> str:
@@ -316,7 +390,12 @@ def format_comparison(result: Comparison) -> str:
               f"(NumPy network that trains {loss['numpy_network']:.10g})",
               "NumPy network that trains vs TF: logits {:.1e}, gradients max rel err {:.1e}".format(
                   result.network["logits"],
-                  max(v for k, v in result.network.items() if "/" in k))]
+                  max(v for k, v in result.network.items() if "/" in k)),
+              f"inference mode (no dropout, batch norm's moving statistics): activations max "
+              f"difference {max(result.inference.values(), default=0.0):.1e}"]
+    if result.moving:
+        lines.append(f"batch norm's moving statistics after the training pass: max rel err "
+                     f"{max(result.moving.values()):.1e}")
     if result.passed:
         lines.append("PASS: every difference is within tolerance")
     else:

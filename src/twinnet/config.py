@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 
 from twinnet.backend import BACKENDS, OPTIMIZERS
 from twinnet.errors import TwinnetError
-from twinnet.models import MODEL_NAMES
+from twinnet.models import MODEL_NAMES, is_spec_file
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.001}
 SCHEDULES = ("constant", "cosine")
@@ -66,6 +66,8 @@ class TrainConfig:
                                       ("backend", self.backend, BACKENDS),
                                       ("optimizer", self.optimizer, OPTIMIZERS),
                                       ("schedule", self.schedule, SCHEDULES)):
+            if field == "model" and isinstance(value, str) and is_spec_file(value):
+                continue  # a spec file's path: checked when the model is built
             if not isinstance(value, str) or value not in choices:
                 raise ConfigError(field, f"must be one of {', '.join(choices)}, got {value!r}")
         if self.lr is None:

@@ -3,17 +3,21 @@
 Two levels:
 
 - ``check_layers``: every reference layer alone (Dense, ReLU, Conv2D, MaxPool2D,
-  Flatten, from ``numpy_nn.layers``) and the softmax cross-entropy. A layer is checked
+  AvgPool2D, Flatten from ``numpy_nn.layers``; Tanh, Sigmoid, LeakyReLU from
+  ``numpy_nn.activations``; BatchNorm in training mode and Dropout with a fixed mask
+  from ``numpy_nn.normalization``) and the softmax cross-entropy. A layer is checked
   through the scalar
   ``f = sum(forward(x) * upstream)`` with a fixed random ``upstream``, whose gradient
   is exactly what ``backward(upstream)`` returns (dx) and stores (dW, db).
 - ``check_model``: a whole model as it trains, ``NumpyModel(dtype=float64)`` on its fast
   path (fused blocks) or, with ``fast=False``, on the reference layers alone,
   ``loss_and_grads`` on a small random batch, against finite differences of the same
-  mean loss computed by the same network's forward pass.
+  mean loss computed by the same network's forward pass (dropout with fixed masks,
+  ``models.dropout_masks``; batch norm on the batch's statistics, as in training).
 
-Numerical derivative: ``(f(t + eps) - f(t - eps)) / (2 eps)``, eps = 1e-5 for models
-and 1e-3 for the piecewise-linear layers (see the constants below for why); a step
+Numerical derivative: ``(f(t + eps) - f(t - eps)) / (2 eps)``, eps = 1e-4 for models,
+1e-5 for the smooth layers alone and 1e-3 for the piecewise-linear ones (see the
+constants below for why); a step
 that would cross a ReLU kink or change a max-pool arg-max is detected and replaced
 by a one-sided difference (``numeric_grad``). Error of one entry:
 ``|a - n| / max(|a| + |n|, floor)``, so entries where both are ~0 (e.g. a dead ReLU
@@ -32,11 +36,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from twinnet import models
+from twinnet.numpy_nn.activations import LeakyReLU, Sigmoid, Tanh
 from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
-from twinnet.numpy_nn.layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
+from twinnet.numpy_nn.layers import AvgPool2D, Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
 from twinnet.numpy_nn.losses import softmax_cross_entropy
 from twinnet.numpy_nn.model import NumpyModel
 from twinnet.numpy_nn.network import Network
+from twinnet.numpy_nn.normalization import BatchNorm, Dropout
 
 # 1e-5 rather than 1e-6: the rounding error of f (~1e-16 |f|) divided by eps must stay
 # well below 1e-6 of the smaller gradient entries; kinks crossed by the larger step
@@ -46,15 +52,21 @@ EPS = 1e-5
 # inside one linear piece is exact whatever the step: a larger step only shrinks the
 # rounding error, which otherwise dominates entries that are small by cancellation.
 LAYER_EPS = 1e-3
+# Whole models take a step of 1e-4: batch norm's cancellations (a mean subtracted from
+# values of its size) raise the rounding noise of the loss to several ulps, which a
+# larger step divides down, while the truncation error, ~step**2 * f''' / 6, stays near
+# 1e-9 relative; kinks crossed by the step are detected and avoided as for any step.
+MODEL_EPS = 1e-4
 THRESHOLD = 1e-6
 DENOMINATOR_FLOOR = 1e-8
-# Whole-model checks differentiate the mean loss, f ~ 1, whose rounding error
-# (~1e-16 |f|, divided by the step) makes a finite difference noisy at ~1e-11
-# absolute: a gradient entry below ~1e-5 (an input pixel or activation near 0)
-# cannot be resolved to a relative 1e-6, so below this scale an entry counts as ~0
-# and passes when |a - n| <= 1e-6 * 1e-5. A wrong gradient still fails on the
-# tensor's larger entries.
-MODEL_DENOMINATOR_FLOOR = 1e-5
+# Whole-model checks differentiate the mean loss, f ~ 1, whose rounding error (a few
+# ulps of |f|, divided by the step) makes a finite difference noisy at up to ~1e-10
+# absolute: through batch norm, whose mean subtraction cancels a conv bias exactly, a
+# gradient that is 0 in exact arithmetic measures ~7e-11. So an entry below 1e-4 (an
+# input pixel or activation near 0, a bias that batch norm cancels) cannot be resolved
+# to a relative 1e-6: below this scale it counts as ~0 and passes when
+# |a - n| <= 1e-6 * 1e-4. A wrong gradient still fails on the tensor's larger entries.
+MODEL_DENOMINATOR_FLOOR = 1e-4
 # Whole-model checks look at this many seeded random entries of each parameter
 # (all entries of smaller ones); every parameter tensor is always checked.
 ENTRIES_PER_PARAM = 30
@@ -150,7 +162,7 @@ def _kink_pattern(parts: list) -> Callable[[], bytes]:
     ReLU masks and max-pool arg-max masks of reference layers and of fused blocks."""
 
     def masks(part: object) -> list[np.ndarray]:
-        if isinstance(part, ReLU):
+        if isinstance(part, ReLU | LeakyReLU):
             return [part.cache]
         if isinstance(part, MaxPool2D):
             return [part.routing]
@@ -174,8 +186,10 @@ def _row(
     return GradcheckRow(target, parameter, err, err <= THRESHOLD)
 
 
-def _check_layer(target: str, layer: Layer, x: np.ndarray, rng: np.random.Generator) -> list[GradcheckRow]:
-    """Check dx and (if any) dW, db of ``layer`` at input ``x`` via f = sum(out * upstream)."""
+def _check_layer(target: str, layer: Layer, x: np.ndarray, rng: np.random.Generator,
+                 eps: float = LAYER_EPS) -> list[GradcheckRow]:
+    """Check dx and (if any) the parameter gradients of ``layer`` at input ``x`` via
+    f = sum(out * upstream); ``eps`` EPS for the layers that are not piecewise linear."""
     upstream = rng.standard_normal(layer.forward(x).shape)
 
     def f() -> float:
@@ -184,10 +198,12 @@ def _check_layer(target: str, layer: Layer, x: np.ndarray, rng: np.random.Genera
     pattern = _kink_pattern([layer])
     layer.forward(x)
     dx = layer.backward(upstream.copy())
-    rows = [_row(target, "x", dx, numeric_grad(f, x, pattern=pattern, eps=LAYER_EPS))]
+    rows = [_row(target, "x", dx, numeric_grad(f, x, pattern=pattern, eps=eps))]
     grads = layer.grads  # kept: the numerical forwards below overwrite the caches
     for key, p in layer.params.items():
-        numeric = numeric_grad(f, p, pattern=pattern, eps=LAYER_EPS)
+        if key not in grads:  # batch norm's moving statistics: updated, not differentiated
+            continue
+        numeric = numeric_grad(f, p, pattern=pattern, eps=eps)
         rows.append(_row(target, key.rsplit("/", 1)[1], grads[key], numeric))
     return rows
 
@@ -202,7 +218,10 @@ def check_layers(seed: int = 0) -> list[GradcheckRow]:
     """Gradient-check every layer type alone and the softmax cross-entropy, in float64.
 
     Small shapes: Dense (4, 5) -> (4, 3); ReLU (3, 4, 5); Conv2D (2, 5, 6, 3) -> 4
-    channels; MaxPool2D (2, 4, 6, 3); Flatten (2, 3, 4, 2); softmax-CE logits (5, 7).
+    channels; MaxPool2D (2, 4, 6, 3); Flatten (2, 3, 4, 2); softmax-CE logits (5, 7);
+    AvgPool2D 3x3 stride 2 (overlapping windows) (2, 7, 5, 3); Tanh, Sigmoid (3, 4, 5);
+    LeakyReLU alpha 0.2 (3, 4, 5); Dropout rate 0.5 with a fixed mask (4, 6); BatchNorm
+    in training mode over dense features (6, 5) and over conv channels (2, 3, 4, 5).
     """
     rng = np.random.default_rng(seed)
     rows: list[GradcheckRow] = []
@@ -218,6 +237,20 @@ def check_layers(seed: int = 0) -> list[GradcheckRow]:
     rows += _check_layer("layer:MaxPool2D", MaxPool2D(), rng.standard_normal((2, 4, 6, 3)), rng)
 
     rows += _check_layer("layer:Flatten", Flatten(), rng.standard_normal((2, 3, 4, 2)), rng)
+
+    rows += _check_layer("layer:AvgPool2D", AvgPool2D(3, 2), rng.standard_normal((2, 7, 5, 3)), rng)
+    rows += _check_layer("layer:Tanh", Tanh(), rng.standard_normal((3, 4, 5)), rng, EPS)
+    rows += _check_layer("layer:Sigmoid", Sigmoid(), rng.standard_normal((3, 4, 5)), rng, EPS)
+    rows += _check_layer("layer:LeakyReLU", LeakyReLU(0.2), _away_from_zero(rng, (3, 4, 5)), rng)
+    dropout = Dropout(0.5)
+    dropout.mask = (rng.random((4, 6)) >= 0.5) / 0.5
+    rows += _check_layer("layer:Dropout", dropout, rng.standard_normal((4, 6)), rng)
+    for shape in ((6, 5), (2, 3, 4, 5)):
+        f = shape[-1]
+        bn = {"bn/gamma": 1 + 0.5 * rng.standard_normal(f), "bn/beta": rng.standard_normal(f),
+              "bn/moving_mean": np.zeros(f), "bn/moving_variance": np.ones(f)}
+        rows += _check_layer(f"layer:BatchNorm{'2D' if len(shape) == 4 else ''}", BatchNorm("bn", bn),
+                             rng.standard_normal(shape), rng, EPS)
 
     logits = rng.standard_normal((5, 7))
     labels = rng.integers(0, 7, size=5)
@@ -242,6 +275,7 @@ def check_model(name: str, seed: int = 0, fast: bool = True) -> list[GradcheckRo
         if key.endswith("/b"):
             params[key] = 0.1 * rng.standard_normal(params[key].shape)
     model = NumpyModel(name, params, dtype=np.float64, threads=1, fast=fast)
+    model.set_dropout_masks(models.dropout_masks(name, MODEL_BATCH, seed, step=1))
     x = rng.standard_normal((MODEL_BATCH, *models.IMAGE_SHAPE))
     y = rng.integers(0, models.NUM_CLASSES, size=MODEL_BATCH)
     _, grads = model.loss_and_grads(x, y)
@@ -263,7 +297,7 @@ def check_model(name: str, seed: int = 0, fast: bool = True) -> list[GradcheckRo
             index = np.arange(p.size)
         else:
             index = np.sort(rng.choice(p.size, size=ENTRIES_PER_PARAM, replace=False))
-        numeric = numeric_grad(f, p, index, pattern=_kink_pattern(network.layers))
+        numeric = numeric_grad(f, p, index, pattern=_kink_pattern(network.layers), eps=MODEL_EPS)
         analytic = grads[key].reshape(-1)[index]
         rows.append(_row(name, key, analytic, numeric, MODEL_DENOMINATOR_FLOOR))
     return rows

@@ -365,6 +365,29 @@ def init_params(model: str, seed: int = 0) -> dict[str, np.ndarray]:
     return params
 
 
+def dropout_masks(model: str | tuple[LayerSpec, ...], n: int, seed: int, step: int) -> list[np.ndarray]:
+    """The masks of ``model``'s dropout layers for training step ``step`` of a run seeded
+    ``seed``, on a batch of ``n`` images; what both twins' ``set_dropout_masks`` take.
+
+    One mask per dropout layer, in spec order, float64 of that layer's input shape
+    (n, ...): 0 where a unit is dropped (probability ``rate``), 1 / (1 - rate) where it is
+    kept. Layer ``i``'s mask comes from a stream of its own,
+    ``np.random.default_rng([seed, 3, step, i])``, so it depends on nothing but these
+    numbers: not on the twin, its dtype or how the batch was drawn.
+    """
+    dropouts = [step_ for step_ in walk(model) if isinstance(step_.layer, DropoutSpec)]
+    masks = []
+    for index, layer in enumerate(dropouts):
+        keep = np.random.default_rng([seed, 3, step, index]).random((n, *layer.inp)) >= layer.layer.rate
+        masks.append(keep / (1 - layer.layer.rate))
+    return masks
+
+
+def has_dropout(model: str | tuple[LayerSpec, ...]) -> bool:
+    """Whether ``model`` has a dropout layer (whose training step then needs masks)."""
+    return any(isinstance(layer, DropoutSpec) for layer in get_spec(model))
+
+
 def count_params(model: str) -> int:
     """Number of trainable scalars in ``model``."""
     return sum(math.prod(s) for k, s in param_shapes(model).items() if is_trainable(k))

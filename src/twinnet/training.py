@@ -40,7 +40,7 @@ from twinnet.data import Mnist, Split
 from twinnet.environment import environment
 from twinnet.errors import TwinnetError
 from twinnet.metrics import evaluate
-from twinnet.models import DESCRIPTIONS
+from twinnet.models import describe, dropout_masks, has_dropout
 from twinnet.progress import progress_bar
 from twinnet.runs import write_run
 from twinnet.util import is_int, is_number
@@ -369,6 +369,8 @@ def take_step(config: TrainConfig, state: TrainingState, data: Mnist, step: int)
     """Update number ``step`` (1-based) on the next batch; the curve point it closes, if any."""
     batch = state.order.next()
     lr = learning_rate(config, step - 1)
+    if has_dropout(config.model):  # the same masks for both twins: drawn here, from the seed
+        state.model.set_dropout_masks(dropout_masks(config.model, len(batch), config.seed, step))
     loss, correct = state.model.train_step(data.train.x[batch], data.train.y[batch], lr)
     check_loss(loss, step, lr, config.backend)
     state.sums.add(loss, correct, len(batch))
@@ -447,7 +449,7 @@ def run_metrics(config: TrainConfig, state: TrainingState, data: Mnist, final_sp
         check()
     return {
         "config": asdict(config),
-        "architecture": DESCRIPTIONS[config.model],
+        "architecture": describe(config.model),
         "environment": environment(),
         "curves": asdict(state.curves),
         "final": {split: {k: v for k, v in r.items() if k != "confusion_matrix"}

@@ -194,6 +194,33 @@ class MaxPool2D:
         return dx
 
 
+class AvgPool2D:
+    """Mean over each size x size window every ``stride`` pixels, no padding
+    (derivations, section 8).
+
+    Shapes: x (N, H, W, C) -> out (N, H_out, W_out, C), H_out = (H - size) // stride + 1.
+    Backward: each element of a window gets d / size**2 of the window's gradient, added
+    up where windows overlap (``scatter_windows``).
+    """
+
+    params: dict[str, np.ndarray] = {}
+    grads: dict[str, np.ndarray] = {}
+
+    def __init__(self, size: int = 2, stride: int = 2) -> None:
+        self.size, self.stride = size, stride
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        if train:
+            self.cache = x.shape
+        return windows(x, self.size, self.stride).mean(axis=(3, 4))
+
+    def backward(self, d: np.ndarray) -> np.ndarray:
+        n, h_out, w_out, c = d.shape
+        share = np.broadcast_to((d / self.size**2)[:, :, :, None, None],
+                                (n, h_out, w_out, self.size, self.size, c))
+        return scatter_windows(share, self.cache, self.stride)
+
+
 class Flatten:
     """Row-major flatten, x (N, d1, d2, ...) -> (N, d1*d2*...) (derivations, section 6).
 
@@ -212,4 +239,4 @@ class Flatten:
         return d.reshape(self.cache)
 
 
-Layer = Dense | ReLU | Conv2D | MaxPool2D | Flatten
+Layer = Dense | ReLU | Conv2D | MaxPool2D | AvgPool2D | Flatten

@@ -12,6 +12,7 @@ import numpy as np
 
 from twinnet import models
 from twinnet.numpy_nn.network import Network, build_layers
+from twinnet.numpy_nn.normalization import Dropout
 from twinnet.numpy_nn.optimizers import make_optimizer
 from twinnet.weights import check_params
 
@@ -54,6 +55,18 @@ class NumpyModel:
         check_params(self.model_name, params, dtype=None)
         for key, p in self._params.items():
             np.copyto(p, params[key], casting="unsafe")
+
+    def set_dropout_masks(self, masks: list[np.ndarray]) -> None:
+        """The masks of the dropout layers, in spec order, for the training steps that
+        follow (``models.dropout_masks``: each (N, ...) of its layer's input shape, 0 or
+        1 / (1 - rate)); cast to ``self.dtype``. Inference never uses them."""
+        dropouts = [layer for layer in getattr(self.network, "network", self.network).layers
+                    if isinstance(layer, Dropout)]
+        if len(masks) != len(dropouts):
+            raise ValueError(f"{self.model_name}: {len(masks)} dropout masks for "
+                             f"{len(dropouts)} dropout layers")
+        for layer, mask in zip(dropouts, masks, strict=True):
+            layer.mask = np.asarray(mask, dtype=self.dtype)
 
     def _inputs(self, x: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         x = np.asarray(x, dtype=self.dtype)

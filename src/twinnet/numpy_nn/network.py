@@ -12,12 +12,17 @@ import numpy as np
 
 from twinnet import models
 from twinnet.numpy_nn import layers
+from twinnet.numpy_nn.activations import LeakyReLU, Sigmoid, Tanh
 from twinnet.numpy_nn.losses import softmax_cross_entropy
+from twinnet.numpy_nn.normalization import BatchNorm, Dropout
 from twinnet.util import in_chunks
 
 # Inference runs at most this many images at a time: memory stays bounded, and the
 # matmuls are still large enough to run near the BLAS peak.
 MAX_EVAL_CHUNK = 1000
+# The layers that take no options, by their spec class.
+PLAIN = {models.ReLUSpec: layers.ReLU, models.FlattenSpec: layers.Flatten,
+         models.TanhSpec: Tanh, models.SigmoidSpec: Sigmoid}
 
 
 def build_layers(model: str, params: dict[str, np.ndarray]) -> list[layers.Layer]:
@@ -32,12 +37,16 @@ def build_layers(model: str, params: dict[str, np.ndarray]) -> list[layers.Layer
                                        spec.stride, spec.padding))
         elif isinstance(spec, models.MaxPool2DSpec):
             built.append(layers.MaxPool2D(spec.size, spec.stride))
-        elif isinstance(spec, models.ReLUSpec):
-            built.append(layers.ReLU())
-        elif isinstance(spec, models.FlattenSpec):
-            built.append(layers.Flatten())
+        elif isinstance(spec, models.AvgPool2DSpec):
+            built.append(layers.AvgPool2D(spec.size, spec.stride))
+        elif isinstance(spec, models.BatchNormSpec):
+            built.append(BatchNorm(spec.name, params, spec.momentum, spec.epsilon))
+        elif isinstance(spec, models.DropoutSpec):
+            built.append(Dropout(spec.rate))
+        elif isinstance(spec, models.LeakyReLUSpec):
+            built.append(LeakyReLU(float(np.float32(spec.alpha))))  # TensorFlow's op holds a float32
         else:
-            raise ValueError(f"{model}: the NumPy twin has no layer for {spec}")
+            built.append(PLAIN[type(spec)]())
     return built
 
 

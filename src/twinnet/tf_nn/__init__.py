@@ -1,4 +1,4 @@
-"""The framework twin: the same four models in TensorFlow (Keras layers, autodiff).
+"""The framework twin: the same models in TensorFlow (Keras layers, autodiff).
 
 Built from ``twinnet.models`` specs, so the architecture is written only once. Keras
 stores parameters in exactly the canonical layouts (dense kernel (in, out), conv
@@ -8,6 +8,8 @@ copies their update rules.
 """
 
 from __future__ import annotations
+
+from pathlib import PurePath
 
 from twinnet.quiet import import_tensorflow
 
@@ -19,12 +21,19 @@ import tensorflow as tf  # noqa: E402
 
 from twinnet.models import (  # noqa: E402
     IMAGE_SHAPE,
+    AvgPool2DSpec,
+    BatchNormSpec,
     Conv2DSpec,
     DenseSpec,
+    DropoutSpec,
     FlattenSpec,
+    LeakyReLUSpec,
     MaxPool2DSpec,
     ReLUSpec,
+    SigmoidSpec,
+    TanhSpec,
     get_spec,
+    is_trainable,
     param_shapes,
 )
 
@@ -34,35 +43,84 @@ tf.config.experimental.enable_op_determinism()
 LABELS = tf.TensorSpec([None], tf.int64)
 
 
+class MaskedDropout(keras.layers.Layer):
+    """Dropout that applies a mask given from outside instead of drawing its own: in
+    training ``x * mask``, in inference ``x``. ``mask`` (N, ...) of x's shape, 0 or
+    1 / (1 - rate), is set by ``set_dropout_masks`` from ``twinnet.models.dropout_masks``,
+    so this twin drops the very units the NumPy twin drops. It lives in a variable of
+    unfixed shape, so one traced ``tf.function`` serves every step's new mask."""
+
+    def __init__(self, rate: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.rate = rate
+        self.mask = tf.Variable(tf.zeros([0], self.dtype), shape=tf.TensorShape(None),
+                                trainable=False, name="dropout_mask")
+
+    def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        if not training:
+            return x
+        return x * tf.ensure_shape(self.mask, x.shape)  # the variable's shape is unfixed
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
+
+
+def set_dropout_masks(network: keras.Model, masks: list[np.ndarray]) -> None:
+    """Give the ``MaskedDropout`` layers of ``network`` their ``masks``, in order."""
+    dropouts = [layer for layer in network.layers if isinstance(layer, MaskedDropout)]
+    if len(masks) != len(dropouts):
+        raise ValueError(f"{network.name}: {len(masks)} dropout masks for {len(dropouts)} dropout layers")
+    for layer, mask in zip(dropouts, masks, strict=True):
+        layer.mask.assign(np.asarray(mask, dtype=layer.dtype))
+
+
+def keras_layer(layer, dtype: str) -> keras.layers.Layer:  # noqa: ANN001 (a LayerSpec)
+    """The Keras layer computing spec ``layer``, named by its canonical name if it has one."""
+    if isinstance(layer, DenseSpec):
+        return keras.layers.Dense(layer.n_out, name=layer.name, dtype=dtype)
+    if isinstance(layer, Conv2DSpec):
+        return keras.layers.Conv2D(layer.c_out, layer.kernel, strides=layer.stride,
+                                   padding=layer.padding, name=layer.name, dtype=dtype)
+    if isinstance(layer, BatchNormSpec):
+        return keras.layers.BatchNormalization(momentum=layer.momentum, epsilon=layer.epsilon,
+                                               name=layer.name, dtype=dtype)
+    if isinstance(layer, MaxPool2DSpec):
+        return keras.layers.MaxPooling2D(layer.size, strides=layer.stride, dtype=dtype)
+    if isinstance(layer, AvgPool2DSpec):
+        return keras.layers.AveragePooling2D(layer.size, strides=layer.stride, dtype=dtype)
+    if isinstance(layer, LeakyReLUSpec):
+        return keras.layers.LeakyReLU(negative_slope=layer.alpha, dtype=dtype)
+    if isinstance(layer, DropoutSpec):
+        return MaskedDropout(layer.rate, dtype=dtype)
+    if isinstance(layer, TanhSpec | SigmoidSpec):
+        return keras.layers.Activation("tanh" if isinstance(layer, TanhSpec) else "sigmoid", dtype=dtype)
+    if isinstance(layer, ReLUSpec):
+        return keras.layers.ReLU(dtype=dtype)
+    if isinstance(layer, FlattenSpec):
+        return keras.layers.Flatten(dtype=dtype)
+    raise ValueError(f"the TF twin has no layer for {layer}")
+
+
+# Keras's attribute for each canonical parameter key.
+KERAS_VARIABLES = {"W": "kernel", "b": "bias", "gamma": "gamma", "beta": "beta",
+                   "moving_mean": "moving_mean", "moving_variance": "moving_variance"}
+
+
 def build_network(model: str, dtype: str = "float32") -> tuple[keras.Sequential, dict[str, keras.Variable]]:
-    """A Keras Sequential for ``model`` and its variables by canonical name.
+    """A Keras Sequential for ``model`` and its variables by canonical name (batch norm's
+    moving statistics included: Keras updates them in training, no gradient reaches them).
 
     ``dtype`` float64 serves the finite-difference checks; training uses float32. It is
     given to every layer rather than set globally, so building one model never changes
     another."""
-    layers: list[keras.layers.Layer] = [keras.Input(IMAGE_SHAPE, dtype=dtype)]
-    named: list[keras.layers.Layer] = []
-    for layer in get_spec(model):
-        if isinstance(layer, DenseSpec):
-            named.append(keras.layers.Dense(layer.n_out, name=layer.name, dtype=dtype))
-            layers.append(named[-1])
-        elif isinstance(layer, Conv2DSpec):
-            named.append(keras.layers.Conv2D(layer.c_out, layer.kernel, strides=layer.stride,
-                                             padding=layer.padding, name=layer.name, dtype=dtype))
-            layers.append(named[-1])
-        elif isinstance(layer, ReLUSpec):
-            layers.append(keras.layers.ReLU(dtype=dtype))
-        elif isinstance(layer, MaxPool2DSpec):
-            layers.append(keras.layers.MaxPooling2D(layer.size, strides=layer.stride, dtype=dtype))
-        elif isinstance(layer, FlattenSpec):
-            layers.append(keras.layers.Flatten(dtype=dtype))
-        else:
-            raise ValueError(f"{model}: the TF twin has no layer for {layer}")
-    network = keras.Sequential(layers, name=model)
+    layers = [keras_layer(layer, dtype) for layer in get_spec(model)]
+    network = keras.Sequential([keras.Input(IMAGE_SHAPE, dtype=dtype), *layers],
+                               name=PurePath(model).stem)
+    by_name = {layer.name: layer for layer in layers}
     variables = {}
-    for layer in named:
-        variables[f"{layer.name}/W"] = layer.kernel
-        variables[f"{layer.name}/b"] = layer.bias
+    for key in param_shapes(model):
+        name, kind = key.rsplit("/", 1)
+        variables[key] = getattr(by_name[name], KERAS_VARIABLES[kind])
     return network, variables
 
 
@@ -85,8 +143,9 @@ class TFModel:
         self.optimizer = optimizer
         self.dtype = tf.as_dtype(dtype)
         self.network, self._variables = build_network(model, dtype)
-        self._names = list(param_shapes(model))
-        self._trainable = [self._variables[name] for name in self._names]
+        self._names = list(param_shapes(model))  # every parameter, as params and set_params have them
+        self._trainable_names = [name for name in self._names if is_trainable(name)]
+        self._trainable = [self._variables[name] for name in self._trainable_names]
         self.set_params(params)
         self._opt = make_optimizer(optimizer)
         self._opt.build(self._trainable)
@@ -103,6 +162,11 @@ class TFModel:
     def set_params(self, params: dict[str, np.ndarray]) -> None:
         for name in self._names:
             self._variables[name].assign(np.asarray(params[name], dtype=self.dtype.as_numpy_dtype))
+
+    def set_dropout_masks(self, masks: list[np.ndarray]) -> None:
+        """The dropout layers' masks for the training passes that follow (see
+        ``twinnet.backend.Backend.set_dropout_masks``)."""
+        set_dropout_masks(self.network, masks)
 
     def _forward_impl(self, x: tf.Tensor) -> tf.Tensor:
         return self.network(x, training=False)
@@ -127,13 +191,13 @@ class TFModel:
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         loss, grads, _ = self._loss_and_grads(tf.convert_to_tensor(x, self.dtype),
                                               tf.convert_to_tensor(y, tf.int64))
-        return float(loss), {name: g.numpy() for name, g in zip(self._names, grads, strict=True)}
+        return float(loss), {name: g.numpy() for name, g in zip(self._trainable_names, grads, strict=True)}
 
     def apply(self, grads: dict[str, np.ndarray], lr: float) -> None:
         self._opt.learning_rate = lr
         self._opt.apply_gradients(
             [(tf.convert_to_tensor(grads[name]), var)
-             for name, var in zip(self._names, self._trainable, strict=True)])
+             for name, var in zip(self._trainable_names, self._trainable, strict=True)])
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
         self._opt.learning_rate = lr
@@ -146,7 +210,7 @@ class TFModel:
         keys the NumPy twin uses; SGD without momentum keeps only ``iterations``."""
         state = {"iterations": np.array(int(self._opt.iterations.numpy()), dtype=np.int64)}
         if self.optimizer == "adam":
-            for name, m, v in zip(self._names, self._opt._momentums, self._opt._velocities,
+            for name, m, v in zip(self._trainable_names, self._opt._momentums, self._opt._velocities,
                                   strict=True):
                 state[f"{name}/m"] = np.array(m.numpy())
                 state[f"{name}/v"] = np.array(v.numpy())
@@ -155,7 +219,7 @@ class TFModel:
     def load_optimizer_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self._opt.iterations.assign(int(state["iterations"]))
         if self.optimizer == "adam":
-            for name, m, v in zip(self._names, self._opt._momentums, self._opt._velocities,
+            for name, m, v in zip(self._trainable_names, self._opt._momentums, self._opt._velocities,
                                   strict=True):
                 m.assign(state[f"{name}/m"])
                 v.assign(state[f"{name}/v"])

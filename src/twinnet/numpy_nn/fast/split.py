@@ -118,6 +118,10 @@ class FastNetwork:
         self.network = fused_network(self.spec, params)
         has_conv = any(isinstance(layer, ConvReLUPool | Conv2D) for layer in self.network.layers)
         self.parts = max(1, threads if threads is not None else blas_threads()) if has_conv else 1
+        # Batch norm's statistics and dropout's masks are of the whole batch: such a
+        # model's training step runs as one part (its inference still splits).
+        self.whole_batch = any(isinstance(layer, models.BatchNormSpec | models.DropoutSpec)
+                               for layer in self.spec)
         self._flops = 2 * models.multiply_adds_per_image(self.spec)  # forward, per image
         self._replicas: list[Network] | None = None  # one network per thread, when threads run the parts
         self.dtype = next(iter(params.values())).dtype
@@ -135,7 +139,7 @@ class FastNetwork:
         """Mean loss, number correct and gradients of the batch: its parts' (each divided by
         the whole batch's size) added in part order."""
         parts = self._split(len(x), 3 * self._flops * len(x))
-        if len(parts) == 1:
+        if len(parts) == 1 or self.whole_batch:
             return self.network.loss_and_grads(x, y)
         results = self._run(parts, x, y)
         loss, correct, grads = results[0]
