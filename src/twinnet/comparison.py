@@ -11,8 +11,8 @@ dL/dbeta). This training-mode pass applies the same dropout masks in both twins
 (``models.dropout_masks`` of the seed, step 0) and batch norm's batch statistics, whose
 updated moving statistics are compared too; an inference-mode forward (no dropout,
 batch norm on the moving statistics) compares every layer's output once more. The
-NumPy network that trains (``NumpyModel``, fast path or with ``reference`` the reference layers) is checked against TF as well, on its
-loss and parameter gradients.
+NumPy network that trains (``NumpyModel``: the fast path, or with ``reference`` the
+reference layers) is checked against TF as well, on its loss and parameter gradients.
 
 Differences, per layer:
 
@@ -228,7 +228,7 @@ class Comparison:
     tolerances: dict[str, float]
     layers: list[LayerDiff]
     loss: dict[str, float]  # numpy, tf, numpy_network
-    network: dict[str, float]  # fused NumpyModel vs TF: logits, loss and each parameter
+    network: dict[str, float]  # the NumpyModel that trains vs TF: logits, loss and each parameter
     failures: list[str]
     # Inference mode (no dropout, batch norm on moving statistics): each layer's activation
     # difference; and batch norm's moving statistics after the training pass.
