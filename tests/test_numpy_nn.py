@@ -15,7 +15,7 @@ import pytest
 
 from twinnet import gradcheck, models
 from twinnet.models import MODEL_NAMES, init_params, param_shapes
-from twinnet.numpy_nn import SGD, Adam, NumpyModel, make_optimizer, softmax_cross_entropy
+from twinnet.numpy_nn import SGD, Adam, NumpyModel, make_optimizer, optimizer_state, softmax_cross_entropy
 from twinnet.numpy_nn.fast.blocks import DenseReLU
 from twinnet.numpy_nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, same_padding
 from twinnet.numpy_nn.network import MAX_EVAL_CHUNK, Network, build_layers
@@ -330,7 +330,7 @@ def test_adam_matches_hand_computed_two_steps() -> None:
     adam.step(params, {"p": g2}, lr)
     np.testing.assert_allclose(params["p"], w2, rtol=1e-14)
 
-    state = adam.state_dict()
+    state = optimizer_state.state_dict(adam)
     assert set(state) == {"p/m", "p/v", "iterations"}
     assert int(state["iterations"]) == 2
     np.testing.assert_allclose(state["p/m"], m2, rtol=1e-14)
@@ -356,7 +356,7 @@ def test_adam_state_roundtrip_continues_identically() -> None:
     pa = {"p": np.ones(3, dtype=np.float32)}
     a.step(pa, g[0], 0.01)
     pb = {"p": pa["p"].copy()}
-    b.load_state_dict(a.state_dict())
+    optimizer_state.load_state_dict(b, optimizer_state.state_dict(a))
     for step in g[1:]:
         a.step(pa, step, 0.01)
         b.step(pb, step, 0.01)
@@ -367,11 +367,11 @@ def test_adam_state_roundtrip_continues_identically() -> None:
 def test_adam_refuses_malformed_state_and_resets_on_empty() -> None:
     adam = Adam()
     with pytest.raises(ValueError, match="lacks 'iterations'"):
-        adam.load_state_dict({"p/m": np.zeros(2)})
+        optimizer_state.load_state_dict(adam, {"p/m": np.zeros(2)})
     with pytest.raises(ValueError, match="malformed Adam state"):
-        adam.load_state_dict({"iterations": np.array(1), "p/m": np.zeros(2)})
+        optimizer_state.load_state_dict(adam, {"iterations": np.array(1), "p/m": np.zeros(2)})
     adam.step({"p": np.ones(2)}, {"p": np.ones(2)}, 0.1)
-    adam.load_state_dict({})
+    optimizer_state.load_state_dict(adam, {})
     assert adam.iterations == 0 and adam.m == {} and adam.v == {}
 
 
@@ -388,12 +388,12 @@ def test_sgd_step_counts_iterations() -> None:
     sgd.step(params, {"p": np.array([0.5, -1.0], dtype=np.float32)}, 0.1)
     np.testing.assert_allclose(params["p"], [0.95, 2.1], rtol=1e-7)
     assert params["p"].dtype == np.float32
-    assert sgd.state_dict() == {"iterations": 1}
+    assert optimizer_state.state_dict(sgd) == {"iterations": 1}
     restored = SGD()
-    restored.load_state_dict(sgd.state_dict())
+    optimizer_state.load_state_dict(restored, optimizer_state.state_dict(sgd))
     assert restored.iterations == 1
     with pytest.raises(ValueError, match="SGD keeps only 'iterations'"):
-        restored.load_state_dict({"p/m": np.zeros(2), "iterations": np.array(1)})
+        optimizer_state.load_state_dict(restored, {"p/m": np.zeros(2), "iterations": np.array(1)})
 
 
 def test_make_optimizer_by_name() -> None:

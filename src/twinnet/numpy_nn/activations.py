@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from twinnet.numpy_nn.layers import NoParams
 
-class Tanh:
+
+class Tanh(NoParams):
     """``a = tanh(x)`` (derivations, section 9). Backward: dx = d * (1 - a**2)."""
-
-    params: dict[str, np.ndarray] = {}
-    grads: dict[str, np.ndarray] = {}
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         a = np.tanh(x)
@@ -22,12 +21,9 @@ class Tanh:
         return d * (1 - self.cache**2)
 
 
-class Sigmoid:
+class Sigmoid(NoParams):
     """``a = 1 / (1 + exp(-x))`` (derivations, section 10), computed as (1 + tanh(x/2)) / 2,
     which cannot overflow. Backward: dx = d * a * (1 - a)."""
-
-    params: dict[str, np.ndarray] = {}
-    grads: dict[str, np.ndarray] = {}
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         a = 0.5 * (1 + np.tanh(0.5 * x))
@@ -39,12 +35,9 @@ class Sigmoid:
         return d * self.cache * (1 - self.cache)
 
 
-class LeakyReLU:
+class LeakyReLU(NoParams):
     """``x`` where x > 0, else ``alpha * x`` (derivations, section 11). Backward: dx = d
     where x > 0, else alpha * d (the slope at 0 is alpha, as in TensorFlow)."""
-
-    params: dict[str, np.ndarray] = {}
-    grads: dict[str, np.ndarray] = {}
 
     def __init__(self, alpha: float = 0.2) -> None:
         self.alpha = alpha

@@ -23,6 +23,13 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 
+class NoParams:
+    """Base of the layers without parameters: nothing to learn, no gradients to give."""
+
+    params: dict[str, np.ndarray] = {}
+    grads: dict[str, np.ndarray] = {}
+
+
 class Dense:
     """Affine layer ``z = x @ W + b`` (derivations, section 2).
 
@@ -46,15 +53,12 @@ class Dense:
         return dz @ self.W.T
 
 
-class ReLU:
+class ReLU(NoParams):
     """``max(x, 0)`` elementwise, any shape (derivations, section 3).
 
     Backward: dx = d where x > 0, else 0 (the subgradient at 0 is taken as 0, as
     TensorFlow does).
     """
-
-    params: dict[str, np.ndarray] = {}
-    grads: dict[str, np.ndarray] = {}
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         if train:
@@ -146,7 +150,7 @@ class Conv2D:
         return dxpad[:, top:top + h, left:left + w]
 
 
-class MaxPool2D:
+class MaxPool2D(NoParams):
     """Maximum over each size x size window every ``stride`` pixels, no padding
     (derivations, section 5).
 
@@ -155,9 +159,6 @@ class MaxPool2D:
     Backward: each window's gradient goes to the element that was its maximum; on ties
     to the first in row-major window order, so a window passes on exactly its gradient.
     """
-
-    params: dict[str, np.ndarray] = {}
-    grads: dict[str, np.ndarray] = {}
 
     def __init__(self, size: int = 2, stride: int = 2) -> None:
         self.size, self.stride = size, stride
@@ -194,7 +195,7 @@ class MaxPool2D:
         return dx
 
 
-class AvgPool2D:
+class AvgPool2D(NoParams):
     """Mean over each size x size window every ``stride`` pixels, no padding
     (derivations, section 8).
 
@@ -202,9 +203,6 @@ class AvgPool2D:
     Backward: each element of a window gets d / size**2 of the window's gradient, added
     up where windows overlap (``scatter_windows``).
     """
-
-    params: dict[str, np.ndarray] = {}
-    grads: dict[str, np.ndarray] = {}
 
     def __init__(self, size: int = 2, stride: int = 2) -> None:
         self.size, self.stride = size, stride
@@ -221,14 +219,11 @@ class AvgPool2D:
         return scatter_windows(share, self.cache, self.stride)
 
 
-class Flatten:
+class Flatten(NoParams):
     """Row-major flatten, x (N, d1, d2, ...) -> (N, d1*d2*...) (derivations, section 6).
 
     Backward reshapes the gradient back to the input's shape.
     """
-
-    params: dict[str, np.ndarray] = {}
-    grads: dict[str, np.ndarray] = {}
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         if train:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from twinnet import models
+from twinnet.numpy_nn import optimizer_state
 from twinnet.numpy_nn.network import Network, build_layers
 from twinnet.numpy_nn.normalization import Dropout
 from twinnet.numpy_nn.optimizers import make_optimizer
@@ -101,7 +102,7 @@ class NumpyModel:
     def optimizer_state_dict(self) -> dict[str, np.ndarray]:
         """The optimizer's slots: for Adam ``<param>/m``, ``<param>/v``, ``iterations``;
         only ``iterations`` for SGD."""
-        return self._opt.state_dict()
+        return optimizer_state.state_dict(self._opt)
 
     def load_optimizer_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore what ``optimizer_state_dict`` returned (slots cast to ``self.dtype``)."""
@@ -114,4 +115,4 @@ class NumpyModel:
             if param not in shapes or np.shape(arr) != shapes[param]:
                 raise ValueError(f"optimizer state {key!r} does not match model {self.model_name}")
             state[key] = np.asarray(arr, dtype=self.dtype)
-        self._opt.load_state_dict(state)
+        optimizer_state.load_state_dict(self._opt, state)

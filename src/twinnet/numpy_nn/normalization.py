@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from twinnet.numpy_nn.layers import NoParams
 
-class Dropout:
+
+class Dropout(NoParams):
     """Inverted dropout with a given mask (derivations, section 12).
 
     Training: out = x * mask, ``mask`` of x's shape (N, ...) holding 0 (dropped) or
@@ -14,9 +16,6 @@ class Dropout:
     run's seed (``models.dropout_masks``), so that both twins drop the same units.
     Inference: out = x. Backward: dx = d * mask.
     """
-
-    params: dict[str, np.ndarray] = {}
-    grads: dict[str, np.ndarray] = {}
 
     def __init__(self, rate: float) -> None:
         self.rate, self.mask = rate, None

@@ -4,9 +4,8 @@ The learning rate is passed to every ``step`` because the schedule lives in the
 shared training loop. Arithmetic happens in each parameter's own dtype (float32 in
 training), in the same order as ``keras.optimizers`` so both twins round alike.
 
-``state_dict()`` / ``load_state_dict()`` expose the slots for checkpoints as a flat
-dict of arrays: ``<param>/m``, ``<param>/v`` and a 0-d int64 ``iterations`` for Adam,
-only ``iterations`` for SGD.
+Their state (``iterations``; Adam's slots ``m`` and ``v``) goes to and from checkpoints
+through ``optimizer_state.py``.
 """
 
 from __future__ import annotations
@@ -32,15 +31,6 @@ class SGD:
                 p -= grads[key] * p.dtype.type(lr)
         self.iterations += 1
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """``iterations`` as a 0-d int64 array."""
-        return {"iterations": np.array(self.iterations, dtype=np.int64)}
-
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        """Restore what ``state_dict()`` returned (an empty dict resets the count)."""
-        if set(state) - {"iterations"}:
-            raise ValueError(f"SGD keeps only 'iterations', got keys {sorted(state)}")
-        self.iterations = int(state.get("iterations", 0))
 
 
 class Adam:
@@ -86,29 +76,6 @@ class Adam:
             v += (g * g - v) * (1 - self.beta_2)
             p -= (m * alpha) / (np.sqrt(v) + self.epsilon)
         self.iterations = t
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of the slots: ``<param>/m``, ``<param>/v`` and 0-d int64 ``iterations``."""
-        out: dict[str, np.ndarray] = {"iterations": np.array(self.iterations, dtype=np.int64)}
-        for key in self.m:
-            out[f"{key}/m"] = self.m[key].copy()
-            out[f"{key}/v"] = self.v[key].copy()
-        return out
-
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        """Restore what ``state_dict()`` returned (an empty dict resets to a fresh optimizer)."""
-        if not state:
-            self.iterations, self.m, self.v = 0, {}, {}
-            return
-        if "iterations" not in state:
-            raise ValueError("Adam state lacks 'iterations'")
-        m = {k[: -len("/m")]: np.array(a, copy=True) for k, a in state.items() if k.endswith("/m")}
-        v = {k[: -len("/v")]: np.array(a, copy=True) for k, a in state.items() if k.endswith("/v")}
-        unknown = set(state) - {"iterations"} - {f"{k}/m" for k in m} - {f"{k}/v" for k in v}
-        if set(m) != set(v) or unknown:
-            raise ValueError(f"malformed Adam state: keys {sorted(state)}")
-        self.iterations = int(state["iterations"])
-        self.m, self.v = m, v
 
 
 def make_optimizer(name: str) -> SGD | Adam:
