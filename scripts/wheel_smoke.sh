@@ -26,8 +26,13 @@ start=$SECONDS
 step() { echo "wheel_smoke: [$((SECONDS - start)) s] $*"; }
 
 step "building the wheel"
-rm -rf "$work/dist"
-"$python" -m pip wheel --quiet --no-deps -w "$work/dist" "$repo"
+# From a copy of the clone's files (tracked, and new ones git does not ignore): building in
+# the clone itself would leave src/twinnet.egg-info there, which then shadows the
+# installed package's metadata for anything run with src on its path.
+rm -rf "$work/dist" "$work/source"
+mkdir -p "$work/source"
+(cd "$repo" && git ls-files -z -co --exclude-standard | tar --null -T - -cf -) | tar -xf - -C "$work/source"
+"$python" -m pip wheel --quiet --no-deps -w "$work/dist" "$work/source"
 wheel=$(ls "$work"/dist/twinnet-*.whl)
 step "installing $(basename "$wheel") (no extras) into a fresh venv"
 rm -rf "$work/venv"
@@ -47,7 +52,7 @@ step "twinnet train linear --backend numpy (base install)"
 rm -rf run
 "$twinnet" train linear --backend numpy --steps 30 --eval-every 10 --out run
 step "twinnet evaluate"
-"$twinnet" evaluate run/weights.npz | head -3
+"$twinnet" evaluate --weights run/weights.npz | head -3
 "$py" - <<'PY'
 # A test digit as a PNG file, drawn dark on light as a user's scan would be.
 import numpy as np

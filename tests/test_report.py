@@ -503,7 +503,7 @@ def test_accuracy_axes_fit_their_data():
 def test_claims_print_at_their_stated_precision():
     """The assignment report printed one claim as "97.8500%": it reads "97.85%", at the
     report's two decimals, while a claim printed with fewer keeps its own."""
-    from twinnet.seed_report import format_claim
+    from twinnet.assignment_report import format_claim
 
     assert format_claim(0.9785, 4) == "97.85%"
     assert format_claim(0.97856, 4) == "97.856%"

@@ -45,8 +45,10 @@ def build_layers(model: str, params: dict[str, np.ndarray]) -> list[layers.Layer
             built.append(Dropout(spec.rate))
         elif isinstance(spec, models.LeakyReLUSpec):
             built.append(LeakyReLU(float(np.float32(spec.alpha))))  # TensorFlow's op holds a float32
-        else:
+        elif type(spec) in PLAIN:
             built.append(PLAIN[type(spec)]())
+        else:
+            raise ValueError(f"the NumPy twin has no layer for {type(spec).__name__}")
     return built
 
 
