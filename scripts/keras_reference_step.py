@@ -38,16 +38,19 @@ def main() -> None:
     layers: list = [keras.Input(IMAGE_SHAPE)]
     for spec in get_spec(args.model):
         kind = type(spec).__name__
-        if kind == "Dense":
+        if kind == "DenseSpec":
             layers.append(keras.layers.Dense(spec.n_out))
-        elif kind == "Conv2D":
-            layers.append(keras.layers.Conv2D(spec.c_out, spec.size, padding="same"))
-        elif kind == "ReLU":
+        elif kind == "Conv2DSpec":
+            layers.append(keras.layers.Conv2D(spec.c_out, spec.kernel, strides=spec.stride,
+                                              padding=spec.padding))
+        elif kind == "ReLUSpec":
             layers.append(keras.layers.ReLU())
-        elif kind == "MaxPool2D":
-            layers.append(keras.layers.MaxPooling2D(spec.size))
-        else:
+        elif kind == "MaxPool2DSpec":
+            layers.append(keras.layers.MaxPooling2D(spec.size, strides=spec.stride))
+        elif kind == "FlattenSpec":
             layers.append(keras.layers.Flatten())
+        else:
+            raise SystemExit(f"keras_reference_step: no plain Keras layer here for {kind}")
     model = keras.Sequential(layers)
     model.compile(optimizer=keras.optimizers.Adam(1e-4),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
