@@ -310,6 +310,15 @@ def get_spec(model: str | tuple[LayerSpec, ...]) -> tuple[LayerSpec, ...]:
     return parse_spec(_builtin_document(model), f"{model}.toml")
 
 
+def model_name(model: str) -> str:
+    """The name runs and messages give ``model``: a built-in's own, a spec file's ``name``
+    (default: the file's stem)."""
+    if not is_spec_file(model):
+        return model
+    name = spec_document(model).get("name")
+    return name if isinstance(name, str) and name else os.path.splitext(os.path.basename(model))[0]
+
+
 def describe(model: str) -> str:
     """One line for --help, the report and messages: the spec's description, else its layer types."""
     document = spec_document(model)

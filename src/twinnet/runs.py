@@ -31,7 +31,7 @@ import numpy as np
 
 from twinnet.config import TrainConfig
 from twinnet.errors import TwinnetError
-from twinnet.models import count_params
+from twinnet.models import count_params, model_name
 from twinnet.util import (
     is_int,
     is_number,
@@ -50,8 +50,9 @@ PLOTS_BYTES = 4 << 20  # curves.png and confusion.png with room to spare
 
 
 def default_run_dir(config: TrainConfig) -> Path:
-    """Where ``twinnet train`` writes without ``--out``: ``runs/MODEL-BACKEND``."""
-    return Path("runs") / f"{config.model}-{config.backend}"
+    """Where ``twinnet train`` writes without ``--out``: ``runs/MODEL-BACKEND``, MODEL the
+    model's name (a spec file's ``name`` or stem)."""
+    return Path("runs") / f"{model_name(config.model)}-{config.backend}"
 
 
 def weights_meta(config: TrainConfig) -> dict[str, Any]:

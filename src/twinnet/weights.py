@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from twinnet.errors import TwinnetError
-from twinnet.models import MODEL_NAMES, param_shapes
+from twinnet.models import MODEL_NAMES, is_spec_file, model_name, param_shapes, spec_document
 from twinnet.util import FileAccessError, atomic_path, open_regular_file
 
 # The weights a command uses without --weights: the cnn the NumPy twin trained for the
@@ -94,10 +94,14 @@ def check_params(model: str, params: dict[str, np.ndarray], source: str = "param
 
 def save_weights(path: str | os.PathLike, model: str, params: dict[str, np.ndarray],
                  meta: dict[str, Any]) -> None:
-    """Write ``params`` and ``meta`` (JSON-able; ``model`` is added) to ``path`` atomically."""
+    """Write ``params`` and ``meta`` (JSON-able) to ``path`` atomically. ``meta`` gets the
+    model's name and, for a model from a spec file, ``spec``: the file's TOML table."""
     check_params(model, params)
     arrays = {key: np.ascontiguousarray(params[key], dtype=np.float32) for key in param_shapes(model)}
-    arrays["meta"] = np.array(json.dumps({"model": model, **meta}, sort_keys=True))
+    named = {"model": model_name(model)}
+    if is_spec_file(model):
+        named["spec"] = spec_document(model)
+    arrays["meta"] = np.array(json.dumps({**named, **meta}, sort_keys=True))
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
 
@@ -127,6 +131,9 @@ def load_weights(path: str | os.PathLike,
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise WeightsError(f"{source}: unreadable 'meta' entry ({one_line(exc)})") from None
     model = meta.get("model")
+    if model not in MODEL_NAMES and "spec" in meta:
+        raise WeightsError(f"{source}: holds a model from a spec file ({model!r}); this version reads "
+                           "only the built-in models' weights files")
     if model not in MODEL_NAMES:
         raise WeightsError(f"{source}: meta names unknown model {model!r}")
     if expected_model is not None and model != expected_model:

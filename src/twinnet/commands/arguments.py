@@ -12,7 +12,7 @@ from pathlib import Path
 from twinnet.backend import BACKENDS, OPTIMIZERS
 from twinnet.config import DEFAULT_LR, SCHEDULES, ConfigError, TrainConfig, default, flag
 from twinnet.errors import TwinnetError, UsageError
-from twinnet.models import DESCRIPTIONS, MODEL_NAMES
+from twinnet.models import DESCRIPTIONS, MODEL_NAMES, is_spec_file
 from twinnet.weights import DEFAULT_WEIGHTS
 
 MODELS_HELP = "; ".join(f"{name}: {text}" for name, text in DESCRIPTIONS.items())
@@ -79,11 +79,23 @@ def add_reference(parser: argparse.ArgumentParser, what: str = "run") -> None:
                              "times slower")
 
 
+MODEL_CHOICES = f"{', '.join(MODEL_NAMES)}, or a .toml spec file"
+
+
+def model_argument(value: str) -> str:
+    """argparse type of a MODEL: a built-in name or a ``.toml`` spec file's path (its
+    content is checked when the command runs, with a message naming file, layer and key)."""
+    if value in MODEL_NAMES or is_spec_file(value):
+        return value
+    raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {MODEL_CHOICES})")
+
+
 def add_train_arguments(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
     """The model and the flags of TrainConfig's fields. ``train`` notes which flags were
     given (to refuse conflicts on --resume); ``sweep`` hides ``--lr`` (it has ``--lrs``)."""
-    parser.add_argument("model", choices=MODEL_NAMES, nargs=None if sweep else "?", metavar="MODEL",
-                        help=f"which model ({MODELS_HELP})")
+    parser.add_argument("model", type=model_argument, nargs=None if sweep else "?", metavar="MODEL",
+                        help=f"which model ({MODELS_HELP}; or the path of a .toml spec file, "
+                             "see docs/usage.md)")
     store = "store" if sweep else NoteGiven
     if not sweep:
         parser.set_defaults(given={})

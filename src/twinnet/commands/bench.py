@@ -8,6 +8,7 @@ import json
 
 from twinnet.backend import BACKENDS, OPTIMIZERS
 from twinnet.bench import format_bench, format_blocks, run_bench, time_blocks
+from twinnet.commands.arguments import MODEL_CHOICES, model_argument
 from twinnet.errors import TwinnetError
 from twinnet.models import MODEL_NAMES
 
@@ -19,8 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "model on every backend in one process, interleaving backends, after "
                     "warm-up, on random data. Prints ms per step, ms per 1,000 inference images, "
                     "FLOPs counted from the spec, GFLOP/s and the NumPy/TensorFlow ratios.")
-    parser.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES),
-                        help="models to time (default: all)")
+    parser.add_argument("--models", nargs="+", type=model_argument, default=list(MODEL_NAMES),
+                        metavar="MODEL", help=f"models to time ({MODEL_CHOICES}; default: the four)")
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=None,
                         help="backends to time (default: both where TensorFlow is installed, "
                              "else numpy)")

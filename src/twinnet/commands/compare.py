@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from twinnet.commands.arguments import add_data_dir, add_reference, add_weights
+from twinnet.commands.arguments import MODEL_CHOICES, add_data_dir, add_reference, add_weights, model_argument
 from twinnet.comparison import DEFAULT_DTYPE, DTYPES, TOLERANCES, compare, format_comparison
 from twinnet.errors import UsageError
-from twinnet.models import MODEL_NAMES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -24,8 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "the relative error of the gradient flowing into the layer and of each "
                     "parameter's gradient (max|NumPy-TF|/max|TF|), then each twin's loss. "
                     f"Tolerances: {tol}. Exit code 1 if any is exceeded.")
-    parser.add_argument("model", nargs="?", choices=MODEL_NAMES, default=None, metavar="MODEL",
-                        help=f"which model ({', '.join(MODEL_NAMES)}; optional with --weights, "
+    parser.add_argument("model", nargs="?", type=model_argument, default=None, metavar="MODEL",
+                        help=f"which model ({MODEL_CHOICES}; optional with --weights, "
                              "whose meta names it)")
     add_weights(parser, default="seeded initial weights of MODEL")
     parser.add_argument("--batch", type=int, default=64, metavar="N",

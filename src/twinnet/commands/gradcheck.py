@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from twinnet.commands.arguments import add_reference
+from twinnet.commands.arguments import MODEL_CHOICES, add_reference, model_argument
 from twinnet.gradcheck import check_layers, check_model, format_table
 from twinnet.models import MODEL_NAMES
 
@@ -14,8 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "gradcheck", help="check the NumPy twin's gradients against finite differences",
         description="Compare every analytic gradient of the NumPy twin with central finite "
                     "differences in float64 and print the maximum relative error per parameter.")
-    parser.add_argument("model", nargs="?", default="all", choices=(*MODEL_NAMES, "all"), metavar="MODEL",
-                        help=f"{', '.join(MODEL_NAMES)}, or all (also checks every layer alone; default)")
+    parser.add_argument("model", nargs="?", default="all", metavar="MODEL",
+                        type=lambda value: value if value == "all" else model_argument(value),
+                        help=f"{MODEL_CHOICES}, or all (the four and every layer alone; default)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the random batch")
     add_reference(parser, "check")
     return parser
