@@ -83,6 +83,19 @@ def _conv_block(W: np.ndarray, b: np.ndarray, needs_input_grad: bool = True) -> 
     return ConvReLUPool(Conv2D("conv", W, b), ReLU(), MaxPool2D(), needs_input_grad=needs_input_grad)
 
 
+def _assert_block_equals_its_layers(block, kinds: list[type], x: np.ndarray, dout: np.ndarray) -> None:
+    """The block names the layers it replaces, and computes what they compute: output
+    (training and inference), input gradient and every parameter's gradient."""
+    assert [type(layer) for layer in block.replaces] == kinds
+    out, dx, grads = _compose(block.replaces, x, dout)
+    _assert_close(block.forward(x), out)
+    _assert_close(block.backward(dout.copy()), dx)
+    assert set(block.grads) == set(grads) == set(block.params)
+    for key in grads:
+        _assert_close(block.grads[key], grads[key])
+    _assert_close(block.forward(x, train=False), out)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [1, 7, 100])
 @pytest.mark.parametrize(("c_in", "size"), [(1, 28), (16, 14), (3, (4, 6))])
@@ -92,14 +105,7 @@ def test_conv_relu_pool_equals_the_layers_it_replaces(dtype: type, n: int, c_in:
     W, b = _block_data((3, 3, c_in, 16), dtype, rng) / 4, _block_data((16,), dtype, rng)
     x = _block_data((n, h, w, c_in), dtype, rng)
     dout = _block_data((n, h // 2, w // 2, 16), dtype, rng)
-    block = _conv_block(W, b)
-    assert [type(layer) for layer in block.replaces] == [Conv2D, ReLU, MaxPool2D]
-    out, dx, grads = _compose(block.replaces, x, dout)
-    _assert_close(block.forward(x), out)
-    _assert_close(block.backward(dout.copy()), dx)
-    _assert_close(block.grads["conv/W"], grads["conv/W"])
-    _assert_close(block.grads["conv/b"], grads["conv/b"])
-    _assert_close(block.forward(x, train=False), out)
+    _assert_block_equals_its_layers(_conv_block(W, b), [Conv2D, ReLU, MaxPool2D], x, dout)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -108,14 +114,7 @@ def test_dense_relu_equals_the_layers_it_replaces(dtype: type, n: int) -> None:
     rng = np.random.default_rng(n)
     W, b = _block_data((64, 32), dtype, rng), _block_data((32,), dtype, rng)
     x, dout = _block_data((n, 64), dtype, rng), _block_data((n, 32), dtype, rng)
-    block = DenseReLU(Dense("dense", W, b), ReLU())
-    assert [type(layer) for layer in block.replaces] == [Dense, ReLU]
-    out, dx, grads = _compose(block.replaces, x, dout)
-    _assert_close(block.forward(x), out)
-    _assert_close(block.backward(dout.copy()), dx)
-    _assert_close(block.grads["dense/W"], grads["dense/W"])
-    _assert_close(block.grads["dense/b"], grads["dense/b"])
-    _assert_close(block.forward(x, train=False), out)
+    _assert_block_equals_its_layers(DenseReLU(Dense("dense", W, b), ReLU()), [Dense, ReLU], x, dout)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
