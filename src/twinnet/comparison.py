@@ -307,6 +307,47 @@ def model_params(model: str | None, weights: str | None, seed: int) -> tuple[str
     return model, models.init_params(model, seed), f"seeded init (seed {seed})"
 
 
+def inference_diffs(model: str, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, dtype: str,
+                    masks: list[np.ndarray], tolerance: dict[str, float],
+                    failures: list[str]) -> tuple[dict[str, float], np.ndarray]:
+    """Inference mode (no dropout, batch norm on the moving statistics): each layer's
+    activation difference by name, and TF's logits; failures are appended."""
+    inference = {}
+    their_outputs = tf_pass(model, params, x, y, dtype, masks, training=False).outputs
+    for (name, _), a, b in zip(layer_names(model), numpy_inference(model, params, x, dtype),
+                               their_outputs, strict=True):
+        inference[name] = activation_diff(a, b)
+        if not inference[name] <= tolerance["activation"]:
+            failures.append(f"inference: {name}: activation difference {inference[name]:.1e} "
+                            f"> {tolerance['activation']:.0e}")
+    return inference, their_outputs[-1]
+
+
+def network_diffs(model: str, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, dtype: str,
+                  masks: list[np.ndarray], theirs: TwinPass, their_logits: np.ndarray, reference: bool,
+                  failures: list[str]) -> tuple[dict[str, float], float]:
+    """The NumPy network that trains (the fast path, or the reference layers), on the same
+    batch, against the same TF pass: its logits, loss and gradient differences, and its
+    loss; failures are appended."""
+    from twinnet.numpy_nn import NumpyModel
+
+    tolerance = TOLERANCES[dtype]
+    network = NumpyModel(model, params, dtype=dtype, fast=not reference)
+    network.set_dropout_masks(masks)
+    net_logits = network.logits(x)  # before the training pass updates batch norm's statistics
+    net_loss, net_grads = network.loss_and_grads(x, y)
+    net = {"logits": activation_diff(net_logits, their_logits),
+           "loss": abs(net_loss - theirs.loss) / abs(theirs.loss),
+           **{k: relative_error(g, theirs.param_grads[k]) for k, g in net_grads.items()}}
+    for label, value, tol_key in [("training network: logits difference", net["logits"], "activation"),
+                                  ("training network: loss relative difference", net["loss"], "loss"),
+                                  *((f"training network: {k} gradient relative error", net[k], "gradient")
+                                    for k in net_grads if k not in cancelled_biases(model))]:
+        if not value <= tolerance[tol_key]:
+            failures.append(f"{label} {value:.1e} > {tolerance[tol_key]:.0e}")
+    return net, net_loss
+
+
 def compare(model: str | None = None, weights: str | None = None, batch: int = 64,
             dtype: str = DEFAULT_DTYPE, seed: int = 0, data_dir: str | None = None,
             x: np.ndarray | None = None, y: np.ndarray | None = None,
@@ -321,8 +362,6 @@ def compare(model: str | None = None, weights: str | None = None, batch: int = 6
     The network that trains is compared as a whole too: the fast path, or with
     ``reference`` the reference layers as ``NumpyModel`` runs them. Imports TensorFlow.
     """
-    from twinnet.numpy_nn import NumpyModel
-
     if dtype not in TOLERANCES:
         raise TwinnetError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if batch < 1:
@@ -340,31 +379,12 @@ def compare(model: str | None = None, weights: str | None = None, batch: int = 6
     moving = {k: relative_error(v, theirs.moving[k]) for k, v in ours.moving.items()}
     failures += [f"{k} after the training pass: relative error {v:.1e} > {tolerance['activation']:.0e}"
                  for k, v in moving.items() if not v <= tolerance["activation"]]
-    # Inference mode: no dropout, batch norm on the moving statistics.
-    inference = {}
-    their_outputs = tf_pass(model, params, x, y, dtype, masks, training=False).outputs
-    for (name, _), a, b in zip(layer_names(model), numpy_inference(model, params, x, dtype),
-                               their_outputs, strict=True):
-        inference[name] = activation_diff(a, b)
-        if not inference[name] <= tolerance["activation"]:
-            failures.append(f"inference: {name}: activation difference {inference[name]:.1e} "
-                            f"> {tolerance['activation']:.0e}")
-    # The network that trains (fast path or reference), on the same batch, against the same TF pass.
-    network = NumpyModel(model, params, dtype=dtype, fast=not reference)
-    network.set_dropout_masks(masks)
-    net_logits = network.logits(x)  # before the training pass updates batch norm's statistics
-    net_loss, net_grads = network.loss_and_grads(x, y)
-    net = {"logits": activation_diff(net_logits, their_outputs[-1]),
-           "loss": abs(net_loss - theirs.loss) / abs(theirs.loss),
-           **{k: relative_error(g, theirs.param_grads[k]) for k, g in net_grads.items()}}
+    inference, their_logits = inference_diffs(model, params, x, y, dtype, masks, tolerance, failures)
     loss_error = abs(ours.loss - theirs.loss) / abs(theirs.loss)
-    for label, value, tol_key in [("loss relative difference", loss_error, "loss"),
-                                  ("training network: logits difference", net["logits"], "activation"),
-                                  ("training network: loss relative difference", net["loss"], "loss"),
-                                  *((f"training network: {k} gradient relative error", net[k], "gradient")
-                                    for k in net_grads if k not in cancelled_biases(model))]:
-        if not value <= tolerance[tol_key]:
-            failures.append(f"{label} {value:.1e} > {tolerance[tol_key]:.0e}")
+    if not loss_error <= tolerance["loss"]:
+        failures.append(f"loss relative difference {loss_error:.1e} > {tolerance['loss']:.0e}")
+    net, net_loss = network_diffs(model, params, x, y, dtype, masks, theirs, their_logits, reference,
+                                  failures)
     return Comparison(model, dtype, len(x), data, source, tolerance, rows,
                       {"numpy": ours.loss, "tf": theirs.loss, "numpy_network": net_loss},
                       net, failures, inference, moving)
