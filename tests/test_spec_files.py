@@ -77,3 +77,50 @@ def test_a_name_that_is_neither_a_model_nor_a_spec_file_is_a_usage_error(capsys)
     assert exit_info.value.code == 2
     assert "invalid choice: 'lenet' (choose from linear, mlp128, mlp256x2, cnn, or a .toml spec file)" in (
         capsys.readouterr().err)
+
+
+def test_weights_of_a_spec_model_need_only_the_file(spec_file, tmp_path, monkeypatch, mnist_path, capsys):
+    """Trained from a spec file that is then deleted, the weights still evaluate and
+    predict: the spec travels in their meta (the model's parameters are larger than the
+    built-in models' under the same names, so the file is read under the spec's bounds)."""
+    spec_file.write_text(SMALL.replace("filters = 2", "filters = 40"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", str(spec_file), "--steps", "2", "--data-dir", str(mnist_path)]) == 0
+    spec_file.unlink()
+    weights = str(tmp_path / "runs" / "tiny-numpy" / "weights.npz")
+    capsys.readouterr()
+    assert main(["evaluate", "--weights", weights, "--data-dir", str(mnist_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "tiny"
+    params, meta = __import__("twinnet.weights").weights.load_weights(weights)
+    assert meta["model"] == "tiny" and params["conv1/W"].shape == (5, 5, 1, 40)
+
+
+def test_a_carried_spec_that_disagrees_with_the_arrays_is_one_line(spec_file, tmp_path):
+    from twinnet.weights import WeightsError, load_weights, save_weights
+
+    path = tmp_path / "w.npz"
+    save_weights(path, str(spec_file), models.init_params(str(spec_file)), {})
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["spec"]["layers"][0]["filters"] = 3  # the arrays hold 2 filters
+    meta["model"] = "tiny3"
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    expected = r"w.npz: conv1/W has shape \(5, 5, 1, 2\), expected \(5, 5, 1, 3\)"
+    with pytest.raises(WeightsError, match=expected):
+        load_weights(path)
+
+
+def test_a_carried_spec_may_not_take_a_built_in_models_name(spec_file, tmp_path):
+    from twinnet.weights import WeightsError, load_weights, save_weights
+
+    path = tmp_path / "w.npz"
+    save_weights(path, str(spec_file), models.init_params(str(spec_file)), {})
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    meta = json.loads(str(arrays["meta"]))
+    arrays["meta"] = np.array(json.dumps({**meta, "model": "cnn"}))
+    np.savez(path, **arrays)
+    with pytest.raises(WeightsError, match="its model is named 'cnn', as another model is here"):
+        load_weights(path)

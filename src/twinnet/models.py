@@ -286,6 +286,8 @@ def spec_document(model: str) -> dict[str, Any]:
     """The TOML table of ``model``, a built-in name or a spec file's path."""
     if is_spec_file(model):
         return read_document(model)
+    if model in _REGISTERED:
+        return _REGISTERED[model][0]
     get_spec(model)
     return _builtin_document(model)
 
@@ -298,6 +300,8 @@ def get_spec(model: str | tuple[LayerSpec, ...]) -> tuple[LayerSpec, ...]:
     """
     if isinstance(model, tuple):
         return model
+    if model in _REGISTERED:
+        return _REGISTERED[model][1]
     if is_spec_file(model):
         try:
             mtime = os.stat(model).st_mtime_ns
@@ -308,6 +312,26 @@ def get_spec(model: str | tuple[LayerSpec, ...]) -> tuple[LayerSpec, ...]:
         raise ValueError(f"unknown model {model!r}: expected one of {', '.join(MODEL_NAMES)} "
                          "or a .toml spec file")
     return parse_spec(_builtin_document(model), f"{model}.toml")
+
+
+_REGISTERED: dict[str, tuple[dict[str, Any], tuple[LayerSpec, ...]]] = {}
+
+
+def register_spec(document: Any, name: Any, source: str) -> str:
+    """Make ``name`` the model of spec ``document`` (a TOML table, as a weights file's meta
+    carries it) in this process, so that it is a model name like the built-in ones; returns
+    the name. SpecError naming ``source`` for a spec that cannot be built, a name that is
+    not a plain word, or one already taken by another model."""
+    specs = parse_spec(document, source)
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum() \
+            or is_spec_file(name):
+        raise SpecError(f"{source}: names its model {name!r}, not a plain name")
+    taken = get_spec(name) if name in MODEL_NAMES else _REGISTERED.get(name, (None, specs))[1]
+    if taken != specs:
+        raise SpecError(f"{source}: its model is named {name!r}, as another model is here")
+    if name not in MODEL_NAMES:
+        _REGISTERED[name] = (document, specs)
+    return name
 
 
 def model_name(model: str) -> str:

@@ -12,6 +12,7 @@ import json
 import lzma
 import math
 import os
+import re
 import struct
 import tokenize
 import zipfile
@@ -24,7 +25,14 @@ from typing import Any
 import numpy as np
 
 from twinnet.errors import TwinnetError
-from twinnet.models import MODEL_NAMES, is_spec_file, model_name, param_shapes, spec_document
+from twinnet.models import (
+    MODEL_NAMES,
+    SpecError,
+    model_name,
+    param_shapes,
+    register_spec,
+    spec_document,
+)
 from twinnet.util import FileAccessError, atomic_path, open_regular_file
 
 # The weights a command uses without --weights: the cnn the NumPy twin trained for the
@@ -56,6 +64,13 @@ for _model in MODEL_NAMES:
 WEIGHTS_MAX_MEMBERS = 1 + max(len(param_shapes(model)) for model in MODEL_NAMES)
 WEIGHTS_MAX_TOTAL_BYTES = (META_MAX_BYTES + WEIGHTS_MAX_MEMBERS * 4096 + max(
     sum(math.prod(shape) * 4 for shape in param_shapes(model).values()) for model in MODEL_NAMES))
+
+# A model from a spec file names its parameters by kind; a file of one is first read for
+# its meta alone, under these loose bounds on its directory, then for its parameters under
+# the exact bounds of the spec its meta carries.
+SPEC_KEY = re.compile(r"(conv|dense|bn)[1-9][0-9]{0,3}/(W|b|gamma|beta|moving_mean|moving_variance)")
+SPEC_MAX_MEMBERS = 1 + 4 * 64
+SPEC_MAX_TOTAL_BYTES = 256 << 20
 
 # What zipfile, its decompressors and NumPy's header parser raise on damaged input
 # (TokenError: NumPy retries a header it cannot parse as Python 2 text, through tokenize).
@@ -98,8 +113,8 @@ def save_weights(path: str | os.PathLike, model: str, params: dict[str, np.ndarr
     model's name and, for a model from a spec file, ``spec``: the file's TOML table."""
     check_params(model, params)
     arrays = {key: np.ascontiguousarray(params[key], dtype=np.float32) for key in param_shapes(model)}
-    named = {"model": model_name(model)}
-    if is_spec_file(model):
+    named: dict[str, Any] = {"model": model_name(model)}
+    if model not in MODEL_NAMES:  # a spec file, or a spec carried by a weights file
         named["spec"] = spec_document(model)
     arrays["meta"] = np.array(json.dumps({**named, **meta}, sort_keys=True))
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -117,11 +132,29 @@ def load_weights(path: str | os.PathLike,
     WEIGHTS_MAX_TOTAL_BYTES whatever the file holds.
     """
     source = str(path)
-    arrays = read_npz(path, source, WEIGHTS_ALLOWED, max_total_bytes=WEIGHTS_MAX_TOTAL_BYTES,
-                      max_members=WEIGHTS_MAX_MEMBERS)
-    if "meta" not in arrays:
+    try:
+        arrays = read_npz(path, source, WEIGHTS_ALLOWED, max_total_bytes=WEIGHTS_MAX_TOTAL_BYTES,
+                          max_members=WEIGHTS_MAX_MEMBERS)
+        meta = parse_meta(arrays.pop("meta", None), source)
+    except WeightsError as refused:  # perhaps a model from a spec file, larger than the four
+        arrays, meta = read_spec_weights(path, source, refused)
+    model = meta.get("model")
+    if "spec" in meta:
+        meta["model"] = model = register_spec_of(meta, source)
+        if set(arrays) != set(param_shapes(model)):  # read under the four's bounds: read again
+            arrays, meta = read_spec_weights(path, source, None)
+    elif model not in MODEL_NAMES:
+        raise WeightsError(f"{source}: meta names unknown model {model!r}")
+    if expected_model is not None and model != model_name(expected_model):
+        raise WeightsError(f"{source}: holds weights for model {model!r}, not {expected_model!r}")
+    check_params(model, arrays, source)
+    return arrays, meta
+
+
+def parse_meta(meta_array: np.ndarray | None, source: str) -> dict[str, Any]:
+    """The JSON object of a weights file's ``meta`` entry; WeightsError if it is not one."""
+    if meta_array is None:
         raise WeightsError(f"{source}: no 'meta' entry; not a twinnet weights file")
-    meta_array = arrays.pop("meta")
     try:
         if meta_array.shape != () or meta_array.dtype.kind != "U":
             raise ValueError("not a 0-d string")
@@ -130,22 +163,49 @@ def load_weights(path: str | os.PathLike,
             raise ValueError("not a JSON object")
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise WeightsError(f"{source}: unreadable 'meta' entry ({one_line(exc)})") from None
-    model = meta.get("model")
-    if model not in MODEL_NAMES and "spec" in meta:
-        raise WeightsError(f"{source}: holds a model from a spec file ({model!r}); this version reads "
-                           "only the built-in models' weights files")
-    if model not in MODEL_NAMES:
-        raise WeightsError(f"{source}: meta names unknown model {model!r}")
-    if expected_model is not None and model != expected_model:
-        raise WeightsError(f"{source}: holds weights for model {model!r}, not {expected_model!r}")
-    check_params(model, arrays, source)
-    return arrays, meta
+    return meta
+
+
+def register_spec_of(meta: dict[str, Any], source: str) -> str:
+    """The model name of the spec a weights file's meta carries, registered in this process
+    (``models.register_spec``); WeightsError naming the file if it cannot be built."""
+    try:
+        return register_spec(meta["spec"], meta.get("model"), f"{source}: its spec")
+    except SpecError as exc:
+        raise WeightsError(str(exc)) from None
+
+
+def read_spec_weights(path: str | os.PathLike, source: str,
+                      refused: WeightsError | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(params, meta) of a weights file of a model from a spec file: its meta read alone under
+    loose bounds on the directory, then its parameters under the exact bounds of that spec.
+    Where the file carries no spec, ``refused`` (the error under the four models' bounds)
+    is raised as it was."""
+    def loose(key: str) -> int | None:
+        return META_MAX_BYTES if key == "meta" else SPEC_MAX_TOTAL_BYTES if SPEC_KEY.fullmatch(key) else None
+
+    try:
+        meta = parse_meta(read_npz(path, source, loose, max_total_bytes=SPEC_MAX_TOTAL_BYTES,
+                                   max_members=SPEC_MAX_MEMBERS, only="meta").get("meta"), source)
+    except WeightsError:
+        if refused is not None:
+            raise refused from None
+        raise
+    if "spec" not in meta:
+        if refused is not None:
+            raise refused from None
+        raise WeightsError(f"{source}: its meta carries no spec")
+    shapes = param_shapes(register_spec_of(meta, source))
+    exact = {"meta": META_MAX_BYTES, **{key: math.prod(s) * 4 for key, s in shapes.items()}}
+    arrays = read_npz(path, source, exact, max_total_bytes=sum(exact.values()) + len(exact) * 4096,
+                      max_members=len(exact))
+    return arrays, parse_meta(arrays.pop("meta", None), source)
 
 
 def read_npz(path: str | os.PathLike, source: str,
              allowed: Mapping[str, int] | Callable[[str], int | None], *,
              max_total_bytes: int, max_members: int,
-             error: type[TwinnetError] = WeightsError) -> dict[str, np.ndarray]:
+             error: type[TwinnetError] = WeightsError, only: str | None = None) -> dict[str, np.ndarray]:
     """Every array of the .npz at ``path``, by key (entry name without ``.npy``), in
     bounded memory; the one reader for weights files and checkpoints.
 
@@ -157,7 +217,8 @@ def read_npz(path: str | os.PathLike, source: str,
     sizes) is checked before any member is read; each member's .npy header is then
     checked against its directory size and its limit before its data is allocated, so
     at most ``max_total_bytes`` (plus one member's copy) is ever held. Object arrays are
-    refused, never unpickled. Missing keys are the caller's to check.
+    refused, never unpickled. Missing keys are the caller's to check. With ``only``, the
+    whole directory is checked but only that key's member is read.
 
     Raises ``error`` (a TwinnetError; one line beginning with ``source``) for any fault:
     not a regular readable file, not a zip, damaged data, a refused key, limits exceeded.
@@ -179,6 +240,8 @@ def read_npz(path: str | os.PathLike, source: str,
                                          error)
                 arrays = {}
                 for info, limit in zip(infos, limits, strict=True):
+                    if only is not None and info.filename != f"{only}.npy":
+                        continue
                     with archive.open(info) as entry:
                         arrays[info.filename.removesuffix(".npy")] = read_npy(
                             entry, info, limit, source, error)
