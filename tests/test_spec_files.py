@@ -124,3 +124,29 @@ def test_a_carried_spec_may_not_take_a_built_in_models_name(spec_file, tmp_path)
     np.savez(path, **arrays)
     with pytest.raises(WeightsError, match="its model is named 'cnn', as another model is here"):
         load_weights(path)
+
+
+BN_ADAM = SMALL.replace('[[layers]]\ntype = "tanh"',
+                        '[[layers]]\ntype = "batchnorm"\n[[layers]]\ntype = "tanh"')
+
+
+def test_a_checkpoint_of_a_larger_spec_model_with_batch_norm_is_read_back(tmp_path):
+    """Its parameters are larger than the built-in models' under the same names, and batch
+    norm's moving statistics have no Adam slots: read under the spec's own bounds."""
+    from twinnet.checkpoint import load_checkpoint
+    from twinnet.config import TrainConfig
+    from twinnet.training import save_training, start_training
+
+    path = tmp_path / "bn.toml"
+    path.write_text(BN_ADAM.replace("filters = 2", "filters = 40"))
+    config = TrainConfig(model=str(path), optimizer="adam", steps=10)
+    state = start_training(config, 1000)
+    rng = np.random.default_rng(0)
+    state.model.train_step(rng.random((8, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 8), 1e-3)
+    state.step = 3
+    save_training(tmp_path / "checkpoint.npz", config, state)
+    loaded_config, loaded = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert loaded_config == config and loaded["step"] == 3
+    assert set(loaded["params"]) == set(models.param_shapes(str(path)))
+    assert "bn1/moving_mean/m" not in loaded["optimizer"] and "bn1/gamma/m" in loaded["optimizer"]
+    np.testing.assert_array_equal(loaded["params"]["conv1/W"], state.model.params["conv1/W"])

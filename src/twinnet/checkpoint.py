@@ -37,9 +37,9 @@ import numpy as np
 from twinnet.config import ConfigError, TrainConfig
 from twinnet.data import TRAIN_SIZE
 from twinnet.errors import TwinnetError
-from twinnet.models import MODEL_NAMES, param_shapes
+from twinnet.models import MODEL_NAMES, is_spec_file, is_trainable, param_shapes
 from twinnet.util import atomic_path, is_int
-from twinnet.weights import WEIGHTS_ALLOWED, check_params, read_npz
+from twinnet.weights import SPEC_MAX_MEMBERS, SPEC_MAX_TOTAL_BYTES, WEIGHTS_ALLOWED, check_params, read_npz
 
 CHECKPOINT_NAME = "checkpoint.npz"
 # The ``state`` member: JSON in a 0-d unicode array, 4 bytes per character (curves of a
@@ -178,8 +178,11 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[TrainConfig, dict[str, Any
     extra sections, a configuration that fails TrainConfig's checks, a step out of range,
     parameters or optimizer slots of the wrong keys, shapes, dtypes or values.
     """
-    state = read_checkpoint(path, checkpoint_array_limit, max_total_bytes=CHECKPOINT_MAX_TOTAL_BYTES,
-                            max_members=CHECKPOINT_MAX_MEMBERS)
+    try:
+        state = read_checkpoint(path, checkpoint_array_limit, max_total_bytes=CHECKPOINT_MAX_TOTAL_BYTES,
+                                max_members=CHECKPOINT_MAX_MEMBERS)
+    except CheckpointError as refused:  # perhaps a model from a spec file, larger than the four
+        state = read_spec_checkpoint(path, refused)
     try:
         expect_keys(state, SECTIONS, "")
         if not isinstance(state["config"], dict):
@@ -198,10 +201,36 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[TrainConfig, dict[str, Any
     return config, state
 
 
+def read_spec_checkpoint(path: str | os.PathLike, refused: CheckpointError) -> dict[str, Any]:
+    """The state of a checkpoint of a model from a spec file: its ``state`` read alone under
+    loose bounds on the directory, then every array under the exact bounds of the model its
+    configuration names. Where that is not a spec file's model, ``refused`` (the error under
+    the four models' bounds) is raised as it was."""
+    def loose(key: str) -> int | None:
+        if key in ("state", HASH_KEY):
+            return STATE_MAX_BYTES
+        return SPEC_MAX_TOTAL_BYTES if key.partition("/")[0] in ("params", "optimizer", "order") else None
+
+    try:
+        text = read_npz(path, str(path), loose, max_total_bytes=SPEC_MAX_TOTAL_BYTES,
+                        max_members=SPEC_MAX_MEMBERS * 3, error=CheckpointError, only="state").get("state")
+        config = TrainConfig(**json.loads(str(text))["config"])
+    except (CheckpointError, ConfigError, ValueError, TypeError, KeyError, RecursionError):
+        raise refused from None
+    if not is_spec_file(config.model):
+        raise refused
+    shapes = {key: 4 * math.prod(shape) for key, shape in param_shapes(config.model).items()}
+    exact = {**{f"params/{k}": n for k, n in shapes.items()},
+             **{f"optimizer/{k}/{slot}": n for k, n in shapes.items() for slot in ("m", "v")},
+             "optimizer/iterations": 8, "order/perm": 8 * TRAIN_SIZE}
+    return read_checkpoint(path, exact.get, max_total_bytes=STATE_MAX_BYTES + sum(exact.values())
+                           + 4096 * (len(exact) + 2), max_members=len(exact) + 2)
+
+
 def check_optimizer(slots: Any, config: TrainConfig, source: str) -> None:
     """``iterations`` (0-d integer, at least 0), and for Adam ``<param>/m`` and ``/v``
-    (finite float32 of the parameter's shape) for every parameter."""
-    shapes = param_shapes(config.model)
+    (finite float32 of the parameter's shape) for every trainable parameter."""
+    shapes = {key: shape for key, shape in param_shapes(config.model).items() if is_trainable(key)}
     keys = {"iterations"}
     if config.optimizer == "adam":
         keys |= {f"{param}/{slot}" for param in shapes for slot in ("m", "v")}
@@ -212,7 +241,8 @@ def check_optimizer(slots: Any, config: TrainConfig, source: str) -> None:
         raise ValueError("optimizer: iterations must be a non-negative integer")
     if config.optimizer == "adam":
         for slot in ("m", "v"):
-            check_params(config.model, {name: slots[f"{name}/{slot}"] for name in shapes}, f"{source} {slot}")
+            check_params(config.model, {name: slots[f"{name}/{slot}"] for name in shapes}, f"{source} {slot}",
+                         expected=shapes)
 
 
 def expect_keys(table: Any, keys: tuple[str, ...] | set[str], where: str) -> None:

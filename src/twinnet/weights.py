@@ -84,11 +84,13 @@ def one_line(exc: BaseException) -> str:
 
 
 def check_params(model: str, params: dict[str, np.ndarray], source: str = "parameters",
-                 dtype: np.dtype | type | None = np.float32) -> None:
-    """Raise WeightsError unless ``params`` has exactly the keys and shapes of ``model``, with
-    finite values of ``dtype`` (any floating dtype if None). ``source`` names the file in
-    the message. The one parameter validator: weights files, checkpoints and both twins."""
-    expected = param_shapes(model)
+                 dtype: np.dtype | type | None = np.float32,
+                 expected: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Raise WeightsError unless ``params`` has exactly the keys and shapes of ``model`` (or
+    of ``expected``, some of them), with finite values of ``dtype`` (any floating dtype if
+    None). ``source`` names the file in the message. The one parameter validator: weights
+    files, checkpoints and both twins."""
+    expected = param_shapes(model) if expected is None else expected
     missing = [k for k in expected if k not in params]
     extra = [k for k in params if k not in expected]
     if missing:
