@@ -1,8 +1,9 @@
 """The NumPy twin: any model of ``twinnet.models`` trained by hand-derived backpropagation.
 
-The lesson, to read next to docs/derivations.md: ``layers`` (one class per section),
-``losses``, ``optimizers`` and ``network`` (runs any list of layers). ``model`` holds
-``NumpyModel``, what the training loop trains; its default fast path is ``fast/``.
+The lesson, to read next to docs/derivations.md: ``layers``, ``activations`` and
+``normalization`` (one class per section), ``losses``, ``optimizers`` and ``network``
+(runs any list of layers). ``model`` holds ``NumpyModel``, what the training loop
+trains; its default fast path is ``fast/``.
 
 Imports NumPy and ``twinnet`` modules that never import TensorFlow, so it works where
 TensorFlow is absent.
