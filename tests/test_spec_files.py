@@ -95,33 +95,35 @@ def test_weights_of_a_spec_model_need_only_the_file(spec_file, tmp_path, monkeyp
     assert meta["model"] == "tiny" and params["conv1/W"].shape == (5, 5, 1, 40)
 
 
-def test_a_carried_spec_that_disagrees_with_the_arrays_is_one_line(spec_file, tmp_path):
-    from twinnet.weights import WeightsError, load_weights, save_weights
+def weights_with_meta(spec_file, path, edit):
+    """A weights file of the spec's model whose meta ``edit(meta)`` has changed."""
+    from twinnet.weights import save_weights
 
-    path = tmp_path / "w.npz"
     save_weights(path, str(spec_file), models.init_params(str(spec_file)), {})
     with np.load(path, allow_pickle=False) as archive:
         arrays = {k: archive[k] for k in archive.files}
-    meta = json.loads(str(arrays["meta"]))
-    meta["spec"]["layers"][0]["filters"] = 3  # the arrays hold 2 filters
-    meta["model"] = "tiny3"
-    arrays["meta"] = np.array(json.dumps(meta))
+    arrays["meta"] = np.array(json.dumps(edit(json.loads(str(arrays["meta"])))))
     np.savez(path, **arrays)
+    return path
+
+
+def test_a_carried_spec_that_disagrees_with_the_arrays_is_one_line(spec_file, tmp_path):
+    from twinnet.weights import WeightsError, load_weights
+
+    def three_filters(meta: dict) -> dict:
+        meta["spec"]["layers"][0]["filters"] = 3  # the arrays hold 2 filters
+        return {**meta, "model": "tiny3"}
+
+    path = weights_with_meta(spec_file, tmp_path / "w.npz", three_filters)
     expected = r"w.npz: conv1/W has shape \(5, 5, 1, 2\), expected \(5, 5, 1, 3\)"
     with pytest.raises(WeightsError, match=expected):
         load_weights(path)
 
 
 def test_a_carried_spec_may_not_take_a_built_in_models_name(spec_file, tmp_path):
-    from twinnet.weights import WeightsError, load_weights, save_weights
+    from twinnet.weights import WeightsError, load_weights
 
-    path = tmp_path / "w.npz"
-    save_weights(path, str(spec_file), models.init_params(str(spec_file)), {})
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = {k: archive[k] for k in archive.files}
-    meta = json.loads(str(arrays["meta"]))
-    arrays["meta"] = np.array(json.dumps({**meta, "model": "cnn"}))
-    np.savez(path, **arrays)
+    path = weights_with_meta(spec_file, tmp_path / "w.npz", lambda meta: {**meta, "model": "cnn"})
     with pytest.raises(WeightsError, match="its model is named 'cnn', as another model is here"):
         load_weights(path)
 

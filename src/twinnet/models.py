@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -476,7 +476,3 @@ def multiply_adds_per_image(model: str) -> int:
     """
     return sum(step.multiply_adds for step in walk(model))
 
-
-def spec_fields(layer: LayerSpec) -> dict[str, Any]:
-    """A layer spec's fields by name (for messages and tables)."""
-    return {f.name: getattr(layer, f.name) for f in fields(layer)}
