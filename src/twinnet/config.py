@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 
 from twinnet.backend import BACKENDS, OPTIMIZERS
 from twinnet.errors import TwinnetError
-from twinnet.models import MODEL_NAMES, is_spec_file
+from twinnet.models import NAMED_MODELS, is_spec_file
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.001}
 SCHEDULES = ("constant", "cosine")
@@ -62,7 +62,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, kinds):
                 raise ConfigError(field, f"must be a number{'' if float in kinds else ' (an integer)'}, "
                                          f"got {value!r}")
-        for field, value, choices in (("model", self.model, MODEL_NAMES),
+        for field, value, choices in (("model", self.model, NAMED_MODELS),
                                       ("backend", self.backend, BACKENDS),
                                       ("optimizer", self.optimizer, OPTIMIZERS),
                                       ("schedule", self.schedule, SCHEDULES)):

@@ -30,7 +30,11 @@ from twinnet.errors import TwinnetError
 
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
+# The assignment report's four models, and the examples shipped beside them (their specs are
+# examples/*.toml in the repository); each is a spec in the package's specs/ folder.
 MODEL_NAMES: tuple[str, ...] = ("linear", "mlp128", "mlp256x2", "cnn")
+EXAMPLE_NAMES: tuple[str, ...] = ("lenet5", "cnn-bn-dropout")
+NAMED_MODELS: tuple[str, ...] = MODEL_NAMES + EXAMPLE_NAMES
 PADDINGS = ("same", "valid")
 
 
@@ -293,7 +297,7 @@ def spec_document(model: str) -> dict[str, Any]:
 
 
 def get_spec(model: str | tuple[LayerSpec, ...]) -> tuple[LayerSpec, ...]:
-    """The layer specs of ``model``: a built-in name or the path of a ``.toml`` spec file
+    """The layer specs of ``model``: a name in NAMED_MODELS or the path of a ``.toml`` spec file
     (or the specs themselves, returned as they are).
 
     ValueError for an unknown name, SpecError for a spec file that cannot be built.
@@ -308,8 +312,8 @@ def get_spec(model: str | tuple[LayerSpec, ...]) -> tuple[LayerSpec, ...]:
         except OSError as exc:
             raise SpecError(f"{model}: cannot read the spec file ({exc.strerror or exc})") from None
         return _spec_of_file(model, mtime)
-    if model not in MODEL_NAMES:
-        raise ValueError(f"unknown model {model!r}: expected one of {', '.join(MODEL_NAMES)} "
+    if model not in NAMED_MODELS:
+        raise ValueError(f"unknown model {model!r}: expected one of {', '.join(NAMED_MODELS)} "
                          "or a .toml spec file")
     return parse_spec(_builtin_document(model), f"{model}.toml")
 
@@ -351,7 +355,7 @@ def describe(model: str) -> str:
     return " -> ".join(str(layer.get("type")) for layer in document["layers"])
 
 
-DESCRIPTIONS: dict[str, str] = {name: describe(name) for name in MODEL_NAMES}
+DESCRIPTIONS: dict[str, str] = {name: describe(name) for name in NAMED_MODELS}
 
 
 def param_shapes(model: str) -> dict[str, tuple[int, ...]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from twinnet.backend import BACKENDS, OPTIMIZERS
 from twinnet.config import DEFAULT_LR, SCHEDULES, ConfigError, TrainConfig, default, flag
 from twinnet.errors import TwinnetError, UsageError
-from twinnet.models import DESCRIPTIONS, MODEL_NAMES, is_spec_file
+from twinnet.models import DESCRIPTIONS, NAMED_MODELS, is_spec_file
 from twinnet.weights import DEFAULT_WEIGHTS
 
 MODELS_HELP = "; ".join(f"{name}: {text}" for name, text in DESCRIPTIONS.items())
@@ -79,13 +79,13 @@ def add_reference(parser: argparse.ArgumentParser, what: str = "run") -> None:
                              "times slower")
 
 
-MODEL_CHOICES = f"{', '.join(MODEL_NAMES)}, or a .toml spec file"
+MODEL_CHOICES = f"{', '.join(NAMED_MODELS)}, or a .toml spec file"
 
 
 def model_argument(value: str) -> str:
     """argparse type of a MODEL: a built-in name or a ``.toml`` spec file's path (its
     content is checked when the command runs, with a message naming file, layer and key)."""
-    if value in MODEL_NAMES or is_spec_file(value):
+    if value in NAMED_MODELS or is_spec_file(value):
         return value
     raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {MODEL_CHOICES})")
 

@@ -6,7 +6,7 @@ import argparse
 
 from twinnet.commands.arguments import MODEL_CHOICES, add_reference, model_argument
 from twinnet.gradcheck import check_layers, check_model, format_table
-from twinnet.models import MODEL_NAMES
+from twinnet.models import NAMED_MODELS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -16,14 +16,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "differences in float64 and print the maximum relative error per parameter.")
     parser.add_argument("model", nargs="?", default="all", metavar="MODEL",
                         type=lambda value: value if value == "all" else model_argument(value),
-                        help=f"{MODEL_CHOICES}, or all (the four and every layer alone; default)")
+                        help=f"{MODEL_CHOICES}, or all (every named model and every layer alone; default)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the random batch")
     add_reference(parser, "check")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    names = MODEL_NAMES if args.model == "all" else (args.model,)
+    names = NAMED_MODELS if args.model == "all" else (args.model,)
     rows = check_layers(seed=args.seed) if args.model == "all" else []
     for name in names:
         rows += check_model(name, seed=args.seed, fast=not args.reference)
