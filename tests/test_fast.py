@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 
 from twinnet import models
-from twinnet.models import MODEL_NAMES, init_params, param_shapes
+from twinnet.models import MODEL_NAMES, NAMED_MODELS, init_params, param_shapes
 from twinnet.numpy_nn import NumpyModel
 from twinnet.numpy_nn.fast import blocks, split, workers
-from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
+from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU, FastConv2D, TiledAvgPool2D
 from twinnet.numpy_nn.fast.fusion import fuse
 from twinnet.numpy_nn.fast.kernels import (
     Scratch,
@@ -35,7 +35,7 @@ from twinnet.numpy_nn.fast.kernels import (
     relu,
     window_major_view,
 )
-from twinnet.numpy_nn.layers import Conv2D, Dense, MaxPool2D, ReLU, windows
+from twinnet.numpy_nn.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, ReLU, windows
 from twinnet.numpy_nn.network import build_layers
 from twinnet.util import chunk_slices
 
@@ -115,6 +115,39 @@ def test_dense_relu_equals_the_layers_it_replaces(dtype: type, n: int) -> None:
     W, b = _block_data((64, 32), dtype, rng), _block_data((32,), dtype, rng)
     x, dout = _block_data((n, 64), dtype, rng), _block_data((n, 32), dtype, rng)
     _assert_block_equals_its_layers(DenseReLU(Dense("dense", W, b), ReLU()), [Dense, ReLU], x, dout)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("c_in", "kernel", "stride", "padding", "size"),
+                         [(1, 5, 1, "same", 28), (6, 5, 1, "valid", 14), (3, 3, 2, "same", 9),
+                          (2, 4, 3, "valid", 11), (4, 1, 1, "valid", 5)])
+def test_fast_conv_equals_the_conv_it_replaces(dtype: type, c_in: int, kernel: int, stride: int,
+                                               padding: str, size: int) -> None:
+    rng = np.random.default_rng(c_in * kernel)
+    W, b = _block_data((kernel, kernel, c_in, 5), dtype, rng) / 4, _block_data((5,), dtype, rng)
+    conv = Conv2D("conv", W, b, stride=stride, padding=padding)
+    x = _block_data((7, size, size, c_in), dtype, rng)
+    dout = _block_data(conv.forward(x).shape, dtype, rng)
+    _assert_block_equals_its_layers(FastConv2D(Conv2D("conv", W, b, stride=stride, padding=padding)),
+                                    [Conv2D], x, dout)
+    first = FastConv2D(conv, needs_input_grad=False)
+    first.forward(x)
+    assert first.backward(dout.copy()) is None
+    _assert_close(first.grads["conv/W"], _compose([conv], x, dout)[2]["conv/W"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("size", "shape"),
+                         [(2, (28, 28, 6)), (2, (10, 10, 16)), (3, (9, 6, 2)), (1, (4, 4, 3))])
+def test_tiled_avg_pool_equals_the_pool_it_replaces(dtype: type, size: int, shape: tuple) -> None:
+    rng = np.random.default_rng(size)
+    x = _block_data((5, *shape), dtype, rng)
+    dout = _block_data((5, shape[0] // size, shape[1] // size, shape[2]), dtype, rng)
+    pool = AvgPool2D(size, size)
+    assert TiledAvgPool2D.matches(pool, shape=shape)
+    _assert_block_equals_its_layers(TiledAvgPool2D(AvgPool2D(size, size)), [AvgPool2D], x, dout)
+    assert not TiledAvgPool2D.matches(AvgPool2D(2, 1), shape=shape)  # overlapping windows
+    assert not TiledAvgPool2D.matches(AvgPool2D(2, 2), shape=(7, 8, 1))  # a row left over
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -250,8 +283,8 @@ def test_relu_add_bias_and_column_sums_kernels() -> None:
 # -- the fusion pass ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_fusion_replaces_the_matching_runs_of_the_four_models(name: str) -> None:
+@pytest.mark.parametrize("name", NAMED_MODELS)
+def test_fusion_replaces_the_matching_runs_of_the_named_models(name: str) -> None:
     params = init_params(name, 0)
     reference = build_layers(name, params)
     fused = fuse(name, build_layers(name, params))
@@ -261,6 +294,10 @@ def test_fusion_replaces_the_matching_runs_of_the_four_models(name: str) -> None
         "mlp128": ["Flatten", "DenseReLU", "Dense"],
         "mlp256x2": ["Flatten", "DenseReLU", "DenseReLU", "Dense"],
         "cnn": ["ConvReLUPool", "ConvReLUPool", "Flatten", "DenseReLU", "Dense"],
+        "lenet5": ["FastConv2D", "Tanh", "TiledAvgPool2D", "FastConv2D", "Tanh", "TiledAvgPool2D", "Flatten",
+                   "Dense", "Tanh", "Dense", "Tanh", "Dense"],
+        "cnn-bn-dropout": ["FastConv2D", "BatchNorm", "ReLU", "MaxPool2D", "FastConv2D", "BatchNorm", "ReLU",
+                           "MaxPool2D", "Flatten", "Dropout", "DenseReLU", "Dense"],
     }
     assert kinds == expected[name]
     # Unrolled, the blocks are the reference layers again, over the same arrays.
@@ -295,8 +332,8 @@ ODD_SPEC = {"layers": [
     {"type": "relu"},
     {"type": "dense", "units": 10},
 ]}
-ODD_KINDS = ["Conv2D", "ReLU", "Conv2D", "ReLU", "MaxPool2D", "ConvReLUPool", "Conv2D", "ReLU", "Conv2D",
-             "ReLU", "MaxPool2D", "Flatten", "DenseReLU", "Dense"]
+ODD_KINDS = ["FastConv2D", "ReLU", "FastConv2D", "ReLU", "MaxPool2D", "ConvReLUPool", "FastConv2D", "ReLU",
+             "FastConv2D", "ReLU", "MaxPool2D", "Flatten", "DenseReLU", "Dense"]
 
 
 def _odd_spec() -> tuple:
@@ -307,7 +344,8 @@ def test_fusion_leaves_every_other_layer_a_reference_layer() -> None:
     spec = _odd_spec()
     fused = fuse(spec, build_layers(spec, init_params(spec, 0)))
     assert [type(layer).__name__ for layer in fused] == ODD_KINDS
-    assert fused[5].needs_input_grad and fused[12].needs_input_grad  # not the first layers
+    assert not fused[0].needs_input_grad  # below the first conv lies only the image
+    assert fused[2].needs_input_grad and fused[5].needs_input_grad and fused[12].needs_input_grad
 
 
 def test_a_model_with_unfused_layers_runs_on_the_fast_path(monkeypatch: pytest.MonkeyPatch,

@@ -4,7 +4,9 @@ A block computes exactly what the layers it replaces (``replaces``) compute, and
 holds it equal to their composition, values and gradients:
 
 - ``ConvReLUPool``: Conv2D 3x3 'same' stride 1 -> ReLU -> MaxPool2D 2x2;
-- ``DenseReLU``: Dense -> ReLU.
+- ``DenseReLU``: Dense -> ReLU;
+- ``FastConv2D``: any other Conv2D, alone;
+- ``TiledAvgPool2D``: an AvgPool2D whose windows tile its input.
 
 A block has the layers' interface: ``forward(x, train=True)``, ``backward(d)``,
 ``params`` and ``grads`` under canonical names. ``backward`` returns None when built
@@ -23,8 +25,11 @@ from twinnet.numpy_nn.fast.kernels import (
     add_bias,
     column_sums,
     im2col_3x3_rows,
+    im2col_rows,
     max_pool_blocks,
     relu,
+    tile_means,
+    tile_spread,
     window_major_view,
 )
 from twinnet.util import chunk_slices
@@ -176,4 +181,86 @@ class DenseReLU:
         return dz @ self.W.T if self.needs_input_grad else None
 
 
-Block = ConvReLUPool | DenseReLU
+class FastConv2D:
+    """A Conv2D of any kernel, stride and padding, alone (derivations, section 4), for
+    the convs no fused block takes.
+
+    Shapes as ``layers.Conv2D``'s. Forward: the im2col matrix from ``im2col_rows`` (long
+    copies), one matmul and ``add_bias``. Backward: dW from that matrix and db as
+    ``column_sums``, as the reference; dx as one small matmul per kernel tap, dz @ W[p, q].T,
+    added into the strided view of dx that tap read (``layers.tap``). That is the
+    reference's ``scatter_windows`` of dz @ W.T, with each added block contiguous instead
+    of strided by the window's k*k*C_in values. None when ``needs_input_grad=False``.
+    """
+
+    def __init__(self, conv: layers.Conv2D, needs_input_grad: bool = True) -> None:
+        self.replaces = (conv,)
+        self.conv = conv
+        self.name, self.W, self.b, self.params = conv.name, conv.W, conv.b, conv.params
+        self.needs_input_grad = needs_input_grad
+        self.grads: dict[str, np.ndarray] = {}
+
+    @staticmethod
+    def matches(*run: object) -> bool:
+        """Whether a run of layers starts with a layer this block can replace."""
+        return len(run) >= 1 and isinstance(run[0], layers.Conv2D)
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        k, _, c_in, c_out = self.W.shape
+        rows, cols_pad = self.conv.pads(*x.shape[1:3])
+        xpad = np.pad(x, ((0, 0), rows, cols_pad, (0, 0)))
+        cols = im2col_rows(xpad, k, self.conv.stride)
+        h_out, w_out = ((size - k) // self.conv.stride + 1 for size in xpad.shape[1:3])
+        if train:
+            self.cache = (cols, xpad.shape, x.shape, rows[0], cols_pad[0])
+        z = (cols @ self.W.reshape(k * k * c_in, c_out)).reshape(len(x), h_out, w_out, c_out)
+        return add_bias(z, self.b)
+
+    def backward(self, dz: np.ndarray) -> np.ndarray | None:
+        cols, xpad_shape, (_, h, w, _), top, left = self.cache
+        k, _, c_in, c_out = self.W.shape
+        n, h_out, w_out = dz.shape[:3]
+        dz2d = dz.reshape(-1, c_out)
+        self.grads = {f"{self.name}/W": (cols.T @ dz2d).reshape(self.W.shape),
+                      f"{self.name}/b": column_sums(dz2d)}
+        if not self.needs_input_grad:
+            return None
+        W_t = np.ascontiguousarray(self.W.transpose(0, 1, 3, 2))  # (k, k, C_out, C_in)
+        dxpad = np.zeros(xpad_shape, dtype=dz.dtype)
+        for p in range(k):
+            for q in range(k):
+                layers.tap(dxpad, p, q, self.conv.stride, h_out, w_out)[...] += \
+                    (dz2d @ W_t[p, q]).reshape(n, h_out, w_out, c_in)
+        return dxpad[:, top:top + h, left:left + w]
+
+
+class TiledAvgPool2D:
+    """An AvgPool2D whose windows tile its input (stride = size, H and W multiples of
+    size), alone (derivations, section 8): forward ``tile_means``, backward ``tile_spread``,
+    in place of the reference's reduction over strided windows and ``scatter_windows``.
+
+    Shapes: x (N, H, W, C) -> out (N, H/size, W/size, C).
+    """
+
+    params: dict[str, np.ndarray] = {}
+    grads: dict[str, np.ndarray] = {}
+
+    def __init__(self, pool: layers.AvgPool2D) -> None:
+        self.replaces = (pool,)
+        self.size = pool.size
+
+    @staticmethod
+    def matches(*run: object, shape: tuple[int, ...]) -> bool:
+        """Whether a run of layers, whose input has ``shape`` (H, W, C), starts with an
+        average pool whose windows tile it."""
+        return len(run) >= 1 and isinstance(run[0], layers.AvgPool2D) and run[0].stride == run[0].size \
+            and all(size % run[0].size == 0 for size in shape[:2])
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        return tile_means(np.ascontiguousarray(x), self.size)
+
+    def backward(self, d: np.ndarray) -> np.ndarray:
+        return tile_spread(d, self.size)
+
+
+Block = ConvReLUPool | DenseReLU | FastConv2D | TiledAvgPool2D

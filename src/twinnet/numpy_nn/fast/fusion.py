@@ -1,14 +1,15 @@
 """The fusion pass: reference layers in, the same network with fused blocks out.
 
 Reading the layers in order, a run that a block ``matches`` (conv 3x3 'same' -> ReLU ->
-2x2 max-pool on an even-sized image; dense -> ReLU) becomes that block; every other
-layer stays the reference layer it is, so any list of layers runs on the fast path.
+2x2 max-pool on an even-sized image; dense -> ReLU; then any other conv alone, and an
+average pool whose windows tile its input) becomes that block; every other layer stays
+the reference layer it is, so any list of layers runs on the fast path.
 """
 
 from __future__ import annotations
 
 from twinnet import models
-from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
+from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU, FastConv2D, TiledAvgPool2D
 
 
 def fuse(model: str | tuple, layer_list: list) -> list:
@@ -27,6 +28,12 @@ def fuse(model: str | tuple, layer_list: list) -> list:
         elif DenseReLU.matches(*run[:2]):
             fused.append(DenseReLU(*run[:2], needs_input_grad=not first))
             i += 2
+        elif FastConv2D.matches(*run[:1]):
+            fused.append(FastConv2D(run[0], needs_input_grad=not first))
+            i += 1
+        elif TiledAvgPool2D.matches(*run[:1], shape=shapes[i]):
+            fused.append(TiledAvgPool2D(run[0]))
+            i += 1
         else:
             fused.append(run[0])
             i += 1

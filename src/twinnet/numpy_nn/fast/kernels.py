@@ -152,6 +152,60 @@ def im2col_3x3_rows(xpad: np.ndarray, pool_order: bool = False, scratch: Scratch
     return cols.reshape(-1, 9 * c)
 
 
+def im2col_rows(xpad: np.ndarray, kernel: int, stride: int) -> np.ndarray:
+    """The im2col matrix of any ``layers.Conv2D`` (the ``FastConv2D`` block's), with long copies.
+
+    xpad (N, Hp, Wp, C) C-contiguous, already padded -> cols (N*H_out*W_out, k*k*C),
+    columns in (p, q, c) order, as the reference's ``windows(...).reshape``. The k taps of
+    one kernel row are k*C adjacent floats, so the copy moves runs of k*C floats instead
+    of C. For C = 1 the matrix is built tap-major, (k*k, rows), and returned as its
+    transpose (a Fortran-ordered view BLAS reads without a copy), as ``im2col_3x3_rows``.
+    """
+    n, hp, wp, c = xpad.shape
+    s_n, s_h, s_w, s_c = xpad.strides
+    if s_w != c * s_c:
+        raise ValueError("im2col_rows needs a C-contiguous NHWC array")
+    h_out, w_out = (hp - kernel) // stride + 1, (wp - kernel) // stride + 1
+    if c == 1:
+        windows = as_strided(xpad, shape=(kernel, kernel, n, h_out, w_out),
+                             strides=(s_h, s_w, s_n, s_h * stride, s_w * stride), writeable=False)
+        return np.ascontiguousarray(windows).reshape(kernel * kernel, -1).T
+    windows = as_strided(xpad, shape=(n, h_out, w_out, kernel, kernel * c),
+                         strides=(s_n, s_h * stride, s_w * stride, s_h, s_c), writeable=False)
+    return np.ascontiguousarray(windows).reshape(-1, kernel * kernel * c)
+
+
+def tile_means(x: np.ndarray, size: int) -> np.ndarray:
+    """Average pooling whose windows tile the image: x (N, H, W, C), H and W multiples of
+    ``size`` -> (N, H/size, W/size, C), each the mean of its size x size tile.
+
+    Two passes of slice additions: the ``size`` pixels of a tile row are adjacent
+    (size*C floats), then the ``size`` rows of a tile are adjacent image rows; each add
+    runs over long contiguous stretches, where a reduction over the strided window axes
+    pays per window.
+    """
+    n, h, w, c = x.shape
+    across = x.reshape(n, h, w // size, size * c)
+    rows = _sum_all([across[..., q * c:(q + 1) * c] for q in range(size)])  # (N, H, W/size, C)
+    down = rows.reshape(n, h // size, size, (w // size) * c)
+    out = _sum_all([down[:, :, p] for p in range(size)])
+    out *= 1 / size**2
+    return out.reshape(n, h // size, w // size, c)
+
+
+def tile_spread(d: np.ndarray, size: int) -> np.ndarray:
+    """The adjoint of ``tile_means``: d (N, H', W', C) -> (N, H'*size, W'*size, C), each
+    pixel d / size**2 of its tile's gradient, by two ``np.repeat``s."""
+    return np.repeat(np.repeat(d * (1 / size**2), size, axis=2), size, axis=1)
+
+
+def _sum_all(parts: list[np.ndarray]) -> np.ndarray:
+    out = parts[0].copy() if len(parts) == 1 else parts[0] + parts[1]
+    for part in parts[2:]:
+        out += part
+    return out
+
+
 def _empty(shape: tuple[int, ...], dtype: np.dtype, scratch: Scratch | None) -> np.ndarray:
     return np.empty(shape, dtype=dtype) if scratch is None else scratch.get("cols", shape, dtype)
 
