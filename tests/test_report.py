@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from twinnet.errors import TwinnetError
-from twinnet.models import MODEL_NAMES
+from twinnet.models import NAMED_MODELS
 from twinnet.report import check_consistent, generate_report, load_presets
 from twinnet.sweep import run_sweep, write_sweep
 from twinnet.training import TrainConfig, train
@@ -51,12 +51,12 @@ def table_rows(report: str) -> list[list[str]]:
     return rows
 
 
-def test_shipped_presets_cover_all_eight_runs():
+def test_shipped_presets_cover_all_eight_runs_and_both_examples():
     presets = load_presets()
     assert sorted(p.label for p in presets) == sorted(
-        ["P1:a", "P1:b", "P1:c", "P1:d", "P2:b", "P2:c", "P2:d", "P2:e"])
+        ["P1:a", "P1:b", "P1:c", "P1:d", "P2:b", "P2:c", "P2:d", "P2:e", "E1:a", "E2:a", "E1:b", "E2:b"])
     assert {(p.config.model, p.config.backend) for p in presets} == {
-        (m, b) for m in MODEL_NAMES for b in ("tf", "numpy")}
+        (m, b) for m in NAMED_MODELS for b in ("tf", "numpy")}
     for preset in presets:
         assert "sweep" in preset.lr_chosen_by, preset.label
         twin = next(p for p in presets
@@ -134,6 +134,48 @@ def test_report_with_two_seeds_writes_seed_folders(tmp_path, mnist_path):
     assert not np.array_equal(*weights)  # each seed its own initial weights and batches
     assert "| linear | P1:a − P2:b | 2 |" in report and "over 2 seeds the twins differ" in report
     assert (out / "twins-linear.png").is_file()
+
+
+TINY_SPEC = """
+name = "tiny"
+[[layers]]
+type = "avgpool2d"
+size = 4
+[[layers]]
+type = "flatten"
+[[layers]]
+type = "dense"
+units = 10
+"""
+
+
+@pytest.mark.slow
+def test_report_of_a_spec_file_preset_names_runs_after_the_spec(tmp_path, mnist_path, monkeypatch):
+    from twinnet.weights import load_weights
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_net.toml").write_text(TINY_SPEC)
+    presets_file = tmp_path / "presets.toml"
+    presets_file.write_text(MINI_PRESETS.split("[models.mlp128]")[0]
+                            .replace("[models.linear]", '[models."my_net.toml"]')
+                            .replace('"P1:a"', '"X1:a"').replace('"P2:b"', '"X2:a"'))
+    report = generate_report(out=tmp_path / "report", jobs=1, data_dir=mnist_path, presets_path=presets_file,
+                             assignment_settings=False).read_text()
+    assert "## tiny\n" in report and "avgpool2d -> flatten -> dense" in report
+    assert "| X1:a | tiny | tf |" in report and "| tiny | X1:a − X2:a | 1 |" in report
+    params, meta = load_weights(tmp_path / "report/runs/X2a-tiny-numpy/weights.npz")
+    assert meta["model"] == "tiny" and meta["spec"]["layers"][0] == {"type": "avgpool2d", "size": 4}
+    assert (tmp_path / "report/twins-tiny.png").is_file()
+
+
+def test_a_bad_spec_in_presets_is_refused_before_training(tmp_path):
+    (tmp_path / "my_net.toml").write_text(TINY_SPEC.replace("units = 10", "units = 7"))
+    presets_file = tmp_path / "presets.toml"
+    presets_file.write_text(MINI_PRESETS.split("[models.mlp128]")[0]
+                            .replace("[models.linear]", f'[models."{tmp_path / "my_net.toml"}"]'))
+    with pytest.raises(TwinnetError, match=r"my_net.toml: the last layer must give 10 outputs"):
+        generate_report(out=tmp_path / "report", presets_path=presets_file)
+    assert not (tmp_path / "report").exists()
 
 
 def test_inconsistent_metrics_are_refused():
@@ -421,9 +463,10 @@ def test_report_gives_each_seed_verdict_with_its_figures(tmp_path):
     assert "not run yet" in rows["P1:c"]
     assert "trained with one seed (seed 0), whatever `--seeds` says" in section
     assert "runs/A-P1a-linear-tf" in section
-    # The main table has the assignment report's figures in every row it reports, n/a only for P2:e.
+    # The main table has the assignment report's figures in every row it reports, n/a only
+    # for P2:e and twinnet's own examples.
     for row in table_rows(report):
-        assert ("n/a" in row) == (row[0] == "P2:e"), row
+        assert ("n/a" in row) == (row[0] == "P2:e" or row[0].startswith("E")), row
     # The reruns are not rows of the main table, but their timings are listed.
     assert all("assignment settings" not in row[0] for row in table_rows(report))
     assert "| P1:a (assignment settings) | 50.0 s | 51.0 s |" in report

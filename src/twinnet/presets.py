@@ -11,7 +11,9 @@ Each twin becomes one ``Preset``: label ``P1:a``, id ``P1a`` (the label without 
 colon), run folder ``runs/P1a-linear-tf``. Trained with several seeds, seed k of a
 preset (config seed + k) has its own folder: k = 0 keeps the run folder itself, so a
 one-assignment report and every reference to its weights stay as they are; k >= 1 is
-``runs/P1a-linear-tf/seed-k``. Another set of presets is another file of
+``runs/P1a-linear-tf/seed-k``. A table's key is a model name (``[models.lenet5]``) or a
+spec file's path, quoted (``[models."my_net.toml"]``, relative to the working folder);
+the run folder takes the spec's name. Another set of presets is another file of
 the same form, read by the same ``load_presets``. The assignment report's figures are not
 here but in ``assignment_report.toml`` (``twinnet.assignment_report``).
 """
@@ -30,6 +32,7 @@ from twinnet.assignment_report import AssignmentReport, assignment_settings_runs
 from twinnet.backend import BACKENDS
 from twinnet.config import ConfigError, TrainConfig
 from twinnet.errors import TwinnetError
+from twinnet.models import get_spec, is_spec_file, model_name
 
 # The longest file name most filesystems take (ext4, XFS, btrfs, APFS, NTFS: 255 bytes);
 # ``check_name_lengths`` asks the report folder's own filesystem when it exists.
@@ -57,7 +60,7 @@ class Preset:
 
     def folder_name(self) -> str:
         """The run folder's name, ``P1a-linear-tf``."""
-        return f"{self.id}-{self.config.model}-{self.config.backend}"
+        return f"{self.id}-{model_name(self.config.model)}-{self.config.backend}"
 
     def with_seed(self, k: int, seeds: int) -> Preset:
         """Seed k of ``seeds``: the config's seed plus k, the label naming that seed when
@@ -97,6 +100,8 @@ def model_presets(source: Path, model: str, entry: Any) -> list[Preset]:
     """The presets of one ``[models.<model>]`` table, one per twin."""
     check_keys(f"{source}: [models.{model}]", entry, MODEL_KEYS, MODEL_KEYS)
     check_keys(f"{source}: [models.{model}] twins", entry["twins"], BACKENDS, ())
+    if is_spec_file(model):
+        get_spec(model)  # SpecError naming the file, before any run is planned
     presets = []
     for backend, label in entry["twins"].items():
         run_id = str(label).replace(":", "")

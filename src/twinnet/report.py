@@ -44,7 +44,7 @@ from twinnet.assignment_report import (
 from twinnet.config import TrainConfig
 from twinnet.environment import environment
 from twinnet.errors import TwinnetError
-from twinnet.models import DESCRIPTIONS, MODEL_NAMES, count_params, multiply_adds_per_image
+from twinnet.models import count_params, describe, model_name, multiply_adds_per_image
 from twinnet.parallel import check_ray_address, run_jobs
 from twinnet.presets import Preset, assignment_settings_presets, check_name_lengths, load_presets, select
 from twinnet.runs import (
@@ -273,21 +273,26 @@ def write_tensorboard_runs(log_dir: str | os.PathLike, presets: list[Preset], ru
 
     for preset in (p for p in presets if p.id in runs):
         for metrics in runs[preset.id]:
-            name = f"{preset.config.model}/{preset.config.backend}"
+            name = f"{model_name(preset.config.model)}/{preset.config.backend}"
             if seeds > 1:
                 name += f"/seed-{metrics['config']['seed']}"
             write_tensorboard(metrics, log_dir, name)
+
+
+def models_of(presets: list[Preset]) -> list[str]:
+    """The models the presets train, in the order the presets file first names them."""
+    return list(dict.fromkeys(p.config.model for p in presets))
 
 
 def write_twin_plots(out: Path, presets: list[Preset], runs: dict[str, list[Metrics]]) -> None:
     """``out/twins-<model>.png``: both twins' curves of each model, over all their seeds."""
     from twinnet.plots import plot_twins
 
-    for model in MODEL_NAMES:
+    for model in models_of(presets):
         curves = {f"{p.label} {p.config.backend}": [run["curves"] for run in runs[p.id]]
                   for p in presets if p.config.model == model and p.id in runs}
         if curves:
-            plot_twins(curves, f"{model}: both twins", out / f"twins-{model}.png")
+            plot_twins(curves, f"{model_name(model)}: both twins", out / f"twins-{model_name(model)}.png")
 
 
 def redraw_shown_runs(out: Path, presets: list[Preset], runs: dict[str, list[Metrics]]) -> None:
@@ -368,7 +373,7 @@ def mean_seconds(runs: list[Metrics], key: str = "wall_seconds") -> float:
 
 COLUMNS: tuple[tuple[str, Cell], ...] = (
     ("run", lambda p, runs: p.label),
-    ("model", lambda p, runs: p.config.model),
+    ("model", lambda p, runs: model_name(p.config.model)),
     ("twin", lambda p, runs: p.config.backend),
     ("optimizer", lambda p, runs: p.config.optimizer),
     ("lr", lambda p, runs: f"{p.config.lr:g}"),
@@ -416,7 +421,7 @@ def render_report(out: Path, presets: list[Preset], runs: dict[str, list[Metrics
                            [[cell(p, runs.get(p.id, [])) for _, cell in COLUMNS] for p in presets])
     choices = "".join(f"- {p.label}: {p.lr_chosen_by}\n" for p in presets)
     models = [model_section(model, [p for p in presets if p.config.model == model], runs, seeds)
-              for model in MODEL_NAMES if any(p.config.model == model for p in presets)]
+              for model in models_of(presets)]
     rerun_metrics = {p.reruns: runs[p.id][0] for p in reruns if p.id in runs}
     rerun_section = "\n".join(render_assignment_section(ASSIGNMENT, rerun_metrics)) + "\n"
     rerun_folders = ", ".join(f"[{p.run_dir(Path()).as_posix()}]({p.run_dir(Path()).as_posix()})"
@@ -436,12 +441,13 @@ def derivations_link(out: Path) -> str:
 
 
 def model_section(model: str, presets: list[Preset], runs: dict[str, list[Metrics]], seeds: int) -> str:
-    parts = [text("model", model=model, architecture=DESCRIPTIONS[model], params=count_params(model),
+    name = model_name(model)
+    parts = [text("model", model=name, architecture=describe(model), params=count_params(model),
                   multiply_adds=multiply_adds_per_image(model))]
     if any(p.id in runs for p in presets):
-        parts.append(text("twins_figure_one" if seeds == 1 else "twins_figure_many", model=model))
+        parts.append(text("twins_figure_one" if seeds == 1 else "twins_figure_many", model=name))
     for preset in presets:
-        parts.append(text("run_heading", label=preset.label, model=model,
+        parts.append(text("run_heading", label=preset.label, model=name,
                           twin=TEXT["twin_names"][preset.config.backend]))
         parts.append(run_section(preset, runs[preset.id]) if preset.id in runs else text("not_run"))
     return "\n".join(parts)
@@ -507,7 +513,7 @@ def twin_agreement(pairs: list[tuple[int, float]]) -> tuple[list[str], str | Non
 def twins_section(presets: list[Preset], runs: dict[str, list[Metrics]]) -> str:
     """The closing note: each model's twin difference of test accuracy, paired by seed."""
     rows, sentences, one_seed = [], [], []
-    for model in MODEL_NAMES:
+    for model in models_of(presets):
         twins = {p.config.backend: p for p in presets if p.config.model == model and p.id in runs}
         if set(twins) != {"tf", "numpy"}:
             continue
@@ -515,11 +521,11 @@ def twins_section(presets: list[Preset], runs: dict[str, list[Metrics]]) -> str:
         if not pairs:
             continue
         cells, sentence = twin_agreement(pairs)
-        rows.append([model, f"{twins['tf'].label} − {twins['numpy'].label}", *cells])
+        rows.append([model_name(model), f"{twins['tf'].label} − {twins['numpy'].label}", *cells])
         if sentence is None:
-            one_seed.append(model)
+            one_seed.append(model_name(model))
         else:
-            sentences.append(f"- **{model}**: {sentence}\n")
+            sentences.append(f"- **{model_name(model)}**: {sentence}\n")
     if one_seed:
         sentences.append(text("agreement_one_seed", models=", ".join(one_seed)))
     table = markdown_table(["model", "twins", "seeds", "mean difference", "95% interval", "contains 0",
@@ -618,16 +624,16 @@ def results_block(presets: list[Preset], runs: dict[str, list[Metrics]], seeds: 
     difference paired by seed, whether its interval contains 0, then the verdicts on the
     assignment report's claims (``ASSIGNMENT``)."""
     rows, contains_zero = [], {}
-    for model in MODEL_NAMES:
+    for model in models_of(presets):
         twins = {p.config.backend: p for p in presets if p.config.model == model and p.id in runs}
         if set(twins) != {"tf", "numpy"}:
             continue
         pairs = paired_differences(runs[twins["tf"].id], runs[twins["numpy"].id])
         cells = twin_agreement(pairs)[0] if pairs else ["0", "no common seed"]
         if len(pairs) > 1:
-            contains_zero[model] = cells[3] == "yes"
+            contains_zero[model_name(model)] = cells[3] == "yes"
         difference = f"{cells[1]} {cells[2]}" if len(pairs) > 1 else cells[1]
-        rows.append([model, *(f"{twins[b].label} {accuracy_over_seeds(runs[twins[b].id])}"
+        rows.append([model_name(model), *(f"{twins[b].label} {accuracy_over_seeds(runs[twins[b].id])}"
                               for b in ("tf", "numpy")), difference])
     table = markdown_table(["model", "TF twin", "NumPy twin", "TF − NumPy (95% interval)"], rows)
     inside = [model for model, yes in contains_zero.items() if yes]

@@ -12,7 +12,8 @@ from twinnet.report import generate_report
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "report", help="run the preset runs and the assignment report's reruns, write the results report",
-        description="Train the eight preset runs (both twins of all four models) with --seeds "
+        description="Train the preset runs (both twins of the four models and of the examples "
+                    "lenet5 and cnn-bn-dropout) with --seeds "
                     "seeds each, and the eight runs at the assignment report's own settings (one seed "
                     "each); finished runs whose configuration is unchanged are reused. Then write "
                     "DIR/REPORT.md with curves, confusion matrices, the error-rate table, the "
