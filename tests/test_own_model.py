@@ -216,6 +216,11 @@ def test_compare_passes_on_the_examples(spec, mnist_path, tf_twin):
     result = compare(spec, batch=32, dtype="float64", data_dir=str(mnist_path))
     assert result.passed, str(result)
     assert "PASS" in str(result) and "inference mode" in str(result)
+    # A bias that batch norm cancels is marked and left out of the summary's maximum.
+    marked = [line.split()[0] for line in str(result).splitlines() if line.endswith("*")]
+    assert marked == (["conv1", "conv2"] if spec == CNN_BN_DROPOUT else [])
+    summary = next(line for line in str(result).splitlines() if "gradients max rel err" in line)
+    assert float(summary.rsplit(" ", 1)[1]) <= 1e-8
 
 
 def test_compare_catches_a_wrong_batchnorm_backward(monkeypatch, tf_twin):

@@ -173,7 +173,7 @@ def test_a_bad_spec_in_presets_is_refused_before_training(tmp_path):
     presets_file = tmp_path / "presets.toml"
     presets_file.write_text(MINI_PRESETS.split("[models.mlp128]")[0]
                             .replace("[models.linear]", f'[models."{tmp_path / "my_net.toml"}"]'))
-    with pytest.raises(TwinnetError, match=r"my_net.toml: the last layer must give 10 outputs"):
+    with pytest.raises(TwinnetError, match=r"my_net.toml: layer 3 \(dense\): units: the last layer"):
         generate_report(out=tmp_path / "report", presets_path=presets_file)
     assert not (tmp_path / "report").exists()
 

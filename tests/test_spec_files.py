@@ -58,7 +58,9 @@ def test_gradcheck_takes_a_spec_file(spec_file, capsys):
     ('[[layers]]\ntype = "dense"\nunits = 10\nactivation = "relu"\n', "unknown key 'activation'"),
     ('[[layers]]\ntype = "flatten"\n[[layers]]\ntype = "dense"\nunits = "ten"\n',
      "layer 2 (dense): units must be an integer"),
-    ('[[layers]]\ntype = "flatten"\n[[layers]]\ntype = "dense"\nunits = 7\n', "must give 10 outputs"),
+    ('[[layers]]\ntype = "flatten"\n[[layers]]\ntype = "dense"\nunits = 7\n',
+     "layer 2 (dense): units: the last layer must give 10 outputs"),
+    ('[[layers]]\ntype = "flatten"\n', "layer 1 (flatten): type: the last layer must give 10 outputs"),
     ('layers = 3\n', "a spec is a TOML table with a non-empty array of [[layers]]"),
     ('[[layers]\n', "not valid TOML"),
 ])

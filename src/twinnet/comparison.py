@@ -393,24 +393,31 @@ def compare(model: str | None = None, weights: str | None = None, batch: int = 6
 def format_comparison(result: Comparison) -> str:
     """The per-layer table and the losses as text."""
     tol = result.tolerances
+    cancelled = cancelled_biases(result.model)
+    width = max([10, *(len(row.name) for row in result.layers)])
     lines = [f"{result.model} ({result.dtype}) on {result.data}; weights: {result.weights}",
              f"tolerances: activation {tol['activation']:.0e}, gradients {tol['gradient']:.0e} "
              f"(relative), loss {tol['loss']:.0e} (relative)",
              "",
-             f"{'layer':<10} {'output shape':<14} {'act max|Δ|':>11} {'dL/dout rel':>12} "
+             f"{'layer':<{width}} {'output shape':<14} {'act max|Δ|':>11} {'dL/dout rel':>12} "
              f"{'dW rel err':>11} {'db rel err':>11}"]
     for row in result.layers:
         shape = "x".join(map(str, row.output_shape))
         params = [f"{row.params[p]:>11.1e}" if p in row.params else f"{'':>11}" for p in ("W", "b")]
-        lines.append(f"{row.name:<10} {shape:<14} {row.activation:>11.1e} {row.grad_output:>12.1e} "
+        if f"{row.name}/b" in cancelled:
+            params[1] += "*"
+        lines.append(f"{row.name:<{width}} {shape:<14} {row.activation:>11.1e} {row.grad_output:>12.1e} "
                      f"{params[0]} {params[1]}".rstrip() + ("  FAIL" if row.failed else ""))
+    if cancelled:
+        lines.append("* a bias that the batch norm right after its layer cancels: its gradient is 0 in "
+                     "exact arithmetic, so each twin's is rounding noise; shown, not judged")
     loss = result.loss
     lines += ["",
               f"loss: NumPy {loss['numpy']:.10g}  TF {loss['tf']:.10g}  "
               f"(NumPy network that trains {loss['numpy_network']:.10g})",
               "NumPy network that trains vs TF: logits {:.1e}, gradients max rel err {:.1e}".format(
                   result.network["logits"],
-                  max(v for k, v in result.network.items() if "/" in k)),
+                  max(v for k, v in result.network.items() if "/" in k and k not in cancelled)),
               f"inference mode (no dropout, batch norm's moving statistics): activations max "
               f"difference {max(result.inference.values(), default=0.0):.1e}"]
     if result.moving:

@@ -255,8 +255,10 @@ def parse_spec(document: Any, source: str) -> tuple[LayerSpec, ...]:
             raise SpecError(f"{where} ({kind}): its output shape {shape} has reached zero")
         specs.append(spec)
     if shape != (NUM_CLASSES,):
-        raise SpecError(f"{source}: the last layer must give {NUM_CLASSES} outputs (the logits), "
-                        f"it gives shape {shape}")
+        last = len(document["layers"])
+        key = "units" if kind == "dense" else "type"
+        raise SpecError(f"{source}: layer {last} ({kind}): {key}: the last layer must give "
+                        f"{NUM_CLASSES} outputs (the logits), it gives shape {shape}")
     return tuple(specs)
 
 

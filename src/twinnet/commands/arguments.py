@@ -19,9 +19,10 @@ MODELS_HELP = "; ".join(f"{name}: {text}" for name, text in DESCRIPTIONS.items()
 
 GRAMMAR = """\
 One grammar for every command:
-  MODEL           a model name (linear, mlp128, mlp256x2, cnn), where a command builds
-                  a model: train, sweep, compare, gradcheck; the usage line shows it as
-                  required where it is, and a command run without it stops there
+  MODEL           a model name (linear, mlp128, mlp256x2, cnn, lenet5, cnn-bn-dropout)
+                  or a .toml spec file, where a command builds a model: train, sweep,
+                  compare, gradcheck, bench; the usage line shows it as required where
+                  it is, and a command run without it stops there
   --weights FILE  a trained weights file (.npz), where a command uses one: evaluate,
                   predict, trace, serve (default: the report's cnn weights), compare
                   (default: a seeded initialisation of MODEL)

@@ -22,7 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "the output shape, the activation difference max|NumPy-TF|/max(1,max|TF|), "
                     "the relative error of the gradient flowing into the layer and of each "
                     "parameter's gradient (max|NumPy-TF|/max|TF|), then each twin's loss. "
-                    f"Tolerances: {tol}. Exit code 1 if any is exceeded.")
+                    f"Tolerances: {tol}. A bias that a batch norm right after its layer cancels "
+                    "has gradient 0 in exact arithmetic: it is shown, marked *, and not judged. "
+                    "Exit code 1 if any tolerance is exceeded.")
     parser.add_argument("model", nargs="?", type=model_argument, default=None, metavar="MODEL",
                         help=f"which model ({MODEL_CHOICES}; optional with --weights, "
                              "whose meta names it)")

@@ -9,8 +9,6 @@ copies their update rules.
 
 from __future__ import annotations
 
-from pathlib import PurePath
-
 from twinnet.quiet import import_tensorflow
 
 import_tensorflow()  # first, so that TensorFlow's start-up lines are dropped (twinnet.quiet)
@@ -34,6 +32,7 @@ from twinnet.models import (  # noqa: E402
     TanhSpec,
     get_spec,
     is_trainable,
+    model_name,
     param_shapes,
 )
 
@@ -115,7 +114,7 @@ def build_network(model: str, dtype: str = "float32") -> tuple[keras.Sequential,
     another."""
     layers = [keras_layer(layer, dtype) for layer in get_spec(model)]
     network = keras.Sequential([keras.Input(IMAGE_SHAPE, dtype=dtype), *layers],
-                               name=PurePath(model).stem)
+                               name=model_name(model))
     by_name = {layer.name: layer for layer in layers}
     variables = {}
     for key in param_shapes(model):
