@@ -315,3 +315,16 @@ def test_lenet5_twins_train_300_steps_within_1pp(mnist, tf_twin):
         accuracy[backend] = metrics["final"]["test"]["accuracy"]
     assert accuracy["numpy"] > 0.9 and accuracy["tf"] > 0.9
     assert abs(accuracy["numpy"] - accuracy["tf"]) <= 0.01
+
+
+def test_tf_training_of_a_leaky_relu_after_a_conv_logs_nothing(tmp_path, mnist_path, tf_twin):
+    # Keras's own LeakyReLU made TensorFlow's graph optimizer log "E0000 ... remapper failed".
+    import subprocess
+    import sys
+
+    spec = one_layer_spec(tmp_path, "leaky_relu", "conv")
+    done = subprocess.run([sys.executable, "-m", "twinnet", "train", spec, "--backend", "tf", "--steps", "3",
+                           "--data-dir", str(mnist_path), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""

@@ -44,7 +44,7 @@ def build_layers(model: str, params: dict[str, np.ndarray]) -> list[layers.Layer
         elif isinstance(spec, models.DropoutSpec):
             built.append(Dropout(spec.rate))
         elif isinstance(spec, models.LeakyReLUSpec):
-            built.append(LeakyReLU(float(np.float32(spec.alpha))))  # TensorFlow's op holds a float32
+            built.append(LeakyReLU(float(np.float32(spec.alpha))))  # as Keras's LeakyReLU: a float32
         elif type(spec) in PLAIN:
             built.append(PLAIN[type(spec)]())
         else:

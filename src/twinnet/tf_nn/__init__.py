@@ -64,6 +64,24 @@ class MaskedDropout(keras.layers.Layer):
         return input_shape
 
 
+class WhereLeakyReLU(keras.layers.Layer):
+    """Keras's LeakyReLU computed as ``tf.where(x > 0, x, alpha * x)``: the same values and
+    the same gradient (d where x > 0, else alpha * d, so alpha at 0). Keras's own layer
+    becomes TensorFlow's LeakyRelu op, whose conv -> bias -> LeakyRelu pattern TensorFlow
+    2.21's graph optimizer (the grappler remapper) fails to fuse in training, logging an
+    "E0000 ... remapper failed" line on every run."""
+
+    def __init__(self, alpha: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.alpha = float(np.float32(alpha))  # as Keras's layer, whose op holds a float32
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.where(x > 0, x, x * tf.constant(self.alpha, x.dtype))
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
+
+
 def set_dropout_masks(network: keras.Model, masks: list[np.ndarray]) -> None:
     """Give the ``MaskedDropout`` layers of ``network`` their ``masks``, in order."""
     dropouts = [layer for layer in network.layers if isinstance(layer, MaskedDropout)]
@@ -88,7 +106,7 @@ def keras_layer(layer, dtype: str) -> keras.layers.Layer:  # noqa: ANN001 (a Lay
     if isinstance(layer, AvgPool2DSpec):
         return keras.layers.AveragePooling2D(layer.size, strides=layer.stride, dtype=dtype)
     if isinstance(layer, LeakyReLUSpec):
-        return keras.layers.LeakyReLU(negative_slope=layer.alpha, dtype=dtype)
+        return WhereLeakyReLU(layer.alpha, dtype=dtype)
     if isinstance(layer, DropoutSpec):
         return MaskedDropout(layer.rate, dtype=dtype)
     if isinstance(layer, TanhSpec | SigmoidSpec):
