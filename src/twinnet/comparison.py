@@ -400,10 +400,13 @@ def format_comparison(result: Comparison) -> str:
              f"(relative), loss {tol['loss']:.0e} (relative)",
              "",
              f"{'layer':<{width}} {'output shape':<14} {'act max|Δ|':>11} {'dL/dout rel':>12} "
-             f"{'dW rel err':>11} {'db rel err':>11}"]
+             f"{'dW|dγ rel':>11} {'db|dβ rel':>11}"]
     for row in result.layers:
         shape = "x".join(map(str, row.output_shape))
-        params = [f"{row.params[p]:>11.1e}" if p in row.params else f"{'':>11}" for p in ("W", "b")]
+        # A batch norm's gamma and beta take the columns of a weight and a bias.
+        params = [f"{row.params[p]:>11.1e}" if p in row.params else
+                  f"{row.params[q]:>11.1e}" if q in row.params else f"{'':>11}"
+                  for p, q in (("W", "gamma"), ("b", "beta"))]
         if f"{row.name}/b" in cancelled:
             params[1] += "*"
         lines.append(f"{row.name:<{width}} {shape:<14} {row.activation:>11.1e} {row.grad_output:>12.1e} "
