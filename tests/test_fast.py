@@ -24,7 +24,15 @@ from twinnet import models
 from twinnet.models import MODEL_NAMES, NAMED_MODELS, init_params, param_shapes
 from twinnet.numpy_nn import NumpyModel
 from twinnet.numpy_nn.fast import blocks, split, workers
-from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU, FastConv2D, TiledAvgPool2D
+from twinnet.numpy_nn.fast.blocks import (
+    ConvReLUPool,
+    DenseReLU,
+    FastBatchNorm,
+    FastConv2D,
+    FastReLU,
+    TiledAvgPool2D,
+    TiledMaxPool2D,
+)
 from twinnet.numpy_nn.fast.fusion import fuse
 from twinnet.numpy_nn.fast.kernels import (
     Scratch,
@@ -37,6 +45,7 @@ from twinnet.numpy_nn.fast.kernels import (
 )
 from twinnet.numpy_nn.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, ReLU, windows
 from twinnet.numpy_nn.network import build_layers
+from twinnet.numpy_nn.normalization import BatchNorm
 from twinnet.util import chunk_slices
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -148,6 +157,32 @@ def test_tiled_avg_pool_equals_the_pool_it_replaces(dtype: type, size: int, shap
     _assert_block_equals_its_layers(TiledAvgPool2D(AvgPool2D(size, size)), [AvgPool2D], x, dout)
     assert not TiledAvgPool2D.matches(AvgPool2D(2, 1), shape=shape)  # overlapping windows
     assert not TiledAvgPool2D.matches(AvgPool2D(2, 2), shape=(7, 8, 1))  # a row left over
+
+
+def _batch_norm(rng: np.random.Generator, features: int) -> BatchNorm:
+    offsets = {"gamma": 0.5, "beta": -0.5, "moving_mean": -0.5, "moving_variance": 0.1}
+    params = {f"bn/{key}": rng.random(features, dtype=np.float32) + offset for key, offset in offsets.items()}
+    return BatchNorm("bn", params, momentum=0.9)
+
+
+@pytest.mark.parametrize(("make", "shape"), [
+    (lambda rng: ReLU(), (7, 6, 10, 3)), (lambda rng: ReLU(), (7, 12)),
+    (lambda rng: MaxPool2D(2, 2), (7, 6, 10, 3)), (lambda rng: MaxPool2D(3, 3), (7, 9, 6, 2)),
+    (lambda rng: _batch_norm(rng, 3), (7, 6, 10, 3)), (lambda rng: _batch_norm(rng, 12), (7, 12)),
+])
+def test_inference_forms_infer_bit_for_bit_and_train_as_their_layer(make, shape: tuple) -> None:
+    kind = {ReLU: FastReLU, MaxPool2D: TiledMaxPool2D, BatchNorm: FastBatchNorm}
+    layer = make(np.random.default_rng(1))
+    block = kind[type(layer)](make(np.random.default_rng(1)))
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    np.testing.assert_array_equal(block.forward(x, train=False), layer.forward(x, train=False))
+    out = block.forward(x)
+    np.testing.assert_array_equal(out, layer.forward(x))
+    d = np.random.default_rng(3).standard_normal(out.shape).astype(np.float32)
+    np.testing.assert_array_equal(block.backward(d), layer.backward(d))
+    assert block.grads.keys() == layer.grads.keys() and block.replaces[0] is not layer
+    for key in layer.grads:
+        np.testing.assert_array_equal(block.grads[key], layer.grads[key])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -296,8 +331,9 @@ def test_fusion_replaces_the_matching_runs_of_the_named_models(name: str) -> Non
         "cnn": ["ConvReLUPool", "ConvReLUPool", "Flatten", "DenseReLU", "Dense"],
         "lenet5": ["FastConv2D", "Tanh", "TiledAvgPool2D", "FastConv2D", "Tanh", "TiledAvgPool2D", "Flatten",
                    "Dense", "Tanh", "Dense", "Tanh", "Dense"],
-        "cnn-bn-dropout": ["FastConv2D", "BatchNorm", "ReLU", "MaxPool2D", "FastConv2D", "BatchNorm", "ReLU",
-                           "MaxPool2D", "Flatten", "Dropout", "DenseReLU", "Dense"],
+        "cnn-bn-dropout": ["FastConv2D", "FastBatchNorm", "FastReLU", "TiledMaxPool2D", "FastConv2D",
+                           "FastBatchNorm", "FastReLU", "TiledMaxPool2D", "Flatten", "Dropout", "DenseReLU",
+                           "Dense"],
     }
     assert kinds == expected[name]
     # Unrolled, the blocks are the reference layers again, over the same arrays.
@@ -332,8 +368,8 @@ ODD_SPEC = {"layers": [
     {"type": "relu"},
     {"type": "dense", "units": 10},
 ]}
-ODD_KINDS = ["FastConv2D", "ReLU", "FastConv2D", "ReLU", "MaxPool2D", "ConvReLUPool", "FastConv2D", "ReLU",
-             "FastConv2D", "ReLU", "MaxPool2D", "Flatten", "DenseReLU", "Dense"]
+ODD_KINDS = ["FastConv2D", "FastReLU", "FastConv2D", "FastReLU", "MaxPool2D", "ConvReLUPool", "FastConv2D",
+             "FastReLU", "FastConv2D", "FastReLU", "MaxPool2D", "Flatten", "DenseReLU", "Dense"]
 
 
 def _odd_spec() -> tuple:

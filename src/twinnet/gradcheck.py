@@ -38,7 +38,7 @@ import numpy as np
 
 from twinnet import models
 from twinnet.numpy_nn.activations import LeakyReLU, Sigmoid, Tanh
-from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
+from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU, InferenceForm
 from twinnet.numpy_nn.layers import AvgPool2D, Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
 from twinnet.numpy_nn.losses import softmax_cross_entropy
 from twinnet.numpy_nn.model import NumpyModel
@@ -183,6 +183,8 @@ def _kink_pattern(parts: list) -> Callable[[], bytes]:
     ReLU masks and max-pool arg-max masks of reference layers and of fused blocks."""
 
     def masks(part: object) -> list[np.ndarray]:
+        if isinstance(part, InferenceForm):  # trains as the reference layer it wraps
+            part = part.layer
         if isinstance(part, ReLU | LeakyReLU):
             return [part.cache]
         if isinstance(part, MaxPool2D):

@@ -6,7 +6,10 @@ holds it equal to their composition, values and gradients:
 - ``ConvReLUPool``: Conv2D 3x3 'same' stride 1 -> ReLU -> MaxPool2D 2x2;
 - ``DenseReLU``: Dense -> ReLU;
 - ``FastConv2D``: any other Conv2D, alone;
-- ``TiledAvgPool2D``: an AvgPool2D whose windows tile its input.
+- ``TiledAvgPool2D``: an AvgPool2D whose windows tile its input;
+- ``FastReLU``, ``TiledMaxPool2D``, ``FastBatchNorm``: the other ReLUs, tiling max-pools
+  and batch norms, alone, trained as the reference layer and inferred in a faster form
+  of the same arithmetic (``InferenceForm``).
 
 A block has the layers' interface: ``forward(x, train=True)``, ``backward(d)``,
 ``params`` and ``grads`` under canonical names. ``backward`` returns None when built
@@ -27,11 +30,15 @@ from twinnet.numpy_nn.fast.kernels import (
     im2col_3x3_rows,
     im2col_rows,
     max_pool_blocks,
+    per_image_rows,
     relu,
+    tile_maxima,
     tile_means,
+    tile_row,
     tile_spread,
     window_major_view,
 )
+from twinnet.numpy_nn.normalization import BatchNorm
 from twinnet.util import chunk_slices
 
 # A conv block runs its batch in chunks of images whose largest work array (an im2col
@@ -191,6 +198,7 @@ class FastConv2D:
     added into the strided view of dx that tap read (``layers.tap``). That is the
     reference's ``scatter_windows`` of dz @ W.T, with each added block contiguous instead
     of strided by the window's k*k*C_in values. None when ``needs_input_grad=False``.
+    Inference, which keeps nothing for a backward pass, runs in chunks as ``ConvReLUPool``.
     """
 
     def __init__(self, conv: layers.Conv2D, needs_input_grad: bool = True) -> None:
@@ -209,11 +217,17 @@ class FastConv2D:
         k, _, c_in, c_out = self.W.shape
         rows, cols_pad = self.conv.pads(*x.shape[1:3])
         xpad = np.pad(x, ((0, 0), rows, cols_pad, (0, 0)))
-        cols = im2col_rows(xpad, k, self.conv.stride)
         h_out, w_out = ((size - k) // self.conv.stride + 1 for size in xpad.shape[1:3])
+        kernel = self.W.reshape(k * k * c_in, c_out)
         if train:
+            cols = im2col_rows(xpad, k, self.conv.stride)
             self.cache = (cols, xpad.shape, x.shape, rows[0], cols_pad[0])
-        z = (cols @ self.W.reshape(k * k * c_in, c_out)).reshape(len(x), h_out, w_out, c_out)
+            return add_bias((cols @ kernel).reshape(len(x), h_out, w_out, c_out), self.b)
+        # Inference keeps no im2col matrix, so it runs in chunks whose matrix stays in cache.
+        z = np.empty((len(x), h_out, w_out, c_out), dtype=x.dtype)
+        per_image = h_out * w_out * k * k * c_in * x.dtype.itemsize
+        for part in chunk_slices(len(x), max(1, CHUNK_BYTES // per_image)):
+            np.matmul(im2col_rows(xpad[part], k, self.conv.stride), kernel, out=z[part].reshape(-1, c_out))
         return add_bias(z, self.b)
 
     def backward(self, dz: np.ndarray) -> np.ndarray | None:
@@ -263,4 +277,73 @@ class TiledAvgPool2D:
         return tile_spread(d, self.size)
 
 
-Block = ConvReLUPool | DenseReLU | FastConv2D | TiledAvgPool2D
+class InferenceForm:
+    """A reference layer that trains as it is and infers in a faster form of the same
+    arithmetic, bit for bit: ``forward(x, train=True)`` and ``backward`` are the layer's
+    own (its caches, masks and gradients included); ``forward(x, train=False)`` is
+    ``infer(x)``. Evaluation runs inference over whole splits, most of a run's forward
+    passes."""
+
+    def __init__(self, layer: layers.Layer | BatchNorm) -> None:
+        self.replaces = (layer,)
+        self.layer = layer
+        self.params = layer.params
+
+    @property
+    def grads(self) -> dict[str, np.ndarray]:
+        return self.layer.grads
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        return self.layer.forward(x, train) if train else self.infer(np.ascontiguousarray(x))
+
+    def backward(self, d: np.ndarray) -> np.ndarray:
+        return self.layer.backward(d)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class FastReLU(InferenceForm):
+    """ReLU (derivations, section 3); inference by ``kernels.relu``."""
+
+    @staticmethod
+    def matches(*run: object) -> bool:
+        return len(run) >= 1 and isinstance(run[0], layers.ReLU)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return relu(x)
+
+
+class TiledMaxPool2D(InferenceForm):
+    """A MaxPool2D whose windows tile its input (derivations, section 5); inference by
+    ``tile_maxima``. Shapes: x (N, H, W, C) -> (N, H/size, W/size, C)."""
+
+    @staticmethod
+    def matches(*run: object, shape: tuple[int, ...]) -> bool:
+        return len(run) >= 1 and isinstance(run[0], layers.MaxPool2D) and run[0].stride == run[0].size \
+            and all(size % run[0].size == 0 for size in shape[:2])
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return tile_maxima(x, self.layer.size)
+
+
+class FastBatchNorm(InferenceForm):
+    """BatchNorm (derivations, section 13); inference computes the reference's
+    ((x - moving_mean) * inv_std) * gamma + beta in the same order, with each
+    per-feature vector tiled into one image's row (``tile_row``)."""
+
+    @staticmethod
+    def matches(*run: object) -> bool:
+        return len(run) >= 1 and isinstance(run[0], BatchNorm)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        bn = self.layer
+        inv_std = 1 / np.sqrt(bn.moving_variance + bn.epsilon)
+        out = per_image_rows(x) - tile_row(bn.moving_mean, x)
+        out *= tile_row(inv_std, x)
+        out *= tile_row(bn.gamma, x)
+        out += tile_row(bn.beta, x)
+        return out.reshape(x.shape)
+
+
+Block = ConvReLUPool | DenseReLU | FastConv2D | TiledAvgPool2D | FastReLU | TiledMaxPool2D | FastBatchNorm

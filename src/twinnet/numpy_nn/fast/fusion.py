@@ -1,15 +1,24 @@
 """The fusion pass: reference layers in, the same network with fused blocks out.
 
 Reading the layers in order, a run that a block ``matches`` (conv 3x3 'same' -> ReLU ->
-2x2 max-pool on an even-sized image; dense -> ReLU; then any other conv alone, and an
-average pool whose windows tile its input) becomes that block; every other layer stays
+2x2 max-pool on an even-sized image; dense -> ReLU; then any other conv alone, an
+average or max pool whose windows tile its input, a ReLU, a batch norm) becomes that
+block; every other layer stays
 the reference layer it is, so any list of layers runs on the fast path.
 """
 
 from __future__ import annotations
 
 from twinnet import models
-from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU, FastConv2D, TiledAvgPool2D
+from twinnet.numpy_nn.fast.blocks import (
+    ConvReLUPool,
+    DenseReLU,
+    FastBatchNorm,
+    FastConv2D,
+    FastReLU,
+    TiledAvgPool2D,
+    TiledMaxPool2D,
+)
 
 
 def fuse(model: str | tuple, layer_list: list) -> list:
@@ -33,6 +42,12 @@ def fuse(model: str | tuple, layer_list: list) -> list:
             i += 1
         elif TiledAvgPool2D.matches(*run[:1], shape=shapes[i]):
             fused.append(TiledAvgPool2D(run[0]))
+            i += 1
+        elif TiledMaxPool2D.matches(*run[:1], shape=shapes[i]):
+            fused.append(TiledMaxPool2D(run[0]))
+            i += 1
+        elif FastReLU.matches(*run[:1]) or FastBatchNorm.matches(*run[:1]):
+            fused.append((FastReLU if FastReLU.matches(*run[:1]) else FastBatchNorm)(run[0]))
             i += 1
         else:
             fused.append(run[0])

@@ -193,6 +193,29 @@ def tile_means(x: np.ndarray, size: int) -> np.ndarray:
     return out.reshape(n, h // size, w // size, c)
 
 
+def tile_maxima(x: np.ndarray, size: int) -> np.ndarray:
+    """Max pooling whose windows tile the image: x (N, H, W, C), H and W multiples of
+    ``size`` -> (N, H/size, W/size, C), the maximum of each size x size tile, in the same
+    two passes as ``tile_means`` (a maximum is exact, so the order does not matter)."""
+    n, h, w, c = x.shape
+    across = x.reshape(n, h, w // size, size * c)
+    rows = across[..., :c].copy()
+    for q in range(1, size):
+        np.maximum(rows, across[..., q * c:(q + 1) * c], out=rows)
+    down = rows.reshape(n, h // size, size, (w // size) * c)
+    out = down[:, :, 0].copy()
+    for p in range(1, size):
+        np.maximum(out, down[:, :, p], out=out)
+    return out.reshape(n, h // size, w // size, c)
+
+
+def tile_row(v: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """A per-feature vector v (F,) repeated over one image's row of x (N, ..., F): the
+    operand that makes ``per_image_rows(x) - tile_row(v, x)`` an inner loop one image
+    long, where broadcasting v makes one loop of F values per pixel (see ``add_bias``)."""
+    return np.tile(v, math.prod(x.shape[1:]) // len(v))
+
+
 def tile_spread(d: np.ndarray, size: int) -> np.ndarray:
     """The adjoint of ``tile_means``: d (N, H', W', C) -> (N, H'*size, W'*size, C), each
     pixel d / size**2 of its tile's gradient, by two ``np.repeat``s."""
