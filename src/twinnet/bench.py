@@ -170,25 +170,27 @@ def format_bench(results: dict[str, Any]) -> str:
                      "(above ~0.5 other work was competing for the cores)")
     lines.append(f"NumPy sgemm ceiling (measured, {PEAK_MATRIX}^3 on all BLAS threads): "
                  f"{env['sgemm_gflop_per_s']:.0f} GFLOP/s")
+    w = max([9, *(len(name) for name in results["models"])])  # the model column's width
     lines += ["",
-              f"{'model':<9} {'twin':<6} {'ms/step':>8} {'(min-max)':>15} {'MFLOP/step':>10} "
+              f"{'model':<{w}} {'twin':<6} {'ms/step':>8} {'(min-max)':>15} {'MFLOP/step':>10} "
               f"{'GFLOP/s':>8} {'ms/1k infer':>11} {'GFLOP/s':>8}"]
     for name, per_model in results["models"].items():
         for backend, r in per_model.items():
             if not isinstance(r, dict):
                 continue
             spread = f"{r['step_ms_min']:.2f}-{r['step_ms_max']:.2f}"
-            lines.append(f"{name:<9} {backend:<6} {r['step_ms']:>8.2f} {spread:>15} "
+            lines.append(f"{name:<{w}} {backend:<6} {r['step_ms']:>8.2f} {spread:>15} "
                          f"{r['step_gflops'] * 1000:>10.1f} {r['step_gflop_per_s']:>8.1f} "
                          f"{r['infer_ms_per_1000']:>11.2f} {r['infer_gflop_per_s']:>8.1f}")
     ratios = [(n, m) for n, m in results["models"].items() if "ratio_step" in m]
     if ratios:
-        lines += ["", f"{'model':<9} {'numpy/tf step':>14} {'numpy/tf inference':>19}"]
-        lines += [f"{n:<9} {m['ratio_step']:>13.2f}x {m['ratio_infer']:>18.2f}x" for n, m in ratios]
+        lines += ["", f"{'model':<{w}} {'numpy/tf step':>14} {'numpy/tf inference':>19}"]
+        lines += [f"{n:<{w}} {m['ratio_step']:>13.2f}x {m['ratio_infer']:>18.2f}x" for n, m in ratios]
     references = [(n, m) for n, m in results["models"].items() if "ratio_reference_step" in m]
     if references:
-        lines += ["", f"{'model':<9} {'ref/numpy step':>15}  (ref: the reference layers alone, --reference)"]
-        lines += [f"{n:<9} {m['ratio_reference_step']:>14.2f}x" for n, m in references]
+        lines += ["", f"{'model':<{w}} {'ref/numpy step':>15}  "
+                      "(ref: the reference layers alone, --reference)"]
+        lines += [f"{n:<{w}} {m['ratio_reference_step']:>14.2f}x" for n, m in references]
     return "\n".join(lines)
 
 
