@@ -46,7 +46,7 @@ def test_a_changed_figure_changes_the_block():
     blocks = readme_blocks(presets, runs, 3, [])
     assert "| cnn | P1:d 99.01 ± 0.01% | P2:e 99.01 ± 0.01% | +0.000 pp [+0.000, +0.000] pp |" in \
         blocks["results"]
-    assert "8 runs' run time in docs/report sums to 480 s" in blocks["report-time"]
+    assert "12 runs' run time in docs/report sums to 720 s" in blocks["report-time"]
     changed = copy.deepcopy(runs)
     p1d = next(p for p in presets if p.label == "P1:d")
     changed[p1d.id][1]["final"]["test"]["accuracy"] = 0.9950

@@ -137,7 +137,7 @@ def test_report_with_two_seeds_writes_seed_folders(tmp_path, mnist_path):
 
 
 TINY_SPEC = """
-name = "tiny"
+name = "pooled_linear"
 [[layers]]
 type = "avgpool2d"
 size = 4
@@ -161,11 +161,11 @@ def test_report_of_a_spec_file_preset_names_runs_after_the_spec(tmp_path, mnist_
                             .replace('"P1:a"', '"X1:a"').replace('"P2:b"', '"X2:a"'))
     report = generate_report(out=tmp_path / "report", jobs=1, data_dir=mnist_path, presets_path=presets_file,
                              assignment_settings=False).read_text()
-    assert "## tiny\n" in report and "avgpool2d -> flatten -> dense" in report
-    assert "| X1:a | tiny | tf |" in report and "| tiny | X1:a − X2:a | 1 |" in report
-    params, meta = load_weights(tmp_path / "report/runs/X2a-tiny-numpy/weights.npz")
-    assert meta["model"] == "tiny" and meta["spec"]["layers"][0] == {"type": "avgpool2d", "size": 4}
-    assert (tmp_path / "report/twins-tiny.png").is_file()
+    assert "## pooled_linear\n" in report and "avgpool2d -> flatten -> dense" in report
+    assert "| X1:a | pooled_linear | tf |" in report and "| pooled_linear | X1:a − X2:a | 1 |" in report
+    params, meta = load_weights(tmp_path / "report/runs/X2a-pooled_linear-numpy/weights.npz")
+    assert meta["model"] == "pooled_linear" and meta["spec"]["layers"][0] == {"type": "avgpool2d", "size": 4}
+    assert (tmp_path / "report/twins-pooled_linear.png").is_file()
 
 
 def test_a_bad_spec_in_presets_is_refused_before_training(tmp_path):

@@ -77,8 +77,8 @@ def test_a_name_that_is_neither_a_model_nor_a_spec_file_is_a_usage_error(capsys)
     with pytest.raises(SystemExit) as exit_info:
         main(["gradcheck", "lenet"])
     assert exit_info.value.code == 2
-    assert "invalid choice: 'lenet' (choose from linear, mlp128, mlp256x2, cnn, or a .toml spec file)" in (
-        capsys.readouterr().err)
+    assert ("invalid choice: 'lenet' (choose from linear, mlp128, mlp256x2, cnn, lenet5, cnn-bn-dropout, "
+            "or a .toml spec file)") in capsys.readouterr().err
 
 
 def test_weights_of_a_spec_model_need_only_the_file(spec_file, tmp_path, monkeypatch, mnist_path, capsys):
