@@ -7,9 +7,10 @@ holds it equal to their composition, values and gradients:
 - ``DenseReLU``: Dense -> ReLU;
 - ``FastConv2D``: any other Conv2D, alone;
 - ``TiledAvgPool2D``: an AvgPool2D whose windows tile its input;
-- ``FastReLU``, ``TiledMaxPool2D``, ``FastBatchNorm``: the other ReLUs, tiling max-pools
-  and batch norms, alone, trained as the reference layer and inferred in a faster form
-  of the same arithmetic (``InferenceForm``).
+- ``FastReLU``, ``TiledMaxPool2D``: the other ReLUs and tiling max-pools, alone, trained
+  as the reference layer and inferred in a faster form of the same arithmetic
+  (``InferenceForm``);
+- ``FastBatchNorm``: a batch norm, alone.
 
 A block has the layers' interface: ``forward(x, train=True)``, ``backward(d)``,
 ``params`` and ``grads`` under canonical names. ``backward`` returns None when built
@@ -27,6 +28,7 @@ from twinnet.numpy_nn.fast.kernels import (
     Scratch,
     add_bias,
     column_sums,
+    feature_sums,
     im2col_3x3_rows,
     im2col_rows,
     max_pool_blocks,
@@ -327,23 +329,55 @@ class TiledMaxPool2D(InferenceForm):
         return tile_maxima(x, self.layer.size)
 
 
-class FastBatchNorm(InferenceForm):
-    """BatchNorm (derivations, section 13); inference computes the reference's
-    ((x - moving_mean) * inv_std) * gamma + beta in the same order, with each
-    per-feature vector tiled into one image's row (``tile_row``)."""
+class FastBatchNorm:
+    """BatchNorm, alone (derivations, section 13): the reference's formulas, with each
+    per-feature vector tiled into one image's row (``tile_row``) so that NumPy's inner
+    loops run a whole row rather than F values, and each sum over the M = N (*H*W)
+    values of a feature taken as ``feature_sums``. Inference is the reference's
+    arithmetic in the same order, bit for bit. Shapes as ``BatchNorm``'s.
+    """
+
+    def __init__(self, bn: BatchNorm) -> None:
+        self.replaces = (bn,)
+        self.bn = bn
+        self.name, self.params = bn.name, bn.params
+        self.grads: dict[str, np.ndarray] = {}
 
     @staticmethod
     def matches(*run: object) -> bool:
         return len(run) >= 1 and isinstance(run[0], BatchNorm)
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        bn = self.layer
-        inv_std = 1 / np.sqrt(bn.moving_variance + bn.epsilon)
-        out = per_image_rows(x) - tile_row(bn.moving_mean, x)
-        out *= tile_row(inv_std, x)
-        out *= tile_row(bn.gamma, x)
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        bn, x = self.bn, np.ascontiguousarray(x)
+        if train:
+            m = x.size // x.shape[-1]
+            mean = feature_sums(x) / m
+            centered = per_image_rows(x) - tile_row(mean, x)
+            var = feature_sums(centered * centered, x.shape) / m
+            for moving, stat in ((bn.moving_mean, mean), (bn.moving_variance, var)):
+                moving[...] = moving * bn.momentum + stat * (1 - bn.momentum)
+        else:
+            mean, var = bn.moving_mean, bn.moving_variance
+            centered = per_image_rows(x) - tile_row(mean, x)
+        inv_std = 1 / np.sqrt(var + bn.epsilon)
+        xhat = np.multiply(centered, tile_row(inv_std, x), out=centered)
+        if train:
+            self.cache = (xhat, inv_std, x.shape)
+        out = xhat * tile_row(bn.gamma, x)
         out += tile_row(bn.beta, x)
         return out.reshape(x.shape)
+
+    def backward(self, d: np.ndarray) -> np.ndarray:
+        xhat, inv_std, shape = self.cache
+        d = per_image_rows(np.ascontiguousarray(d))
+        m = d.size // shape[-1]
+        dgamma, dbeta = feature_sums(d * xhat, shape), feature_sums(d, shape)
+        self.grads = {f"{self.name}/gamma": dgamma, f"{self.name}/beta": dbeta}
+        dx = d * m
+        dx -= tile_row(dbeta, xhat)
+        dx -= xhat * tile_row(dgamma, xhat)
+        dx *= tile_row(self.bn.gamma * inv_std / m, xhat)
+        return dx.reshape(shape)
 
 
 Block = ConvReLUPool | DenseReLU | FastConv2D | TiledAvgPool2D | FastReLU | TiledMaxPool2D | FastBatchNorm

@@ -209,6 +209,21 @@ def tile_maxima(x: np.ndarray, size: int) -> np.ndarray:
     return out.reshape(n, h // size, w // size, c)
 
 
+def feature_sums(a: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """The sum of each feature (the last axis of ``shape``, default a's own) over all its
+    other axes, (F,) in a's dtype: ``normalization.feature_sum`` in a faster form. a holds
+    N images, C-contiguous, in any shape with N first.
+
+    The N images are summed by BLAS (``ones @ rows``: one long row per image), and the
+    pixels of that sum in float64, as the reference accumulates: the float32 part adds
+    only N values per position.
+    """
+    shape = a.shape if shape is None else shape
+    rows = a.reshape(shape[0], -1)
+    per_image = np.ones(shape[0], dtype=a.dtype) @ rows
+    return per_image.reshape(-1, shape[-1]).sum(axis=0, dtype=np.float64).astype(a.dtype)
+
+
 def tile_row(v: np.ndarray, x: np.ndarray) -> np.ndarray:
     """A per-feature vector v (F,) repeated over one image's row of x (N, ..., F): the
     operand that makes ``per_image_rows(x) - tile_row(v, x)`` an inner loop one image
