@@ -24,15 +24,7 @@ from twinnet import models
 from twinnet.models import MODEL_NAMES, NAMED_MODELS, init_params, param_shapes
 from twinnet.numpy_nn import NumpyModel
 from twinnet.numpy_nn.fast import blocks, split, workers
-from twinnet.numpy_nn.fast.blocks import (
-    ConvReLUPool,
-    DenseReLU,
-    FastBatchNorm,
-    FastConv2D,
-    FastReLU,
-    TiledAvgPool2D,
-    TiledMaxPool2D,
-)
+from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
 from twinnet.numpy_nn.fast.fusion import fuse
 from twinnet.numpy_nn.fast.kernels import (
     Scratch,
@@ -43,6 +35,7 @@ from twinnet.numpy_nn.fast.kernels import (
     relu,
     window_major_view,
 )
+from twinnet.numpy_nn.fast.single import FastBatchNorm, FastConv2D, FastReLU, TiledAvgPool2D, TiledMaxPool2D
 from twinnet.numpy_nn.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, ReLU, windows
 from twinnet.numpy_nn.network import build_layers
 from twinnet.numpy_nn.normalization import BatchNorm

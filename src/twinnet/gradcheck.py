@@ -38,7 +38,8 @@ import numpy as np
 
 from twinnet import models
 from twinnet.numpy_nn.activations import LeakyReLU, Sigmoid, Tanh
-from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU, InferenceForm
+from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
+from twinnet.numpy_nn.fast.single import InferenceForm
 from twinnet.numpy_nn.layers import AvgPool2D, Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
 from twinnet.numpy_nn.losses import softmax_cross_entropy
 from twinnet.numpy_nn.model import NumpyModel

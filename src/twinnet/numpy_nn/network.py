@@ -60,8 +60,8 @@ class Network:
     d(loss)/d(x) (``"grad_input"``): what ``compare`` and ``trace`` show layer by layer.
     """
 
-    def __init__(self, layer_list: list) -> None:
-        self.layers = layer_list
+    def __init__(self, layer_list: list, eval_chunk: int = MAX_EVAL_CHUNK) -> None:
+        self.layers, self.eval_chunk = layer_list, eval_chunk
 
     def forward(self, x: np.ndarray, train: bool = False, record: dict | None = None) -> np.ndarray:
         """The logits; ``train=True`` keeps what ``loss_and_grads``' backward pass needs."""
@@ -72,8 +72,8 @@ class Network:
         return x
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        """Inference logits (N, 10), up to MAX_EVAL_CHUNK images at a time."""
-        return in_chunks(lambda chunk: self.forward(chunk, train=False), x, MAX_EVAL_CHUNK)
+        """Inference logits (N, 10), up to ``eval_chunk`` images at a time."""
+        return in_chunks(lambda chunk: self.forward(chunk, train=False), x, self.eval_chunk)
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray, total: int | None = None,
                        record: dict | None = None) -> tuple[float, int, dict[str, np.ndarray]]:

@@ -10,15 +10,8 @@ the reference layer it is, so any list of layers runs on the fast path.
 from __future__ import annotations
 
 from twinnet import models
-from twinnet.numpy_nn.fast.blocks import (
-    ConvReLUPool,
-    DenseReLU,
-    FastBatchNorm,
-    FastConv2D,
-    FastReLU,
-    TiledAvgPool2D,
-    TiledMaxPool2D,
-)
+from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
+from twinnet.numpy_nn.fast.single import FastBatchNorm, FastConv2D, FastReLU, TiledAvgPool2D, TiledMaxPool2D
 
 
 def fuse(model: str | tuple, layer_list: list) -> list:

@@ -11,6 +11,7 @@ the cores to BLAS's own threads, which measured faster for them (docs/performanc
 from __future__ import annotations
 
 import logging
+import math
 import os
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,11 @@ from twinnet.util import in_chunks
 # A part gets a core of its own only with at least this much matmul work (about a
 # millisecond's): a few images run faster on one thread than handed over.
 MIN_PART_FLOPS = 100e6
+# Inference runs each image chunk through the whole network, chunks sized so that the
+# largest activation takes at most this much: the elementwise passes of a model whose
+# layers no block fuses (batch norm, ReLU, pools) then stay in cache (docs/performance.md,
+# "Layers no fused block takes").
+ACTIVATION_BYTES = 8 << 20
 # A worker's shared room for input images; a larger part makes the room grow.
 INPUT_IMAGES = MAX_EVAL_CHUNK
 
@@ -61,8 +67,21 @@ os.register_at_fork(after_in_child=_thread_pool.cache_clear)
 
 
 def fused_network(model: str | tuple, params: dict[str, np.ndarray]) -> Network:
-    """The reference layers of ``model`` over ``params``, fused where a block matches."""
-    return Network(fuse(model, build_layers(model, params)))
+    """The reference layers of ``model`` over ``params``, fused where a block matches,
+    inferring ``inference_images`` images at a time."""
+    fused = fuse(model, build_layers(model, params))
+    itemsize = next(iter(params.values())).dtype.itemsize
+    return Network(fused, inference_images(model, fused, itemsize))
+
+
+def inference_images(model: str | tuple, fused: list, itemsize: int) -> int:
+    """Images per inference chunk: ACTIVATION_BYTES over the largest output of a fused
+    layer (a block's is that of the last layer it replaces), at most MAX_EVAL_CHUNK."""
+    shapes, end, largest = models.walk(model), 0, 1
+    for layer in fused:
+        end += len(getattr(layer, "replaces", (layer,)))
+        largest = max(largest, math.prod(shapes[end - 1].out))
+    return max(1, min(MAX_EVAL_CHUNK, ACTIVATION_BYTES // (largest * itemsize)))
 
 
 # -- what a worker runs (``fn(state, *args)``, see workers.serve) ----------------------

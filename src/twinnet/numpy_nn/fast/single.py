@@ -1,0 +1,223 @@
+"""Blocks that each replace one reference layer that no fused block (``blocks.py``) takes,
+computing the same maths in a faster form, built from ``kernels.py``:
+
+- ``FastConv2D``: any Conv2D;
+- ``TiledAvgPool2D``: an AvgPool2D whose windows tile its input;
+- ``FastReLU``, ``TiledMaxPool2D``: a ReLU, a max-pool whose windows tile its input,
+  trained as the reference layer and inferred in a faster form of the same arithmetic
+  (``InferenceForm``);
+- ``FastBatchNorm``: a BatchNorm.
+
+Each has the layer's interface and names it in ``replaces``; a test holds each equal to it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from twinnet.numpy_nn import layers
+from twinnet.numpy_nn.fast.blocks import CHUNK_BYTES
+from twinnet.numpy_nn.fast.kernels import (
+    add_bias,
+    column_sums,
+    feature_sums,
+    im2col_rows,
+    per_image_rows,
+    relu,
+    tile_maxima,
+    tile_means,
+    tile_row,
+    tile_spread,
+)
+from twinnet.numpy_nn.normalization import BatchNorm
+from twinnet.util import chunk_slices
+
+
+class FastConv2D:
+    """A Conv2D of any kernel, stride and padding, alone (derivations, section 4), for
+    the convs no fused block takes.
+
+    Shapes as ``layers.Conv2D``'s. Forward: the im2col matrix from ``im2col_rows`` (long
+    copies), one matmul and ``add_bias``. Backward: dW from that matrix and db as
+    ``column_sums``, as the reference; dx as one small matmul per kernel tap, dz @ W[p, q].T,
+    added into the strided view of dx that tap read (``layers.tap``). That is the
+    reference's ``scatter_windows`` of dz @ W.T, with each added block contiguous instead
+    of strided by the window's k*k*C_in values. None when ``needs_input_grad=False``.
+    Inference, which keeps nothing for a backward pass, runs in chunks as ``ConvReLUPool``.
+    """
+
+    def __init__(self, conv: layers.Conv2D, needs_input_grad: bool = True) -> None:
+        self.replaces = (conv,)
+        self.conv = conv
+        self.name, self.W, self.b, self.params = conv.name, conv.W, conv.b, conv.params
+        self.needs_input_grad = needs_input_grad
+        self.grads: dict[str, np.ndarray] = {}
+
+    @staticmethod
+    def matches(*run: object) -> bool:
+        """Whether a run of layers starts with a layer this block can replace."""
+        return len(run) >= 1 and isinstance(run[0], layers.Conv2D)
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        k, _, c_in, c_out = self.W.shape
+        rows, cols_pad = self.conv.pads(*x.shape[1:3])
+        xpad = np.pad(x, ((0, 0), rows, cols_pad, (0, 0)))
+        h_out, w_out = ((size - k) // self.conv.stride + 1 for size in xpad.shape[1:3])
+        kernel = self.W.reshape(k * k * c_in, c_out)
+        if train:
+            cols = im2col_rows(xpad, k, self.conv.stride)
+            self.cache = (cols, xpad.shape, x.shape, rows[0], cols_pad[0])
+            return add_bias((cols @ kernel).reshape(len(x), h_out, w_out, c_out), self.b)
+        # Inference keeps no im2col matrix, so it runs in chunks whose matrix stays in cache.
+        z = np.empty((len(x), h_out, w_out, c_out), dtype=x.dtype)
+        per_image = h_out * w_out * k * k * c_in * x.dtype.itemsize
+        for part in chunk_slices(len(x), max(1, CHUNK_BYTES // per_image)):
+            np.matmul(im2col_rows(xpad[part], k, self.conv.stride), kernel, out=z[part].reshape(-1, c_out))
+        return add_bias(z, self.b)
+
+    def backward(self, dz: np.ndarray) -> np.ndarray | None:
+        cols, xpad_shape, (_, h, w, _), top, left = self.cache
+        k, _, c_in, c_out = self.W.shape
+        n, h_out, w_out = dz.shape[:3]
+        dz2d = dz.reshape(-1, c_out)
+        self.grads = {f"{self.name}/W": (cols.T @ dz2d).reshape(self.W.shape),
+                      f"{self.name}/b": column_sums(dz2d)}
+        if not self.needs_input_grad:
+            return None
+        W_t = np.ascontiguousarray(self.W.transpose(0, 1, 3, 2))  # (k, k, C_out, C_in)
+        dxpad = np.zeros(xpad_shape, dtype=dz.dtype)
+        for p in range(k):
+            for q in range(k):
+                layers.tap(dxpad, p, q, self.conv.stride, h_out, w_out)[...] += \
+                    (dz2d @ W_t[p, q]).reshape(n, h_out, w_out, c_in)
+        return dxpad[:, top:top + h, left:left + w]
+
+
+class TiledAvgPool2D:
+    """An AvgPool2D whose windows tile its input (stride = size, H and W multiples of
+    size), alone (derivations, section 8): forward ``tile_means``, backward ``tile_spread``,
+    in place of the reference's reduction over strided windows and ``scatter_windows``.
+
+    Shapes: x (N, H, W, C) -> out (N, H/size, W/size, C).
+    """
+
+    params: dict[str, np.ndarray] = {}
+    grads: dict[str, np.ndarray] = {}
+
+    def __init__(self, pool: layers.AvgPool2D) -> None:
+        self.replaces = (pool,)
+        self.size = pool.size
+
+    @staticmethod
+    def matches(*run: object, shape: tuple[int, ...]) -> bool:
+        """Whether a run of layers, whose input has ``shape`` (H, W, C), starts with an
+        average pool whose windows tile it."""
+        return len(run) >= 1 and isinstance(run[0], layers.AvgPool2D) and run[0].stride == run[0].size \
+            and all(size % run[0].size == 0 for size in shape[:2])
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        return tile_means(np.ascontiguousarray(x), self.size)
+
+    def backward(self, d: np.ndarray) -> np.ndarray:
+        return tile_spread(d, self.size)
+
+
+class InferenceForm:
+    """A reference layer that trains as it is and infers in a faster form of the same
+    arithmetic, bit for bit: ``forward(x, train=True)`` and ``backward`` are the layer's
+    own (its caches, masks and gradients included); ``forward(x, train=False)`` is
+    ``infer(x)``. Evaluation runs inference over whole splits, most of a run's forward
+    passes."""
+
+    def __init__(self, layer: layers.Layer | BatchNorm) -> None:
+        self.replaces = (layer,)
+        self.layer = layer
+        self.params = layer.params
+
+    @property
+    def grads(self) -> dict[str, np.ndarray]:
+        return self.layer.grads
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        return self.layer.forward(x, train) if train else self.infer(np.ascontiguousarray(x))
+
+    def backward(self, d: np.ndarray) -> np.ndarray:
+        return self.layer.backward(d)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class FastReLU(InferenceForm):
+    """ReLU (derivations, section 3); inference by ``kernels.relu``."""
+
+    @staticmethod
+    def matches(*run: object) -> bool:
+        return len(run) >= 1 and isinstance(run[0], layers.ReLU)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return relu(x)
+
+
+class TiledMaxPool2D(InferenceForm):
+    """A MaxPool2D whose windows tile its input (derivations, section 5); inference by
+    ``tile_maxima``. Shapes: x (N, H, W, C) -> (N, H/size, W/size, C)."""
+
+    @staticmethod
+    def matches(*run: object, shape: tuple[int, ...]) -> bool:
+        return len(run) >= 1 and isinstance(run[0], layers.MaxPool2D) and run[0].stride == run[0].size \
+            and all(size % run[0].size == 0 for size in shape[:2])
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return tile_maxima(x, self.layer.size)
+
+
+class FastBatchNorm:
+    """BatchNorm, alone (derivations, section 13): the reference's formulas, with each
+    per-feature vector tiled into one image's row (``tile_row``) so that NumPy's inner
+    loops run a whole row rather than F values, and each sum over the M = N (*H*W)
+    values of a feature taken as ``feature_sums``. Inference is the reference's
+    arithmetic in the same order, bit for bit. Shapes as ``BatchNorm``'s.
+    """
+
+    def __init__(self, bn: BatchNorm) -> None:
+        self.replaces = (bn,)
+        self.bn = bn
+        self.name, self.params = bn.name, bn.params
+        self.grads: dict[str, np.ndarray] = {}
+
+    @staticmethod
+    def matches(*run: object) -> bool:
+        return len(run) >= 1 and isinstance(run[0], BatchNorm)
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        bn, x = self.bn, np.ascontiguousarray(x)
+        if train:
+            m = x.size // x.shape[-1]
+            mean = feature_sums(x) / m
+            centered = per_image_rows(x) - tile_row(mean, x)
+            var = feature_sums(centered * centered, x.shape) / m
+            for moving, stat in ((bn.moving_mean, mean), (bn.moving_variance, var)):
+                moving[...] = moving * bn.momentum + stat * (1 - bn.momentum)
+        else:
+            mean, var = bn.moving_mean, bn.moving_variance
+            centered = per_image_rows(x) - tile_row(mean, x)
+        inv_std = 1 / np.sqrt(var + bn.epsilon)
+        xhat = np.multiply(centered, tile_row(inv_std, x), out=centered)
+        if train:
+            self.cache = (xhat, inv_std, x.shape)
+        out = xhat * tile_row(bn.gamma, x)
+        out += tile_row(bn.beta, x)
+        return out.reshape(x.shape)
+
+    def backward(self, d: np.ndarray) -> np.ndarray:
+        xhat, inv_std, shape = self.cache
+        d = per_image_rows(np.ascontiguousarray(d))
+        m = d.size // shape[-1]
+        dgamma, dbeta = feature_sums(d * xhat, shape), feature_sums(d, shape)
+        self.grads = {f"{self.name}/gamma": dgamma, f"{self.name}/beta": dbeta}
+        dx = d * m
+        dx -= tile_row(dbeta, xhat)
+        dx -= xhat * tile_row(dgamma, xhat)
+        dx *= tile_row(self.bn.gamma * inv_std / m, xhat)
+        return dx.reshape(shape)
