@@ -1009,3 +1009,11 @@ def test_an_unguarded_script_runs_its_top_level_once(tmp_path: Path) -> None:
     out, _ = _finish(_python(script))
     assert out.strip() == "ok"
     assert len(marker.read_text().split()) == 1
+
+
+@pytest.mark.parametrize("name", NAMED_MODELS)
+def test_every_model_with_a_conv_splits_over_the_threads(name: str) -> None:
+    # Whichever block its convs became: LeNet-5's FastConv2D once kept it on one core.
+    has_conv = any(isinstance(layer, models.Conv2DSpec) for layer in models.get_spec(name))
+    network = split.FastNetwork(name, init_params(name, 0), threads=2)
+    assert network.parts == (2 if has_conv else 1)

@@ -24,9 +24,7 @@ from threadpoolctl import ThreadpoolController, threadpool_info
 
 from twinnet import models
 from twinnet.numpy_nn.fast import workers
-from twinnet.numpy_nn.fast.blocks import ConvReLUPool
 from twinnet.numpy_nn.fast.fusion import fuse
-from twinnet.numpy_nn.layers import Conv2D
 from twinnet.numpy_nn.network import MAX_EVAL_CHUNK, Network, build_layers
 from twinnet.util import in_chunks
 
@@ -135,7 +133,7 @@ class FastNetwork:
         self.spec = models.get_spec(model)
         self.params = params
         self.network = fused_network(self.spec, params)
-        has_conv = any(isinstance(layer, ConvReLUPool | Conv2D) for layer in self.network.layers)
+        has_conv = any(isinstance(layer, models.Conv2DSpec) for layer in self.spec)
         self.parts = max(1, threads if threads is not None else blas_threads()) if has_conv else 1
         # Batch norm's statistics and dropout's masks are of the whole batch: such a
         # model's training step runs as one part (its inference still splits).
