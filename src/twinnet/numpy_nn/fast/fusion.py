@@ -13,6 +13,9 @@ from twinnet import models
 from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
 from twinnet.numpy_nn.fast.single import FastBatchNorm, FastConv2D, FastReLU, TiledAvgPool2D, TiledMaxPool2D
 
+# The blocks for one layer that take nothing but the layer (FastConv2D also takes needs_input_grad).
+ONE_LAYER_BLOCKS = (TiledAvgPool2D, TiledMaxPool2D, FastReLU, FastBatchNorm)
+
 
 def fuse(model: str | tuple, layer_list: list) -> list:
     """``layer_list`` (the reference layers of ``model``, in spec order) with each run a
@@ -30,19 +33,11 @@ def fuse(model: str | tuple, layer_list: list) -> list:
         elif DenseReLU.matches(*run[:2]):
             fused.append(DenseReLU(*run[:2], needs_input_grad=not first))
             i += 2
-        elif FastConv2D.matches(*run[:1]):
+        elif FastConv2D.matches(run[0], shapes[i]):
             fused.append(FastConv2D(run[0], needs_input_grad=not first))
             i += 1
-        elif TiledAvgPool2D.matches(*run[:1], shape=shapes[i]):
-            fused.append(TiledAvgPool2D(run[0]))
-            i += 1
-        elif TiledMaxPool2D.matches(*run[:1], shape=shapes[i]):
-            fused.append(TiledMaxPool2D(run[0]))
-            i += 1
-        elif FastReLU.matches(*run[:1]) or FastBatchNorm.matches(*run[:1]):
-            fused.append((FastReLU if FastReLU.matches(*run[:1]) else FastBatchNorm)(run[0]))
-            i += 1
         else:
-            fused.append(run[0])
+            kind = next((kind for kind in ONE_LAYER_BLOCKS if kind.matches(run[0], shapes[i])), None)
+            fused.append(kind(run[0]) if kind is not None else run[0])
             i += 1
     return fused

@@ -8,7 +8,9 @@ computing the same maths in a faster form, built from ``kernels.py``:
   (``InferenceForm``);
 - ``FastBatchNorm``: a BatchNorm.
 
-Each has the layer's interface and names it in ``replaces``; a test holds each equal to it.
+Each has the layer's interface and names it in ``replaces``, and ``matches(layer, shape)``
+says whether it can replace a layer whose input has that shape; a test holds each equal
+to the layer it replaces.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ from twinnet.numpy_nn.normalization import BatchNorm
 from twinnet.util import chunk_slices
 
 
+def _tiles(pool: layers.MaxPool2D | layers.AvgPool2D, shape: tuple[int, ...]) -> bool:
+    """Whether the pool's windows tile an input of ``shape`` (H, W, C): stride = size, and
+    H and W multiples of it."""
+    return pool.stride == pool.size and all(size % pool.size == 0 for size in shape[:2])
+
+
 class FastConv2D:
     """A Conv2D of any kernel, stride and padding, alone (derivations, section 4), for
     the convs no fused block takes.
@@ -54,9 +62,9 @@ class FastConv2D:
         self.grads: dict[str, np.ndarray] = {}
 
     @staticmethod
-    def matches(*run: object) -> bool:
-        """Whether a run of layers starts with a layer this block can replace."""
-        return len(run) >= 1 and isinstance(run[0], layers.Conv2D)
+    def matches(layer: object, shape: tuple[int, ...]) -> bool:
+        """Whether this block can replace ``layer``, whose input has ``shape``: any conv."""
+        return isinstance(layer, layers.Conv2D)
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         k, _, c_in, c_out = self.W.shape
@@ -109,11 +117,10 @@ class TiledAvgPool2D:
         self.size = pool.size
 
     @staticmethod
-    def matches(*run: object, shape: tuple[int, ...]) -> bool:
-        """Whether a run of layers, whose input has ``shape`` (H, W, C), starts with an
+    def matches(layer: object, shape: tuple[int, ...]) -> bool:
+        """Whether this block can replace ``layer``, whose input has ``shape`` (H, W, C): an
         average pool whose windows tile it."""
-        return len(run) >= 1 and isinstance(run[0], layers.AvgPool2D) and run[0].stride == run[0].size \
-            and all(size % run[0].size == 0 for size in shape[:2])
+        return isinstance(layer, layers.AvgPool2D) and _tiles(layer, shape)
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         return tile_means(np.ascontiguousarray(x), self.size)
@@ -152,8 +159,8 @@ class FastReLU(InferenceForm):
     """ReLU (derivations, section 3); inference by ``kernels.relu``."""
 
     @staticmethod
-    def matches(*run: object) -> bool:
-        return len(run) >= 1 and isinstance(run[0], layers.ReLU)
+    def matches(layer: object, shape: tuple[int, ...]) -> bool:
+        return isinstance(layer, layers.ReLU)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         return relu(x)
@@ -164,9 +171,8 @@ class TiledMaxPool2D(InferenceForm):
     ``tile_maxima``. Shapes: x (N, H, W, C) -> (N, H/size, W/size, C)."""
 
     @staticmethod
-    def matches(*run: object, shape: tuple[int, ...]) -> bool:
-        return len(run) >= 1 and isinstance(run[0], layers.MaxPool2D) and run[0].stride == run[0].size \
-            and all(size % run[0].size == 0 for size in shape[:2])
+    def matches(layer: object, shape: tuple[int, ...]) -> bool:
+        return isinstance(layer, layers.MaxPool2D) and _tiles(layer, shape)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         return tile_maxima(x, self.layer.size)
@@ -187,8 +193,8 @@ class FastBatchNorm:
         self.grads: dict[str, np.ndarray] = {}
 
     @staticmethod
-    def matches(*run: object) -> bool:
-        return len(run) >= 1 and isinstance(run[0], BatchNorm)
+    def matches(layer: object, shape: tuple[int, ...]) -> bool:
+        return isinstance(layer, BatchNorm)
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         bn, x = self.bn, np.ascontiguousarray(x)
