@@ -177,36 +177,38 @@ def im2col_rows(xpad: np.ndarray, kernel: int, stride: int) -> np.ndarray:
 
 def tile_means(x: np.ndarray, size: int) -> np.ndarray:
     """Average pooling whose windows tile the image: x (N, H, W, C), H and W multiples of
-    ``size`` -> (N, H/size, W/size, C), each the mean of its size x size tile.
-
-    Two passes of slice additions: the ``size`` pixels of a tile row are adjacent
-    (size*C floats), then the ``size`` rows of a tile are adjacent image rows; each add
-    runs over long contiguous stretches, where a reduction over the strided window axes
-    pays per window.
-    """
-    n, h, w, c = x.shape
-    across = x.reshape(n, h, w // size, size * c)
-    rows = _sum_all([across[..., q * c:(q + 1) * c] for q in range(size)])  # (N, H, W/size, C)
-    down = rows.reshape(n, h // size, size, (w // size) * c)
-    out = _sum_all([down[:, :, p] for p in range(size)])
+    ``size`` -> (N, H/size, W/size, C), each the mean of its size x size tile
+    (``over_tiles`` with np.add, times 1 / size**2)."""
+    out = over_tiles(x, size, np.add)
     out *= 1 / size**2
-    return out.reshape(n, h // size, w // size, c)
+    return out
 
 
 def tile_maxima(x: np.ndarray, size: int) -> np.ndarray:
     """Max pooling whose windows tile the image: x (N, H, W, C), H and W multiples of
-    ``size`` -> (N, H/size, W/size, C), the maximum of each size x size tile, in the same
-    two passes as ``tile_means`` (a maximum is exact, so the order does not matter)."""
+    ``size`` -> (N, H/size, W/size, C), the maximum of each size x size tile
+    (``over_tiles`` with np.maximum: a maximum is exact, so the order does not matter)."""
+    return over_tiles(x, size, np.maximum)
+
+
+def over_tiles(x: np.ndarray, size: int, combine: np.ufunc) -> np.ndarray:
+    """``combine`` (a binary ufunc) folded over each size x size tile of x (N, H, W, C)
+    -> (N, H/size, W/size, C), in two passes of slice operations: the ``size`` pixels of
+    a tile row are adjacent (size*C floats), then the ``size`` rows of a tile are adjacent
+    image rows. Each operation runs over long contiguous stretches, where a reduction over
+    the strided window axes pays per window."""
     n, h, w, c = x.shape
     across = x.reshape(n, h, w // size, size * c)
-    rows = across[..., :c].copy()
-    for q in range(1, size):
-        np.maximum(rows, across[..., q * c:(q + 1) * c], out=rows)
+    rows = _fold(combine, [across[..., q * c:(q + 1) * c] for q in range(size)])  # (N, H, W/size, C)
     down = rows.reshape(n, h // size, size, (w // size) * c)
-    out = down[:, :, 0].copy()
-    for p in range(1, size):
-        np.maximum(out, down[:, :, p], out=out)
-    return out.reshape(n, h // size, w // size, c)
+    return _fold(combine, [down[:, :, p] for p in range(size)]).reshape(n, h // size, w // size, c)
+
+
+def _fold(combine: np.ufunc, parts: list[np.ndarray]) -> np.ndarray:
+    out = parts[0].copy()
+    for part in parts[1:]:
+        combine(out, part, out=out)
+    return out
 
 
 def feature_sums(a: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -235,13 +237,6 @@ def tile_spread(d: np.ndarray, size: int) -> np.ndarray:
     """The adjoint of ``tile_means``: d (N, H', W', C) -> (N, H'*size, W'*size, C), each
     pixel d / size**2 of its tile's gradient, by two ``np.repeat``s."""
     return np.repeat(np.repeat(d * (1 / size**2), size, axis=2), size, axis=1)
-
-
-def _sum_all(parts: list[np.ndarray]) -> np.ndarray:
-    out = parts[0].copy() if len(parts) == 1 else parts[0] + parts[1]
-    for part in parts[2:]:
-        out += part
-    return out
 
 
 def _empty(shape: tuple[int, ...], dtype: np.dtype, scratch: Scratch | None) -> np.ndarray:
