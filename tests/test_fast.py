@@ -23,7 +23,7 @@ import pytest
 from twinnet import models
 from twinnet.models import MODEL_NAMES, NAMED_MODELS, init_params, param_shapes
 from twinnet.numpy_nn import NumpyModel
-from twinnet.numpy_nn.fast import blocks, split, workers
+from twinnet.numpy_nn.fast import blocks, pool_windows, split, workers
 from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
 from twinnet.numpy_nn.fast.fusion import fuse
 from twinnet.numpy_nn.fast.kernels import (
@@ -283,6 +283,23 @@ def test_conv_relu_pool_results_do_not_depend_on_its_chunks(chunk_bytes: int, ne
         _assert_close(backward, dx)
     _assert_close(block.grads["conv/W"], grads["conv/W"])
     _assert_close(block.grads["conv/b"], grads["conv/b"])
+
+
+@pytest.mark.parametrize("c_in", [1, 3])
+@pytest.mark.parametrize("chunk_bytes", [1, 1 << 40])  # one image per chunk; all in one
+def test_inference_by_pooling_windows_equals_the_training_form(c_in: int, chunk_bytes: int,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(15)
+    W, b = rng.standard_normal((3, 3, c_in, 4)), rng.standard_normal(4)
+    block = _conv_block(W, b)
+    monkeypatch.setattr(pool_windows, "WINDOW_CHUNK_BYTES", chunk_bytes)
+    for shape in [(5, 6, 8), (3, 4, 4), (1, 2, 2), (5, 6, 8)]:  # new shapes, then an old one again
+        x = rng.standard_normal((*shape, c_in))
+        by_windows = block.forward(x, train=False)
+        with monkeypatch.context() as switched:
+            switched.setattr(ConvReLUPool, "infer_by_windows", False)
+            np.testing.assert_allclose(by_windows, block.forward(x, train=False), rtol=1e-12, atol=1e-12)
+    assert len(block._windows._plans) <= pool_windows.KEPT_PLANS
 
 
 # -- kernels --------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 - ``kernels``: measured fast primitives (im2col as long copies, bias, ReLU, pooling);
 - ``blocks``: fused blocks, each in place of a run of reference layers it names;
+- ``pool_windows``: the conv -> ReLU -> pool block's inference form, by pooling windows;
+- ``single``: blocks for one layer each (any conv, tiling pools, ReLU, batch norm);
 - ``fusion``: the pass that replaces matching runs of layers with blocks;
 - ``workers``: worker processes (multiprocessing) for the parts of a batch;
 - ``split``: ``FastNetwork``, the fused network with each batch split over the cores.

@@ -29,6 +29,7 @@ from twinnet.numpy_nn.fast.kernels import (
     relu,
     window_major_view,
 )
+from twinnet.numpy_nn.fast.pool_windows import WindowInference
 from twinnet.util import chunk_slices
 
 # A conv block runs its batch in chunks of images whose largest work array (an im2col
@@ -58,7 +59,12 @@ class ConvReLUPool:
     dz, which dx needs anyway (derivations, section 5); the first block, which computes
     no dx, keeps its forward im2col matrices for dW instead. The chunks' weight gradients
     are summed in chunk order.
+
+    Inference takes another form, one matmul row per pooling window (``pool_windows.py``),
+    unless ``infer_by_windows`` is False.
     """
+
+    infer_by_windows = True
 
     def __init__(self, conv: layers.Conv2D, relu: layers.ReLU, pool: layers.MaxPool2D,
                  needs_input_grad: bool = True) -> None:
@@ -73,6 +79,7 @@ class ConvReLUPool:
         self._xpad = PaddedBuffer()
         self._dzpad = PaddedBuffer()
         self._scratch = Scratch()
+        self._windows = WindowInference()
 
     @staticmethod
     def matches(*run: object) -> bool:
@@ -94,6 +101,8 @@ class ConvReLUPool:
         n, h, w, _ = x.shape
         if h % 2 or w % 2:
             raise ValueError(f"{self.name}: max-pooling needs even height and width, got {h}x{w}")
+        if not train and self.infer_by_windows:
+            return self._windows(x, self.W, self.b)
         c_out = self.W.shape[3]
         pooled = np.empty((n, h // 2, w // 2, c_out), dtype=x.dtype)
         routing = self._scratch.get("routing", (4, *pooled.shape), np.dtype(bool)) if train else None

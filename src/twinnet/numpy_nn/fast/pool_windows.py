@@ -1,0 +1,119 @@
+"""``ConvReLUPool``'s inference form: matmul rows per pooling window, not per pixel.
+
+A 2x2 pooling window over a 3x3 'same' conv reads one 4x4 patch of the padded input:
+window (i, j) pools conv outputs (2i + a, 2j + b), a, b in {0, 1}, and output row a
+reads patch rows a..a+2. So with one row of the patch matrix per window (its 16*C
+values), the matrix's columns of patch rows 0-2 and of rows 1-3, each times
+``window_kernel`` (W at both column offsets b, zeros elsewhere), give a window's four
+conv outputs; the pool is their maximum, then the bias and the ReLU, as in the training
+form (max(z) + b = max(z + b)). Against the training form's im2col (one row per conv
+output, 4 x 9*C values a window) the copy is 2.25x smaller and each matmul 2*C_out wide
+instead of C_out, which BLAS runs faster per multiply-add although a quarter of them are
+by zero (docs/performance.md, "Inference by pooling windows").
+
+The values are the reference layers': a zero term leaves a sum unchanged. (An infinite
+input, which the layers pass on as inf, gives NaN here: zero times infinity.)
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from twinnet.numpy_nn.fast.kernels import per_image_rows, relu
+from twinnet.util import chunk_slices
+
+# Images per chunk: this over one image's patch rows and products, so that both stay in
+# a core's own cache (docs/performance.md, "Inference by pooling windows").
+WINDOW_CHUNK_BYTES = 512 << 10
+# Work arrays are kept for this many chunk shapes (a batch has at most two).
+KEPT_PLANS = 4
+
+
+def window_kernel(W: np.ndarray) -> np.ndarray:
+    """W (3, 3, C, C_out) HWIO -> (12*C, 2*C_out): row (p, q, c) of three rows of a 4x4
+    patch and column (b, o) hold W[p, q - b, c, o] where that tap exists (0 <= q - b <= 2),
+    else 0."""
+    c, c_out = W.shape[2:]
+    kernel = np.zeros((3, 4, c, 2, c_out), dtype=W.dtype)
+    for b in range(2):
+        kernel[:, b:b + 3, :, b] = W
+    return kernel.reshape(12 * c, 2 * c_out)
+
+
+class WindowPlan:
+    """The work arrays for chunks of shape (k, H, W, C), made once: the padded images, a
+    strided view of their 4x4 patches, the patch matrix the view is copied into, and the
+    products (2, windows, 2*C_out) of its two halves, patch rows 0-2 (a = 0) and 1-3
+    (a = 1), windows = k*H/2*W/2.
+
+    For C > 1 the matrix is (windows, 16*C), copied in runs of 4*C values. For C = 1 it
+    is tap-major, (16, windows), so that the copy moves runs of W/2 values rather than
+    4, and its halves reach BLAS as transposed (Fortran-ordered) views, with no copy.
+    The pool takes the maximum over a of the two whole products, then over b of the two
+    column blocks of that.
+    """
+
+    def __init__(self, shape: tuple[int, int, int, int], c_out: int, dtype: np.dtype) -> None:
+        k, h, w, c = shape
+        windows = k * (h // 2) * (w // 2)
+        xpad = np.zeros((k, h + 2, w + 2, c), dtype=dtype)
+        self.interior = xpad[:, 1:-1, 1:-1]
+        s_n, s_h, s_w, s_c = xpad.strides
+        if c == 1:  # patches[p, q, n, i, j] = xpad[n, 2i + p, 2j + q, 0]
+            self.patches = as_strided(xpad, shape=(4, 4, k, h // 2, w // 2),
+                                      strides=(s_h, s_w, s_n, 2 * s_h, 2 * s_w), writeable=False)
+            self.matrix = np.empty((16, windows), dtype=dtype)
+            self.halves = (self.matrix[:12].T, self.matrix[4:].T)
+        else:  # patches[n, i, j, p, q*C + c] = xpad[n, 2i + p, 2j + q, c]
+            self.patches = as_strided(xpad, shape=(k, h // 2, w // 2, 4, 4 * c),
+                                      strides=(s_n, 2 * s_h, 2 * s_w, s_h, s_c), writeable=False)
+            self.matrix = np.empty((windows, 16 * c), dtype=dtype)
+            self.halves = (self.matrix[:, :12 * c], self.matrix[:, 4 * c:])
+        self.products = np.empty((2, windows, 2 * c_out), dtype=dtype)
+        self.target = self.matrix.reshape(self.patches.shape)
+
+    def run(self, x: np.ndarray, kernel: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+        """out (k, H/2, W/2, C_out) = relu(maxpool(conv(x)) + b) for x (k, H, W, C);
+        ``kernel`` is ``window_kernel``'s, and b is tiled over one image's output row."""
+        self.interior[...] = x
+        np.copyto(self.target, self.patches)
+        for half, product in zip(self.halves, self.products, strict=True):
+            np.matmul(half, kernel, out=product)
+        rows, c_out = self.products[0], out.shape[3]
+        np.maximum(rows, self.products[1], out=rows)  # over a: two whole arrays
+        np.maximum(rows[:, :c_out], rows[:, c_out:], out=out.reshape(-1, c_out))  # over b
+        per_image = per_image_rows(out)
+        per_image += b
+        relu(out, out=out)
+
+
+class WindowInference:
+    """``relu(maxpool(conv(x) + b))`` of a 3x3 'same' conv and a 2x2 max-pool, by
+    pooling windows: x (N, H, W, C), H and W even, W (3, 3, C, C_out), b (C_out,) ->
+    (N, H/2, W/2, C_out). Runs the batch in chunks of WINDOW_CHUNK_BYTES, keeping the
+    work arrays of the last KEPT_PLANS chunk shapes."""
+
+    def __init__(self) -> None:
+        self._plans: OrderedDict[tuple, WindowPlan] = OrderedDict()
+
+    def __call__(self, x: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+        n, h, w, c = x.shape
+        c_out = W.shape[3]
+        kernel = window_kernel(W.astype(x.dtype, copy=False))
+        b = np.tile(b.astype(x.dtype, copy=False), (h // 2) * (w // 2))  # see kernels.add_bias
+        per_image = (h // 2) * (w // 2) * (16 * c + 4 * c_out) * x.dtype.itemsize
+        out = np.empty((n, h // 2, w // 2, c_out), dtype=x.dtype)
+        for part in chunk_slices(n, max(1, WINDOW_CHUNK_BYTES // per_image)):
+            self._plan(x[part].shape, c_out, x.dtype).run(x[part], kernel, b, out[part])
+        return out
+
+    def _plan(self, shape: tuple[int, int, int, int], c_out: int, dtype: np.dtype) -> WindowPlan:
+        key = (shape, c_out, dtype)
+        plan = self._plans.pop(key, None) or WindowPlan(shape, c_out, dtype)
+        self._plans[key] = plan
+        while len(self._plans) > KEPT_PLANS:
+            self._plans.popitem(last=False)
+        return plan
