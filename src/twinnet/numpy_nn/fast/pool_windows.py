@@ -11,18 +11,16 @@ output, 4 x 9*C values a window) the copy is 2.25x smaller and each matmul 2*C_o
 instead of C_out, which BLAS runs faster per multiply-add although a quarter of them are
 by zero (docs/performance.md, "Inference by pooling windows").
 
-The values are the reference layers': a zero term leaves a sum unchanged. (An infinite
+The values are the reference layers': a zero term leaves a sum unchanged, and with the
+OpenBLAS kernels measured the outputs are the training form's bit for bit. (An infinite
 input, which the layers pass on as inf, gives NaN here: zero times infinity.)
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from twinnet.numpy_nn.fast.kernels import per_image_rows, relu
 from twinnet.util import chunk_slices
 
 # Images per chunk: this over one image's patch rows and products, so that both stay in
@@ -74,30 +72,33 @@ class WindowPlan:
             self.halves = (self.matrix[:, :12 * c], self.matrix[:, 4 * c:])
         self.products = np.empty((2, windows, 2 * c_out), dtype=dtype)
         self.target = self.matrix.reshape(self.patches.shape)
+        self.columns = (self.products[0][:, :c_out], self.products[0][:, c_out:])  # b = 0, 1
+        self.pooled_shape = (windows, c_out)
+        self.zeros = np.zeros((1, windows // k * c_out), dtype=dtype)  # one image's row
 
     def run(self, x: np.ndarray, kernel: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         """out (k, H/2, W/2, C_out) = relu(maxpool(conv(x)) + b) for x (k, H, W, C);
         ``kernel`` is ``window_kernel``'s, and b is tiled over one image's output row."""
         self.interior[...] = x
         np.copyto(self.target, self.patches)
-        for half, product in zip(self.halves, self.products, strict=True):
-            np.matmul(half, kernel, out=product)
-        rows, c_out = self.products[0], out.shape[3]
-        np.maximum(rows, self.products[1], out=rows)  # over a: two whole arrays
-        np.maximum(rows[:, :c_out], rows[:, c_out:], out=out.reshape(-1, c_out))  # over b
-        per_image = per_image_rows(out)
-        per_image += b
-        relu(out, out=out)
+        first, second = self.products
+        np.matmul(self.halves[0], kernel, out=first)
+        np.matmul(self.halves[1], kernel, out=second)
+        np.maximum(first, second, out=first)  # over a: two whole arrays
+        np.maximum(*self.columns, out=out.reshape(self.pooled_shape))  # over b
+        rows = out.reshape(len(out), -1)  # one per image (as kernels.add_bias and relu)
+        np.add(rows, b, out=rows)
+        np.maximum(rows, self.zeros, out=rows)
 
 
 class WindowInference:
     """``relu(maxpool(conv(x) + b))`` of a 3x3 'same' conv and a 2x2 max-pool, by
     pooling windows: x (N, H, W, C), H and W even, W (3, 3, C, C_out), b (C_out,) ->
     (N, H/2, W/2, C_out). Runs the batch in chunks of WINDOW_CHUNK_BYTES, keeping the
-    work arrays of the last KEPT_PLANS chunk shapes."""
+    work arrays of the last KEPT_PLANS chunk shapes it met."""
 
     def __init__(self) -> None:
-        self._plans: OrderedDict[tuple, WindowPlan] = OrderedDict()
+        self._plans: dict[tuple, WindowPlan] = {}  # in the order they were made
 
     def __call__(self, x: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
         n, h, w, c = x.shape
@@ -107,13 +108,16 @@ class WindowInference:
         per_image = (h // 2) * (w // 2) * (16 * c + 4 * c_out) * x.dtype.itemsize
         out = np.empty((n, h // 2, w // 2, c_out), dtype=x.dtype)
         for part in chunk_slices(n, max(1, WINDOW_CHUNK_BYTES // per_image)):
-            self._plan(x[part].shape, c_out, x.dtype).run(x[part], kernel, b, out[part])
+            chunk = x[part]
+            key = (chunk.shape, c_out, x.dtype)
+            plan = self._plans.get(key) or self._new_plan(key)
+            plan.run(chunk, kernel, b, out[part])
         return out
 
-    def _plan(self, shape: tuple[int, int, int, int], c_out: int, dtype: np.dtype) -> WindowPlan:
-        key = (shape, c_out, dtype)
-        plan = self._plans.pop(key, None) or WindowPlan(shape, c_out, dtype)
-        self._plans[key] = plan
+    def _new_plan(self, key: tuple) -> WindowPlan:
+        """A plan for ``key`` (chunk shape, C_out, dtype), forgetting the oldest beyond
+        KEPT_PLANS."""
+        self._plans[key] = plan = WindowPlan(*key)
         while len(self._plans) > KEPT_PLANS:
-            self._plans.popitem(last=False)
+            del self._plans[next(iter(self._plans))]
         return plan
