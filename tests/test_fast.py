@@ -25,6 +25,7 @@ from twinnet.models import MODEL_NAMES, NAMED_MODELS, init_params, param_shapes
 from twinnet.numpy_nn import NumpyModel
 from twinnet.numpy_nn.fast import blocks, pool_windows, split, workers
 from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
+from twinnet.numpy_nn.fast.folding import ConvBatchNormReLUPool
 from twinnet.numpy_nn.fast.fusion import fuse
 from twinnet.numpy_nn.fast.kernels import (
     Scratch,
@@ -180,6 +181,48 @@ def test_fast_batch_norm_equals_the_batch_norm_it_replaces(dtype: type, shape: t
     fast.params.update({key: value.copy() for key, value in reference.params.items()})
     fast.gamma, fast.beta, fast.moving_mean, fast.moving_variance = fast.params.values()
     np.testing.assert_array_equal(block.forward(x, train=False), reference.forward(x, train=False))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("needs_input_grad", [True, False])
+def test_conv_batch_norm_relu_pool_trains_as_its_layers_and_infers_folded(dtype: type,
+                                                                          needs_input_grad: bool) -> None:
+    rng = np.random.default_rng(16)
+    W, b = _block_data((3, 3, 3, 4), dtype, rng) / 4, _block_data((4,), dtype, rng)
+    x, dout = _block_data((6, 6, 8, 3), dtype, rng), _block_data((6, 3, 4, 4), dtype, rng)
+
+    def four_layers() -> list:
+        bn = _batch_norm(np.random.default_rng(5), 4)
+        bn.params.update({key: value.astype(dtype) for key, value in bn.params.items()})
+        bn.params["bn/gamma"] -= 1  # some scales negative: a folded maximum must still be the maximum
+        bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance = bn.params.values()
+        return [Conv2D("conv", W.copy(), b.copy()), bn, ReLU(), MaxPool2D()]
+
+    reference = four_layers()
+    block = ConvBatchNormReLUPool(*four_layers(), needs_input_grad=needs_input_grad)
+    assert [type(layer) for layer in block.replaces] == [Conv2D, BatchNorm, ReLU, MaxPool2D]
+    assert (reference[1].gamma < 0).any() and (reference[1].gamma > 0).any()
+    # Inference (before training moves the statistics): the folded conv, up to rounding.
+    expected = x
+    for layer in reference:
+        expected = layer.forward(expected, train=False)
+    tolerance = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(block.forward(x, train=False), expected, rtol=tolerance, atol=tolerance)
+    # Training: the four layers' blocks in turn.
+    out, dx, _ = _compose(reference, x, dout)
+    _assert_close(block.forward(x), out)
+    back = block.backward(dout.copy())
+    assert (back is None) == (not needs_input_grad)
+    if needs_input_grad:
+        _assert_close(back, dx)
+    expected_grads = {**reference[0].grads, **reference[1].grads}
+    assert list(block.grads) == list(expected_grads) == ["conv/W", "conv/b", "bn/gamma", "bn/beta"]
+    for key, g in expected_grads.items():
+        _assert_close(block.grads[key], g)
+    for key, moved in reference[1].params.items():  # the moving statistics, updated alike
+        _assert_close(block.params[key], moved)
+    with pytest.raises(ValueError, match="conv: .*even height and width"):
+        block.forward(x[:, :5], train=False)
 
 
 @pytest.mark.parametrize(("make", "shape"), [
@@ -365,9 +408,8 @@ def test_fusion_replaces_the_matching_runs_of_the_named_models(name: str) -> Non
         "cnn": ["ConvReLUPool", "ConvReLUPool", "Flatten", "DenseReLU", "Dense"],
         "lenet5": ["FastConv2D", "Tanh", "TiledAvgPool2D", "FastConv2D", "Tanh", "TiledAvgPool2D", "Flatten",
                    "Dense", "Tanh", "Dense", "Tanh", "Dense"],
-        "cnn-bn-dropout": ["FastConv2D", "FastBatchNorm", "FastReLU", "TiledMaxPool2D", "FastConv2D",
-                           "FastBatchNorm", "FastReLU", "TiledMaxPool2D", "Flatten", "Dropout", "DenseReLU",
-                           "Dense"],
+        "cnn-bn-dropout": ["ConvBatchNormReLUPool", "ConvBatchNormReLUPool", "Flatten", "Dropout",
+                           "DenseReLU", "Dense"],
     }
     assert kinds == expected[name]
     # Unrolled, the blocks are the reference layers again, over the same arrays.

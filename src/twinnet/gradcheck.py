@@ -39,6 +39,7 @@ import numpy as np
 from twinnet import models
 from twinnet.numpy_nn.activations import LeakyReLU, Sigmoid, Tanh
 from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
+from twinnet.numpy_nn.fast.folding import ConvBatchNormReLUPool
 from twinnet.numpy_nn.fast.single import InferenceForm
 from twinnet.numpy_nn.layers import AvgPool2D, Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
 from twinnet.numpy_nn.losses import softmax_cross_entropy
@@ -184,6 +185,8 @@ def _kink_pattern(parts: list) -> Callable[[], bytes]:
     ReLU masks and max-pool arg-max masks of reference layers and of fused blocks."""
 
     def masks(part: object) -> list[np.ndarray]:
+        if isinstance(part, ConvBatchNormReLUPool):  # trains as the blocks of its layers
+            return [m for step in part.steps for m in masks(step)]
         if isinstance(part, InferenceForm):  # trains as the reference layer it wraps
             part = part.layer
         if isinstance(part, ReLU | LeakyReLU):

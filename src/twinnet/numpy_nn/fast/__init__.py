@@ -4,6 +4,8 @@
 - ``blocks``: fused blocks, each in place of a run of reference layers it names;
 - ``pool_windows``: the conv -> ReLU -> pool block's inference form, by pooling windows;
 - ``single``: blocks for one layer each (any conv, tiling pools, ReLU, batch norm);
+- ``folding``: conv -> batch norm -> ReLU -> pool, inferred with the batch norm folded
+  into the conv;
 - ``fusion``: the pass that replaces matching runs of layers with blocks;
 - ``workers``: worker processes (multiprocessing) for the parts of a batch;
 - ``split``: ``FastNetwork``, the fused network with each batch split over the cores.

@@ -1,16 +1,17 @@
 """The fusion pass: reference layers in, the same network with fused blocks out.
 
-Reading the layers in order, a run that a block ``matches`` (conv 3x3 'same' -> ReLU ->
-2x2 max-pool on an even-sized image; dense -> ReLU; then any other conv alone, an
-average or max pool whose windows tile its input, a ReLU, a batch norm) becomes that
-block; every other layer stays
-the reference layer it is, so any list of layers runs on the fast path.
+Reading the layers in order, a run that a block ``matches`` (conv 3x3 'same' -> batch
+norm -> ReLU -> 2x2 max-pool, or the same without the batch norm, on an even-sized
+image; dense -> ReLU; then any other conv alone, an average or max pool whose windows
+tile its input, a ReLU, a batch norm) becomes that block; every other layer stays the
+reference layer it is, so any list of layers runs on the fast path.
 """
 
 from __future__ import annotations
 
 from twinnet import models
 from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
+from twinnet.numpy_nn.fast.folding import ConvBatchNormReLUPool
 from twinnet.numpy_nn.fast.single import FastBatchNorm, FastConv2D, FastReLU, TiledAvgPool2D, TiledMaxPool2D
 
 # The blocks for one layer that take nothing but the layer (FastConv2D also takes needs_input_grad).
@@ -27,7 +28,11 @@ def fuse(model: str | tuple, layer_list: list) -> list:
     while i < len(layer_list):
         run = layer_list[i:]
         first = not any(layer.params for layer in fused)
-        if ConvReLUPool.matches(*run[:3]) and all(size % 2 == 0 for size in shapes[i][:2]):
+        even = all(size % 2 == 0 for size in shapes[i][:2])
+        if ConvBatchNormReLUPool.matches(*run[:4]) and even:
+            fused.append(ConvBatchNormReLUPool(*run[:4], needs_input_grad=not first))
+            i += 4
+        elif ConvReLUPool.matches(*run[:3]) and even:
             fused.append(ConvReLUPool(*run[:3], needs_input_grad=not first))
             i += 3
         elif DenseReLU.matches(*run[:2]):
