@@ -71,3 +71,15 @@ def test_block_timings_cover_every_parameter_block_with_its_flops():
     assert mflop[conv1, "backward"] == mflop[conv1, "forward"]
     assert all(row["ms"] > 0 and row["mbytes"] > 0 for row in rows.values())
     assert "conv2 (ConvReLUPool)" in format_blocks(result)
+
+
+def test_block_timings_run_a_dropout_model_and_fit_long_block_names():
+    from twinnet.bench import format_blocks, time_blocks
+
+    result = time_blocks("cnn-bn-dropout", batch_size=4, repeats=1)  # dropout trains on its masks
+    blocks = {row["block"] for row in result["rows"]}
+    assert blocks == {"conv1 (ConvBatchNormReLUPool)", "conv2 (ConvBatchNormReLUPool)",
+                      "dense1 (DenseReLU)", "dense2 (Dense)"}
+    table = format_blocks(result).splitlines()[3:]
+    assert len({line.index(" forward") if " forward" in line else line.index(" backward")
+                for line in table[1:-1]}) == 1  # one column for the phase, after the longest name

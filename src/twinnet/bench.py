@@ -224,11 +224,12 @@ def time_blocks(model: str, batch_size: int = 50, repeats: int = 20, seed: int =
     ceiling to compare with."""
     from threadpoolctl import threadpool_limits
 
-    from twinnet.models import init_params
+    from twinnet.models import dropout_masks, init_params
     from twinnet.numpy_nn.losses import softmax_cross_entropy
     from twinnet.numpy_nn.model import NumpyModel
 
     numpy_model = NumpyModel(model, init_params(model, seed), threads=1)
+    numpy_model.set_dropout_masks(dropout_masks(model, batch_size, seed, step=0))
     rng = np.random.default_rng(seed)
     x = rng.random((batch_size, *IMAGE_SHAPE), dtype=np.float32)
     y = rng.integers(0, 10, batch_size)
@@ -283,11 +284,13 @@ def format_blocks(result: dict[str, Any]) -> str:
              f"{env['blas_kernel']} BLAS kernels",
              "one-thread sgemm ceiling (measured, 1024^3): "
              f"{result['sgemm_one_thread_gflop_per_s']:.0f} GFLOP/s",
-             "",
-             f"{'block':<26} {'phase':<8} {'ms':>7} {'MFLOP':>7} {'GFLOP/s':>8} {'MB (est.)':>9} {'GB/s':>6}"]
+             ""]
+    w = max([len("all blocks"), *(len(row["block"]) for row in result["rows"])])
+    lines.append(f"{'block':<{w}} {'phase':<8} {'ms':>7} {'MFLOP':>7} {'GFLOP/s':>8} {'MB (est.)':>9} "
+                 f"{'GB/s':>6}")
     for row in result["rows"]:
-        lines.append(f"{row['block']:<26} {row['phase']:<8} {row['ms']:>7.3f} {row['mflop']:>7.1f} "
+        lines.append(f"{row['block']:<{w}} {row['phase']:<8} {row['ms']:>7.3f} {row['mflop']:>7.1f} "
                      f"{row['gflop_per_s']:>8.1f} {row['mbytes']:>9.1f} {row['gbyte_per_s']:>6.1f}")
     total = sum(row["ms"] for row in result["rows"])
-    lines.append(f"{'all blocks':<26} {'':<8} {total:>7.3f}")
+    lines.append(f"{'all blocks':<{w}} {'':<8} {total:>7.3f}")
     return "\n".join(lines)
