@@ -32,10 +32,12 @@ from twinnet.numpy_nn.fast.kernels import (
     add_bias,
     column_sums,
     im2col_3x3_rows,
+    im2col_rows,
     max_pool_blocks,
     relu,
     window_major_view,
 )
+from twinnet.numpy_nn.fast.pixel_rows import pixel_rows, pixels_per_row, row_kernel
 from twinnet.numpy_nn.fast.single import FastBatchNorm, FastConv2D, FastReLU, TiledAvgPool2D, TiledMaxPool2D
 from twinnet.numpy_nn.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, ReLU, windows
 from twinnet.numpy_nn.network import build_layers
@@ -335,7 +337,7 @@ def test_inference_by_pooling_windows_equals_the_training_form(c_in: int, chunk_
     rng = np.random.default_rng(15)
     W, b = rng.standard_normal((3, 3, c_in, 4)), rng.standard_normal(4)
     block = _conv_block(W, b)
-    monkeypatch.setattr(pool_windows, "WINDOW_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(pool_windows, "INFERENCE_CHUNK_BYTES", chunk_bytes)
     # More shapes than it keeps work arrays for, then the first (forgotten) one again.
     for shape in [(5, 6, 8), (3, 4, 4), (1, 2, 2), (2, 2, 4), (4, 4, 2), (5, 6, 8)]:
         x = rng.standard_normal((*shape, c_in))
@@ -360,6 +362,25 @@ def test_fast_im2col_equals_the_reference_windows(c_in: int, pool_order: bool) -
     np.testing.assert_array_equal(fast, plain)
     with pytest.raises(ValueError, match="C-contiguous NHWC"):
         im2col_3x3_rows(np.ones((2, 6, 8, 2))[..., ::-1][:, :, ::2])
+
+
+@pytest.mark.parametrize(("c_in", "k", "stride", "r"),
+                         [(1, 5, 1, 7), (6, 5, 1, 2), (3, 3, 2, 5), (2, 4, 3, 3), (4, 1, 1, 5), (3, 3, 1, 1)])
+def test_pixel_rows_times_row_kernel_is_the_im2col_product(c_in: int, k: int, stride: int, r: int) -> None:
+    rng = np.random.default_rng(k * r)
+    W = rng.standard_normal((k, k, c_in, 6))
+    w_out = r * 2
+    xpad = rng.standard_normal((3, 9, (w_out - 1) * stride + k, c_in))
+    expected = im2col_rows(xpad, k, stride) @ W.reshape(-1, 6)  # one row per output pixel
+    product = pixel_rows(xpad, k, stride, r) @ row_kernel(W, r, stride)  # r pixels a row
+    np.testing.assert_allclose(product.reshape(expected.shape), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_pixels_per_row_widens_the_product_to_a_divisor_of_the_width() -> None:
+    assert pixels_per_row(28, 6) == 7  # LeNet-5's conv1: 42 columns
+    assert pixels_per_row(10, 16) == 2  # its conv2
+    assert pixels_per_row(5, 5) == 5  # no divisor is wide enough: the whole row
+    assert pixels_per_row(28, 64) == 1  # wide already
 
 
 def test_max_pool_blocks_routes_as_max_pool_2d() -> None:

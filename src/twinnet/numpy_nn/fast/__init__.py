@@ -3,6 +3,7 @@
 - ``kernels``: measured fast primitives (im2col as long copies, bias, ReLU, pooling);
 - ``blocks``: fused blocks, each in place of a run of reference layers it names;
 - ``pool_windows``: the conv -> ReLU -> pool block's inference form, by pooling windows;
+- ``pixel_rows``: a conv's matmul with several output pixels to a row (inference);
 - ``single``: blocks for one layer each (any conv, tiling pools, ReLU, batch norm);
 - ``folding``: conv -> batch norm -> ReLU -> pool, inferred with the batch norm folded
   into the conv;

@@ -4,9 +4,9 @@ A 2x2 pooling window over a 3x3 'same' conv reads one 4x4 patch of the padded in
 window (i, j) pools conv outputs (2i + a, 2j + b), a, b in {0, 1}, and output row a
 reads patch rows a..a+2. So with one row of the patch matrix per window (its 16*C
 values), the matrix's columns of patch rows 0-2 and of rows 1-3, each times
-``window_kernel`` (W at both column offsets b, zeros elsewhere), give a window's four
-conv outputs; the pool is their maximum, then the bias and the ReLU, as in the training
-form (max(z) + b = max(z + b)). Against the training form's im2col (one row per conv
+``pixel_rows.row_kernel(W, 2)`` (W at both column offsets b, zeros elsewhere), give a
+window's four conv outputs; the pool is their maximum, then the bias and the ReLU, as in
+the training form (max(z) + b = max(z + b)). Against the training form's im2col (one row per conv
 output, 4 x 9*C values a window) the copy is 2.25x smaller and each matmul 2*C_out wide
 instead of C_out, which BLAS runs faster per multiply-add although a quarter of them are
 by zero (docs/performance.md, "Inference by pooling windows").
@@ -21,24 +21,15 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from twinnet.numpy_nn.fast.pixel_rows import row_kernel
 from twinnet.util import chunk_slices
 
-# Images per chunk: this over one image's patch rows and products, so that both stay in
-# a core's own cache (docs/performance.md, "Inference by pooling windows").
-WINDOW_CHUNK_BYTES = 512 << 10
+# Images per inference chunk, here and in FastConv2D: this over one image's patch rows
+# and products, so that both stay in a core's own cache (docs/performance.md, "Inference
+# by pooling windows").
+INFERENCE_CHUNK_BYTES = 512 << 10
 # Work arrays are kept for this many chunk shapes (a batch has at most two).
 KEPT_PLANS = 4
-
-
-def window_kernel(W: np.ndarray) -> np.ndarray:
-    """W (3, 3, C, C_out) HWIO -> (12*C, 2*C_out): row (p, q, c) of three rows of a 4x4
-    patch and column (b, o) hold W[p, q - b, c, o] where that tap exists (0 <= q - b <= 2),
-    else 0."""
-    c, c_out = W.shape[2:]
-    kernel = np.zeros((3, 4, c, 2, c_out), dtype=W.dtype)
-    for b in range(2):
-        kernel[:, b:b + 3, :, b] = W
-    return kernel.reshape(12 * c, 2 * c_out)
 
 
 class WindowPlan:
@@ -78,7 +69,7 @@ class WindowPlan:
 
     def run(self, x: np.ndarray, kernel: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         """out (k, H/2, W/2, C_out) = relu(maxpool(conv(x)) + b) for x (k, H, W, C);
-        ``kernel`` is ``window_kernel``'s, and b is tiled over one image's output row."""
+        ``kernel`` is ``row_kernel(W, 2)``, and b is tiled over one image's output row."""
         self.interior[...] = x
         np.copyto(self.target, self.patches)
         first, second = self.products
@@ -94,7 +85,7 @@ class WindowPlan:
 class WindowInference:
     """``relu(maxpool(conv(x) + b))`` of a 3x3 'same' conv and a 2x2 max-pool, by
     pooling windows: x (N, H, W, C), H and W even, W (3, 3, C, C_out), b (C_out,) ->
-    (N, H/2, W/2, C_out). Runs the batch in chunks of WINDOW_CHUNK_BYTES, keeping the
+    (N, H/2, W/2, C_out). Runs the batch in chunks of INFERENCE_CHUNK_BYTES, keeping the
     work arrays of the last KEPT_PLANS chunk shapes it met."""
 
     def __init__(self) -> None:
@@ -103,11 +94,11 @@ class WindowInference:
     def __call__(self, x: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
         n, h, w, c = x.shape
         c_out = W.shape[3]
-        kernel = window_kernel(W.astype(x.dtype, copy=False))
+        kernel = row_kernel(W.astype(x.dtype, copy=False), 2)
         b = np.tile(b.astype(x.dtype, copy=False), (h // 2) * (w // 2))  # see kernels.add_bias
         per_image = (h // 2) * (w // 2) * (16 * c + 4 * c_out) * x.dtype.itemsize
         out = np.empty((n, h // 2, w // 2, c_out), dtype=x.dtype)
-        for part in chunk_slices(n, max(1, WINDOW_CHUNK_BYTES // per_image)):
+        for part in chunk_slices(n, max(1, INFERENCE_CHUNK_BYTES // per_image)):
             chunk = x[part]
             key = (chunk.shape, c_out, x.dtype)
             plan = self._plans.get(key) or self._new_plan(key)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from twinnet.numpy_nn import layers
-from twinnet.numpy_nn.fast.blocks import CHUNK_BYTES
+from twinnet.numpy_nn.fast import pool_windows
 from twinnet.numpy_nn.fast.kernels import (
     add_bias,
     column_sums,
@@ -31,6 +31,7 @@ from twinnet.numpy_nn.fast.kernels import (
     tile_row,
     tile_spread,
 )
+from twinnet.numpy_nn.fast.pixel_rows import pixel_rows, pixels_per_row, row_kernel
 from twinnet.numpy_nn.normalization import BatchNorm
 from twinnet.util import chunk_slices
 
@@ -51,7 +52,8 @@ class FastConv2D:
     added into the strided view of dx that tap read (``layers.tap``). That is the
     reference's ``scatter_windows`` of dz @ W.T, with each added block contiguous instead
     of strided by the window's k*k*C_in values. None when ``needs_input_grad=False``.
-    Inference, which keeps nothing for a backward pass, runs in chunks as ``ConvReLUPool``.
+    Inference, which keeps nothing for a backward pass, runs in chunks as ``ConvReLUPool``,
+    with r output pixels to a matrix row (``pixel_rows``): a product r*C_out wide.
     """
 
     def __init__(self, conv: layers.Conv2D, needs_input_grad: bool = True) -> None:
@@ -71,16 +73,20 @@ class FastConv2D:
         rows, cols_pad = self.conv.pads(*x.shape[1:3])
         xpad = np.pad(x, ((0, 0), rows, cols_pad, (0, 0)))
         h_out, w_out = ((size - k) // self.conv.stride + 1 for size in xpad.shape[1:3])
-        kernel = self.W.reshape(k * k * c_in, c_out)
         if train:
             cols = im2col_rows(xpad, k, self.conv.stride)
             self.cache = (cols, xpad.shape, x.shape, rows[0], cols_pad[0])
-            return add_bias((cols @ kernel).reshape(len(x), h_out, w_out, c_out), self.b)
-        # Inference keeps no im2col matrix, so it runs in chunks whose matrix stays in cache.
+            return add_bias((cols @ self.W.reshape(k * k * c_in, c_out)).reshape(len(x), h_out, w_out, c_out),
+                            self.b)
+        # Inference keeps no matrix, so it runs in chunks whose matrix stays in cache, with
+        # r output pixels to a matrix row (pixel_rows.py).
+        r = pixels_per_row(w_out, c_out)
+        kernel = row_kernel(self.W, r, self.conv.stride)
         z = np.empty((len(x), h_out, w_out, c_out), dtype=x.dtype)
-        per_image = h_out * w_out * k * k * c_in * x.dtype.itemsize
-        for part in chunk_slices(len(x), max(1, CHUNK_BYTES // per_image)):
-            np.matmul(im2col_rows(xpad[part], k, self.conv.stride), kernel, out=z[part].reshape(-1, c_out))
+        per_image = h_out * w_out * (len(kernel) // r + c_out) * x.dtype.itemsize  # matrix and product
+        for part in chunk_slices(len(x), max(1, pool_windows.INFERENCE_CHUNK_BYTES // per_image)):
+            np.matmul(pixel_rows(xpad[part], k, self.conv.stride, r), kernel,
+                      out=z[part].reshape(-1, r * c_out))
         return add_bias(z, self.b)
 
     def backward(self, dz: np.ndarray) -> np.ndarray | None:

@@ -1,0 +1,52 @@
+"""Matmul rows of several output pixels: the im2col of a conv, r pixels to a row.
+
+A conv's im2col matrix (``kernels.im2col_rows``) has one row per output pixel, its
+window's k*k*C values, and its product with the kernel is C_out wide: for few output
+channels (LeNet-5's 6 and 16) a shape BLAS runs far below its peak, after copying k*k*C
+floats per pixel. With r adjacent output pixels of an image row to a matrix row, the
+row holds the k x ((r-1)*s + k) patch they read together (s the stride), and its product
+with ``row_kernel`` (W at the r column offsets b*s, zeros elsewhere) is r*C_out wide, its
+rows the output in NHWC order as they stand. The copy is about r times smaller for
+k >> (r-1)*s, and the cost is the multiply-adds by zero, 1 - k / ((r-1)*s + k) of them
+(docs/performance.md, "Layers no fused block takes").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+# Pixels go to a row until the product is at least this wide.
+PRODUCT_WIDTH = 32
+
+
+def pixels_per_row(w_out: int, c_out: int) -> int:
+    """The r for a conv of w_out output columns and c_out channels: the smallest divisor
+    of w_out with r * c_out >= PRODUCT_WIDTH (w_out if none is)."""
+    divisors = [r for r in range(1, w_out + 1) if w_out % r == 0]
+    return next((r for r in divisors if r * c_out >= PRODUCT_WIDTH), w_out)
+
+
+def row_kernel(W: np.ndarray, r: int, stride: int = 1) -> np.ndarray:
+    """W (k, k, C, C_out) HWIO -> (k * ((r-1)*stride + k) * C, r * C_out): row (p, q, c)
+    and column (b, o) hold W[p, q - b*stride, c, o] where 0 <= q - b*stride < k, else 0."""
+    k, _, c, c_out = W.shape
+    kernel = np.zeros((k, (r - 1) * stride + k, c, r, c_out), dtype=W.dtype)
+    for b in range(r):
+        kernel[:, b * stride:b * stride + k, :, b] = W
+    return kernel.reshape(-1, r * c_out)
+
+
+def pixel_rows(xpad: np.ndarray, k: int, stride: int, r: int) -> np.ndarray:
+    """xpad (N, Hp, Wp, C) C-contiguous, already padded -> (N * H_out * W_out/r,
+    k * ((r-1)*stride + k) * C): row (n, i, j) is the patch that output pixels (i, j*r)
+    to (i, j*r + r-1) read, in (p, q, c) order. W_out must be a multiple of r."""
+    n, hp, wp, c = xpad.shape
+    s_n, s_h, s_w, s_c = xpad.strides
+    if s_w != c * s_c:
+        raise ValueError("pixel_rows needs a C-contiguous NHWC array")
+    h_out, w_out = (hp - k) // stride + 1, (wp - k) // stride + 1
+    width = (r - 1) * stride + k
+    patches = as_strided(xpad, shape=(n, h_out, w_out // r, k, width * c),
+                         strides=(s_n, s_h * stride, s_w * stride * r, s_h, s_c), writeable=False)
+    return np.ascontiguousarray(patches).reshape(-1, k * width * c)
