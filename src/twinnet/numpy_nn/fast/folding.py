@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from twinnet.numpy_nn import layers
-from twinnet.numpy_nn.fast.blocks import ConvReLUPool
+from twinnet.numpy_nn.fast.blocks import ConvReLUPool, check_even
 from twinnet.numpy_nn.fast.pool_windows import WindowInference
 from twinnet.numpy_nn.fast.single import FastBatchNorm, FastConv2D, FastReLU, TiledMaxPool2D
 from twinnet.numpy_nn.normalization import BatchNorm
@@ -65,9 +65,7 @@ class ConvBatchNormReLUPool:
         return {**self.steps[0].grads, **self.steps[1].grads}
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
-        if x.shape[1] % 2 or x.shape[2] % 2:
-            raise ValueError(f"{self.name}: max-pooling needs even height and width, got "
-                             f"{x.shape[1]}x{x.shape[2]}")
+        check_even(self.name, x)
         if not train and ConvReLUPool.infer_by_windows:
             return self._windows(x, *folded_conv(self.conv, self.bn))
         for step in self.steps:

@@ -14,6 +14,8 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from twinnet.numpy_nn.fast.pixel_rows import pixel_rows
+
 
 def per_image_rows(x: np.ndarray) -> np.ndarray:
     """A C-contiguous x (N, ...) as a 2-D view with one image per row.
@@ -170,9 +172,7 @@ def im2col_rows(xpad: np.ndarray, kernel: int, stride: int) -> np.ndarray:
         windows = as_strided(xpad, shape=(kernel, kernel, n, h_out, w_out),
                              strides=(s_h, s_w, s_n, s_h * stride, s_w * stride), writeable=False)
         return np.ascontiguousarray(windows).reshape(kernel * kernel, -1).T
-    windows = as_strided(xpad, shape=(n, h_out, w_out, kernel, kernel * c),
-                         strides=(s_n, s_h * stride, s_w * stride, s_h, s_c), writeable=False)
-    return np.ascontiguousarray(windows).reshape(-1, kernel * kernel * c)
+    return pixel_rows(xpad, kernel, stride, 1)  # one output pixel to a row
 
 
 def tile_means(x: np.ndarray, size: int) -> np.ndarray:
