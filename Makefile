@@ -32,7 +32,7 @@ test: $(VENV)/.installed
 	  echo "make test: note: no Chromium found, so the browser test of twinnet serve is skipped;" \
 	       "install it with: sudo apt-get install chromium"
 	$(BIN)/ruff check src tests
-	$(BIN)/lint-imports
+	$(BIN)/lint-imports --no-logo
 	$(BIN)/python -m pytest -q
 
 # Runs notebooks/tour.ipynb top to bottom and saves it with its outputs (commit the result).
