@@ -67,7 +67,7 @@ SECTIONS: dict[str, str] = {
     "loss": "1-softmax-cross-entropy-bar-z--s---yn",
     "dense": "2-dense-layer",
     "relu": "3-relu",
-    "conv": "4-convolution-3x3-cross-correlation-same-nhwc--hwio",
+    "conv": "4-convolution-cross-correlation-nhwc--hwio",
     "maxpool": "5-max-pooling-2x2-stride-2",
     "flatten": "6-flatten",
     "avgpool": "8-average-pooling",
