@@ -196,6 +196,9 @@ def test_endpoint_reads_test_digits_like_twinnet_predict(server, mnist, tmp_path
         code, answer = post(url + "api/predict", data)
         assert code == 200, answer
         assert answer["twins"]["numpy"]["digit"] == mnist.test.y[index]
+        # The answer first (what curl prints at the top), the 784 input values last.
+        assert list(answer) == ["twins", "agree", "max_difference", "tf_status", "ms", "input"]
+        assert list(answer["twins"]["numpy"]) == ["digit", "probabilities", "model"]
         # The very preparation and probabilities `twinnet predict` gives for the same file.
         path = tmp_path / f"digit{index}.png"
         path.write_bytes(data)

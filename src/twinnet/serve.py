@@ -9,12 +9,12 @@ Routes (all on one host, loopback by default):
   ``{"twins": {"numpy": {"model", "weights", "status"}, "tf": {...}}}``, status being
   ``"ready"``, ``"loading"`` or ``"unavailable: <reason>"``.
 - ``POST /api/predict`` an image (PNG from the page; also JPEG, GIF, BMP, WebP or TIFF:
-  UPLOAD_FORMATS), as the raw request body or as the multipart field ``image``. Answers
-  ``{"input": 28 rows of 28 floats in [0, 1] (the image the models see, 1 = ink),
-  "twins": {"numpy": {"model", "digit", "probabilities": [10 floats]}, "tf": {...} when
-  ready}, "tf_status",
-  "agree": bool or null, "max_difference": max |p_numpy - p_tf| or null, "ms": time
-  spent on the image}``. A bad upload gets a 4xx and ``{"error": "<one line>"}``.
+  UPLOAD_FORMATS), as the raw request body or as the multipart field ``image``. Answers,
+  the answer first and the input last, ``{"twins": {"numpy": {"digit", "probabilities":
+  [10 floats], "model"}, "tf": {...} when ready}, "agree": bool or null,
+  "max_difference": max |p_numpy - p_tf| or null, "tf_status", "ms": time spent on the
+  image, "input": 28 rows of 28 floats in [0, 1] (the image the models see, 1 = ink)}``.
+  A bad upload gets a 4xx and ``{"error": "<one line>"}``.
 
 The upload is prepared by ``twinnet.predict.prepare_grayscale``, the very function
 ``twinnet predict`` runs on a file, so the page shows exactly what a file would give.
@@ -190,15 +190,16 @@ class Twins:
         probabilities = {name: softmax(model.logits(x))[0] for name, model in models.items()}
         digits = {name: int(np.argmax(p)) for name, p in probabilities.items()}
         both = tf is not None
+        # The answer first and the 784 input values last, so that curl shows the answer at once.
         return {
-            "input": np.round(x[0, ..., 0].astype(np.float64), 4).tolist(),
-            "twins": {name: {"model": self.models[name], "digit": digits[name],
-                             "probabilities": p.tolist()} for name, p in probabilities.items()},
-            "tf_status": "ready" if both else self.tf_status,
+            "twins": {name: {"digit": digits[name], "probabilities": p.tolist(),
+                             "model": self.models[name]} for name, p in probabilities.items()},
             "agree": digits["numpy"] == digits["tf"] if both else None,
             "max_difference": float(np.max(np.abs(probabilities["numpy"] - probabilities["tf"])))
             if both else None,
+            "tf_status": "ready" if both else self.tf_status,
             "ms": round((time.perf_counter() - start) * 1000, 2),
+            "input": np.round(x[0, ..., 0].astype(np.float64), 4).tolist(),
         }
 
 
