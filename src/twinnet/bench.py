@@ -21,7 +21,7 @@ import numpy as np
 from twinnet.backend import load_model
 from twinnet.environment import cpu_name, simd_level
 from twinnet.metrics import predict_logits
-from twinnet.models import IMAGE_SHAPE, dropout_masks, has_dropout, walk
+from twinnet.models import IMAGE_SHAPE, dropout_masks, has_dropout, model_name, walk
 
 INFERENCE_IMAGES = 10_000
 PEAK_MATRIX = 2048
@@ -135,7 +135,7 @@ def run_bench(models: list[str], backends: list[str], batch_size: int = 100, rep
                                         / per_model["tf"]["infer_ms_per_1000"])
         if "numpy" in per_model and "ref" in per_model:
             per_model["ratio_reference_step"] = per_model["ref"]["step_ms"] / per_model["numpy"]["step_ms"]
-        results["models"][name] = per_model
+        results["models"][model_name(name)] = per_model  # a spec file by its `name`
     results["environment"] = {
         "cpu": cpu_name(), "simd": simd_level(), "platform": platform.platform(),
         "numpy": np.__version__, "load_average": load_average,
@@ -271,7 +271,7 @@ def time_blocks(model: str, batch_size: int = 50, repeats: int = 20, seed: int =
                          "mflop": flops * batch_size / 1e6, "mbytes": nbytes / 1e6,
                          "gflop_per_s": flops * batch_size / seconds / 1e9,
                          "gbyte_per_s": nbytes / seconds / 1e9})
-    return {"model": model, "batch_size": batch_size, "repeats": repeats, "rows": rows,
+    return {"model": model_name(model), "batch_size": batch_size, "repeats": repeats, "rows": rows,
             "sgemm_one_thread_gflop_per_s": ceiling,
             "environment": {"cpu": cpu_name(), "simd": simd_level(), **blas_info()}}
 

@@ -421,7 +421,8 @@ def format_comparison(result: Comparison) -> str:
     tol = result.tolerances
     cancelled = cancelled_biases(result.model)
     width = max([10, *(len(row.name) for row in result.layers)])
-    lines = [f"{result.model} ({result.dtype}) on {result.data}; weights: {result.weights}",
+    lines = [f"{models.model_name(result.model)} ({result.dtype}) on {result.data}; "
+             f"weights: {result.weights}",
              f"tolerances: activation {tol['activation']:.0e}, gradients {tol['gradient']:.0e} "
              f"(relative), loss {tol['loss']:.0e} (relative)",
              "",

@@ -182,7 +182,7 @@ def run_planned(jobs: list[RunJob], workers: int, reused: int, engine: str = "lo
             results[job.preset.id] = metrics
             bar.update(1)
             c = job.preset.config
-            print(f"  {job.preset.label} {c.model} ({c.backend}): test accuracy "
+            print(f"  {job.preset.label} {model_name(c.model)} ({c.backend}): test accuracy "
                   f"{metrics['final']['test']['accuracy']:.2%} in {metrics['train_seconds']:.0f} s")
     return results
 

@@ -202,7 +202,7 @@ def draw_run_plots(directory: str | os.PathLike, metrics: dict[str, Any],
     from twinnet.plots import plot_confusion, plot_curves
 
     config, check = metrics["config"], check or (lambda: None)
-    title = f"{config['model']} trained by the {config['backend']} twin"
+    title = f"{metrics.get('model_name', config['model'])} trained by the {config['backend']} twin"
     plot_curves(metrics["curves"], title, Path(directory) / "curves.png")
     check()
     plot_confusion(metrics["confusion_matrix"], title, Path(directory) / "confusion.png")

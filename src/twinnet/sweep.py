@@ -113,7 +113,7 @@ def run_sweep(base: TrainConfig, lrs: list[float], workers: int = 2,
     if done:
         print(f"reusing {len(done)} finished sweep point(s) from {points_dir}")
     points = list(done.values())
-    with progress_bar(len(jobs), f"sweep {base.model} ({base.backend})", unit="run") as bar:
+    with progress_bar(len(jobs), f"sweep {model_name(base.model)} ({base.backend})", unit="run") as bar:
         for job, point in run_jobs(sweep_point, jobs, workers, engine, address):
             if points_dir is not None:
                 write_json_atomic(point_path(points_dir, job.config),
@@ -130,8 +130,9 @@ def format_sweep(result: dict[str, Any]) -> str:
     """The sweep as an aligned table, best rate marked."""
     config = result["config"]
     seeds = result.get("seeds", 1)
-    lines = [f"{config['model']} ({config['backend']}, {config['optimizer']}, {config['schedule']}, "
-             f"{config['steps']} steps, {seeds} seed(s)): validation accuracy by learning rate"
+    lines = [f"{model_name(config['model'])} ({config['backend']}, {config['optimizer']}, "
+             f"{config['schedule']}, {config['steps']} steps, {seeds} seed(s)): "
+             "validation accuracy by learning rate"
              + (" (mean and standard deviation over the seeds)" if seeds > 1 else ""),
              f"{'lr':>10}  {'val acc':>8}  {'std':>6}  {'val loss':>8}  {'seconds':>7}"]
     for point in result["points"]:
@@ -161,7 +162,7 @@ def plot_sweep(result: dict[str, Any], path: str | os.PathLike) -> None:
                 yerr=[p.get("val_accuracy_std", 0.0) * 100 for p in ok], fmt="o-", capsize=3)
     ax.axvline(result["chosen_lr"], color="grey", linestyle="--", label=f"chosen {result['chosen_lr']:g}")
     ax.set(xscale="log", xlabel="learning rate", ylabel="validation accuracy (%)",
-           title=f"{config['model']} ({config['backend']}, {config['optimizer']}, "
+           title=f"{model_name(config['model'])} ({config['backend']}, {config['optimizer']}, "
                  f"{config['steps']} steps)")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -40,7 +40,7 @@ from twinnet.data import Mnist, Split
 from twinnet.environment import environment
 from twinnet.errors import TwinnetError
 from twinnet.metrics import evaluate
-from twinnet.models import describe, dropout_masks, has_dropout
+from twinnet.models import describe, dropout_masks, has_dropout, model_name
 from twinnet.progress import progress_bar
 from twinnet.runs import write_run
 from twinnet.util import is_int, is_number
@@ -334,7 +334,8 @@ def train(config: TrainConfig, data: Mnist, progress: bool | None = None,
     failing = False  # the last periodic checkpoint could not be saved
     # Divergence is caught from the loss; NumPy's overflow warnings would only repeat it.
     with stop_on_sigint() as sigint, np.errstate(over="ignore", invalid="ignore"):
-        with progress_bar(config.steps, f"{config.model} ({config.backend})", enabled=progress) as bar:
+        description = f"{model_name(config.model)} ({config.backend})"
+        with progress_bar(config.steps, description, enabled=progress) as bar:
             state.start_steps()
             for step in range(state.step + 1, config.steps + 1):
                 point = take_step(config, state, data, step)
@@ -449,6 +450,7 @@ def run_metrics(config: TrainConfig, state: TrainingState, data: Mnist, final_sp
         check()
     return {
         "config": asdict(config),
+        "model_name": model_name(config.model),  # what outputs call it: a spec file's `name`
         "architecture": describe(config.model),
         "environment": environment(),
         "curves": asdict(state.curves),

@@ -10,6 +10,7 @@ from twinnet.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from twinnet.commands.arguments import add_reference, add_train_arguments, check_reference, config_from_args
 from twinnet.config import ConfigError, TrainConfig, flag
 from twinnet.errors import TwinnetError, UsageError
+from twinnet.models import model_name
 from twinnet.runs import check_run_output, default_run_dir, lock_run_dir
 from twinnet.tensorboard import check_log_dir, write_tensorboard
 from twinnet.training import train
@@ -91,19 +92,20 @@ def run(args: argparse.Namespace) -> int:
                                    f"with: twinnet train --resume {out}, or start over with --force")
             checkpoint.unlink()
         if args.resume:
-            print(f"resuming {config.model} ({config.backend}) in {out} after step {state['step']}")
+            print(f"resuming {model_name(config.model)} ({config.backend}) in {out} "
+                  f"after step {state['step']}")
         mnist = data.load_mnist(args.data_dir)
         _, metrics = train(config, mnist, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
                            resume=bool(args.resume), out_dir=out, reference=args.reference)
     if args.tensorboard:
-        write_tensorboard(metrics, args.tensorboard, f"{config.model}/{config.backend}")
+        write_tensorboard(metrics, args.tensorboard, f"{model_name(config.model)}/{config.backend}")
     print_summary(config, metrics, out)
     return 0
 
 
 def print_summary(config: TrainConfig, metrics: dict, out: Path) -> None:
     final = metrics["final"]
-    print(f"{config.model} ({config.backend}, {config.optimizer} lr={config.lr:g}, "
+    print(f"{model_name(config.model)} ({config.backend}, {config.optimizer} lr={config.lr:g}, "
           f"{config.steps} steps) in {metrics['train_seconds']:.1f} s")
     for split in ("train", "validation", "test"):
         print(f"  {split:<10} accuracy {final[split]['accuracy']:.2%}  "
