@@ -21,10 +21,11 @@ import datetime as dt
 import math
 import os
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from twinnet.errors import TwinnetError
 from twinnet.models import count_params, describe, model_name, multiply_adds_per_image
 from twinnet.parallel import check_ray_address, run_jobs
 from twinnet.presets import Preset, assignment_settings_presets, check_name_lengths, load_presets, select
+from twinnet.progress import BoardJob, JobProgressFile, JobsBoard
 from twinnet.runs import (
     PLOTS_BYTES,
     check_confusion,
@@ -59,7 +61,7 @@ from twinnet.runs import (
     run_bytes,
     write_run,
 )
-from twinnet.training import SPLITS, progress_bar, train
+from twinnet.training import SPLITS, train
 from twinnet.util import write_text_atomic
 
 TEXT = tomllib.loads(resources.files("twinnet").joinpath("report_text.toml").read_text(encoding="utf-8"))
@@ -90,6 +92,7 @@ class RunJob:
     data_dir: str | None
     progress: bool | None  # show a progress bar: None when stderr is a terminal
     threads: int | None = None  # set by twinnet.parallel.run_jobs
+    progress_file: str | None = None  # where to write its steps for the driver's board
 
     @property
     def name(self) -> str:
@@ -134,8 +137,8 @@ def plan_runs(presets: list[Preset], out: Path, retrain: list[Preset], data_dir:
                         else f"so it is left out; --only {preset.id} trains it again")
                 print(f"twinnet: note: run {seeded.label}: {damage}; {then}", file=sys.stderr)
     todo.sort(key=lambda job: cost(job[0].config), reverse=True)
-    progress = None if workers <= 1 else False  # bars of parallel workers would interleave
-    return reused, [RunJob(p, str(directory), data_dir, progress) for p, directory in todo]
+    # No bar of its own: the driver's board (progress.JobsBoard) shows every run.
+    return reused, [RunJob(p, str(directory), data_dir, False) for p, directory in todo]
 
 
 def finished_runs(presets: list[Preset], out: Path, seeds: int) -> dict[str, list[Metrics]]:
@@ -159,31 +162,54 @@ def run_job(job: RunJob) -> dict[str, Any]:
     metrics.json) and ``params`` (its weights, canonical names -> arrays) for the driver."""
     from twinnet.data import load_mnist
 
+    on_record = None
+    if job.progress_file is not None:
+        steps = JobProgressFile(job.progress_file, job.preset.config.steps)
+        on_record = lambda step, _: steps.update(step)  # noqa: E731
     model, metrics = train(job.preset.config, load_mnist(job.data_dir), progress=job.progress,
-                           threads=job.threads)
+                           on_record=on_record, threads=job.threads)
     return {"metrics": metrics, "params": model.params}
 
 
+def print_plan(jobs: list[RunJob], workers: int, reused: int, engine: str) -> None:
+    """The plan, before anything slow: how many runs to train and to reuse, and which."""
+    if not jobs:
+        print(f"reusing all {reused} finished run(s); nothing to train", flush=True)
+        return
+    print(f"training {len(jobs)} run(s) with {workers} job(s) on the {engine} engine; "
+          f"reusing {reused} finished", flush=True)
+    print(f"  to train, longest first: {', '.join(job.preset.label for job in jobs)}", flush=True)
+
+
 def run_planned(jobs: list[RunJob], workers: int, reused: int, engine: str = "local",
-                address: str | None = None) -> dict[str, Metrics]:
+                address: str | None = None, quiet: bool = False, live: bool | None = None,
+                plan_printed: bool = False) -> dict[str, Metrics]:
     """Run the jobs, ``workers`` at a time (on Ray: as many as the cluster holds), and write
-    each run folder as its job returns; their metrics by preset id."""
-    if jobs:
-        print(f"training {len(jobs)} run(s) with {workers} job(s) on the {engine} engine; "
-              f"reusing {reused} finished")
-    else:
-        print(f"reusing all {reused} finished run(s); nothing to train")
-    results = {}
-    with progress_bar(len(jobs), "report runs", unit="run", enabled=None if workers > 1 else False) as bar:
-        for job, result in run_jobs(run_job, jobs, workers, engine, address):
-            Path(job.directory).mkdir(parents=True, exist_ok=True)
-            with lock_run_dir(job.directory):  # one writer per run folder, as for train
-                metrics = write_run(job.directory, result["params"], result["metrics"])
-            results[job.preset.id] = metrics
-            bar.update(1)
-            c = job.preset.config
-            print(f"  {job.preset.label} {model_name(c.model)} ({c.backend}): test accuracy "
-                  f"{metrics['final']['test']['accuracy']:.2%} in {metrics['train_seconds']:.0f} s")
+    each run folder as its job returns; their metrics by preset id.
+
+    Progress goes to stdout: the plan (unless ``plan_printed`` or ``quiet``), one line per
+    finished run, and where stdout is a terminal (``live``; never with ``quiet``) a status
+    line redrawn every second (``progress.JobsBoard``) naming the runs in training, how far
+    each is and an estimate of the time left."""
+    if not quiet and not plan_printed:
+        print_plan(jobs, workers, reused, engine)
+    results: dict[str, Metrics] = {}
+    with tempfile.TemporaryDirectory(prefix="twinnet-report-") as steps_dir:
+        jobs = [replace(job, progress_file=os.path.join(steps_dir, f"{i}.json"))
+                for i, job in enumerate(jobs)]
+        board = {job.preset.id: BoardJob(f"{job.preset.label} {model_name(job.preset.config.model)} "
+                                         f"{job.preset.config.backend}", job.preset.config.steps,
+                                         cost(job.preset.config), job.progress_file) for job in jobs}
+        with JobsBoard(board, workers, live=False if quiet else live) as shown:
+            for job, result in run_jobs(run_job, jobs, workers, engine, address):
+                Path(job.directory).mkdir(parents=True, exist_ok=True)
+                with lock_run_dir(job.directory):  # one writer per run folder, as for train
+                    metrics = write_run(job.directory, result["params"], result["metrics"])
+                results[job.preset.id] = metrics
+                c = job.preset.config
+                shown.finished(job.preset.id, f"{job.preset.label} {model_name(c.model)} ({c.backend}): "
+                               f"test accuracy {metrics['final']['test']['accuracy']:.2%} in "
+                               f"{metrics['train_seconds']:.0f} s", metrics["wall_seconds"])
     return results
 
 
@@ -202,7 +228,7 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
                     tensorboard: str | os.PathLike | None = None,
                     presets_path: str | os.PathLike | None = None, seeds: int = 1,
                     assignment_settings: bool | None = None, engine: str = "local",
-                    address: str | None = None) -> Path:
+                    address: str | None = None, quiet: bool = False) -> Path:
     """Run what is missing or changed, then write ``out/REPORT.md``; returns its path.
 
     The runs are the presets (``presets_path``), each with ``seeds`` seeds, and with
@@ -228,10 +254,12 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
     if engine == "ray" and address:
         check_ray_address(address)
     readme = readme_of(out)
-    load_mnist(data_dir)  # fail on bad data here, once, before any worker starts
     reused, todo = plan_runs(presets + reruns, out, retrain, None if data_dir is None else str(data_dir),
                              jobs, seeds)
-    run_planned(todo, jobs, len(reused), engine, address)
+    if not quiet:  # at once: loading MNIST (or first downloading it) takes a while
+        print_plan(todo, jobs, len(reused), engine)
+    load_mnist(data_dir)  # fail on bad data here, once, before any worker starts
+    run_planned(todo, jobs, len(reused), engine, address, quiet=quiet, plan_printed=True)
     runs = finished_runs(presets + reruns, out, seeds)  # as the driver wrote them
     for preset in presets + reruns:
         for metrics in runs.get(preset.id, []):

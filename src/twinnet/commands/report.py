@@ -36,6 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                              "runs at its own settings)")
     parser.add_argument("--tensorboard", metavar="DIR", default=None,
                         help="also write every run's curves as TensorBoard scalars under DIR")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print only one line per finished run (and the report's path): no "
+                             "plan and no status line; output that is not a terminal gets no "
+                             "status line either")
     add_engine_arguments(parser)
     add_data_dir(parser)
     return parser
@@ -46,6 +50,6 @@ def run(args: argparse.Namespace) -> int:
         raise TwinnetError(f"--jobs must be at least 1, got {args.jobs}")
     path = generate_report(out=args.out, only=args.only, jobs=args.jobs, data_dir=args.data_dir,
                            tensorboard=args.tensorboard, presets_path=args.presets, seeds=args.seeds,
-                           engine=args.engine, address=args.address)
+                           engine=args.engine, address=args.address, quiet=args.quiet)
     print(f"wrote {path}")
     return 0
