@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Use twinnet as someone who installs the wheel would: build it, install it into a fresh
 # virtual environment outside the clone, and run it from a folder outside the clone.
-#   1. the base install (no extras): train linear on the NumPy twin, evaluate, predict a PNG;
+#   1. the base install (no extras): `twinnet docs` (the docs in the wheel, named by --help),
+#      train linear on the NumPy twin, evaluate, predict a PNG;
 #   2. with [serve]: `twinnet serve` answers a PNG POST with the NumPy twin's probabilities;
 #   3. with [serve,tf]: with both twins' probabilities.
 # Usage: scripts/wheel_smoke.sh [WORKDIR]   (default: a new temporary folder, removed after)
@@ -47,6 +48,17 @@ import twinnet
 assert "site-packages" in twinnet.__file__, f"twinnet imported from {twinnet.__file__}, not the wheel"
 assert importlib.util.find_spec("tensorflow") is None, "the base install should not bring TensorFlow"
 PY
+
+step "twinnet docs (base install): --help names it; the docs print from the wheel"
+help=$("$twinnet" --help)
+grep -q "twinnet docs usage" <<<"$help" || { echo "wheel_smoke: --help does not name twinnet docs" >&2; exit 1; }
+"$twinnet" docs
+"$twinnet" docs usage > usage.md
+cmp usage.md "$repo/docs/usage.md"  # the repository's file, shipped as it is
+doc=$("$twinnet" docs derivations --path)
+case "$doc" in "$work/venv/"*) ;; *) echo "wheel_smoke: docs read from $doc, not the wheel" >&2; exit 1;; esac
+readme=$("$twinnet" docs readme)
+[[ $(head -1 <<<"$readme") == "# twinnet" ]] || { echo "wheel_smoke: no README in the metadata" >&2; exit 1; }
 
 step "twinnet train linear --backend numpy (base install)"
 rm -rf run

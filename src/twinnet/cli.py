@@ -12,14 +12,26 @@ import argparse
 import os
 import sys
 
-from twinnet.commands import bench, compare, evaluate, gradcheck, predict, report, serve, sweep, trace, train
+from twinnet.commands import (
+    bench,
+    compare,
+    docs,
+    evaluate,
+    gradcheck,
+    predict,
+    report,
+    serve,
+    sweep,
+    trace,
+    train,
+)
 from twinnet.commands.arguments import GRAMMAR
 from twinnet.errors import TwinnetError, UsageError
 from twinnet.quiet import VERBOSE_ENV
 from twinnet.version import __version__
 
 # In the order `twinnet --help` lists them.
-COMMANDS = (train, report, evaluate, predict, sweep, bench, gradcheck, compare, trace, serve)
+COMMANDS = (train, report, evaluate, predict, sweep, bench, gradcheck, compare, trace, serve, docs)
 VERBOSE_HELP = (f"show TensorFlow's start-up log lines (absl, oneDNN), hidden by default; "
                 f"{VERBOSE_ENV}=1 in the environment does the same")
 
@@ -29,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="twinnet",
         description="Four MNIST classifiers trained twice: by TensorFlow (the framework twin)\n"
                     "and by hand-derived NumPy backpropagation (the NumPy twin).",
-        epilog=GRAMMAR + "Each command's --help has the rest; docs/usage.md what --help cannot say.",
+        epilog=GRAMMAR + "Each command's --help has the rest; `twinnet docs usage` prints the guide\n"
+                         "to what --help cannot say, and `twinnet docs` lists every doc installed.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"twinnet {__version__}")
