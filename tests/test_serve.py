@@ -81,13 +81,33 @@ def multipart(fields: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
+# A sitecustomize that hides TensorFlow from the server's process, as if it were not installed.
+NO_TENSORFLOW = 'import sys\nsys.modules["tensorflow"] = None  # find_spec raises: not installed\n'
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """`twinnet serve --port 0` in a subprocess: yields (base URL, process, timings)."""
-    out = tmp_path_factory.mktemp("serve") / "stdout.txt"
+    """`twinnet serve --port 0` in a subprocess: yields (base URL, process, timings, status)."""
+    yield from serve_in_subprocess(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def server_without_tf(tmp_path_factory):
+    """The same server in a process where TensorFlow is not installed: the NumPy twin alone."""
+    folder = tmp_path_factory.mktemp("serve-no-tf")
+    (folder / "sitecustomize.py").write_text(NO_TENSORFLOW)
+    yield from serve_in_subprocess(folder, first_on_path=folder)
+
+
+def serve_in_subprocess(folder: Path, first_on_path: Path | None = None):
+    """Start `twinnet serve --port 0` logging into ``folder`` (``first_on_path`` leading
+    PYTHONPATH); yield (base URL, process, timings, status) once the TF twin is ready or
+    unavailable, and stop the server after."""
+    out = folder / "stdout.txt"
     err = out.with_name("stderr.txt")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        [*map(str, filter(None, [first_on_path])), str(REPO / "src"),
+         *filter(None, [os.environ.get("PYTHONPATH")])]))
     start = time.perf_counter()
     with open(out, "w") as fh, open(err, "w") as err_fh:
         process = subprocess.Popen([sys.executable, "-m", "twinnet", "serve", "--port", "0"],
@@ -489,6 +509,15 @@ def outside_viewport(page, selectors: list[str]) -> list[str]:
     return outside
 
 
+def header_cut(page) -> list[str]:
+    """The header's visible elements that stick out of the screen or are cut (text that
+    overflows its box, e.g. shortened with an ellipsis)."""
+    return page.evaluate("""() => Array.from(document.querySelectorAll('header > *'))
+        .filter(e => e.offsetParent !== null)
+        .filter(e => e.getBoundingClientRect().right > window.innerWidth || e.scrollWidth > e.clientWidth)
+        .map(e => e.id || e.tagName)""")
+
+
 def right_edges(page, selectors: list[str]) -> list[float]:
     return [round(page.locator(s).bounding_box()["x"] + page.locator(s).bounding_box()["width"], 1)
             for s in selectors]
@@ -520,7 +549,9 @@ def test_browser_draws_test_digits_both_twins_read_them(server, browser, mnist, 
                              ".getImageData(0, 0, 28, 28).data).filter((v, i) => i % 4 === 0)")
         assert np.count_nonzero(seen) > 30  # the 28x28 input is shown
 
-    # The pad, both twins' top guesses and the verdict, together on the screen without scrolling.
+    # The header fits (the phone once cut it: "loaded i…"); the pad, both twins' top guesses
+    # and the verdict, together on the screen without scrolling.
+    assert not header_cut(page) and page.text_content("#weights") == "cnn weights cnn.npz, in both twins"
     assert page.evaluate("() => window.scrollY") == 0
     assert not outside_viewport(page, ["#pad", "#clear", "#guess-numpy", "#guess-tf", "#verdict"])
     # The cards use the width they have: the twins' cards end where the pad's card does (phone)
@@ -588,3 +619,39 @@ def test_without_tensorflow_the_numpy_twin_serves_alone(monkeypatch, mnist):
     assert answer["agree"] is None and answer["max_difference"] is None
     assert answer["tf_status"] == twins.tf_status
     twins.worker.shutdown()
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_browser_with_one_twin_shows_its_card_why_and_how_to_add_the_other(server_without_tf, browser, mnist,
+                                                                          tmp_path, screen):
+    url, _, _, status = server_without_tf
+    tf = status["twins"]["tf"]
+    assert tf["status"] == f"unavailable: TensorFlow is not installed ({tf['install']})"
+    page = browser.new_page(**SCREENS[screen])
+    page.goto(url)
+    page.wait_for_function("() => window.twinnetPage && window.twinnetPage.tf.startsWith('unavailable')",
+                           timeout=30_000)
+    # One twin's card; one line says why, and how to add the other; no promise of two twins.
+    assert page.is_visible("#twin-numpy") and page.is_hidden("#twin-tf")
+    why = "Only the NumPy twin is here: TensorFlow is not installed."
+    how = f"To add the TensorFlow twin, run {tf['install']} and restart twinnet serve."
+    assert page.text_content("#alone") == f"{why} {how}"
+    assert page.text_content("#weights") == "cnn weights cnn.npz, in the NumPy twin"
+    assert page.text_content("#verdict") == "Draw a digit and the NumPy twin will read it."
+    assert "both twins" not in page.inner_text("body") and "TensorFlow twin</" not in page.inner_text("body")
+    draw(page, mnist.test.x[0])
+    digit, probabilities = read_twin(page, "numpy")
+    assert digit == mnist.test.y[0] and abs(sum(probabilities) - 1) < 1e-4
+    assert page.text_content("#verdict") == f"The NumPy twin says {digit}."
+    # It all fits: the header uncut, the pad, the twin's guess and the verdict on one screen,
+    # and the lone card takes the row the two shared.
+    assert not header_cut(page), header_cut(page)
+    assert page.evaluate("() => window.scrollY") == 0
+    assert not outside_viewport(page, ["#alone", "#pad", "#clear", "#guess-numpy", "#verdict"])
+    last_column = [".draw", "#twin-numpy"] if screen == "phone" else ["main", "#twin-numpy"]
+    assert len(set(right_edges(page, last_column))) == 1, right_edges(page, last_column)
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= SCREENS[screen]["viewport"]["width"]
+    screenshot = tmp_path / f"serve-one-twin-{screen}.png"
+    page.locator("body").screenshot(path=str(screenshot))
+    print(f"\n{screen}, NumPy twin alone: screenshot {screenshot}")
+    page.close()

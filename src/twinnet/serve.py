@@ -7,7 +7,8 @@ Routes (all on one host, loopback by default):
   Content-Security-Policy header (``default-src 'self'``) holds the browser to that.
 - ``GET /api/status`` which weights each twin uses and whether it is ready:
   ``{"twins": {"numpy": {"model", "weights", "status"}, "tf": {...}}}``, status being
-  ``"ready"``, ``"loading"`` or ``"unavailable: <reason>"``.
+  ``"ready"``, ``"loading"`` or ``"unavailable: <reason>"``; where TensorFlow is not
+  installed, the tf twin also has ``"install"``, the pip line that adds it.
 - ``POST /api/predict`` an image (PNG from the page; also JPEG, GIF, BMP, WebP or TIFF:
   UPLOAD_FORMATS), as the raw request body or as the multipart field ``image``. Answers,
   the answer first and the input last, ``{"twins": {"numpy": {"digit", "probabilities":
@@ -148,13 +149,15 @@ class Twins:
         self.numpy: Backend = load_model(self.models["numpy"], "numpy", weights=str(numpy_weights))
         self.tf: Backend | None = None
         self.tf_status = "loading"
+        self.tf_install: str | None = None  # the pip line that adds TensorFlow, when it is missing
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twinnet-predict")
         self.pending = 0  # touched only from the event loop's thread
 
     def start_tf(self, on_done=None) -> None:
         """Build the TensorFlow twin in a daemon thread; ``on_done(status, seconds)`` after."""
         if not installed("tensorflow"):
-            self.tf_status = f"unavailable: TensorFlow is not installed ({install_command('tf')})"
+            self.tf_install = install_command("tf")
+            self.tf_status = f"unavailable: TensorFlow is not installed ({self.tf_install})"
             if on_done:
                 on_done(self.tf_status, 0.0)
             return
@@ -178,8 +181,11 @@ class Twins:
 
     def status(self) -> dict[str, Any]:
         statuses = {"numpy": "ready", "tf": self.tf_status}
-        return {"twins": {name: {"model": self.models[name], "weights": str(self.weights[name]),
-                                 "status": statuses[name]} for name in self.weights}}
+        twins = {name: {"model": self.models[name], "weights": str(self.weights[name]),
+                        "status": statuses[name]} for name in self.weights}
+        if self.tf_install is not None:
+            twins["tf"]["install"] = self.tf_install
+        return {"twins": twins}
 
     def predict(self, data: bytes) -> dict[str, Any]:
         """Decode, prepare and predict one upload (runs in the worker thread)."""

@@ -159,12 +159,16 @@ function setVerdict(text, kind) {
   verdict.dataset.agree = kind === "agree" ? "true" : kind === "disagree" ? "false" : "";
 }
 
+function alone() { return state.tf.startsWith("unavailable"); } // the NumPy twin serves alone
+
 function show(answer) {
   state.last = answer;
   showSeen(answer.input);
   for (const twin of TWINS) showTwin(twin, answer.twins[twin]);
   const { numpy, tf } = answer.twins;
-  if (!tf) {
+  if (!tf && answer.tf_status.startsWith("unavailable")) {
+    setVerdict(`The NumPy twin says ${numpy.digit}.`); // why it is alone: the line under the header
+  } else if (!tf) {
     setVerdict(`The NumPy twin says ${numpy.digit}; the TensorFlow twin is ${describeTf(answer.tf_status)}.`);
   } else if (answer.agree) {
     setVerdict(`Both twins say ${numpy.digit}. Largest difference between their probabilities: ` +
@@ -177,12 +181,32 @@ function show(answer) {
 function showEmpty() {
   showSeen(null);
   for (const twin of TWINS) showTwin(twin, null);
-  setVerdict("Draw a digit and both twins will read it.");
+  setVerdict(alone() ? "Draw a digit and the NumPy twin will read it." : "Draw a digit and both twins will read it.");
+}
+
+// One twin: its card alone, and one line saying why and how to add the other.
+function showAlone(tf) {
+  document.body.classList.toggle("alone", alone());
+  $("twin-tf").hidden = alone();
+  const line = $("alone");
+  line.hidden = !alone();
+  if (!alone()) return;
+  const why = tf.install ? "TensorFlow is not installed" : describeTf(tf.status).replace(/^not available: /, "");
+  line.replaceChildren(`Only the NumPy twin is here: ${why}. `);
+  if (tf.install) {
+    const command = document.createElement("code");
+    command.textContent = tf.install;
+    line.append("To add the TensorFlow twin, run ", command, " and restart twinnet serve.");
+  } else {
+    line.append("The server's log says more.");
+  }
 }
 
 // An error takes the verdict's place under the pad, where the user is looking, and stays
 // until the next answer (or Clear) replaces it.
 function showError(text) { setVerdict(text, "error"); }
+
+function fileName(path) { return path.split(/[\\/]/).pop(); }
 
 function describeTf(status) {
   if (status === "ready") return "ready";
@@ -195,18 +219,21 @@ async function pollStatus() {
     const status = await (await fetch("/api/status")).json();
     const numpy = status.twins.numpy;
     const tf = status.twins.tf;
-    const alone = tf.status.startsWith("unavailable");
+    const single = tf.status.startsWith("unavailable");
     const weights = $("weights");
+    // Short enough for a phone's header: the file's name, its full path in the tooltip.
     weights.textContent = numpy.weights === tf.weights
-      ? `${numpy.model} weights ${numpy.weights}, loaded into ${alone ? "the NumPy twin" : "both twins"}`
-      : `NumPy twin: ${numpy.model} ${numpy.weights}; TensorFlow twin: ${tf.model} ${tf.weights}`;
-    weights.title = weights.textContent; // the line is cut to fit a narrow screen
+      ? `${numpy.model} weights ${fileName(numpy.weights)}, in ${single ? "the NumPy twin" : "both twins"}`
+      : `NumPy twin: ${numpy.model} ${fileName(numpy.weights)}; TensorFlow twin: ${tf.model} ${fileName(tf.weights)}`;
+    weights.title = numpy.weights === tf.weights ? numpy.weights : `${numpy.weights}; ${tf.weights}`;
     if (serverLost) { // the server is back: take the error away
       serverLost = false;
       if (state.last) show(state.last); else showEmpty();
     }
     const changed = state.tf !== tf.status;
     state.tf = tf.status;
+    showAlone(tf);
+    if (changed && !state.last && $("verdict").className !== "error") showEmpty(); // the idle hint names the twins
     $("note-tf").textContent = tf.status === "ready" ? "Keras layers, autodiff" : describeTf(tf.status);
     if (tf.status === "loading") setTimeout(pollStatus, 1000);
     else if (changed && state.last) send(true); // show the new twin on the current drawing
