@@ -83,7 +83,7 @@ def test_label_takes_the_loss_against_that_digit(tmp_path, mnist_path):
                           env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     result = json.loads((out / "trace.json").read_text())
-    assert result["label"] == 3 and result["label_source"] == "chosen with --label"
+    assert result["label"] == 3 and result["label_source"] == "the label asked for"
     assert result["predicted"]["numpy"] == 7  # the model still reads a 7 ...
     assert result["loss"]["numpy"] > 1  # ... so the loss against 3 is large, and so are the gradients
     assert result["layers"][0]["gradient_norm"] > 1e-2

@@ -261,8 +261,8 @@ def plot_saliency(image: np.ndarray, saliency: dict[str, np.ndarray], title: str
                   path: str | os.PathLike | None = None, note: str = "") -> Figure:
     """The input ``image`` (28, 28) and each twin's saliency dL/dx (28, 28), by label;
     ``note`` (e.g. that the maps coincide) goes under the title. 1200 px wide as written."""
-    fig = Figure(figsize=(12, 4.0))
-    fig.subplots_adjust(left=0.02, right=0.93, bottom=0.04, top=0.78, wspace=0.35)
+    fig = Figure(figsize=(12, 4.4))
+    fig.subplots_adjust(left=0.02, right=0.93, bottom=0.12, top=0.78, wspace=0.35)
     axes = fig.subplots(1, 1 + len(saliency))
     shown = axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
     axes[0].set_title("input, 28x28 pixels", fontsize=11)
@@ -272,5 +272,9 @@ def plot_saliency(image: np.ndarray, saliency: dict[str, np.ndarray], title: str
     for ax, (label, grad) in zip(axes[1:], saliency.items(), strict=True):
         _show(fig, ax, grad[..., None], signed=True, title=f"dL/dx, {label} twin",
               quantity="dL/dx, nats per unit of pixel")
+    # The colour legend in words: the sign of dL/dx says which way to change a pixel.
+    fig.text(0.5, 0.025, "blue: brightening this pixel lowers the loss (the image looks more like the "
+             "label)   ·   red: brightening it raises the loss   ·   white: no effect",
+             ha="center", fontsize=11)
     fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=12)
     return save_figure(fig, path, dpi=100)

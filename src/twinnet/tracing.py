@@ -86,7 +86,8 @@ class Trace:
         if self.loss["numpy"] < SURE_LOSS:
             lines += [f"The model is sure this is a {self.label} (probability "
                       f"{np.exp(-self.loss['numpy']):.6f}), so the loss and every gradient below "
-                      f"are close to 0; `--label D` takes the loss against another digit D.", ""]
+                      f"are close to 0; a label of your choice (`--label D`, `label=D` in Python) "
+                      f"takes the loss against another digit D.", ""]
         lines += [
                  "| layer | input shape | output shape | ‖activation‖ | ‖dL/d(output)‖ | "
                  "max Δ activation | max Δ gradient | picture | derivation |",
@@ -204,8 +205,9 @@ def trace(weights: str | os.PathLike, index: int | None = None, image: str | os.
     if out is not None:
         make_output_folder(out)  # fail before the work, not after
     if label is not None:
-        label_source = ("chosen with --label" if true_label is None or label != true_label
-                        else "chosen with --label, the true label")
+        # Words of both front doors (--label on the command line, label= in Python).
+        label_source = ("the label asked for" if true_label is None or label != true_label
+                        else "the label asked for, the true label")
     elif true_label is not None:
         label, label_source = true_label, "true label"
     else:
