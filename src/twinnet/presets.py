@@ -161,8 +161,10 @@ def select(presets: list[Preset], only: str | None) -> list[Preset]:
     if not only:
         return presets
     wanted = {name.strip() for name in only.split(",") if name.strip()}
-    chosen = [p for p in presets if wanted & {p.id, p.label, p.config.model}]
-    known = {name for p in presets for name in (p.id, p.label, p.config.model)}
+    # A spec file's model by its path or by its name, the one messages show.
+    names = {p.id: {p.id, p.label, p.config.model, model_name(p.config.model)} for p in presets}
+    chosen = [p for p in presets if wanted & names[p.id]]
+    known = set().union(*names.values())
     if unknown := sorted(wanted - known):
         raise TwinnetError(f"--only: unknown run(s) {', '.join(unknown)}; "
                            f"known: {', '.join(p.id for p in presets)} or a model name")

@@ -17,7 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "seeds each, and the eight runs at the assignment report's own settings (one seed "
                     "each); finished runs whose configuration is unchanged are reused. Then write "
                     "DIR/REPORT.md with curves, confusion matrices, the error-rate table, the "
-                    "assignment report's verdicts and the twins' differences beside it.")
+                    "assignment report's verdicts and the twins' differences beside it. It prints "
+                    "its plan at once and a line per finished run; in a terminal also a status "
+                    "line, redrawn every second: the runs in training and their steps, and an "
+                    "estimate of the time left.")
     parser.add_argument("--out", metavar="DIR", default="report",
                         help="report folder; runs go to DIR/runs (default: %(default)s)")
     parser.add_argument("--only", metavar="RUNS", default=None,
