@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from twinnet.cli import main
-from twinnet.progress import BoardJob, JobProgressFile, JobsBoard, duration, read_job_progress
+from twinnet.progress import (
+    BoardJob,
+    JobProgressFile,
+    JobsBoard,
+    duration,
+    progress_bar,
+    read_job_progress,
+    steps_into,
+)
 
 PRESETS = """
 [models.linear]
@@ -70,6 +78,23 @@ def test_progress_file_round_trip_and_damage(tmp_path):
     assert read_job_progress(path) is None
     assert read_job_progress(tmp_path / "missing.json") is None
     JobProgressFile(tmp_path / "no-such-folder" / "job.json", 10).update(5)  # never raises
+
+
+def test_inside_steps_into_a_progress_bar_writes_its_steps_not_a_line(tmp_path, capsys):
+    path = tmp_path / "job.json"
+    with steps_into(path):
+        with progress_bar(300, "cnn (numpy)", enabled=False) as bar:  # as train makes its bar
+            assert read_job_progress(path)["step"] == 0
+            bar.update(120)
+            time.sleep(1.1)  # at most one write a second
+            bar.update(30)
+            assert read_job_progress(path)["step"] == 150
+            bar.update(150)
+    assert {k: read_job_progress(path)[k] for k in ("step", "steps")} == {"step": 300, "steps": 300}
+    assert capsys.readouterr() == ("", "")  # nothing drawn
+    with progress_bar(10, "x", enabled=False) as bar:  # outside: an ordinary (here hidden) bar
+        bar.update(10)
+    assert read_job_progress(path)["step"] == 300
 
 
 def test_board_in_a_terminal_names_running_jobs_and_the_time_left(tmp_path, monkeypatch):

@@ -12,12 +12,15 @@ ipywidgets a notebook gets ``FinalLine``: nothing while the run goes, its final 
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import shutil
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -49,7 +52,10 @@ def progress_bar(total: int, description: str, unit: str = "step", enabled: bool
     """A progress bar of ``total`` ``unit``s on stderr, or in a notebook's output.
 
     Shown when ``enabled`` is True; by default (None) only in a terminal or a notebook,
-    never into a file or a pipe."""
+    never into a file or a pipe. Inside ``steps_into(path)`` it draws nothing and writes
+    its steps to ``path`` instead (``StepsBar``)."""
+    if _steps_file is not None:  # a report's worker: the steps go to the driver's board
+        return StepsBar(_steps_file, total, desc=description, unit=unit)
     notebook = in_notebook()
     if enabled is None:
         enabled = notebook or sys.stderr.isatty()
@@ -68,7 +74,21 @@ def progress_bar(total: int, description: str, unit: str = "step", enabled: bool
 # (``JobProgressFile``) and the driver draws one status line for all of them
 # (``JobsBoard``). Files, not a queue, because they need nothing shared between the
 # processes but a folder, and a job whose file is not there (a Ray worker on another
-# machine) just shows no steps.
+# machine) just shows no steps. The training loop needs to know nothing of it: inside
+# ``steps_into(path)`` its progress bar is a ``StepsBar``, which writes there.
+
+_steps_file: str | None = None  # set by steps_into while a worker runs a report's job
+
+
+@contextmanager
+def steps_into(path: str | os.PathLike | None) -> Iterator[None]:
+    """While inside, every ``progress_bar`` writes its steps to ``path`` (nothing with None)."""
+    global _steps_file
+    previous, _steps_file = _steps_file, None if path is None else str(path)
+    try:
+        yield
+    finally:
+        _steps_file = previous
 
 
 class JobProgressFile:
@@ -87,6 +107,19 @@ class JobProgressFile:
             os.replace(temporary, self.path)
         except OSError:
             pass  # progress is a courtesy: a full disk must not stop the training
+
+
+class StepsBar(tqdm):
+    """A tqdm that draws nothing: it writes its count to a ``JobProgressFile`` at most once
+    a second (tqdm's own ``mininterval``), and once more when closed."""
+
+    def __init__(self, path: str | os.PathLike, total: int, **kwargs: Any) -> None:
+        self.steps_file = JobProgressFile(path, total)  # its clock starts with the steps
+        super().__init__(total=total, file=io.StringIO(), mininterval=1.0, **kwargs)
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        self.steps_file.update(self.n)
+        return True
 
 
 def read_job_progress(path: str | os.PathLike) -> dict[str, float] | None:

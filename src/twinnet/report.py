@@ -48,7 +48,7 @@ from twinnet.errors import TwinnetError
 from twinnet.models import count_params, describe, model_name, multiply_adds_per_image
 from twinnet.parallel import check_ray_address, run_jobs
 from twinnet.presets import Preset, assignment_settings_presets, check_name_lengths, load_presets, select
-from twinnet.progress import BoardJob, JobProgressFile, JobsBoard
+from twinnet.progress import BoardJob, JobProgressFile, JobsBoard, steps_into
 from twinnet.runs import (
     PLOTS_BYTES,
     check_confusion,
@@ -162,12 +162,11 @@ def run_job(job: RunJob) -> dict[str, Any]:
     metrics.json) and ``params`` (its weights, canonical names -> arrays) for the driver."""
     from twinnet.data import load_mnist
 
-    on_record = None
-    if job.progress_file is not None:
-        steps = JobProgressFile(job.progress_file, job.preset.config.steps)
-        on_record = lambda step, _: steps.update(step)  # noqa: E731
-    model, metrics = train(job.preset.config, load_mnist(job.data_dir), progress=job.progress,
-                           on_record=on_record, threads=job.threads)
+    if job.progress_file is not None:  # on the board as started, before the slow imports
+        JobProgressFile(job.progress_file, job.preset.config.steps)
+    with steps_into(job.progress_file):  # the run's progress bar writes its steps there
+        model, metrics = train(job.preset.config, load_mnist(job.data_dir), progress=job.progress,
+                               threads=job.threads)
     return {"metrics": metrics, "params": model.params}
 
 
