@@ -829,12 +829,11 @@ def test_report_reuses_a_run_only_when_its_weights_hash_matches(tmp_path, mnist_
     capsys.readouterr()
     first = json.loads((run / "metrics.json").read_text())
     assert first["weights_sha256"] == runs.file_sha256(run / "weights.npz")
-    assert main(args) == 0 and "training 1 run" not in capsys.readouterr().out  # reused
+    assert main(args) == 0 and "[1/1]" not in capsys.readouterr().out  # reused: no finished run
     (run / "weights.npz").write_bytes(b"garbage")
     # Before: the garbage was reused and linked in REPORT.md. Now the run is trained again.
     assert main(args) == 0
-    assert "training 1 run(s) with 1 job(s) on the local engine; reusing 0 finished" in (
-        capsys.readouterr().out)
+    assert "  [1/1] P2:b linear (numpy): test accuracy" in capsys.readouterr().out
     load_weights(run / "weights.npz")
     assert json.loads((run / "metrics.json").read_text())["weights_sha256"] == first["weights_sha256"]
 
@@ -908,7 +907,7 @@ def test_damaged_metrics_of_a_reused_run_are_named_and_the_run_retrained(tmp_pat
     captured = capsys.readouterr()
     note, = captured.err.splitlines()
     assert note.startswith(f"twinnet: note: run P2:b: {path}: {key}") and "trained again" in note, note
-    assert "training 1 run(s)" in captured.out
+    assert "  [1/1] P2:b linear (numpy)" in captured.out
     assert json.loads(path.read_text())["final"] == good["final"]
 
 

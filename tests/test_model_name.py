@@ -119,7 +119,7 @@ def test_report_names_the_model(spec, mnist_path, capsys, titles):
     assert FILE not in report.replace(f'[models."{FILE}"]', "")
     assert main(["report", "--presets", "presets.toml", "--out", "out", "--jobs", "1", "--only", NAME,
                  "--data-dir", str(mnist_path)]) == 0  # the model's name selects its runs
-    assert "training 1 run(s)" in said(capsys)
+    assert f"[1/1] X:a {NAME} (numpy)" in said(capsys)
 
 
 @pytest.mark.tf

@@ -178,7 +178,7 @@ def test_report_quiet_or_into_a_pipe_is_one_line_per_finished_run(tmp_path, pres
     finished = r"  \[\d/2\] X:. \w+ \(numpy\): test accuracy .* in \d+ s"
     assert len(out) == 3 and all(re.fullmatch(finished, line) for line in out[:2]), out
     assert out[2].startswith("wrote ") and "\r" not in "".join(out)
-    assert main([*args, "--only", "X:a"]) == 0  # not a terminal: the plan, then the run's line
+    assert main([*args, "--only", "X:a"]) == 0  # not a terminal: the same, without --quiet
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("training 1 run(s)") and out[2].startswith("  [1/1] X:a linear (numpy)")
-    assert len(out) == 4 and "\r" not in "".join(out)
+    assert len(out) == 2 and out[0].startswith("  [1/1] X:a linear (numpy): test accuracy"), out
+    assert out[1].startswith("wrote ") and "\r" not in "".join(out)

@@ -227,7 +227,7 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
                     tensorboard: str | os.PathLike | None = None,
                     presets_path: str | os.PathLike | None = None, seeds: int = 1,
                     assignment_settings: bool | None = None, engine: str = "local",
-                    address: str | None = None, quiet: bool = False) -> Path:
+                    address: str | None = None, quiet: bool | None = None) -> Path:
     """Run what is missing or changed, then write ``out/REPORT.md``; returns its path.
 
     The runs are the presets (``presets_path``), each with ``seeds`` seeds, and with
@@ -236,6 +236,10 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
     settings, one seed each. ``only`` selects from both sets. ``engine`` and ``address`` as in
     ``twinnet.parallel.run_jobs``. When ``out`` is the repository's docs/report, the results
     block of the repository's README.md is rewritten from the same runs (``readme_of``).
+
+    On stdout: the plan at once, a status line every second while runs train (names, steps,
+    time left) and one line per finished run; with ``quiet`` (default: when stdout is not a
+    terminal) only the lines of the finished runs (and the README's, when it is rewritten).
     """
     from twinnet.data import load_mnist
 
@@ -255,6 +259,8 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
     readme = readme_of(out)
     reused, todo = plan_runs(presets + reruns, out, retrain, None if data_dir is None else str(data_dir),
                              jobs, seeds)
+    if quiet is None:  # into a file or a pipe: one line per finished run, no more
+        quiet = not sys.stdout.isatty()
     if not quiet:  # at once: loading MNIST (or first downloading it) takes a while
         print_plan(todo, jobs, len(reused), engine)
     load_mnist(data_dir)  # fail on bad data here, once, before any worker starts

@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "assignment report's verdicts and the twins' differences beside it. It prints "
                     "its plan at once and a line per finished run; in a terminal also a status "
                     "line, redrawn every second: the runs in training and their steps, and an "
-                    "estimate of the time left.")
+                    "estimate of the time left. Into a file or a pipe, only the finished runs' lines.")
     parser.add_argument("--out", metavar="DIR", default="report",
                         help="report folder; runs go to DIR/runs (default: %(default)s)")
     parser.add_argument("--only", metavar="RUNS", default=None,
@@ -39,10 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                              "runs at its own settings)")
     parser.add_argument("--tensorboard", metavar="DIR", default=None,
                         help="also write every run's curves as TensorBoard scalars under DIR")
-    parser.add_argument("--quiet", action="store_true",
+    parser.add_argument("--quiet", action="store_true", default=None,
                         help="print only one line per finished run (and the report's path): no "
-                             "plan and no status line; output that is not a terminal gets no "
-                             "status line either")
+                             "plan and no status line, as when stdout is not a terminal")
     add_engine_arguments(parser)
     add_data_dir(parser)
     return parser
