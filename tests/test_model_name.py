@@ -97,6 +97,11 @@ def test_progress_bar_names_the_model(spec, mnist, capsys):
     assert_named(capsys.readouterr().err)
 
 
+def test_gradcheck_names_the_model(spec, capsys):
+    assert main(["gradcheck", FILE]) == 0
+    assert_named(said(capsys))
+
+
 def test_sweep_and_bench_name_the_model(spec, mnist_path, capsys):
     assert main(["sweep", FILE, "--backend", "numpy", "--steps", "3", "--lrs", "0.1",
                  "--data-dir", str(mnist_path), "--out", "sweeps"]) == 0

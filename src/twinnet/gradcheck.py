@@ -326,7 +326,7 @@ def check_model(name: str | tuple, seed: int = 0, fast: bool = True) -> list[Gra
             index = np.sort(rng.choice(p.size, size=ENTRIES_PER_PARAM, replace=False))
         numeric = numeric_grad(f, p, index, pattern=_kink_pattern(network.layers), eps=MODEL_EPS)
         analytic = grads[key].reshape(-1)[index]
-        rows.append(_row(name if isinstance(name, str) else "spec", key, analytic, numeric,
+        rows.append(_row(models.model_name(name) if isinstance(name, str) else "spec", key, analytic, numeric,
                          MODEL_DENOMINATOR_FLOOR))
     return rows
 
