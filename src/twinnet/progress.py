@@ -93,7 +93,7 @@ def steps_into(path: str | os.PathLike | None) -> Iterator[None]:
 
 class JobProgressFile:
     """The worker's side: ``update(step)`` writes ``{"step", "steps", "seconds"}`` (seconds
-    since the job started) to ``path``, atomically (a reader never sees half a file)."""
+    since this writer was made) to ``path``, atomically (a reader never sees half a file)."""
 
     def __init__(self, path: str | os.PathLike, steps: int) -> None:
         self.path, self.steps, self.started = Path(path), steps, time.monotonic()
