@@ -180,7 +180,7 @@ def numeric_grad(
     return out
 
 
-def _kink_pattern(parts: list) -> Callable[[], bytes]:
+def kink_pattern(parts: list) -> Callable[[], bytes]:
     """The on/off pattern of every kink in ``parts``' last training forward, as bytes: the
     ReLU masks and max-pool arg-max masks of reference layers and of fused blocks."""
 
@@ -222,7 +222,7 @@ def _check_layer(target: str, layer: Layer, x: np.ndarray, rng: np.random.Genera
     def f() -> float:
         return float(np.sum(layer.forward(x) * upstream))
 
-    pattern = _kink_pattern([layer])
+    pattern = kink_pattern([layer])
     layer.forward(x)
     dx = layer.backward(upstream.copy())
     rows = [_row(target, "x", dx, numeric_grad(f, x, pattern=pattern, eps=eps))]
@@ -315,7 +315,7 @@ def check_model(name: str | tuple, seed: int = 0, fast: bool = True) -> list[Gra
 
     def f() -> float:
         # The same mean loss that loss_and_grads differentiates, through the training
-        # forward, which caches the ReLU and max-pool masks that _kink_pattern reads.
+        # forward, which caches the ReLU and max-pool masks that kink_pattern reads.
         return softmax_cross_entropy(network.forward(x, train=True), y)[0]
 
     rows = []
@@ -324,7 +324,7 @@ def check_model(name: str | tuple, seed: int = 0, fast: bool = True) -> list[Gra
             index = np.arange(p.size)
         else:
             index = np.sort(rng.choice(p.size, size=ENTRIES_PER_PARAM, replace=False))
-        numeric = numeric_grad(f, p, index, pattern=_kink_pattern(network.layers), eps=MODEL_EPS)
+        numeric = numeric_grad(f, p, index, pattern=kink_pattern(network.layers), eps=MODEL_EPS)
         analytic = grads[key].reshape(-1)[index]
         rows.append(_row(name if isinstance(name, str) else "spec", key, analytic, numeric,
                          MODEL_DENOMINATOR_FLOOR))
