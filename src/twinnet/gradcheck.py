@@ -287,7 +287,8 @@ def check_layers(seed: int = 0) -> list[GradcheckRow]:
     return rows
 
 
-def check_model(name: str | tuple, seed: int = 0, fast: bool = True) -> list[GradcheckRow]:
+def check_model(name: str | tuple, seed: int = 0, fast: bool = True,
+                lesson: dict[str, object] | None = None) -> list[GradcheckRow]:
     """Gradient-check every parameter of model ``name`` through ``loss_and_grads``, on the
     fast path or (``fast=False``) the reference layers.
 
@@ -301,7 +302,8 @@ def check_model(name: str | tuple, seed: int = 0, fast: bool = True) -> list[Gra
     for key in params:
         if key.endswith("/b"):
             params[key] = 0.1 * rng.standard_normal(params[key].shape)
-    model = NumpyModel(name, params, dtype=np.float64, threads=1, fast=fast)
+    fast = fast and not lesson  # a learner's layers (``lesson``) run on the reference path
+    model = NumpyModel(name, params, dtype=np.float64, threads=1, fast=fast, lesson=lesson)
     model.set_dropout_masks(models.dropout_masks(name, MODEL_BATCH, seed, step=1))
     x = rng.standard_normal((MODEL_BATCH, *models.IMAGE_SHAPE))
     y = rng.integers(0, models.NUM_CLASSES, size=MODEL_BATCH)

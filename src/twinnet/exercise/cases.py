@@ -37,7 +37,7 @@ LAYERS = ("Dense", "ReLU", "Tanh", "Sigmoid", "LeakyReLU", "Flatten", "Conv2D", 
 OPTIMIZERS = ("SGD", "Adam")
 
 
-class NotImplementedByLearner(Exception):
+class NotImplementedByLearnerError(Exception):
     """A body of the learner's still raises NotImplementedError."""
 
 
@@ -189,7 +189,7 @@ def run_optimizer_case(cls: Any, case: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_cases(obj: Any, cases: list[dict[str, Any]], fd: bool = False, reference: Any = None) -> list[dict]:
-    """Run implementation ``obj`` of a name on every case; NotImplementedByLearner where a
+    """Run implementation ``obj`` of a name on every case; NotImplementedByLearnerError where a
     body still raises NotImplementedError."""
     results = []
     for case in cases:
@@ -201,7 +201,7 @@ def run_cases(obj: Any, cases: list[dict[str, Any]], fd: bool = False, reference
             else:
                 results.append(run_optimizer_case(obj, case))
         except NotImplementedError:
-            raise NotImplementedByLearner from None
+            raise NotImplementedByLearnerError from None
     return results
 
 
@@ -236,21 +236,22 @@ def build_cases(name: str, seed: int = 0) -> list[dict[str, Any]]:
         for i, shape in enumerate(shapes):
             x = zeros_and_ties(rng, shape)
             if name == "Sigmoid" and i == 1:
-                x[0, 0] = [-40.0, 40.0, 0.0, -3.0, 3.0]  # large inputs: exp(-x) overflows when computed naively
+                # large inputs: exp(-x) overflows when computed naively
+                x[0, 0] = [-40.0, 40.0, 0.0, -3.0, 3.0]
             # float32 slopes, as build_layers passes them (Keras holds alpha in float32)
             options = {"alpha": float(np.float32((0.2, 0.1, 0.3)[i]))} if name == "LeakyReLU" else {}
             cases.append(layer_case(name, f"x {'x'.join(map(str, shape))}", x, rng, options))
-        cases.append(layer_case(name, "inference", zeros_and_ties(rng, (2, 5)), rng,
-                                {"alpha": float(np.float32(0.2))} if name == "LeakyReLU" else {}, train=False))
+        alpha = {"alpha": float(np.float32(0.2))} if name == "LeakyReLU" else {}
+        cases.append(layer_case(name, "inference", zeros_and_ties(rng, (2, 5)), rng, alpha, train=False))
     elif name == "Flatten":
         for shape in ((1, 3, 4, 2), (3, 5, 1, 3), (2, 7)):
             cases.append(layer_case(name, f"x {'x'.join(map(str, shape))}", rng.standard_normal(shape), rng))
     elif name == "Conv2D":
         # (N, H, W, C_in, C_out, kernel, stride, padding)
-        for n, h, w, c_in, c_out, k, s, pad in ((1, 5, 5, 1, 2, 3, 1, "same"), (3, 7, 6, 2, 3, 3, 2, "same"),
-                                                 (2, 8, 7, 2, 2, 5, 3, "valid"), (2, 5, 4, 3, 2, 1, 1, "valid"),
-                                                 (1, 7, 6, 2, 2, 4, 2, "same"), (2, 6, 7, 1, 2, 2, 1, "valid"),
-                                                 (1, 9, 8, 1, 2, 3, 3, "same"), (2, 6, 5, 2, 3, 5, 1, "same")):
+        for n, h, w, c_in, c_out, k, s, pad in (
+                (1, 5, 5, 1, 2, 3, 1, "same"), (3, 7, 6, 2, 3, 3, 2, "same"), (2, 8, 7, 2, 2, 5, 3, "valid"),
+                (2, 5, 4, 3, 2, 1, 1, "valid"), (1, 7, 6, 2, 2, 4, 2, "same"), (2, 6, 7, 1, 2, 2, 1, "valid"),
+                (1, 9, 8, 1, 2, 3, 3, "same"), (2, 6, 5, 2, 3, 5, 1, "same")):
             cases.append(layer_case(
                 name, f"N={n}, {h}x{w}x{c_in}->{c_out}, kernel {k}, stride {s}, {pad}",
                 zeros_and_ties(rng, (n, h, w, c_in)), rng, {"layer": "conv", "stride": s, "padding": pad},
@@ -261,28 +262,30 @@ def build_cases(name: str, seed: int = 0) -> list[dict[str, Any]]:
                                                (1, 7, 8, 1, 2, 3, True), (2, 5, 6, 1, 1, 1, False)):
             cases.append(layer_case(name, f"N={n}, {h}x{w}x{c}, size {size}, stride {stride}"
                                           f"{', ties' if ties else ''}",
-                                    zeros_and_ties(rng, (n, h, w, c), ties), rng, {"size": size, "stride": stride}))
+                                    zeros_and_ties(rng, (n, h, w, c), ties), rng,
+                                    {"size": size, "stride": stride}))
     elif name == "Dropout":
         for shape, rate in (((3, 6), 0.5), ((2, 3, 4, 2), 0.25), ((1, 5), 0.2)):
             mask = (rng.random(shape) >= rate) / (1 - rate)
             cases.append(layer_case(name, f"x {'x'.join(map(str, shape))}, rate {rate:g}",
                                     rng.standard_normal(shape), rng, {"rate": rate}, mask=mask))
-        cases.append(layer_case(name, "inference", rng.standard_normal((3, 4)), rng, {"rate": 0.5}, train=False))
+        cases.append(layer_case(name, "inference", rng.standard_normal((3, 4)), rng, {"rate": 0.5},
+                                train=False))
     elif name == "BatchNorm":
-        for i, (shape, momentum, epsilon, train) in enumerate((((6, 5), 0.9, 1e-3, True),
-                                                               ((2, 3, 4, 3), 0.99, 1e-3, True),
-                                                               ((3, 2), 0.5, 1e-2, True),
-                                                               ((4, 3), 0.9, 1e-3, False),
-                                                               ((2, 2, 3, 2), 0.9, 1e-3, False))):
+        for shape, momentum, epsilon, train in (((6, 5), 0.9, 1e-3, True), ((2, 3, 4, 3), 0.99, 1e-3, True),
+                                                ((3, 2), 0.5, 1e-2, True), ((4, 3), 0.9, 1e-3, False),
+                                                ((2, 2, 3, 2), 0.9, 1e-3, False)):
             f = shape[-1]
             params = {"bn/gamma": 1 + 0.5 * rng.standard_normal(f), "bn/beta": rng.standard_normal(f),
                       "bn/moving_mean": rng.standard_normal(f), "bn/moving_variance": 0.5 + rng.random(f)}
             x = 2 * rng.standard_normal(shape) + 1
-            cases.append(layer_case(name, f"x {'x'.join(map(str, shape))}, {'train' if train else 'inference'}",
+            mode = "train" if train else "inference"
+            cases.append(layer_case(name, f"x {'x'.join(map(str, shape))}, {mode}",
                                     x, rng, {"layer": "bn", "momentum": momentum, "epsilon": epsilon},
                                     params, train=train))
     elif name == "softmax_cross_entropy":
-        for n, k, total, scale in ((1, 10, None, 1.0), (5, 7, None, 2.0), (3, 4, 8, 1.0), (4, 5, None, 400.0)):
+        for n, k, total, scale in ((1, 10, None, 1.0), (5, 7, None, 2.0), (3, 4, 8, 1.0),
+                                   (4, 5, None, 400.0)):
             logits = scale * rng.standard_normal((n, k))
             if n == 5:
                 logits[1] = 0.5  # a row of ties

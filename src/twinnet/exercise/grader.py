@@ -34,7 +34,6 @@ from twinnet.exercise import cases as case_lib
 from twinnet.exercise.hints import hint
 from twinnet.exercise.isolation import Outcome, run_jobs
 from twinnet.exercise.learner import check_source, defined, import_file
-from twinnet.exercise.names import NAMES
 from twinnet.exercise.tf_side import tf_answers, tf_installed
 from twinnet.numpy_nn.network import LESSON
 
@@ -64,7 +63,7 @@ class Result:
         return asdict(self)
 
 
-class Failure(Exception):
+class CheckError(Exception):
     """A check failed: its one-line message."""
 
 
@@ -140,15 +139,16 @@ def _judge_case(case: dict, mine: dict, ref: dict, tf: dict | None, checks: list
     if case["kind"] == "layer":
         ran("forward")
         if problem := _compare(case, "out", mine["out"], ref["out"], ref, TOLERANCE):
-            raise Failure(f"forward{where}: {problem}")
+            raise CheckError(f"forward{where}: {problem}")
     if case["kind"] == "loss":
         ran("forward")
         if problem := _compare(case, "loss", mine["loss"], ref["loss"], ref, TOLERANCE):
-            raise Failure(f"loss{where}: {problem}")
+            raise CheckError(f"loss{where}: {problem}")
     ran("side effects")
     if mine.get("modified"):
-        raise Failure(f"side effects{where}: {' and '.join(mine['modified'])} modified in place; "
-                      "hint: compute into new arrays (x = x - m rebinds, x -= m writes into the caller's array)")
+        raise CheckError(f"side effects{where}: {' and '.join(mine['modified'])} modified in place; "
+                      "hint: compute into new arrays (x = x - m makes one, x -= m writes into the "
+                      "caller's array)")
     _judge_side_effects(case, mine, ref, where)
     if case["kind"] == "layer" and not case["train"]:
         return
@@ -158,13 +158,13 @@ def _judge_case(case: dict, mine: dict, ref: dict, tf: dict | None, checks: list
         grads = mine.get("grads", {})
         missing = [k for k in case_lib._trainable(case) if k not in grads]
         if missing:
-            raise Failure(f"backward{where}: grads has no {', '.join(repr(k) for k in missing)}; hint: "
+            raise CheckError(f"backward{where}: grads has no {', '.join(repr(k) for k in missing)}; hint: "
                           "backward fills self.grads under the canonical names, as params names the arrays")
     actual = _arrays(case, mine)
     for key, wanted in expected.items():
         label = _step_label(key)
         if problem := _compare(case, key, actual[key], wanted, ref, TOLERANCE, label):
-            raise Failure(f"{'update' if key.startswith('snapshot') else 'backward'}{where}: {problem}"
+            raise CheckError(f"{'update' if key.startswith('snapshot') else 'backward'}{where}: {problem}"
                           f"{_also(case, key, actual[key], mine, tf)}")
     if "fd" in mine:
         ran("finite differences")
@@ -174,15 +174,15 @@ def _judge_case(case: dict, mine: dict, ref: dict, tf: dict | None, checks: list
             scale = max(float(np.max(np.abs(numeric[keep]), initial=0.0)), 1e-12)
             if max_abs_diff(analytic[keep], numeric[keep]) > FD_TOLERANCE * scale:
                 worst = int(np.argmax(np.where(keep, np.abs(analytic - numeric), -1)))
-                raise Failure(f"backward{where}: {_label(key)} disagrees with finite differences of your own "
-                              f"forward at flat index {int(index[worst])}: they give {numeric[worst]:.6g}, "
-                              f"your backward {analytic[worst]:.6g}")
+                raise CheckError(f"backward{where}: {_label(key)} disagrees with finite differences of "
+                                 f"your own forward at flat index {int(index[worst])}: they give "
+                                 f"{numeric[worst]:.6g}, your backward {analytic[worst]:.6g}")
     if tf is not None:
         ran("tensorflow")
         for key, wanted in _arrays(case, tf).items():
             if problem := _compare(case, key, actual[key], wanted, ref, TF_TOLERANCE[case["kind"]],
                                    _step_label(key)):
-                raise Failure(f"against TensorFlow{where}: {problem}")
+                raise CheckError(f"against TensorFlow{where}: {problem}")
 
 
 def _step_label(key: str) -> str:
@@ -217,21 +217,22 @@ def _judge_side_effects(case: dict, mine: dict, ref: dict, where: str) -> None:
                         max_abs_diff(held, wanted) <= TOLERANCE * max(float(np.max(np.abs(wanted))), 1e-12):
                     problem = (f"{_label(key)} was replaced, not updated in place; hint: write "
                                f"{_label(key)}[...] = ..., so the model's array (params) sees it")
-                raise Failure(f"side effects{where}: {problem}")
+                raise CheckError(f"side effects{where}: {problem}")
     if case["kind"] == "optimizer":
         if mine["rebound"]:
-            raise Failure(f"side effects{where}: params[{mine['rebound'][0]!r}] was replaced, not updated "
+            raise CheckError(f"side effects{where}: params[{mine['rebound'][0]!r}] was replaced, not updated "
                           "in place; hint: update the array itself (p -= ...), which the layers hold")
         for step, (got, wanted) in enumerate(zip(mine["iterations"], ref["iterations"], strict=True)):
             if got.dtype == object or got.shape != () or int(got) != int(wanted):
-                raise Failure(f"side effects{where}: iterations is {got.item() if got.shape == () else got} "
+                shown = got.item() if got.shape == () else got
+                raise CheckError(f"side effects{where}: iterations is {shown} "
                               f"after {step + 1} step(s), expected {int(wanted)}; hint: count each update "
                               "(self.iterations += 1 once per step)")
         still = [k for k in case["params"] if k not in case["grads"][0]]
         for key in still:
             if not np.array_equal(mine["snapshots"][-1][key], case["params"][key]):
-                raise Failure(f"side effects{where}: {key} changed, though it has no gradient; hint: update "
-                              "only the parameters that have one in grads")
+                raise CheckError(f"side effects{where}: {key} changed, though it has no gradient; "
+                                 "hint: update only the parameters that have one in grads")
 
 
 def _judge_dtypes(case: dict, mine: dict, where: str) -> None:
@@ -243,8 +244,9 @@ def _judge_dtypes(case: dict, mine: dict, where: str) -> None:
             continue
         dtype = np.asarray(value).dtype
         if dtype != np.float32:
-            raise Failure(f"dtype{where}: float32 in gave {_label(key) if '/' in key else key} in {dtype}; hint: "
-                          "keep the input's dtype (a float64 constant or np.zeros without dtype= promotes it)")
+            raise CheckError(f"dtype{where}: float32 in gave {_label(key) if '/' in key else key} in "
+                                   f"{dtype}; hint: keep the input's dtype (a float64 array, or np.zeros "
+                                   "without dtype=, promotes it)")
 
 
 def judge(name: str, cases: list[dict], outcome: Outcome, tf: list | None) -> Result:
@@ -260,7 +262,7 @@ def judge(name: str, cases: list[dict], outcome: Outcome, tf: list | None) -> Re
     try:
         for i, (case, mine, ref) in enumerate(zip(cases, outcome.value, reference, strict=True)):
             _judge_case(case, mine, ref, tf[i] if tf is not None else None, checks)
-    except Failure as failure:
+    except CheckError as failure:
         return Result(name, "fail", str(failure), checks)
     except Exception as exc:  # noqa: BLE001 (an answer of a shape no check foresaw)
         return Result(name, "fail", f"its answers could not be checked ({type(exc).__name__}: {exc})", checks)
@@ -276,7 +278,7 @@ def _grade_child(path: str, name: str, cases: list[dict]) -> Any:
     module = import_file(path)
     try:
         return case_lib.run_cases(getattr(module, name), cases, fd=True, reference=LESSON[name])
-    except case_lib.NotImplementedByLearner:
+    except case_lib.NotImplementedByLearnerError:
         return "not_implemented"
 
 

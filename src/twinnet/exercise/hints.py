@@ -18,7 +18,6 @@ import numpy as np
 
 from twinnet.numpy_nn import layers as lesson
 from twinnet.numpy_nn.activations import Sigmoid
-from twinnet.numpy_nn.normalization import BatchNorm
 
 CLOSE = 1e-6  # relative: a candidate this close to the learner's array is the mistake made
 
@@ -138,8 +137,8 @@ def _candidates(case: dict[str, Any], key: str, expected: dict[str, Any]) -> lis
     if name == "Sigmoid" and key == "dx":
         found.append((lambda: d * x * (1 - x), "sigmoid's derivative taken from the input: a * (1 - a) "
                                                "needs the output a = sigmoid(x), not x"))
-        found.append((lambda: d * Sigmoid().forward(x) * (1 - x), "sigmoid's derivative mixes the input "
-                                                                  "and the output: a * (1 - a), a = sigmoid(x)"))
+        found.append((lambda: d * Sigmoid().forward(x) * (1 - x),
+                      "sigmoid's derivative mixes the input and the output: a * (1 - a), a = sigmoid(x)"))
     if name == "BatchNorm":
         found += _batchnorm_candidates(case, key, expected)
     if name == "Dropout" and key == "out" and not case["train"]:

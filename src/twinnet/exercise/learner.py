@@ -6,10 +6,13 @@ import importlib.util
 import os
 import sys
 import tokenize
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from twinnet import models
 from twinnet.errors import TwinnetError
 from twinnet.exercise.isolation import describe_exception
 from twinnet.exercise.names import NAMES
@@ -63,3 +66,45 @@ def load_lesson(path: str | os.PathLike) -> dict[str, Any]:
     if not lesson:
         raise TwinnetError(f"{path} defines none of the exercise's names ({', '.join(NAMES)})")
     return lesson
+
+
+@contextmanager
+def learner_errors(path: str | os.PathLike | None, lesson: dict[str, Any] | None) -> Iterator[None]:
+    """Turn an exception raised in the learner's code (with ``lesson`` given) into one
+    TwinnetError line naming its type, message and the learner's line: a command run with
+    ``--layers`` prints no traceback for the learner's bugs either."""
+    try:
+        yield
+    except TwinnetError:
+        raise
+    except Exception as exc:
+        if not lesson:
+            raise
+        full = os.path.abspath(path)
+        raise TwinnetError(f"your layers ({path}) failed: {describe_exception(exc, full)}; "
+                           f"twinnet exercise check {path} grades them one by one") from None
+
+
+# The exercise's name of each spec layer kind.
+SPEC_NAMES = {models.DenseSpec: "Dense", models.ReLUSpec: "ReLU", models.TanhSpec: "Tanh",
+              models.SigmoidSpec: "Sigmoid", models.LeakyReLUSpec: "LeakyReLU",
+              models.FlattenSpec: "Flatten", models.Conv2DSpec: "Conv2D",
+              models.MaxPool2DSpec: "MaxPool2D", models.AvgPool2DSpec: "AvgPool2D",
+              models.DropoutSpec: "Dropout", models.BatchNormSpec: "BatchNorm"}
+
+
+def used_names(model: str, optimizer: str | None = None) -> set[str]:
+    """The exercise's names a model runs through: its layers, the loss, and the optimizer."""
+    used = {SPEC_NAMES[type(spec)] for spec in models.get_spec(model)} | {"softmax_cross_entropy"}
+    return used | ({{"sgd": "SGD", "adam": "Adam"}[optimizer]} if optimizer else set())
+
+
+def describe_lesson(path: str | os.PathLike, lesson: dict[str, Any], model: str,
+                    optimizer: str | None = None) -> str:
+    """One line: which of the names ``model`` uses came from the learner's file, which
+    from the lesson."""
+    used = used_names(model, optimizer)
+    theirs = [name for name in NAMES if name in lesson and name in used]
+    ours = [name for name in NAMES if name not in lesson and name in used]
+    return (f"your layers from {path}: {', '.join(theirs) or 'none this model uses'}"
+            + (f"; the lesson's: {', '.join(ours)}" if ours else ""))

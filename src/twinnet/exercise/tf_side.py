@@ -18,7 +18,7 @@ VARIABLES = {"W": "kernel", "b": "bias", "gamma": "gamma", "beta": "beta",
 
 
 def tf_installed() -> bool:
-    return importlib.util.find_spec("tensorflow") is not None and importlib.util.find_spec("keras") is not None
+    return all(importlib.util.find_spec(name) is not None for name in ("tensorflow", "keras"))
 
 
 def _spec(case: dict[str, Any]) -> Any:

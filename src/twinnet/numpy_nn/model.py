@@ -12,7 +12,7 @@ import numpy as np
 
 from twinnet import models
 from twinnet.numpy_nn import optimizer_state
-from twinnet.numpy_nn.network import LESSON, Network, build_layers
+from twinnet.numpy_nn.network import Network, build_layers, reference_network
 from twinnet.numpy_nn.normalization import Dropout
 from twinnet.numpy_nn.optimizers import make_optimizer
 from twinnet.weights import check_params
@@ -45,8 +45,7 @@ class NumpyModel:
         optimizer_class = self.lesson.get({"sgd": "SGD", "adam": "Adam"}.get(optimizer, ""))
         self._opt = optimizer_class() if optimizer_class is not None else make_optimizer(optimizer)
         if self.lesson:
-            loss = self.lesson.get("softmax_cross_entropy", LESSON["softmax_cross_entropy"])
-            self.network = Network(build_layers(model_name, self._params, self.lesson), loss=loss)
+            self.network = reference_network(model_name, self._params, self.lesson)
         elif fast:
             from twinnet.numpy_nn.fast import FastNetwork
 

@@ -64,6 +64,14 @@ def build_layers(model: str, params: dict[str, np.ndarray],
     return built
 
 
+def reference_network(model: str, params: dict[str, np.ndarray],
+                      lesson: dict[str, object] | None = None) -> Network:
+    """``Network`` of ``build_layers(model, params, lesson)``, with the loss of ``lesson``
+    where it has one."""
+    loss = (lesson or {}).get("softmax_cross_entropy", softmax_cross_entropy)
+    return Network(build_layers(model, params, lesson), loss=loss)
+
+
 class Network:
     """A list of layers run in order. x (N, 28, 28, 1) NHWC -> logits (N, 10).
 
