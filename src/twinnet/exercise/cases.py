@@ -289,6 +289,8 @@ def build_cases(name: str, seed: int = 0) -> list[dict[str, Any]]:
             logits = scale * rng.standard_normal((n, k))
             if n == 5:
                 logits[1] = 0.5  # a row of ties
+            if scale > 10:  # exp overflows (e^1000) and underflows to 0 (e^-1000) unless shifted
+                logits[0, 0], logits[1] = 1000.0, -1000.0 - np.arange(k)
             cases.append({"kind": "loss", "name": name, "fd": scale < 10, "params": {},
                           "label": f"N={n}, K={k}{f', total {total}' if total else ''}"
                                    f"{', large logits' if scale > 10 else ''}",

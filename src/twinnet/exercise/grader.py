@@ -139,7 +139,7 @@ def _judge_case(case: dict, mine: dict, ref: dict, tf: dict | None, checks: list
     if case["kind"] == "layer":
         ran("forward")
         if problem := _compare(case, "out", mine["out"], ref["out"], ref, TOLERANCE):
-            raise CheckError(f"forward{where}: {problem}")
+            raise CheckError(f"forward{where}: {problem}{_fd_verdict(mine)}")
     if case["kind"] == "loss":
         ran("forward")
         if problem := _compare(case, "loss", mine["loss"], ref["loss"], ref, TOLERANCE):
@@ -188,8 +188,25 @@ def _judge_case(case: dict, mine: dict, ref: dict, tf: dict | None, checks: list
 def _step_label(key: str) -> str:
     if key.startswith("snapshot"):
         _, param, step = key.split(" ")
-        return f"the update of {param} at step {int(step) + 1}"
+        return f"step {int(step) + 1}: the update of {param}"
     return _label(key)
+
+
+def _fd_verdict(mine: dict) -> str:
+    """Whether the backward matches finite differences of the learner's own forward (said
+    beside a wrong forward, so a learner still learns whether the backward fits it)."""
+    if "fd" not in mine or mine.get("dx") is None:
+        return ""
+    for key, (index, numeric) in mine["fd"].items():
+        array = mine["dx"] if key == "dx" else mine.get("grads", {}).get(key)
+        flat = np.asarray(array).reshape(-1) if array is not None else np.zeros(0)
+        if flat.dtype.kind != "f" or flat.size <= int(np.max(index, initial=0)):
+            return "; your backward's shape does not fit your forward"
+        keep = np.isfinite(numeric)
+        scale = max(float(np.max(np.abs(numeric[keep]), initial=0.0)), 1e-12)
+        if max_abs_diff(flat[index][keep], numeric[keep]) > FD_TOLERANCE * scale:
+            return "; your backward does not match finite differences of your forward either"
+    return "; your backward does match finite differences of your own forward"
 
 
 def _also(case: dict, key: str, actual: Any, mine: dict, tf: dict | None) -> str:

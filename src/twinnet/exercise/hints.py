@@ -251,10 +251,8 @@ def hint(case: dict[str, Any], key: str, label: str, actual: np.ndarray, wanted:
     if a.ndim == 2 and a.shape[0] == a.shape[1] and close(a.T, e):
         return f"{label} is transposed ({_transpose_text(case, key)})"
     wrong = np.abs(a - e) > tol * scale
-    reads = _windows_read(case) if key == "dx" else None
-    if reads is not None and (reads > 1).any() and not (wrong & (reads <= 1)).any():
-        return ("wrong only where windows overlap (stride < kernel): a pixel read by several windows "
-                "gets the sum of their gradients (add, +=, rather than assign)")
+    # Ties before overlaps: in an overlapping max pool the tied elements lie where windows
+    # overlap too, and the narrower explanation is the likelier one.
     kinks = _kinks(case) if key == "dx" else None
     if kinks is not None and not (wrong & ~kinks).any():
         if case["name"] == "MaxPool2D":
@@ -262,6 +260,10 @@ def hint(case: dict[str, Any], key: str, label: str, actual: np.ndarray, wanted:
                     "in row-major order, as TensorFlow routes it")
         return ("wrong only at the kink x == 0: there the slope is taken from the x < 0 side "
                 "(x > 0 passes the gradient, x == 0 does not), as TensorFlow does")
+    reads = _windows_read(case) if key == "dx" else None
+    if reads is not None and (reads > 1).any() and not (wrong & (reads <= 1)).any():
+        return ("wrong only where windows overlap (stride < kernel): a pixel read by several windows "
+                "gets the sum of their gradients (add, +=, rather than assign)")
     if not (wrong & (a != 0)).any():
         return f"zeros where values belong ({int(wrong.sum())} of {a.size} entries)"
     return ""
