@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
-def format_results(results: list[Result], tf_ran: bool) -> str:
+def format_results(results: list[Result], tf_status: str) -> str:
     """The table (name, status, checks, message) and the summary line."""
     rows = [(r.name, r.status, ", ".join(r.checks) or "-", r.message) for r in results]
     header = ("name", "status", "checks", "message")
@@ -62,8 +62,8 @@ def format_results(results: list[Result], tf_ran: bool) -> str:
     implemented = [r for r in results if r.status != "not_implemented"]
     passed = sum(r.status == "pass" for r in implemented)
     summary = f"{passed} of {len(implemented)} implemented pass"
-    if not tf_ran:
-        summary += " (TensorFlow's checks did not run: it is not installed)"
+    if tf_status not in ("ran", "nothing to check"):
+        summary += f" (without TensorFlow's checks: TensorFlow {tf_status})"
     return "\n".join([line(header), "  ".join("-" * w for w in widths) + "  -------", *map(line, rows),
                       summary])
 
@@ -75,11 +75,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.timeout <= 0:
         raise UsageError(f"--timeout must be positive, got {args.timeout:g}")
-    results, tf_ran = grade(args.file, tuple(args.only) if args.only else None, args.seed, args.timeout)
+    results, tf_status = grade(args.file, tuple(args.only) if args.only else None, args.seed, args.timeout)
     if args.json:
-        print(json.dumps({"results": [r.to_json() for r in results], "tensorflow": tf_ran}, indent=2))
+        print(json.dumps({"results": [r.to_json() for r in results], "tensorflow": tf_status}, indent=2))
     else:
-        print(format_results(results, tf_ran) if results else
+        print(format_results(results, tf_status) if results else
               f"{args.file} defines none of the names to grade ({', '.join(args.only or NAMES)})")
     graded = [r for r in results if r.status != "not_implemented"]
     return 0 if graded and all(r.status == "pass" for r in graded) else 1

@@ -301,9 +301,10 @@ def _grade_child(path: str, name: str, cases: list[dict]) -> Any:
 
 def grade(path: str | os.PathLike, only: tuple[str, ...] | None = None, seed: int = 0,
           timeout: float = DEFAULT_TIMEOUT, use_tf: bool | None = None,
-          workers: int | None = None) -> tuple[list[Result], bool]:
+          workers: int | None = None) -> tuple[list[Result], str]:
     """Grade every name of ``only`` (default: the 14) that the file defines. Returns the
-    results in ``NAMES`` order and whether TensorFlow's checks ran. TwinnetError for a
+    results in ``NAMES`` order and what became of TensorFlow's checks: "ran", "not
+    installed", "nothing to check" (no name gave answers) or "failed: why". TwinnetError for a
     missing file, a syntax error, or a module that fails or hangs on import."""
     full = check_source(path)
     probe = run_jobs({"import": (_probe, (full,), min(timeout, IMPORT_TIMEOUT))}, learner_file=full)["import"]
@@ -313,10 +314,15 @@ def grade(path: str | os.PathLike, only: tuple[str, ...] | None = None, seed: in
     cases = {name: case_lib.build_cases(name, seed) for name in names}
     use_tf = tf_installed() if use_tf is None else use_tf
     jobs = {name: (_grade_child, (full, name, cases[name]), timeout) for name in names}
-    if use_tf and names:
-        jobs["tensorflow"] = (tf_answers, (cases,), TF_TIMEOUT)
-    outcomes = run_jobs(jobs, workers or min(2, os.cpu_count() or 1), full, extra=("tensorflow",))
-    tf = outcomes.get("tensorflow")
-    answers = tf.value if tf is not None and tf.status == "ok" else {}
+    outcomes = run_jobs(jobs, workers or min(2, os.cpu_count() or 1), full)
+    # TensorFlow after the learner's code, for the names that gave answers only: a skeleton
+    # or a file of crashes is graded without waiting for TensorFlow to start.
+    answered = {name: cases[name] for name in names
+                if outcomes[name].status == "ok" and outcomes[name].value != "not_implemented"}
+    answers, tf_status = {}, "not installed" if not use_tf else "nothing to check"
+    if use_tf and answered:
+        tf = run_jobs({"tensorflow": (tf_answers, (answered,), TF_TIMEOUT)})["tensorflow"]
+        answers = tf.value if tf.status == "ok" else {}
+        tf_status = "ran" if tf.status == "ok" else f"failed: {tf.value}"
     results = [judge(name, cases[name], outcomes[name], answers.get(name)) for name in names]
-    return results, bool(answers)
+    return results, tf_status

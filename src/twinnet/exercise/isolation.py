@@ -73,18 +73,16 @@ def context() -> multiprocessing.context.BaseContext:
 
 
 def run_jobs(jobs: dict[str, tuple[Callable, tuple, float]], workers: int = 2,
-             learner_file: str | None = None, extra: tuple[str, ...] = ()) -> dict[str, Outcome]:
+             learner_file: str | None = None) -> dict[str, Outcome]:
     """Run ``jobs`` (key -> (function, args, seconds)) each in its own child process, at
-    most ``workers`` at a time (plus the keys in ``extra``, which start at once and take
-    no worker's place); each is killed at its time limit. Returns key -> Outcome."""
+    most ``workers`` at a time; each is killed at its time limit. Returns key -> Outcome;
+    an exception's description names its line in ``learner_file``."""
     ctx = context()
     pending = list(jobs)
-    pending.sort(key=lambda key: key not in extra)
     running: dict[str, tuple[Any, Any, float]] = {}
     outcomes: dict[str, Outcome] = {}
     while pending or running:
-        while pending and (pending[0] in extra or
-                           sum(key not in extra for key in running) < max(1, workers)):
+        while pending and len(running) < max(1, workers):
             key = pending.pop(0)
             fn, args, seconds = jobs[key]
             receiver, sender = ctx.Pipe(duplex=False)
