@@ -326,3 +326,27 @@ def test_train_with_layers_matches_reference(mnist_path, tmp_path, capsys):
         if flag[0] == "--layers":
             assert "trained on your layers from" in out and "Dense, ReLU, Flatten" in out
     assert abs(figures["--layers"] - figures["--reference"]) <= 0.003, figures
+
+
+def test_without_tensorflow_the_other_checks_run_and_say_so(monkeypatch, capsys):
+    """As where TensorFlow is not installed: every name still graded, in well under 60 s."""
+    import twinnet.exercise.grader as grader
+
+    monkeypatch.setattr(grader, "tf_installed", lambda: False)
+    start = time.monotonic()
+    code, out, _ = run_cli(["exercise", "check", str(SOLUTION)], capsys)
+    assert time.monotonic() - start < 60
+    assert code == 0
+    assert "14 of 14 implemented pass (without TensorFlow's checks: TensorFlow not installed)" in out
+    assert "tensorflow" not in out.split("\n", 2)[2]  # no row lists the check
+
+
+def test_a_process_that_dies_is_an_error_and_prints_go_nowhere(tmp_path, capsys):
+    text = SOLUTION.read_text().replace("return d.reshape(self.shape)",
+                                        "print('debugging'); import os; os._exit(3)")
+    path = tmp_path / "layers.py"
+    path.write_text(text)
+    code, out, err = run_cli(["exercise", "check", str(path), "--only", "Flatten", "Dense", "--json"], capsys)
+    results = {r["name"]: r for r in json.loads(out)["results"]}
+    assert code == 1 and results["Dense"]["status"] == "pass" and "debugging" not in out + err
+    assert results["Flatten"]["status"] == "error" and "exit code 3" in results["Flatten"]["message"]
