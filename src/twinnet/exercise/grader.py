@@ -83,8 +83,8 @@ def _compare(case: dict, key: str, actual: Any, wanted: np.ndarray, expected: di
     label = label or _label(key)
     a = np.asarray(actual)
     if a.dtype == object:
-        kind = "None" if actual is None or (a.shape == () and a.item() is None) else type(a.item()).__name__
-        return f"{label} is {kind}, not an array"
+        kind = a.item() if a.shape == () else "an array of objects"
+        return f"{label} is {'None' if kind == 'NoneType' else kind}, not an array of numbers"
     if a.shape != np.shape(wanted):
         text = f"{label} has shape {a.shape}, expected {np.shape(wanted)}"
         found = hint(case, key, label, a, wanted, expected, tol) if a.dtype.kind in "fiu" else ""
@@ -214,6 +214,8 @@ def _also(case: dict, key: str, actual: Any, mine: dict, tf: dict | None) -> str
     if "fd" not in mine or key not in mine["fd"]:
         return ""
     index, numeric = mine["fd"][key]
+    if np.asarray(actual).dtype.kind not in "fiu":
+        return ""
     flat = np.asarray(actual, np.float64).reshape(-1)
     if flat.size <= int(np.max(index, initial=0)):
         return ""
