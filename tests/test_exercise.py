@@ -350,3 +350,18 @@ def test_a_process_that_dies_is_an_error_and_prints_go_nowhere(tmp_path, capsys)
     results = {r["name"]: r for r in json.loads(out)["results"]}
     assert code == 1 and results["Dense"]["status"] == "pass" and "debugging" not in out + err
     assert results["Flatten"]["status"] == "error" and "exit code 3" in results["Flatten"]["message"]
+
+
+def test_layers_takes_the_lessons_names_where_the_workspace_still_has_stubs(tmp_path, capsys):
+    from twinnet.exercise.learner import load_lesson
+
+    text = skeleton()
+    solution = SOLUTION.read_text()
+    dense = solution[solution.index("class Dense"):solution.index("class _Elementwise")]
+    text = text[:text.index("class Dense")] + dense + text[text.index("class ReLU"):]
+    path = tmp_path / "layers.py"
+    path.write_text(text)
+    assert list(load_lesson(path)) == ["Dense"]
+    (tmp_path / "stubs.py").write_text(skeleton())
+    code, _, err = run_cli(["gradcheck", "linear", "--layers", str(tmp_path / "stubs.py")], capsys)
+    assert code == 2 and "implements none" in err

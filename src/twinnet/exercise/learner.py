@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import inspect
 import os
 import sys
+import textwrap
 import tokenize
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,17 +57,40 @@ def defined(module: ModuleType) -> list[str]:
     return [name for name in NAMES if callable(getattr(module, name, None))]
 
 
+def _stub(fn: Any) -> bool:
+    """Whether function ``fn``'s body is still the skeleton's: (a docstring and) ``raise
+    NotImplementedError``."""
+    try:
+        node = ast.parse(textwrap.dedent(inspect.getsource(fn))).body[0]
+    except (OSError, TypeError, SyntaxError, IndexError):
+        return False
+    body = [n for n in node.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    return (len(body) == 1 and isinstance(body[0], ast.Raise) and body[0].exc is not None
+            and "NotImplementedError" in ast.unparse(body[0].exc))
+
+
+def still_stubs(obj: Any) -> bool:
+    """Whether a class or function of the learner's still has a body of the skeleton's."""
+    if inspect.isclass(obj):
+        return any(_stub(getattr(obj, m)) for m in ("forward", "backward", "step") if hasattr(obj, m))
+    return _stub(obj)
+
+
 def load_lesson(path: str | os.PathLike) -> dict[str, Any]:
     """The learner's classes and functions by name, for ``--layers``: imported in this
-    process (TwinnetError naming the line if importing fails)."""
+    process (TwinnetError naming the line if importing fails). A name whose body is still
+    the skeleton's ``raise NotImplementedError`` is left out, so the lesson's stands in:
+    a workspace trains as soon as the names a model uses are written."""
     full = check_source(path)
     try:
         module = import_file(full)
     except Exception as exc:  # noqa: BLE001 (the learner's module code may raise anything)
         raise TwinnetError(f"importing {path} failed: {describe_exception(exc, full)}") from None
-    lesson = {name: getattr(module, name) for name in defined(module)}
+    lesson = {name: getattr(module, name) for name in defined(module)
+              if not still_stubs(getattr(module, name))}
     if not lesson:
-        raise TwinnetError(f"{path} defines none of the exercise's names ({', '.join(NAMES)})")
+        raise TwinnetError(f"{path} implements none of the exercise's 14 names yet (a body that "
+                           "raises NotImplementedError does not count)")
     return lesson
 
 

@@ -140,10 +140,10 @@ def readme(names: tuple[str, ...] = NAMES) -> str:
             lines += ["", "   ```sh", f"   twinnet train {model} --layers layers.py --steps 500",
                       "   ```"]
         lines.append("")
-    lines += ["A name you leave out of `layers.py` (or delete) comes from the lesson when you "
-              "train, so each stage trains as soon as its names pass. `--layers layers.py` also "
-              "works with `twinnet evaluate`, `twinnet compare` (your layers beside "
-              "TensorFlow's, layer by layer) and `twinnet gradcheck`.", ""]
+    lines += ["When you train, a name whose body still raises `NotImplementedError` (or that you "
+              "delete) comes from the lesson, so each stage trains as soon as its names pass. "
+              "`--layers layers.py` also works with `twinnet evaluate`, `twinnet compare` (your "
+              "layers beside TensorFlow's, layer by layer) and `twinnet gradcheck`.", ""]
     return "\n".join(lines)
 
 
