@@ -47,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        help="time limit per name (default: %(default)g)")
     for sub_parser in (start, check):
         sub_parser.set_defaults(command_parser=sub_parser)
+        # As cli gives every command: also after the action (twinnet exercise check FILE --verbose).
+        sub_parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                                help="show TensorFlow's start-up log lines")
     return parser
 
 

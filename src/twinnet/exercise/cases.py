@@ -24,8 +24,10 @@ import numpy as np
 from twinnet.gradcheck import EPS, LAYER_EPS, kink_pattern, numeric_grad
 from twinnet.numpy_nn.network import LESSON
 
-# Entries of each array checked by finite differences (seeded; all of smaller arrays).
-FD_ENTRIES = 40
+# Entries of each array checked by finite differences (seeded; all of smaller arrays):
+# each costs four forwards, and a learner's forward may loop over pixels in Python. The
+# comparison with the lesson covers every entry.
+FD_ENTRIES = 24
 # Layers whose forward has kinks: finite differences follow the lesson layer's kink
 # pattern (ReLU masks, max-pool arg-maxes), as gradcheck does, so at an exact zero or a
 # tie they take the one-sided difference of the side TensorFlow's convention picks.

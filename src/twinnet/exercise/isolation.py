@@ -101,7 +101,8 @@ def run_jobs(jobs: dict[str, tuple[Callable, tuple, float]], workers: int = 2,
                     outcome = Outcome("died", f"the process ended without an answer "
                                               f"(exit code {process.exitcode})")
             elif time.monotonic() > deadline:
-                outcome = Outcome("timeout", f"no answer within {jobs[key][2]:g} s")
+                outcome = Outcome("timeout", f"no answer within {jobs[key][2]:g} s (an endless loop, "
+                                             "or a layer too slow: --timeout raises the limit)")
             if outcome is None:
                 continue
             if process.is_alive():
