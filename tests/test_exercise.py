@@ -365,3 +365,19 @@ def test_layers_takes_the_lessons_names_where_the_workspace_still_has_stubs(tmp_
     (tmp_path / "stubs.py").write_text(skeleton())
     code, _, err = run_cli(["gradcheck", "linear", "--layers", str(tmp_path / "stubs.py")], capsys)
     assert code == 2 and "implements none" in err
+
+
+def test_evaluate_with_layers_matches_the_lesson(mnist_path, tmp_path, capsys):
+    from twinnet.models import init_params
+    from twinnet.weights import save_weights
+
+    path = tmp_path / "mlp128.npz"
+    save_weights(path, "mlp128", init_params("mlp128", 2), {"backend": "numpy"})
+    figures = {}
+    for flags in ([], ["--layers", str(SOLUTION)]):
+        code, out, _ = run_cli(["evaluate", "--weights", str(path), "--data-dir", str(mnist_path), "--json",
+                                *flags], capsys)
+        assert code == 0
+        figures[bool(flags)] = json.loads(out)
+    assert figures[True]["correct"] == figures[False]["correct"]
+    assert abs(figures[True]["loss"] - figures[False]["loss"]) < 1e-4
