@@ -106,7 +106,8 @@ def as_array(value: Any) -> np.ndarray:
     return box
 
 
-def _trainable(case: dict[str, Any]) -> list[str]:
+def trainable(case: dict[str, Any]) -> list[str]:
+    """The keys of the case's parameters that have gradients (not batch norm's moving statistics)."""
     return [k for k in case["params"] if k.rsplit("/", 1)[1] not in MOVING]
 
 
@@ -157,7 +158,7 @@ def _finite_differences(cls: Any, case: dict[str, Any], reference: Any) -> dict[
 
     eps = EPS if case["name"] in SMOOTH else LAYER_EPS
     found = {}
-    for key, array in [("dx", x), *((k, params[k]) for k in _trainable(case))]:
+    for key, array in [("dx", x), *((k, params[k]) for k in trainable(case))]:
         index = _entries(rng, array.size)
         found[key] = (index, numeric_grad(f, array, index, pattern=pattern, eps=eps))
     return found

@@ -118,7 +118,7 @@ def _arrays(case: dict, answer: dict) -> dict[str, Any]:
     loss's dlogits; an optimizer's change of each parameter at each step."""
     if case["kind"] == "layer":
         grads = answer.get("grads", {})
-        return {"dx": answer["dx"], **{k: grads.get(k) for k in case_lib._trainable(case)}}
+        return {"dx": answer["dx"], **{k: grads.get(k) for k in case_lib.trainable(case)}}
     if case["kind"] == "loss":
         return {"dlogits": answer["dlogits"]}
     return {f"snapshot {k} {i}": snap[k] - case["params"][k]
@@ -156,7 +156,7 @@ def _judge_case(case: dict, mine: dict, ref: dict, tf: dict | None, checks: list
     expected = _arrays(case, ref)
     if case["kind"] == "layer":
         grads = mine.get("grads", {})
-        missing = [k for k in case_lib._trainable(case) if k not in grads]
+        missing = [k for k in case_lib.trainable(case) if k not in grads]
         if missing:
             raise CheckError(f"backward{where}: grads has no {', '.join(repr(k) for k in missing)}; hint: "
                           "backward fills self.grads under the canonical names, as params names the arrays")
