@@ -88,6 +88,7 @@ def load_model(
     optimizer: str = "sgd",
     threads: int | None = None,
     reference: bool = False,
+    lesson: dict[str, object] | None = None,
 ) -> Backend:
     """Build model ``name`` on ``backend`` ("tf" or "numpy").
 
@@ -96,7 +97,8 @@ def load_model(
     same arrays for the same seed. ``threads`` (default: as the process is set up) is
     the NumPy twin's thread count, or TensorFlow's intra-op thread count
     (``set_tensorflow_threads``); a run's rounding depends on it. ``reference`` runs the
-    NumPy twin on its reference layers alone, without the fast path.
+    NumPy twin on its reference layers alone, without the fast path; ``lesson`` on those
+    layers with some replaced by a learner's (``numpy_nn.model.NumpyModel``).
     """
     get_spec(name)  # fail early on an unknown model name
     if backend not in BACKENDS:
@@ -111,7 +113,8 @@ def load_model(
     if backend == "numpy":
         from twinnet.numpy_nn import NumpyModel
 
-        model: Backend = NumpyModel(name, params, optimizer=optimizer, threads=threads, fast=not reference)
+        model: Backend = NumpyModel(name, params, optimizer=optimizer, threads=threads, fast=not reference,
+                                     lesson=lesson)
     else:
         tf_nn = import_tf_nn(alternative="or use the NumPy twin, --backend numpy")
         if threads is not None:

@@ -17,6 +17,7 @@ from twinnet.commands import (
     compare,
     docs,
     evaluate,
+    exercise,
     gradcheck,
     predict,
     report,
@@ -31,7 +32,7 @@ from twinnet.quiet import VERBOSE_ENV
 from twinnet.version import __version__
 
 # In the order `twinnet --help` lists them.
-COMMANDS = (train, report, evaluate, predict, sweep, bench, gradcheck, compare, trace, serve, docs)
+COMMANDS = (train, report, evaluate, predict, sweep, bench, gradcheck, compare, trace, serve, exercise, docs)
 VERBOSE_HELP = (f"show TensorFlow's start-up log lines (absl, oneDNN), hidden by default; "
                 f"{VERBOSE_ENV}=1 in the environment does the same")
 

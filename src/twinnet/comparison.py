@@ -121,17 +121,19 @@ def pass_masks(model_name: str, n: int, masks: list[np.ndarray] | None) -> list[
 
 
 def numpy_pass(model_name: str, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
-               dtype: str = "float64", masks: list[np.ndarray] | None = None) -> TwinPass:
+               dtype: str = "float64", masks: list[np.ndarray] | None = None,
+               lesson: dict[str, object] | None = None) -> TwinPass:
     """The NumPy twin's reference layers forward and backward on x (N, 28, 28, 1), y (N,),
     through the twin's one run loop (``Network.loss_and_grads``), recording every layer.
     Training mode: dropout applies ``masks`` (default: ``pass_masks``), batch norm the
-    batch's statistics (its updated moving ones are returned in ``moving``)."""
-    from twinnet.numpy_nn.network import Network, build_layers
-    from twinnet.numpy_nn.normalization import Dropout
+    batch's statistics (its updated moving ones are returned in ``moving``). ``lesson``:
+    a learner's classes in place of some of the lesson's (``network.build_layers``)."""
+    from twinnet.numpy_nn.network import reference_network
 
     cast = {k: np.array(v, dtype=dtype) for k, v in params.items()}  # copies: batch norm updates
-    network, record = Network(build_layers(model_name, cast)), {}
-    dropouts = [layer for layer in network.layers if isinstance(layer, Dropout)]
+    network, record = reference_network(model_name, cast, lesson), {}
+    dropouts = [layer for layer, spec in zip(network.layers, models.get_spec(model_name), strict=True)
+                if isinstance(spec, models.DropoutSpec)]
     for layer, mask in zip(dropouts, pass_masks(model_name, len(x), masks), strict=True):
         layer.mask = np.asarray(mask, dtype=dtype)
     loss, _, grads = network.loss_and_grads(np.asarray(x, dtype=dtype), np.asarray(y, dtype=np.intp),
@@ -142,14 +144,14 @@ def numpy_pass(model_name: str, params: dict[str, np.ndarray], x: np.ndarray, y:
 
 
 def numpy_inference(model_name: str, params: dict[str, np.ndarray], x: np.ndarray,
-                    dtype: str = "float64") -> list[np.ndarray]:
+                    dtype: str = "float64", lesson: dict[str, object] | None = None) -> list[np.ndarray]:
     """Every layer's output of the NumPy twin's reference layers in inference mode
     (no dropout, batch norm on its moving statistics)."""
-    from twinnet.numpy_nn.network import Network, build_layers
+    from twinnet.numpy_nn.network import reference_network
 
     cast = {k: np.array(v, dtype=dtype) for k, v in params.items()}
     record: dict = {}
-    Network(build_layers(model_name, cast)).forward(np.asarray(x, dtype=dtype), False, record)
+    reference_network(model_name, cast, lesson).forward(np.asarray(x, dtype=dtype), False, record)
     return record["outputs"]
 
 
@@ -318,12 +320,13 @@ def model_params(model: str | None, weights: str | None, seed: int) -> tuple[str
 
 def inference_diffs(model: str, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, dtype: str,
                     masks: list[np.ndarray], tolerance: dict[str, float],
-                    failures: list[str]) -> tuple[dict[str, float], np.ndarray]:
+                    failures: list[str], lesson: dict[str, object] | None = None,
+                    ) -> tuple[dict[str, float], np.ndarray]:
     """Inference mode (no dropout, batch norm on the moving statistics): each layer's
     activation difference by name, and TF's logits; failures are appended."""
     inference = {}
     their_outputs = tf_pass(model, params, x, y, dtype, masks, training=False).outputs
-    for (name, _), a, b in zip(layer_names(model), numpy_inference(model, params, x, dtype),
+    for (name, _), a, b in zip(layer_names(model), numpy_inference(model, params, x, dtype, lesson),
                                their_outputs, strict=True):
         inference[name] = activation_diff(a, b)
         if not inference[name] <= tolerance["activation"]:
@@ -334,14 +337,15 @@ def inference_diffs(model: str, params: dict[str, np.ndarray], x: np.ndarray, y:
 
 def network_diffs(model: str, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, dtype: str,
                   masks: list[np.ndarray], theirs: TwinPass, their_logits: np.ndarray, reference: bool,
-                  failures: list[str]) -> tuple[dict[str, float], float]:
+                  failures: list[str], lesson: dict[str, object] | None = None,
+                  ) -> tuple[dict[str, float], float]:
     """The NumPy network that trains (the fast path, or the reference layers), on the same
     batch, against the same TF pass: its logits, loss and gradient differences, and its
     loss; failures are appended."""
     from twinnet.numpy_nn import NumpyModel
 
     tolerance = TOLERANCES[dtype]
-    network = NumpyModel(model, params, dtype=dtype, fast=not reference)
+    network = NumpyModel(model, params, dtype=dtype, fast=not reference, lesson=lesson)
     network.set_dropout_masks(masks)
     net_logits = network.logits(x)  # before the training pass updates batch norm's statistics
     net_loss, net_grads = network.loss_and_grads(x, y)
@@ -360,7 +364,7 @@ def network_diffs(model: str, params: dict[str, np.ndarray], x: np.ndarray, y: n
 def compare(model: str | None = None, weights: str | None = None, batch: int = 64,
             dtype: str = DEFAULT_DTYPE, seed: int = 0, data_dir: str | None = None,
             x: np.ndarray | None = None, y: np.ndarray | None = None,
-            reference: bool = False) -> Comparison:
+            reference: bool = False, lesson: dict[str, object] | None = None) -> Comparison:
     """Run both twins on one batch with the same weights, forward and backward, and
     compare them layer by layer.
 
@@ -369,7 +373,9 @@ def compare(model: str | None = None, weights: str | None = None, batch: int = 6
     batch where MNIST is absent). Returns a ``Comparison``; ``.passed`` tells whether every
     difference is within ``TOLERANCES[dtype]``, ``.layers`` has one row per spec layer.
     The network that trains is compared as a whole too: the fast path, or with
-    ``reference`` the reference layers as ``NumpyModel`` runs them. Imports TensorFlow.
+    ``reference`` the reference layers as ``NumpyModel`` runs them. ``lesson`` puts a
+    learner's classes in place of some of the lesson's (``twinnet exercise``), beside
+    TensorFlow's layers. Imports TensorFlow.
     """
     if dtype not in TOLERANCES:
         raise TwinnetError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -383,17 +389,18 @@ def compare(model: str | None = None, weights: str | None = None, batch: int = 6
     tolerance = TOLERANCES[dtype]
     masks = models.dropout_masks(model, len(x), seed, 0)
     theirs = tf_pass(model, params, x, y, dtype, masks)
-    ours = numpy_pass(model, params, x, y, dtype, masks)
+    ours = numpy_pass(model, params, x, y, dtype, masks, lesson)
     rows, failures = diff_passes(model, ours, theirs, tolerance)
     moving = {k: relative_error(v, theirs.moving[k]) for k, v in ours.moving.items()}
     failures += [f"{k} after the training pass: relative error {v:.1e} > {tolerance['activation']:.0e}"
                  for k, v in moving.items() if not v <= tolerance["activation"]]
-    inference, their_logits = inference_diffs(model, params, x, y, dtype, masks, tolerance, failures)
+    inference, their_logits = inference_diffs(model, params, x, y, dtype, masks, tolerance, failures,
+                                             lesson)
     loss_error = abs(ours.loss - theirs.loss) / abs(theirs.loss)
     if not loss_error <= tolerance["loss"]:
         failures.append(f"loss relative difference {loss_error:.1e} > {tolerance['loss']:.0e}")
     net, net_loss = network_diffs(model, params, x, y, dtype, masks, theirs, their_logits, reference,
-                                  failures)
+                                  failures, lesson)
     anchor = {}
     if failures and dtype == "float32":
         anchor = float64_anchor(model, params, x, y, masks, ours, theirs)

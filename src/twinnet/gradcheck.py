@@ -180,7 +180,7 @@ def numeric_grad(
     return out
 
 
-def _kink_pattern(parts: list) -> Callable[[], bytes]:
+def kink_pattern(parts: list) -> Callable[[], bytes]:
     """The on/off pattern of every kink in ``parts``' last training forward, as bytes: the
     ReLU masks and max-pool arg-max masks of reference layers and of fused blocks."""
 
@@ -222,7 +222,7 @@ def _check_layer(target: str, layer: Layer, x: np.ndarray, rng: np.random.Genera
     def f() -> float:
         return float(np.sum(layer.forward(x) * upstream))
 
-    pattern = _kink_pattern([layer])
+    pattern = kink_pattern([layer])
     layer.forward(x)
     dx = layer.backward(upstream.copy())
     rows = [_row(target, "x", dx, numeric_grad(f, x, pattern=pattern, eps=eps))]
@@ -287,7 +287,8 @@ def check_layers(seed: int = 0) -> list[GradcheckRow]:
     return rows
 
 
-def check_model(name: str | tuple, seed: int = 0, fast: bool = True) -> list[GradcheckRow]:
+def check_model(name: str | tuple, seed: int = 0, fast: bool = True,
+                lesson: dict[str, object] | None = None) -> list[GradcheckRow]:
     """Gradient-check every parameter of model ``name`` through ``loss_and_grads``, on the
     fast path or (``fast=False``) the reference layers.
 
@@ -301,7 +302,8 @@ def check_model(name: str | tuple, seed: int = 0, fast: bool = True) -> list[Gra
     for key in params:
         if key.endswith("/b"):
             params[key] = 0.1 * rng.standard_normal(params[key].shape)
-    model = NumpyModel(name, params, dtype=np.float64, threads=1, fast=fast)
+    fast = fast and not lesson  # a learner's layers (``lesson``) run on the reference path
+    model = NumpyModel(name, params, dtype=np.float64, threads=1, fast=fast, lesson=lesson)
     model.set_dropout_masks(models.dropout_masks(name, MODEL_BATCH, seed, step=1))
     x = rng.standard_normal((MODEL_BATCH, *models.IMAGE_SHAPE))
     y = rng.integers(0, models.NUM_CLASSES, size=MODEL_BATCH)
@@ -315,7 +317,7 @@ def check_model(name: str | tuple, seed: int = 0, fast: bool = True) -> list[Gra
 
     def f() -> float:
         # The same mean loss that loss_and_grads differentiates, through the training
-        # forward, which caches the ReLU and max-pool masks that _kink_pattern reads.
+        # forward, which caches the ReLU and max-pool masks that kink_pattern reads.
         return softmax_cross_entropy(network.forward(x, train=True), y)[0]
 
     rows = []
@@ -324,7 +326,7 @@ def check_model(name: str | tuple, seed: int = 0, fast: bool = True) -> list[Gra
             index = np.arange(p.size)
         else:
             index = np.sort(rng.choice(p.size, size=ENTRIES_PER_PARAM, replace=False))
-        numeric = numeric_grad(f, p, index, pattern=_kink_pattern(network.layers), eps=MODEL_EPS)
+        numeric = numeric_grad(f, p, index, pattern=kink_pattern(network.layers), eps=MODEL_EPS)
         analytic = grads[key].reshape(-1)[index]
         rows.append(_row(models.model_name(name) if isinstance(name, str) else "spec", key, analytic, numeric,
                          MODEL_DENOMINATOR_FLOOR))

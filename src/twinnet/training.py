@@ -248,12 +248,13 @@ def check_progress(progress: Any) -> None:
 
 
 def start_training(config: TrainConfig, n_train: int, checkpoint: str | os.PathLike | None = None,
-                   threads: int | None = None, reference: bool = False) -> TrainingState:
+                   threads: int | None = None, reference: bool = False,
+                   lesson: dict[str, object] | None = None) -> TrainingState:
     """A fresh state for ``config``, or the one saved in ``checkpoint`` when given (which
     must be of the same model, optimizer and batch size; other settings may differ);
-    ``threads`` and ``reference`` as in ``backend.load_model``."""
+    ``threads``, ``reference`` and ``lesson`` as in ``backend.load_model``."""
     model = load_model(config.model, config.backend, seed=config.seed, optimizer=config.optimizer,
-                       threads=threads, reference=reference)
+                       threads=threads, reference=reference, lesson=lesson)
     state = TrainingState(model, BatchOrder(n_train, config.batch_size, config.seed))
     if checkpoint is not None:
         saved, sections = load_checkpoint(checkpoint)
@@ -314,7 +315,8 @@ def train(config: TrainConfig, data: Mnist, progress: bool | None = None,
           final_splits: tuple[str, ...] = SPLITS, checkpoint: str | os.PathLike | None = None,
           checkpoint_every: int = 0, resume: bool = False,
           out_dir: str | os.PathLike | None = None,
-          threads: int | None = None, reference: bool = False) -> tuple[Backend, dict[str, Any]]:
+          threads: int | None = None, reference: bool = False,
+          lesson: dict[str, object] | None = None) -> tuple[Backend, dict[str, Any]]:
     """Train ``config.model`` on ``config.backend``; returns the model and the run's metrics.
 
     ``on_record(step, values)`` is called at every curve point. ``final_splits`` are
@@ -329,7 +331,8 @@ def train(config: TrainConfig, data: Mnist, progress: bool | None = None,
     layers alone. Raises DivergenceError (see check_loss),
     TrainingInterruptedError.
     """
-    state = start_training(config, len(data.train), checkpoint if resume else None, threads, reference)
+    state = start_training(config, len(data.train), checkpoint if resume else None, threads, reference,
+                           lesson)
     resumed_at = state.step if resume else None
     failing = False  # the last periodic checkpoint could not be saved
     # Divergence is caught from the loss; NumPy's overflow warnings would only repeat it.

@@ -12,6 +12,7 @@ from pathlib import Path
 from twinnet.backend import BACKENDS, OPTIMIZERS
 from twinnet.config import DEFAULT_LR, SCHEDULES, ConfigError, TrainConfig, default, flag
 from twinnet.errors import TwinnetError, UsageError
+from twinnet.exercise.learner import load_lesson
 from twinnet.models import DESCRIPTIONS, NAMED_MODELS, is_spec_file
 from twinnet.weights import DEFAULT_WEIGHTS
 
@@ -78,6 +79,23 @@ def add_reference(parser: argparse.ArgumentParser, what: str = "run") -> None:
                              "one per section of docs/derivations.md), without the fast path's fused "
                              "blocks and batch splitting: the same results up to rounding, a few "
                              "times slower")
+
+
+def add_layers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--layers", metavar="FILE", default=None,
+                        help="build the NumPy twin on the reference path from your own layers.py "
+                             "(twinnet exercise start), with the lesson's layers for the names it "
+                             "leaves out")
+
+
+def layers_lesson(args: argparse.Namespace) -> dict[str, object] | None:
+    """The learner's classes of ``--layers FILE`` by name, or None; a UsageError with the
+    TensorFlow twin, which has no hand-written layers to replace."""
+    if getattr(args, "layers", None) is None:
+        return None
+    if getattr(args, "backend", "numpy") != "numpy":
+        raise UsageError("--layers replaces the NumPy twin's layers: use it with --backend numpy")
+    return load_lesson(args.layers)
 
 
 MODEL_CHOICES = f"{', '.join(NAMED_MODELS)}, or a .toml spec file"

@@ -5,9 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 
-from twinnet.commands.arguments import MODEL_CHOICES, add_data_dir, add_reference, add_weights, model_argument
+from twinnet.commands.arguments import (
+    MODEL_CHOICES,
+    add_data_dir,
+    add_layers,
+    add_reference,
+    add_weights,
+    layers_lesson,
+    model_argument,
+)
 from twinnet.comparison import DEFAULT_DTYPE, DTYPES, TOLERANCES, compare, format_comparison
 from twinnet.errors import UsageError
+from twinnet.exercise.learner import describe_lesson, learner_errors
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -37,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="seeds the initial weights and the random batch (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_reference(parser, "also compare, as the whole network that trains,")
+    add_layers(parser)
     add_data_dir(parser, missing="a random batch if the files are absent")
     return parser
 
@@ -44,7 +54,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.model is None and args.weights is None:
         raise UsageError("name a MODEL, or give --weights FILE")
-    result = compare(args.model, weights=args.weights, batch=args.batch, dtype=args.dtype,
-                     seed=args.seed, data_dir=args.data_dir, reference=args.reference)
+    lesson = layers_lesson(args)
+    with learner_errors(args.layers, lesson):
+        result = compare(args.model, weights=args.weights, batch=args.batch, dtype=args.dtype,
+                         seed=args.seed, data_dir=args.data_dir, reference=args.reference, lesson=lesson)
     print(json.dumps(result.to_json(), indent=2) if args.json else format_comparison(result))
+    if lesson and not args.json:
+        print(f"the NumPy side ran {describe_lesson(args.layers, lesson, result.model)}")
     return 0 if result.passed else 1

@@ -9,14 +9,17 @@ from twinnet.backend import load_model
 from twinnet.commands.arguments import (
     add_backend,
     add_data_dir,
+    add_layers,
     add_reference,
     add_weights,
     check_reference,
     deprecated,
+    layers_lesson,
     weights_file,
 )
 from twinnet.data import load_mnist
 from twinnet.errors import UsageError
+from twinnet.exercise.learner import describe_lesson, learner_errors
 from twinnet.metrics import evaluate
 from twinnet.weights import load_weights
 
@@ -30,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("old_weights", nargs="?", default=None, help=argparse.SUPPRESS)
     add_backend(parser)
     add_reference(parser)
+    add_layers(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_data_dir(parser)
     return parser
@@ -51,11 +55,14 @@ def run(args: argparse.Namespace) -> int:
         deprecated("twinnet evaluate FILE", "twinnet evaluate --weights FILE")
         args.weights = args.old_weights
     check_reference(args)
+    lesson = layers_lesson(args)
     path = weights_file(args.weights)
     _, meta = load_weights(path)
     test = load_mnist(args.data_dir).test
-    model = load_model(meta["model"], args.backend, weights=str(path), reference=args.reference)
-    result = evaluate(model, test.x, test.y)
+    with learner_errors(args.layers, lesson):
+        model = load_model(meta["model"], args.backend, weights=str(path), reference=args.reference,
+                           lesson=lesson)
+        result = evaluate(model, test.x, test.y)
     if args.json:
         print(json.dumps({"weights": str(path), "model": meta["model"],
                           "backend": args.backend, **result}, indent=2))
@@ -65,4 +72,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"test accuracy {result['accuracy']:.2%} ({result['correct']}/{result['count']})  "
           f"cross-entropy {result['loss']:.4f}")
     print(format_confusion(result["confusion_matrix"]))
+    if lesson:
+        print(f"evaluated with {describe_lesson(args.layers, lesson, meta['model'])}")
     return 0

@@ -7,9 +7,17 @@ from pathlib import Path
 
 from twinnet import data
 from twinnet.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from twinnet.commands.arguments import add_reference, add_train_arguments, check_reference, config_from_args
+from twinnet.commands.arguments import (
+    add_layers,
+    add_reference,
+    add_train_arguments,
+    check_reference,
+    config_from_args,
+    layers_lesson,
+)
 from twinnet.config import ConfigError, TrainConfig, flag
 from twinnet.errors import TwinnetError, UsageError
+from twinnet.exercise.learner import describe_lesson, learner_errors
 from twinnet.models import model_name
 from twinnet.runs import check_run_output, default_run_dir, lock_run_dir
 from twinnet.tensorboard import check_log_dir, write_tensorboard
@@ -37,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="start a new run even where OUT holds an interrupted one (its "
                              "checkpoint is deleted)")
     add_reference(parser, "train with")
+    add_layers(parser)
     parser.add_argument("--tensorboard", metavar="DIR", default=None,
                         help="also write the curves as TensorBoard scalars under DIR/MODEL/BACKEND")
     return parser
@@ -81,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise TwinnetError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
     check_reference(args)
     config, out, state = planned_run(args)
+    lesson = layers_lesson(args)
     check_run_output(out, config)  # before any work
     if args.tensorboard:
         check_log_dir(args.tensorboard)
@@ -95,11 +105,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"resuming {model_name(config.model)} ({config.backend}) in {out} "
                   f"after step {state['step']}")
         mnist = data.load_mnist(args.data_dir)
-        _, metrics = train(config, mnist, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
-                           resume=bool(args.resume), out_dir=out, reference=args.reference)
+        with learner_errors(args.layers, lesson):
+            _, metrics = train(config, mnist, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
+                               resume=bool(args.resume), out_dir=out, reference=args.reference, lesson=lesson)
     if args.tensorboard:
         write_tensorboard(metrics, args.tensorboard, f"{model_name(config.model)}/{config.backend}")
     print_summary(config, metrics, out)
+    if lesson:
+        print(f"trained on {describe_lesson(args.layers, lesson, config.model, config.optimizer)}")
     return 0
 
 

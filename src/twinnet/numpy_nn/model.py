@@ -12,7 +12,7 @@ import numpy as np
 
 from twinnet import models
 from twinnet.numpy_nn import optimizer_state
-from twinnet.numpy_nn.network import Network, build_layers
+from twinnet.numpy_nn.network import Network, build_layers, reference_network
 from twinnet.numpy_nn.normalization import Dropout
 from twinnet.numpy_nn.optimizers import make_optimizer
 from twinnet.weights import check_params
@@ -28,18 +28,25 @@ class NumpyModel:
     for training and float64 for gradient checks. ``fast=False`` trains with the
     reference layers alone; ``threads`` (default: BLAS's thread count) is how many
     parts the fast path splits a batch into, which changes results only by rounding.
+    ``lesson`` maps some of ``network.LESSON``'s 14 names to a learner's classes and
+    functions (``twinnet exercise``), used in place of the lesson's; it implies
+    ``fast=False``, since the fast path's blocks are the lesson's maths.
     """
 
     backend = "numpy"
 
     def __init__(self, model_name: str, params: dict[str, np.ndarray], optimizer: str = "sgd",
                  dtype: type[np.floating] | np.dtype = np.float32, threads: int | None = None,
-                 fast: bool = True) -> None:
+                 fast: bool = True, lesson: dict[str, object] | None = None) -> None:
         self.model_name, self.optimizer, self.dtype = model_name, optimizer, np.dtype(dtype)
         check_params(model_name, params, dtype=None)
         self._params = {k: np.array(params[k], dtype=self.dtype) for k in models.param_shapes(model_name)}
-        self._opt = make_optimizer(optimizer)
-        if fast:
+        self.lesson = dict(lesson or {})
+        optimizer_class = self.lesson.get({"sgd": "SGD", "adam": "Adam"}.get(optimizer, ""))
+        self._opt = optimizer_class() if optimizer_class is not None else make_optimizer(optimizer)
+        if self.lesson:
+            self.network = reference_network(model_name, self._params, self.lesson)
+        elif fast:
             from twinnet.numpy_nn.fast import FastNetwork
 
             self.network: Network | FastNetwork = FastNetwork(model_name, self._params, threads)
@@ -62,7 +69,7 @@ class NumpyModel:
         follow (``models.dropout_masks``: each (N, ...) of its layer's input shape, 0 or
         1 / (1 - rate)); cast to ``self.dtype``. Inference never uses them."""
         dropouts = [layer for layer in getattr(self.network, "network", self.network).layers
-                    if isinstance(layer, Dropout)]
+                    if isinstance(layer, Dropout | self.lesson.get("Dropout", Dropout))]
         if len(masks) != len(dropouts):
             raise ValueError(f"{self.model_name}: {len(masks)} dropout masks for "
                              f"{len(dropouts)} dropout layers")

@@ -15,41 +15,61 @@ from twinnet.numpy_nn import layers
 from twinnet.numpy_nn.activations import LeakyReLU, Sigmoid, Tanh
 from twinnet.numpy_nn.losses import softmax_cross_entropy
 from twinnet.numpy_nn.normalization import BatchNorm, Dropout
+from twinnet.numpy_nn.optimizers import SGD, Adam
 from twinnet.util import in_chunks
 
 # Inference runs at most this many images at a time: memory stays bounded, and the
 # matmuls are still large enough to run near the BLAS peak.
 MAX_EVAL_CHUNK = 1000
+# The lesson's 14 classes and functions by name: what a learner's file may replace
+# (``lesson``, below and in ``model.NumpyModel``; ``twinnet exercise``).
+LESSON: dict[str, object] = {
+    "Dense": layers.Dense, "ReLU": layers.ReLU, "Tanh": Tanh, "Sigmoid": Sigmoid,
+    "LeakyReLU": LeakyReLU, "Flatten": layers.Flatten, "Conv2D": layers.Conv2D,
+    "MaxPool2D": layers.MaxPool2D, "AvgPool2D": layers.AvgPool2D, "Dropout": Dropout,
+    "BatchNorm": BatchNorm, "softmax_cross_entropy": softmax_cross_entropy, "SGD": SGD, "Adam": Adam,
+}
 # The layers that take no options, by their spec class.
-PLAIN = {models.ReLUSpec: layers.ReLU, models.FlattenSpec: layers.Flatten,
-         models.TanhSpec: Tanh, models.SigmoidSpec: Sigmoid}
+PLAIN = {models.ReLUSpec: "ReLU", models.FlattenSpec: "Flatten", models.TanhSpec: "Tanh",
+         models.SigmoidSpec: "Sigmoid"}
 
 
-def build_layers(model: str, params: dict[str, np.ndarray]) -> list[layers.Layer]:
+def build_layers(model: str, params: dict[str, np.ndarray],
+                 lesson: dict[str, object] | None = None) -> list[layers.Layer]:
     """The reference layers of ``model``, in spec order, over ``params`` (held by
-    reference: canonical names -> arrays)."""
+    reference: canonical names -> arrays). ``lesson`` maps some of ``LESSON``'s names to
+    other classes of the same interface (a learner's), used in place of the lesson's."""
+    cls = {**LESSON, **(lesson or {})}
     built: list[layers.Layer] = []
     for spec in models.get_spec(model):
         if isinstance(spec, models.DenseSpec):
-            built.append(layers.Dense(spec.name, params[f"{spec.name}/W"], params[f"{spec.name}/b"]))
+            built.append(cls["Dense"](spec.name, params[f"{spec.name}/W"], params[f"{spec.name}/b"]))
         elif isinstance(spec, models.Conv2DSpec):
-            built.append(layers.Conv2D(spec.name, params[f"{spec.name}/W"], params[f"{spec.name}/b"],
+            built.append(cls["Conv2D"](spec.name, params[f"{spec.name}/W"], params[f"{spec.name}/b"],
                                        spec.stride, spec.padding))
         elif isinstance(spec, models.MaxPool2DSpec):
-            built.append(layers.MaxPool2D(spec.size, spec.stride))
+            built.append(cls["MaxPool2D"](spec.size, spec.stride))
         elif isinstance(spec, models.AvgPool2DSpec):
-            built.append(layers.AvgPool2D(spec.size, spec.stride))
+            built.append(cls["AvgPool2D"](spec.size, spec.stride))
         elif isinstance(spec, models.BatchNormSpec):
-            built.append(BatchNorm(spec.name, params, spec.momentum, spec.epsilon))
+            built.append(cls["BatchNorm"](spec.name, params, spec.momentum, spec.epsilon))
         elif isinstance(spec, models.DropoutSpec):
-            built.append(Dropout(spec.rate))
+            built.append(cls["Dropout"](spec.rate))
         elif isinstance(spec, models.LeakyReLUSpec):
-            built.append(LeakyReLU(float(np.float32(spec.alpha))))  # as Keras's LeakyReLU: a float32
+            built.append(cls["LeakyReLU"](float(np.float32(spec.alpha))))  # as Keras's LeakyReLU: a float32
         elif type(spec) in PLAIN:
-            built.append(PLAIN[type(spec)]())
+            built.append(cls[PLAIN[type(spec)]]())
         else:
             raise ValueError(f"the NumPy twin has no layer for {type(spec).__name__}")
     return built
+
+
+def reference_network(model: str, params: dict[str, np.ndarray],
+                      lesson: dict[str, object] | None = None) -> Network:
+    """``Network`` of ``build_layers(model, params, lesson)``, with the loss of ``lesson``
+    where it has one."""
+    loss = (lesson or {}).get("softmax_cross_entropy", softmax_cross_entropy)
+    return Network(build_layers(model, params, lesson), loss=loss)
 
 
 class Network:
@@ -60,8 +80,9 @@ class Network:
     d(loss)/d(x) (``"grad_input"``): what ``compare`` and ``trace`` show layer by layer.
     """
 
-    def __init__(self, layer_list: list, eval_chunk: int = MAX_EVAL_CHUNK) -> None:
-        self.layers, self.eval_chunk = layer_list, eval_chunk
+    def __init__(self, layer_list: list, eval_chunk: int = MAX_EVAL_CHUNK,
+                 loss=softmax_cross_entropy) -> None:  # noqa: ANN001 (softmax_cross_entropy's signature)
+        self.layers, self.eval_chunk, self.loss = layer_list, eval_chunk, loss
 
     def forward(self, x: np.ndarray, train: bool = False, record: dict | None = None) -> np.ndarray:
         """The logits; ``train=True`` keeps what ``loss_and_grads``' backward pass needs."""
@@ -85,7 +106,7 @@ class Network:
         """
         logits = self.forward(x, train=True, record=record)
         correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
-        loss, d = softmax_cross_entropy(logits, y, total)
+        loss, d = self.loss(logits, y, total)
         grads: dict[str, np.ndarray] = {}
         for layer in reversed(self.layers):
             if record is not None:
