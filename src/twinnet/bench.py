@@ -20,6 +20,7 @@ import numpy as np
 
 from twinnet.backend import load_model
 from twinnet.environment import cpu_name, simd_level
+from twinnet.memory import check_memory, path_of
 from twinnet.metrics import predict_logits
 from twinnet.models import IMAGE_SHAPE, dropout_masks, has_dropout, walk
 
@@ -102,6 +103,9 @@ def run_bench(models: list[str], backends: list[str], batch_size: int = 100, rep
     results: dict[str, Any] = {"batch_size": batch_size, "repeats": repeats, "steps": steps,
                                "optimizer": optimizer, "models": {}}
     for name in models:
+        for backend in (*backends, *(("ref",) if reference else ())):
+            check_memory(name, batch_size, training=True, optimizer=optimizer,
+                         paths=(path_of(backend if backend != "ref" else "numpy", backend == "ref"),))
         built = {b: load_model(name, b, seed=seed, optimizer=optimizer) for b in backends}
         if reference:
             built["ref"] = load_model(name, "numpy", seed=seed, optimizer=optimizer, reference=True)
@@ -228,6 +232,7 @@ def time_blocks(model: str, batch_size: int = 50, repeats: int = 20, seed: int =
     from twinnet.numpy_nn.losses import softmax_cross_entropy
     from twinnet.numpy_nn.model import NumpyModel
 
+    check_memory(model, batch_size, training=True)
     numpy_model = NumpyModel(model, init_params(model, seed), threads=1)
     numpy_model.set_dropout_masks(dropout_masks(model, batch_size, seed, step=0))
     rng = np.random.default_rng(seed)

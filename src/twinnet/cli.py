@@ -15,6 +15,7 @@ import sys
 from twinnet.commands import bench, compare, evaluate, gradcheck, predict, report, serve, sweep, trace, train
 from twinnet.commands.arguments import GRAMMAR
 from twinnet.errors import TwinnetError, UsageError
+from twinnet.memory import MAX_MEMORY_ENV, parse_size
 from twinnet.quiet import VERBOSE_ENV
 from twinnet.version import __version__
 
@@ -22,6 +23,9 @@ from twinnet.version import __version__
 COMMANDS = (train, report, evaluate, predict, sweep, bench, gradcheck, compare, trace, serve)
 VERBOSE_HELP = (f"show TensorFlow's start-up log lines (absl, oneDNN), hidden by default; "
                 f"{VERBOSE_ENV}=1 in the environment does the same")
+MAX_MEMORY_HELP = (f"refuse, before any work, a model whose estimated memory for the command is over SIZE "
+                   f"(500M, 2G; default: the memory this machine has available); {MAX_MEMORY_ENV}=SIZE "
+                   "in the environment does the same")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"twinnet {__version__}")
     parser.add_argument("--verbose", action="store_true", default=False, help=VERBOSE_HELP)
+    parser.add_argument("--max-memory", metavar="SIZE", default=None, help=MAX_MEMORY_HELP)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command_parser = command.add_parser(subparsers)
@@ -41,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         # Also after the command: twinnet compare cnn --verbose.
         command_parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
                                     help=VERBOSE_HELP)
+        command_parser.add_argument("--max-memory", metavar="SIZE", default=argparse.SUPPRESS,
+                                    help=MAX_MEMORY_HELP)
     return parser
 
 
@@ -50,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:  # an environment variable, so that worker processes see it too
         os.environ[VERBOSE_ENV] = "1"
     try:
+        if args.max_memory is not None:  # an environment variable, so that workers see it too
+            parse_size(args.max_memory)
+            os.environ[MAX_MEMORY_ENV] = args.max_memory
         return args.func(args)
     except UsageError as exc:  # as argparse reports its own: the usage line, then the fault
         args.command_parser.print_usage(sys.stderr)

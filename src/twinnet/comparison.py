@@ -44,6 +44,7 @@ from x-hat, stay near 1e-6.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -302,18 +303,31 @@ def test_batch(batch: int, seed: int, data_dir: str | None) -> tuple[np.ndarray,
     return x, y, f"{batch} seeded random images (seed {seed}; no MNIST files found)"
 
 
-def model_params(model: str | None, weights: str | None, seed: int) -> tuple[str, dict[str, np.ndarray], str]:
+def model_params(model: str | None, weights: str | None, seed: int,
+                 check: Callable[[str], None] = lambda model: None) -> tuple[str, dict[str, np.ndarray], str]:
     """(model name, params, description): from ``weights`` (its meta names the model, which
-    must match ``model`` if given), else ``init_params(model, seed)``."""
+    must match ``model`` if given), else ``init_params(model, seed)``; ``check(model)`` runs
+    before the model's arrays are built (the memory check)."""
     from twinnet.weights import load_weights
 
     if weights is not None:
         params, meta = load_weights(weights, expected_model=model)
+        check(meta["model"])
         return meta["model"], params, str(weights)
     if model is None:
         raise TwinnetError("name a model, or give --weights")
     models.get_spec(model)
+    check(model)
     return model, models.init_params(model, seed), f"seeded init (seed {seed})"
+
+
+def check_pass_memory(model: str, batch: int, dtype: str, paths: tuple[str, ...]) -> None:
+    """``memory.check_memory`` of the passes compare and trace run: training passes of
+    ``batch`` images in ``dtype`` on each of ``paths``."""
+    from twinnet.memory import check_memory
+
+    check_memory(model, batch, training=True, paths=paths, itemsize=np.dtype(dtype).itemsize,
+                 what=f"both twins on a batch of {batch}, {dtype}")
 
 
 def inference_diffs(model: str, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, dtype: str,
@@ -375,7 +389,10 @@ def compare(model: str | None = None, weights: str | None = None, batch: int = 6
         raise TwinnetError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if batch < 1:
         raise TwinnetError(f"--batch must be at least 1, got {batch}")
-    model, params, source = model_params(model, weights, seed)
+    paths = ("reference", "tf") if reference else ("reference", "fast", "tf")
+    model, params, source = model_params(
+        model, weights, seed, lambda name: check_pass_memory(name, len(x) if x is not None else batch,
+                                                             dtype, paths))
     if x is None or y is None:
         x, y, data = test_batch(batch, seed, data_dir)
     else:

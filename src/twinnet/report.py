@@ -59,7 +59,7 @@ from twinnet.runs import (
     run_bytes,
     write_run,
 )
-from twinnet.training import SPLITS, progress_bar, train
+from twinnet.training import SPLITS, check_training_memory, progress_bar, train
 from twinnet.util import write_text_atomic
 
 TEXT = tomllib.loads(resources.files("twinnet").joinpath("report_text.toml").read_text(encoding="utf-8"))
@@ -228,6 +228,8 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
     if engine == "ray" and address:
         check_ray_address(address)
     readme = readme_of(out)
+    for preset in presets + reruns:  # each of ``jobs`` workers trains one run at a time
+        check_training_memory(preset.config, copies=jobs, threads=max(1, (os.cpu_count() or 1) // jobs))
     load_mnist(data_dir)  # fail on bad data here, once, before any worker starts
     reused, todo = plan_runs(presets + reruns, out, retrain, None if data_dir is None else str(data_dir),
                              jobs, seeds)

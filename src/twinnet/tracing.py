@@ -37,6 +37,7 @@ from twinnet.comparison import (
     SECTIONS,
     TOLERANCES,
     TwinPass,
+    check_pass_memory,
     layer_names,
     max_abs_diff,
     numpy_pass,
@@ -200,6 +201,7 @@ def trace(weights: str | os.PathLike, index: int | None = None, image: str | os.
         raise TwinnetError(f"--label must be a digit 0..9, got {label!r}")
     params, meta = load_weights(weights)
     model = meta["model"]
+    check_pass_memory(model, 1, dtype, ("reference", "tf"))
     x, true_label, source = load_image(index, image, data_dir)
     if out is not None:
         make_output_folder(out)  # fail before the work, not after

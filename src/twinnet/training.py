@@ -30,6 +30,7 @@ import numpy as np
 
 from twinnet.backend import Backend, load_model
 from twinnet.checkpoint import (
+    SPEC_SECTION,
     CheckpointError,
     expect_keys,
     load_checkpoint,
@@ -39,8 +40,17 @@ from twinnet.config import TrainConfig
 from twinnet.data import Mnist, Split
 from twinnet.environment import environment
 from twinnet.errors import TwinnetError
+from twinnet.memory import check_memory, path_of
 from twinnet.metrics import evaluate
-from twinnet.models import describe, dropout_masks, has_dropout
+from twinnet.models import (
+    describe,
+    dropout_masks,
+    has_dropout,
+    is_spec_file,
+    pin_spec,
+    read_document,
+    spec_document,
+)
 from twinnet.progress import progress_bar
 from twinnet.runs import write_run
 from twinnet.util import is_int, is_number
@@ -247,20 +257,34 @@ def check_progress(progress: Any) -> None:
             raise ValueError(f"progress: {key} must be a non-negative number")
 
 
+def check_training_memory(config: TrainConfig, reference: bool = False, threads: int | None = None,
+                          copies: int = 1) -> None:
+    """MemoryBudgetError (one line naming the layer) unless training ``config`` fits the
+    memory budget (``memory.check_memory``), ``copies`` runs at once; before any allocation."""
+    parts = threads if threads is not None else os.cpu_count() or 1
+    check_memory(config.model, config.batch_size, training=True, paths=(path_of(config.backend, reference),),
+                 optimizer=config.optimizer, parts=parts, copies=copies,
+                 what=f"training, batch {config.batch_size}")
+
+
 def start_training(config: TrainConfig, n_train: int, checkpoint: str | os.PathLike | None = None,
                    threads: int | None = None, reference: bool = False) -> TrainingState:
     """A fresh state for ``config``, or the one saved in ``checkpoint`` when given (which
     must be of the same model, optimizer and batch size; other settings may differ);
     ``threads`` and ``reference`` as in ``backend.load_model``."""
-    model = load_model(config.model, config.backend, seed=config.seed, optimizer=config.optimizer,
-                       threads=threads, reference=reference)
-    state = TrainingState(model, BatchOrder(n_train, config.batch_size, config.seed))
-    if checkpoint is not None:
+    if checkpoint is not None:  # first: it pins the spec the run trains (checkpoint.pin_stored_spec)
         saved, sections = load_checkpoint(checkpoint)
         for name in ("model", "optimizer", "batch_size"):
             if getattr(saved, name) != getattr(config, name):
                 raise CheckpointError(f"{checkpoint}: holds a run with {name} {getattr(saved, name)}, "
                                       f"not {getattr(config, name)}")
+    elif is_spec_file(config.model):  # the spec as it is now, for the whole run and its files
+        pin_spec(config.model, read_document(config.model))
+    check_training_memory(config, reference, threads)
+    model = load_model(config.model, config.backend, seed=config.seed, optimizer=config.optimizer,
+                       threads=threads, reference=reference)
+    state = TrainingState(model, BatchOrder(n_train, config.batch_size, config.seed))
+    if checkpoint is not None:
         try:
             state.load_state_dict(sections)
         except ValueError as exc:
@@ -269,7 +293,9 @@ def start_training(config: TrainConfig, n_train: int, checkpoint: str | os.PathL
 
 
 def save_training(path: str | os.PathLike, config: TrainConfig, state: TrainingState) -> None:
-    save_checkpoint(path, {"config": asdict(config), **state.state_dict()})
+    """Save the run's checkpoint; a run of a spec file stores the spec it trains too."""
+    spec = {SPEC_SECTION: spec_document(config.model)} if is_spec_file(config.model) else {}
+    save_checkpoint(path, {"config": asdict(config), **spec, **state.state_dict()})
 
 
 def check_loss(loss: float, step: int, lr: float, backend: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from twinnet import data
@@ -10,9 +11,10 @@ from twinnet.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from twinnet.commands.arguments import add_reference, add_train_arguments, check_reference, config_from_args
 from twinnet.config import ConfigError, TrainConfig, flag
 from twinnet.errors import TwinnetError, UsageError
+from twinnet.models import SpecError, is_spec_file, read_document, spec_document
 from twinnet.runs import check_run_output, default_run_dir, lock_run_dir
 from twinnet.tensorboard import check_log_dir, write_tensorboard
-from twinnet.training import train
+from twinnet.training import check_training_memory, train
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -75,11 +77,29 @@ def planned_run(args: argparse.Namespace) -> tuple[TrainConfig, Path, dict | Non
     return config, Path(args.out) if args.out else default_run_dir(config), None
 
 
+def note_changed_spec(config: TrainConfig) -> None:
+    """One line on stderr when the spec file of a resumed run differs from the spec its
+    checkpoint stores (or is gone): the run goes on with the stored spec, the layers it
+    trained, never with the edited file's (docs/usage.md, "Resuming a run")."""
+    if not is_spec_file(config.model):
+        return
+    try:
+        changed = "has changed since" if read_document(config.model) != spec_document(config.model) else ""
+    except SpecError:
+        changed = "cannot be read as it was when"
+    if changed:
+        print(f"twinnet: note: {config.model} {changed} this run started; resuming with the spec "
+              "its checkpoint stores (train a new run to use the file as it is now)", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.checkpoint_every < 0:
         raise TwinnetError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
     check_reference(args)
     config, out, state = planned_run(args)
+    if args.resume:
+        note_changed_spec(config)
+    check_training_memory(config, args.reference)
     check_run_output(out, config)  # before any work
     if args.tensorboard:
         check_log_dir(args.tensorboard)
