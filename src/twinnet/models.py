@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from functools import cache
@@ -438,11 +439,15 @@ def pin_spec(path: str, document: Any, source: str | None = None) -> tuple[Layer
 
 def model_name(model: str) -> str:
     """The name runs and messages give ``model``: a built-in's own, a spec file's ``name``
-    (default: the file's stem)."""
+    (default: the file's stem) made a plain word, as weights files carry it: each run of
+    characters other than ASCII letters, digits, ``-`` and ``_`` becomes one ``_``, outer
+    ``_`` and ``-`` go, at most MAX_NAME_CHARS remain (``../../etc/x`` -> ``etc_x``; a name
+    of nothing else -> ``spec``). ``runs.safe_name`` makes run folders of it."""
     if not is_spec_file(model):
         return model
     name = spec_document(model).get("name")
-    return name if isinstance(name, str) and name else os.path.splitext(os.path.basename(model))[0]
+    text = name if isinstance(name, str) and name else os.path.splitext(os.path.basename(model))[0]
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text)[:MAX_NAME_CHARS].strip("_-") or "spec"
 
 
 def describe(model: str) -> str:

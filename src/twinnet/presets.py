@@ -32,7 +32,8 @@ from twinnet.assignment_report import AssignmentReport, assignment_settings_runs
 from twinnet.backend import BACKENDS
 from twinnet.config import ConfigError, TrainConfig
 from twinnet.errors import TwinnetError
-from twinnet.models import get_spec, is_spec_file, model_name
+from twinnet.models import get_spec, is_spec_file
+from twinnet.runs import safe_name
 
 # The longest file name most filesystems take (ext4, XFS, btrfs, APFS, NTFS: 255 bytes);
 # ``check_name_lengths`` asks the report folder's own filesystem when it exists.
@@ -60,7 +61,7 @@ class Preset:
 
     def folder_name(self) -> str:
         """The run folder's name, ``P1a-linear-tf``."""
-        return f"{self.id}-{model_name(self.config.model)}-{self.config.backend}"
+        return f"{self.id}-{safe_name(self.config.model)}-{self.config.backend}"
 
     def with_seed(self, k: int, seeds: int) -> Preset:
         """Seed k of ``seeds``: the config's seed plus k, the label naming that seed when

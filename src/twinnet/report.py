@@ -57,6 +57,7 @@ from twinnet.runs import (
     lock_run_dir,
     read_finished,
     run_bytes,
+    safe_name,
     write_run,
 )
 from twinnet.training import SPLITS, check_training_memory, progress_bar, train
@@ -275,7 +276,7 @@ def write_tensorboard_runs(log_dir: str | os.PathLike, presets: list[Preset], ru
 
     for preset in (p for p in presets if p.id in runs):
         for metrics in runs[preset.id]:
-            name = f"{model_name(preset.config.model)}/{preset.config.backend}"
+            name = f"{safe_name(preset.config.model)}/{preset.config.backend}"
             if seeds > 1:
                 name += f"/seed-{metrics['config']['seed']}"
             write_tensorboard(metrics, log_dir, name)
@@ -294,7 +295,7 @@ def write_twin_plots(out: Path, presets: list[Preset], runs: dict[str, list[Metr
         curves = {f"{p.label} {p.config.backend}": [run["curves"] for run in runs[p.id]]
                   for p in presets if p.config.model == model and p.id in runs}
         if curves:
-            plot_twins(curves, f"{model_name(model)}: both twins", out / f"twins-{model_name(model)}.png")
+            plot_twins(curves, f"{model_name(model)}: both twins", out / f"twins-{safe_name(model)}.png")
 
 
 def redraw_shown_runs(out: Path, presets: list[Preset], runs: dict[str, list[Metrics]]) -> None:
@@ -447,7 +448,8 @@ def model_section(model: str, presets: list[Preset], runs: dict[str, list[Metric
     parts = [text("model", model=name, architecture=describe(model), params=count_params(model),
                   multiply_adds=multiply_adds_per_image(model))]
     if any(p.id in runs for p in presets):
-        parts.append(text("twins_figure_one" if seeds == 1 else "twins_figure_many", model=name))
+        parts.append(text("twins_figure_one" if seeds == 1 else "twins_figure_many", model=name,
+                          file=safe_name(model)))
     for preset in presets:
         parts.append(text("run_heading", label=preset.label, model=name,
                           twin=TEXT["twin_names"][preset.config.backend]))

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from twinnet.config import TrainConfig
-from twinnet.models import model_name
 from twinnet.parallel import run_jobs
+from twinnet.runs import safe_name
 from twinnet.training import DivergenceError, check_training_memory, progress_bar, train
 from twinnet.util import atomic_path, write_json_atomic
 
@@ -62,7 +62,7 @@ def sweep_point(job: SweepJob) -> dict[str, Any]:
 
 def sweep_stem(config: TrainConfig, out_dir: str | os.PathLike) -> Path:
     """``OUT/MODEL-BACKEND-OPTIMIZER``: the sweep's files are this plus a suffix."""
-    return Path(out_dir) / f"{model_name(config.model)}-{config.backend}-{config.optimizer}"
+    return Path(out_dir) / f"{safe_name(config.model)}-{config.backend}-{config.optimizer}"
 
 
 def point_path(points_dir: Path, config: TrainConfig) -> Path:

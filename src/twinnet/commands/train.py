@@ -12,7 +12,7 @@ from twinnet.commands.arguments import add_reference, add_train_arguments, check
 from twinnet.config import ConfigError, TrainConfig, flag
 from twinnet.errors import TwinnetError, UsageError
 from twinnet.models import SpecError, is_spec_file, read_document, spec_document
-from twinnet.runs import check_run_output, default_run_dir, lock_run_dir
+from twinnet.runs import check_run_output, check_run_owner, default_run_dir, lock_run_dir, safe_name
 from twinnet.tensorboard import check_log_dir, write_tensorboard
 from twinnet.training import check_training_memory, train
 
@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                              "saved settings (a training flag that disagrees with them is refused)")
     parser.add_argument("--force", action="store_true",
                         help="start a new run even where OUT holds an interrupted one (its "
-                             "checkpoint is deleted)")
+                             "checkpoint is deleted) or the run of another model or spec (replaced)")
     add_reference(parser, "train with")
     parser.add_argument("--tensorboard", metavar="DIR", default=None,
                         help="also write the curves as TensorBoard scalars under DIR/MODEL/BACKEND")
@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         note_changed_spec(config)
     check_training_memory(config, args.reference)
     check_run_output(out, config)  # before any work
+    if not args.resume and not args.force:
+        check_run_owner(out, config.model)
     if args.tensorboard:
         check_log_dir(args.tensorboard)
     checkpoint = out / CHECKPOINT_NAME
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         _, metrics = train(config, mnist, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
                            resume=bool(args.resume), out_dir=out, reference=args.reference)
     if args.tensorboard:
-        write_tensorboard(metrics, args.tensorboard, f"{config.model}/{config.backend}")
+        write_tensorboard(metrics, args.tensorboard, f"{safe_name(config.model)}/{config.backend}")
     print_summary(config, metrics, out)
     return 0
 
