@@ -122,17 +122,26 @@ def pass_masks(model_name: str, n: int, masks: list[np.ndarray] | None) -> list[
 
 
 def numpy_pass(model_name: str, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
-               dtype: str = "float64", masks: list[np.ndarray] | None = None) -> TwinPass:
+               dtype: str = "float64", masks: list[np.ndarray] | None = None,
+               training: bool = True) -> TwinPass:
     """The NumPy twin's reference layers forward and backward on x (N, 28, 28, 1), y (N,),
     through the twin's one run loop (``Network.loss_and_grads``), recording every layer.
     Training mode: dropout applies ``masks`` (default: ``pass_masks``), batch norm the
-    batch's statistics (its updated moving ones are returned in ``moving``)."""
+    batch's statistics (its updated moving ones are returned in ``moving``). With
+    ``training=False``, the model as it infers (``trace``): no dropout (masks of ones) and
+    batch norm frozen on its moving statistics (``BatchNorm.frozen``), which stay as they are."""
     from twinnet.numpy_nn.network import Network, build_layers
-    from twinnet.numpy_nn.normalization import Dropout
+    from twinnet.numpy_nn.normalization import BatchNorm, Dropout
 
     cast = {k: np.array(v, dtype=dtype) for k, v in params.items()}  # copies: batch norm updates
     network, record = Network(build_layers(model_name, cast)), {}
     dropouts = [layer for layer in network.layers if isinstance(layer, Dropout)]
+    if not training:
+        masks = [np.ones((len(x), *shape.inp)) for shape in models.walk(model_name)
+                 if isinstance(shape.layer, models.DropoutSpec)]
+        for layer in network.layers:
+            if isinstance(layer, BatchNorm):
+                layer.frozen = True
     for layer, mask in zip(dropouts, pass_masks(model_name, len(x), masks), strict=True):
         layer.mask = np.asarray(mask, dtype=dtype)
     loss, _, grads = network.loss_and_grads(np.asarray(x, dtype=dtype), np.asarray(y, dtype=np.intp),
