@@ -305,18 +305,62 @@ def check_loss(loss: float, step: int, lr: float, backend: str) -> None:
                               f"(learning rate {lr:g}, backend {backend}); try a smaller --lr")
 
 
+# Seconds a Ctrl-C waits for the step under way: a step takes milliseconds to a second, so
+# one that has not ended by then waits on something that will not answer (a worker process
+# stopped with SIGSTOP would hold it for the workers' 60 s reply timeout).
+STEP_GRACE_SECONDS = 3.0
+
+
+class StopRequest(threading.Event):
+    """Ctrl-C as a request (``is_set``) that the loop honours at its next safe point
+    (``honour``), with a watchdog for a step that never gets there: STEP_GRACE_SECONDS
+    after the request, unless it was honoured, SIGINT is sent to the main thread again and
+    the handler then raises KeyboardInterrupt wherever the thread waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.honoured = self.overdue = False
+        self.in_step = False  # the loop is inside a step: its state may be half-updated
+        self.timer: threading.Timer | None = None
+
+    def handle(self, signum: int, frame: Any) -> None:
+        """The SIGINT handler (main thread): request a stop; when overdue, stop now."""
+        if self.is_set():
+            if self.overdue and not self.honoured:
+                raise KeyboardInterrupt
+            return
+        self.set()
+        self.timer = threading.Timer(STEP_GRACE_SECONDS, self._poke, (threading.main_thread().ident,))
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _poke(self, main: int) -> None:
+        if not self.honoured:
+            self.overdue = True
+            signal.pthread_kill(main, signal.SIGINT)
+
+    def honour(self) -> None:
+        """The loop is stopping at a safe point: the watchdog stands down."""
+        self.honoured = True
+        if self.timer is not None:
+            self.timer.cancel()
+
+
 @contextmanager
-def stop_on_sigint() -> Iterator[threading.Event]:
-    """Turn Ctrl-C into a request (an Event) that the loop honours after the current step,
-    so an interruption never leaves parameters half-updated."""
-    request = threading.Event()
+def stop_on_sigint() -> Iterator[StopRequest]:
+    """Turn Ctrl-C into a request (a ``StopRequest``) that the loop honours after the
+    current step, so an interruption never leaves parameters half-updated. What does not
+    reach a safe point within STEP_GRACE_SECONDS of the Ctrl-C is abandoned by a
+    KeyboardInterrupt (``request.overdue``), which ``train`` turns into its one line."""
+    request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: request.set())
+    previous = signal.signal(signal.SIGINT, request.handle)
     try:
         yield request
     finally:
+        request.honour()
         signal.signal(signal.SIGINT, previous)
 
 
@@ -360,34 +404,52 @@ def train(config: TrainConfig, data: Mnist, progress: bool | None = None,
     failing = False  # the last periodic checkpoint could not be saved
     # Divergence is caught from the loss; NumPy's overflow warnings would only repeat it.
     with stop_on_sigint() as sigint, np.errstate(over="ignore", invalid="ignore"):
-        with progress_bar(config.steps, f"{config.model} ({config.backend})", enabled=progress) as bar:
-            state.start_steps()
-            for step in range(state.step + 1, config.steps + 1):
-                point = take_step(config, state, data, step)
-                if point is not None:
-                    if on_record is not None:
-                        on_record(step, point)
-                    bar.set_postfix(loss=f"{point['train_loss']:.4f}", val_acc=f"{point['val_accuracy']:.2%}")
-                bar.update(step - bar.n)
-                if step == config.steps:
-                    break  # a Ctrl-C during the last step is honoured after the evaluation
-                if sigint.is_set():
-                    stop_here(config, state, checkpoint, f"after step {step}")
-                if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
-                    failing = save_periodic_checkpoint(checkpoint, config, state, failing)
-            state.stop_steps()
+        try:
+            with progress_bar(config.steps, f"{config.model} ({config.backend})", enabled=progress) as bar:
+                state.start_steps()
+                for step in range(state.step + 1, config.steps + 1):
+                    sigint.in_step = True
+                    point = take_step(config, state, data, step)
+                    sigint.in_step = False
+                    if point is not None:
+                        if on_record is not None:
+                            on_record(step, point)
+                        bar.set_postfix(loss=f"{point['train_loss']:.4f}",
+                                        val_acc=f"{point['val_accuracy']:.2%}")
+                    bar.update(step - bar.n)
+                    if step == config.steps:
+                        break  # a Ctrl-C during the last step is honoured after the evaluation
+                    if sigint.is_set():
+                        sigint.honour()
+                        stop_here(config, state, checkpoint, f"after step {step}")
+                    if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+                        failing = save_periodic_checkpoint(checkpoint, config, state, failing)
+                state.stop_steps()
 
-        def honour_sigint(when: str) -> Callable[[], None]:
-            def check() -> None:
-                if sigint.is_set():
-                    stop_here(config, state, checkpoint, f"{when}, after the last step {state.step}")
-            return check
+            def honour_sigint(when: str) -> Callable[[], None]:
+                def check() -> None:
+                    if sigint.is_set():
+                        sigint.honour()
+                        stop_here(config, state, checkpoint, f"{when}, after the last step {state.step}")
+                return check
 
-        metrics = run_metrics(config, state, data, final_splits, resumed_at,
-                              honour_sigint("in the final evaluation"))
-        if out_dir is not None:
-            metrics = finish_run(out_dir, config, state, metrics, checkpoint,
-                                 honour_sigint("while writing the run"))
+            metrics = run_metrics(config, state, data, final_splits, resumed_at,
+                                  honour_sigint("in the final evaluation"))
+            if out_dir is not None:
+                metrics = finish_run(out_dir, config, state, metrics, checkpoint,
+                                     honour_sigint("while writing the run"))
+        except KeyboardInterrupt:
+            if not sigint.overdue:
+                raise
+            # The watchdog: Ctrl-C came, and what was under way did not end in time.
+            sigint.honour()
+            if sigint.in_step:
+                raise TrainingInterruptedError(
+                    f"interrupted during step {state.step + 1}, which did not end within "
+                    f"{STEP_GRACE_SECONDS:g} s of Ctrl-C (is a worker process stopped?); that step "
+                    "is not saved, an earlier checkpoint is kept") from None
+            stop_here(config, state, checkpoint, f"after step {state.step} (what followed it did not "
+                      f"end within {STEP_GRACE_SECONDS:g} s of Ctrl-C)")
     return state.model, metrics
 
 
