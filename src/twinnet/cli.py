@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from twinnet.commands import bench, compare, evaluate, gradcheck, predict, report, serve, sweep, trace, train
 from twinnet.commands.arguments import GRAMMAR
@@ -19,6 +20,8 @@ from twinnet.memory import MAX_MEMORY_ENV, parse_size
 from twinnet.quiet import VERBOSE_ENV
 from twinnet.version import __version__
 
+# The messages of NumPy's floating-point RuntimeWarnings (np.errstate's categories).
+NUMERIC_WARNINGS = r"(overflow|invalid value|divide by zero|underflow) encountered"
 # In the order `twinnet --help` lists them.
 COMMANDS = (train, report, evaluate, predict, sweep, bench, gradcheck, compare, trace, serve)
 VERBOSE_HELP = (f"show TensorFlow's start-up log lines (absl, oneDNN), hidden by default; "
@@ -60,7 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_memory is not None:  # an environment variable, so that workers see it too
             parse_size(args.max_memory)
             os.environ[MAX_MEMORY_ENV] = args.max_memory
-        return args.func(args)
+        with warnings.catch_warnings():
+            # NumPy's floating-point warnings where no np.errstate expected them: what they
+            # mean (a value out of range) ends the command in one line, not a warning line
+            # before results computed from inf or NaN.
+            warnings.filterwarnings("error", category=RuntimeWarning, message=NUMERIC_WARNINGS)
+            return args.func(args)
+    except RuntimeWarning as exc:
+        print(f"twinnet: error: numerical fault: {exc} (a value beyond the range of floating point: "
+              "an extreme spec value or weight)", file=sys.stderr)
+        return 2
     except UsageError as exc:  # as argparse reports its own: the usage line, then the fault
         args.command_parser.print_usage(sys.stderr)
         print(f"{args.command_parser.prog}: error: {exc}", file=sys.stderr)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from twinnet.errors import TwinnetError
-from twinnet.util import FileAccessError, open_regular_file
+from twinnet.util import FileAccessError, read_bounded
 
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
@@ -340,16 +340,13 @@ def read_document(path: str) -> dict[str, Any]:
     meanwhile). A document nested too deeply for the parser is refused too.
     """
     try:
-        with open_regular_file(path) as f:
-            size = os.fstat(f.fileno()).st_size
-            raw = f.read(SPEC_MAX_BYTES + 1) if size <= SPEC_MAX_BYTES else b""
+        raw = read_bounded(path, SPEC_MAX_BYTES)
     except FileAccessError as exc:
-        raise SpecError(f"{path}: cannot read the spec file ({exc.reason})") from None
+        raise SpecError(f"{path}: cannot read the spec file ({exc.reason}; a spec of {MAX_LAYERS} "
+                        "layers takes about 20 KB)" if "bytes" in exc.reason else
+                        f"{path}: cannot read the spec file ({exc.reason})") from None
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the spec file ({exc.strerror or exc})") from None
-    if size > SPEC_MAX_BYTES or len(raw) > SPEC_MAX_BYTES:
-        raise SpecError(f"{path}: {max(size, len(raw)):,} bytes, larger than a spec file may be "
-                        f"({SPEC_MAX_BYTES:,}; a spec of {MAX_LAYERS} layers takes about 20 KB)")
     return parse_document(raw, path)
 
 

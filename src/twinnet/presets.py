@@ -34,6 +34,7 @@ from twinnet.config import ConfigError, TrainConfig
 from twinnet.errors import TwinnetError
 from twinnet.models import get_spec, is_spec_file
 from twinnet.runs import safe_name
+from twinnet.util import FileAccessError, read_bounded
 
 # The longest file name most filesystems take (ext4, XFS, btrfs, APFS, NTFS: 255 bytes);
 # ``check_name_lengths`` asks the report folder's own filesystem when it exists.
@@ -80,11 +81,21 @@ def default_presets_path() -> Path:
     return Path(str(resources.files("twinnet") / "presets.toml"))
 
 
+# A presets file is a few KB (the shipped one: 2 KB); a larger one is not read.
+PRESETS_MAX_BYTES = 1 << 20
+
+
 def read_toml(source: Path) -> dict[str, Any]:
+    """The presets file's table: read only from a regular file of at most PRESETS_MAX_BYTES
+    (a FIFO or /dev/zero is refused at once), parsed without hitting a recursion limit."""
     try:
-        return tomllib.loads(source.read_text(encoding="utf-8"))
+        return tomllib.loads(read_bounded(source, PRESETS_MAX_BYTES).decode("utf-8"))
+    except FileAccessError as exc:
+        raise TwinnetError(f"{source}: cannot read presets ({exc.reason})") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise TwinnetError(f"{source}: cannot read presets ({exc})") from None
+        raise TwinnetError(f"{source}: cannot read presets ({' '.join(str(exc).split())})") from None
+    except RecursionError:
+        raise TwinnetError(f"{source}: cannot read presets (nested too deeply)") from None
 
 
 def check_keys(where: str, entry: Any, allowed: tuple[str, ...], required: tuple[str, ...]) -> None:
