@@ -95,6 +95,10 @@ def run_bench(models: list[str], backends: list[str], batch_size: int = 100, rep
               reference: bool = False) -> dict[str, Any]:
     """Median and spread of ms per step and per 1,000 inference images, with GFLOP/s; with
     ``reference``, also of the NumPy twin on its reference layers alone (twin "ref")."""
+    for name in models:  # every model fits, before the data and the first model are built
+        for backend in (*backends, *(("ref",) if reference else ())):
+            check_memory(name, batch_size, training=True, optimizer=optimizer,
+                         paths=(path_of(backend if backend != "ref" else "numpy", backend == "ref"),))
     load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rng = np.random.default_rng(seed)
     x = rng.random((steps, batch_size, *IMAGE_SHAPE), dtype=np.float32)
@@ -103,9 +107,6 @@ def run_bench(models: list[str], backends: list[str], batch_size: int = 100, rep
     results: dict[str, Any] = {"batch_size": batch_size, "repeats": repeats, "steps": steps,
                                "optimizer": optimizer, "models": {}}
     for name in models:
-        for backend in (*backends, *(("ref",) if reference else ())):
-            check_memory(name, batch_size, training=True, optimizer=optimizer,
-                         paths=(path_of(backend if backend != "ref" else "numpy", backend == "ref"),))
         built = {b: load_model(name, b, seed=seed, optimizer=optimizer) for b in backends}
         if reference:
             built["ref"] = load_model(name, "numpy", seed=seed, optimizer=optimizer, reference=True)

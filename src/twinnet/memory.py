@@ -150,12 +150,12 @@ def estimate(model: str | tuple, batch: int, *, training: bool, path: str = "fas
         # Training keeps every output and every conv's columns for the backward pass;
         # inference holds a layer's input and output (about twice the larger) and columns.
         held = out + cols if training else 2 * out + cols
+        images = f"{batch} image{'s' if batch != 1 else ''}"
         what = max((params, "of parameters" + (", gradients and optimizer slots" if training else "")),
-                   (out, f"of activations ({'x'.join(map(str, step.out))} values an image, "
-                         f"{batch} images)"))
+                   (out, f"of activations ({'x'.join(map(str, step.out))} values an image, {images})"))
         if cols > what[0]:
             what = (cols, f"of im2col columns ({step.out[0]}x{step.out[1]} pixels x {k}x{k}x{c_in} "
-                          f"values, {batch} images)")
+                          f"values, {images})")
         per_layer.append((params + held, what[1]))
     param_bytes = sum(models.layer_params(s.layer) for s in steps) * itemsize * copies
     if training:  # the backward pass adds two gradients of the largest output and of columns

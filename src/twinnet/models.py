@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from twinnet.errors import TwinnetError
-from twinnet.util import FileAccessError, read_bounded
 
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
@@ -339,6 +338,8 @@ def read_document(path: str) -> dict[str, Any]:
     from its size, and at most SPEC_MAX_BYTES + 1 bytes are ever read (a file that grows
     meanwhile). A document nested too deeply for the parser is refused too.
     """
+    from twinnet.util import FileAccessError, read_bounded  # here: importing models stays light
+
     try:
         raw = read_bounded(path, SPEC_MAX_BYTES)
     except FileAccessError as exc:

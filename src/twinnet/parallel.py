@@ -166,7 +166,7 @@ def run_on_pool(function: Callable[[J], Result], jobs: list[J], workers: int) ->
                 while (pending or running) and not lost:
                     while pending and len(running) < workers:
                         index, job = pending.pop(0)
-                        running[pool.submit(run_in_worker, function, job)] = (index, job)
+                        running[submit_quietly(pool, function, job)] = (index, job)
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
                     for future in done:
                         index, job = running.pop(future)
@@ -184,6 +184,18 @@ def run_on_pool(function: Callable[[J], Result], jobs: list[J], workers: int) ->
             lost.sort(key=lambda item: item[0])
             retry_or_fail(lost, attempts)
             pending = lost + pending
+
+
+def submit_quietly(pool: ProcessPoolExecutor, function: Callable[[J], Result], job: J) -> Future:
+    """``pool.submit`` with SIGINT blocked while it runs: a submit may spawn the pool's
+    worker processes, and a blocked signal stays blocked in them from their first
+    instruction on (the mask survives fork and exec), so a Ctrl-C while a worker is still
+    starting cannot print its traceback; the driver handles Ctrl-C (``stop_pool``)."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return pool.submit(run_in_worker, function, job)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def stop_pool(pool: ProcessPoolExecutor) -> None:
