@@ -199,6 +199,18 @@ def test_the_estimate_names_the_layer_that_makes_a_model_large(tmp_path):
     assert inferring < memory.estimate("cnn", 1000, training=True).total
 
 
+def test_the_fast_paths_inference_chunk_is_estimated_as_it_is_cut(tmp_path):
+    from twinnet.numpy_nn.fast import split
+
+    assert memory.FAST_ACTIVATION_BYTES == split.ACTIVATION_BYTES
+    spec = tmp_path / "im2col.toml"
+    spec.write_text(IM2COL_BOMB)  # 28x28x64 outputs: 41 images a chunk on the fast path
+    fast = memory.estimate(str(spec), 1000, training=False, path="fast")
+    reference = memory.estimate(str(spec), 1000, training=False, path="reference")
+    assert "41 images" in fast.what and "1000 images" in reference.what
+    assert fast.total * 20 < reference.total
+
+
 @pytest.mark.parametrize("model", models.NAMED_MODELS)
 def test_the_built_in_models_fit_well_within_a_small_machine(model):
     for path in memory.PATHS:
@@ -232,8 +244,9 @@ def test_a_model_over_the_memory_budget_is_one_line_naming_its_layer_and_allocat
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize(("command", "budget"), [("evaluate", "1G"), ("predict", "1G"), ("compare", "1G"),
-                                               ("trace", "20M")])  # trace: one image
+# The fast path infers the bomb one image at a time (12.8 MB an output): budgets below that.
+@pytest.mark.parametrize(("command", "budget"), [("evaluate", "10M"), ("predict", "10M"), ("compare", "1G"),
+                                               ("trace", "20M")])
 def test_a_spec_in_a_weights_file_over_the_budget_is_refused_before_the_model_is_built(
         tmp_path, capsys, command, budget):
     digit_png(tmp_path / "digit.png")

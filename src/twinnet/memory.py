@@ -32,6 +32,9 @@ from twinnet.errors import TwinnetError
 PATHS = ("fast", "reference", "tf")
 # Images inference runs at a time (metrics.EVAL_BATCH, numpy_nn.network.MAX_EVAL_CHUNK).
 INFERENCE_BATCH = 1000
+# The fast path infers fewer at a time where one image's largest output is large: this many
+# bytes of it per chunk (numpy_nn.fast.split.ACTIVATION_BYTES; a test holds them equal).
+FAST_ACTIVATION_BYTES = 8 << 20
 MAX_MEMORY_ENV = "TWINNET_MAX_MEMORY"
 # What the process itself takes besides the model (Python, NumPy, the MNIST arrays of
 # 55,000 + 5,000 + 10,000 float32 images, 220 MB): kept out of an address-space limit's room.
@@ -131,6 +134,9 @@ def estimate(model: str | tuple, batch: int, *, training: bool, path: str = "fas
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}: expected one of {', '.join(PATHS)}")
     steps = models.walk(model)
+    if path == "fast" and not training:  # as split.inference_images cuts the chunks
+        largest_out = max(math.prod(step.out) for step in steps) * itemsize
+        batch = min(batch, max(1, FAST_ACTIVATION_BYTES // largest_out))
     # Parameters: the twin's own arrays, TensorFlow's variables beside the NumPy copies,
     # the fast path's shared block (parameters and one set of gradients per part).
     copies = 1 + (1 if path == "tf" else 0)
