@@ -444,10 +444,13 @@ def train(config: TrainConfig, data: Mnist, progress: bool | None = None,
             # The watchdog: Ctrl-C came, and what was under way did not end in time.
             sigint.honour()
             if sigint.in_step:
+                kept = (f"the earlier checkpoint {checkpoint} is kept; continue with: twinnet train "
+                        f"--resume {Path(checkpoint).parent}" if checkpoint is not None
+                        and Path(checkpoint).is_file() else "no checkpoint was saved")
                 raise TrainingInterruptedError(
                     f"interrupted during step {state.step + 1}, which did not end within "
-                    f"{STEP_GRACE_SECONDS:g} s of Ctrl-C (is a worker process stopped?); that step "
-                    "is not saved, an earlier checkpoint is kept") from None
+                    f"{STEP_GRACE_SECONDS:g} s of Ctrl-C (is a worker process stopped?); the step is "
+                    f"not saved, {kept}") from None
             stop_here(config, state, checkpoint, f"after step {state.step} (what followed it did not "
                       f"end within {STEP_GRACE_SECONDS:g} s of Ctrl-C)")
     return state.model, metrics
