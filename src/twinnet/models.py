@@ -167,8 +167,12 @@ def _value(where: str, key: str, raw: Any, kind: type) -> Any:
 
 
 def _short(value: Any) -> str:
-    """``repr(value)``, cut to one short line: a hostile value may be a whole table."""
-    text = " ".join(repr(value).split())
+    """``repr(value)``, cut to one short line: a hostile value may be a whole table, or
+    nested as deep as a JSON parser goes (a spec in a weights file's meta)."""
+    try:
+        text = " ".join(repr(value).split())
+    except RecursionError:
+        return f"a {type(value).__name__} nested too deeply"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
