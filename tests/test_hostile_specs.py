@@ -242,6 +242,7 @@ def test_a_model_over_the_memory_budget_is_one_line_naming_its_layer_and_allocat
     assert "im2col columns" in line
     assert peak < 20e6, f"{peak / 1e6:.0f} MB allocated before the refusal"
     assert not (tmp_path / "runs").exists()
+    assert memory.MAX_MEMORY_ENV not in os.environ  # the budget was this command's only
 
 
 # The fast path infers the bomb one image at a time (12.8 MB an output): budgets below that.

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.verbose:  # an environment variable, so that worker processes see it too
         os.environ[VERBOSE_ENV] = "1"
+    budget_before = os.environ.get(MAX_MEMORY_ENV)
     try:
         if args.max_memory is not None:  # an environment variable, so that workers see it too
             parse_size(args.max_memory)
@@ -88,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         # The reader (`| head`) stopped early; silence Python's flush at exit too.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:  # for this command only (main may run again in this process: tests, notebooks)
+        if budget_before is None:
+            os.environ.pop(MAX_MEMORY_ENV, None)
+        else:
+            os.environ[MAX_MEMORY_ENV] = budget_before
 
 
 if __name__ == "__main__":
