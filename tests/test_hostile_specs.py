@@ -222,6 +222,7 @@ def test_the_built_in_models_fit_well_within_a_small_machine(model):
     ["train", "SPEC"], ["train", "SPEC", "--reference"], ["train", "SPEC", "--backend", "tf"],
     ["gradcheck", "SPEC"], ["compare", "SPEC"], ["bench", "--models", "SPEC", "--backends", "numpy"],
     ["sweep", "SPEC"], ["--max-memory", "600M", "bench", "--blocks", "--models", "SPEC"],
+    ["report", "--presets", "PRESETS"],
 ])
 def test_a_model_over_the_memory_budget_is_one_line_naming_its_layer_and_allocates_nothing(
         tmp_path, capsys, monkeypatch, argv):
@@ -229,7 +230,8 @@ def test_a_model_over_the_memory_budget_is_one_line_naming_its_layer_and_allocat
     monkeypatch.setenv("TWINNET_DATA", str(tmp_path / "no-mnist-here"))
     spec = tmp_path / "im2col.toml"
     spec.write_text(IM2COL_BOMB)
-    argv = [str(spec) if a == "SPEC" else a for a in argv]
+    presets = commands(spec, tmp_path)["report"][2]
+    argv = [str(spec) if a == "SPEC" else presets if a == "PRESETS" else a for a in argv]
     tracemalloc.start()
     try:
         code = main([*argv, "--max-memory", "600M"] if argv[0] != "--max-memory" else argv)
