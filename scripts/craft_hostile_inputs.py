@@ -1,6 +1,9 @@
-"""Craft small hostile input files (each at most 1 MB) and, with ``--measure``, time the
-commands that read them under ``/usr/bin/time -v``, printing a Markdown table of
-exit code, peak memory (max RSS) and wall-clock seconds.
+"""Craft small hostile input files (each at most 1 MB on disk) and, with ``--measure``,
+time the commands that read them under ``/usr/bin/time -v``, printing a Markdown table of
+exit code, peak memory (max RSS) and wall-clock seconds. Hostile spec files (issue 32:
+a FIFO, links to /dev/zero and /dev/urandom, a 100 MB file, 5,000-deep nesting, out-of-range
+values) go through every command that takes a MODEL, and weights files whose meta carries a
+hostile spec through every command that takes --weights.
 
     PYTHONPATH=src python scripts/craft_hostile_inputs.py /tmp/hostile --measure
 
@@ -20,6 +23,7 @@ import re
 import struct
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -117,6 +121,65 @@ def craft(out: Path) -> dict[str, Path]:
     pixels[0, 0], pixels[1, 1] = np.nan, np.inf
     files["nan.tif"] = out / "nan.tif"
     Image.fromarray(pixels, mode="F").save(files["nan.tif"])
+    files.update(craft_specs(out))
+    return files
+
+
+TAIL = '[[layers]]\ntype = "flatten"\n[[layers]]\ntype = "dense"\nunits = 10\n'
+DENSE = ('[[layers]]\ntype = "flatten"\n[[layers]]\ntype = "dense"\nunits = {}\n[[layers]]\n'
+         'type = "dense"\nunits = 10\n')
+# Hostile spec files (issue 32): name -> TOML text, or a special kind.
+SPECS = {
+    "fifo.toml": "FIFO",
+    "dev-zero.toml": "/dev/zero",
+    "dev-urandom.toml": "/dev/urandom",
+    "100mb.toml": "SPARSE",
+    "nested-5000.toml": "name = " + "[" * 5000 + "]" * 5000 + "\n" + TAIL,
+    "kernel-1000.toml": '[[layers]]\ntype = "conv2d"\nfilters = 4\nkernel = 1000\npadding = "same"\n' + TAIL,
+    "units-200000.toml": DENSE.format(200_000),
+    "units-1e9.toml": DENSE.format(10**9),
+    "alpha-1e308.toml": ('[[layers]]\ntype = "flatten"\n[[layers]]\ntype = "leaky_relu"\nalpha = 1e308\n'
+                         '[[layers]]\ntype = "dense"\nunits = 10\n'),
+}
+
+
+def craft_specs(out: Path) -> dict[str, Path]:
+    """The hostile spec files of SPECS, a presets file naming each (for ``report``), and
+    weights files whose meta carries a hostile spec: 10,000 layers, kernel 1000."""
+    files: dict[str, Path] = {}
+    for name, content in SPECS.items():
+        path = out / name
+        path.unlink(missing_ok=True)
+        if content == "FIFO":
+            os.mkfifo(path)
+        elif content.startswith("/dev/"):
+            path.symlink_to(content)
+        elif content == "SPARSE":  # 100 MB of layers as the file's size says; sparse on disk
+            path.write_text('[[layers]]\ntype = "flatten"\n')
+            os.truncate(path, 100_000_000)
+        else:
+            path.write_text(content)
+        files[name] = path
+        presets = out / f"presets-{name}"
+        presets.write_text(f'[models."{path}"]\noptimizer = "sgd"\nlr = 0.1\nschedule = "constant"\n'
+                           'steps = 5\nbatch_size = 10\nseed = 0\nlr_chosen_by = "-"\n'
+                           'twins = {numpy = "X:a"}\n')
+        files[f"presets-{name}"] = presets
+    small = out / "small.toml"
+    small.write_text('name = "carried"\n' + TAIL)
+    for name, layers in (
+            ("meta-10000-layers.npz",
+             [{"type": "flatten"}] + [{"type": "relu"}] * 10_000 + [{"type": "dense", "units": 10}]),
+            ("meta-kernel-1000.npz", [{"type": "conv2d", "filters": 4, "kernel": 1000}, {"type": "flatten"},
+                                      {"type": "dense", "units": 10}])):
+        path = out / name
+        save_weights(path, str(small), init_params(str(small)), {})
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        meta = json.loads(str(arrays["meta"]))
+        arrays["meta"] = np.array(json.dumps({**meta, "spec": {"name": "carried", "layers": layers}}))
+        np.savez(path, **arrays)
+        files[name] = path
     return files
 
 
@@ -125,17 +188,31 @@ def commands(files: dict[str, Path]) -> list[tuple[str, Path, list[str]]]:
     good = str(files["good-weights.npz"])
     rows = []
     for name in ("npz-bomb.npz", "unknown-keys.npz", "inflated-member.npz", "many-members.npz"):
-        rows.append((name, files[name], ["evaluate", str(files[name]), "--backend", "numpy"]))
+        rows.append((name, files[name], ["evaluate", "--weights", str(files[name]), "--backend", "numpy"]))
         rows.append((name, files[name],
                      ["predict", str(files["digit.png"]), "--weights", str(files[name])]))
     rows.append(("raw t10k-images with bad magic", files["bad-magic.idx"],
-                 ["evaluate", good, "--backend", "numpy", "--data-dir", str(files["bad-magic-data/"])]))
+                 ["evaluate", "--weights", good, "--backend", "numpy",
+                  "--data-dir", str(files["bad-magic-data/"])]))
     rows.append(("huge.png (10000x10000)", files["huge.png"],
                  ["predict", str(files["huge.png"]), "--weights", good]))
     rows.append(("largest-accepted.png (6000x6000 RGBA)", files["largest-accepted.png"],
                  ["predict", str(files["largest-accepted.png"]), "--weights", good]))
     rows.append(("nan.tif + digit.png", files["nan.tif"],
                  ["predict", str(files["nan.tif"]), str(files["digit.png"]), "--weights", good]))
+    for name in SPECS:
+        spec = str(files[name])
+        for argv in (["train", spec], ["train", spec, "--reference"], ["train", spec, "--backend", "tf"],
+                     ["gradcheck", spec], ["bench", "--models", spec, "--repeats", "1"], ["compare", spec],
+                     ["sweep", spec], ["report", "--presets", str(files[f"presets-{name}"])]):
+            rows.append((name, files[name], argv))
+    for name in ("meta-10000-layers.npz", "meta-kernel-1000.npz"):
+        weights = str(files[name])
+        for argv in (["evaluate", "--weights", weights],
+                     ["predict", str(files["digit.png"]), "--weights", weights],
+                     ["trace", "--index", "0", "--weights", weights], ["compare", "--weights", weights],
+                     ["serve", "--weights", weights, "--port", "0"]):
+            rows.append((name, files[name], argv))
     return rows
 
 
@@ -143,17 +220,19 @@ def measure(files: dict[str, Path]) -> None:
     print("| input | size | command | exit | max RSS MB | seconds | stderr |")
     print("|---|---|---|---|---|---|---|")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    scratch = Path(tempfile.mkdtemp(prefix="twinnet-hostile-"))  # run folders, sweeps, reports
     for name, path, argv in commands(files):
-        size = path.stat().st_size
+        size = path.lstat().st_size
         done = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "twinnet", *argv],
-                              capture_output=True, text=True, env=env)
+                              capture_output=True, text=True, env=env, cwd=scratch, timeout=600)
         rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
         wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", done.stderr)
         seconds = int(wall.group(1) or 0) * 3600 + int(wall.group(2)) * 60 + float(wall.group(3))
         errors = [line for line in done.stderr.splitlines() if not line.startswith("\t")
                   and not line.startswith("Command ")]
         first = errors[0][:90] if errors else ""
-        print(f"| {name} | {size / 1e3:.0f} KB | {argv[0]} | {done.returncode} | {rss / 1024:.0f} | "
+        command = " ".join(arg for arg in argv if not arg.startswith("/")).replace(name, "").strip()
+        print(f"| {name} | {size / 1e3:.0f} KB | {command} | {done.returncode} | {rss / 1024:.0f} | "
               f"{seconds:.2f} | {len(errors)} line(s): `{first}` |")
 
 

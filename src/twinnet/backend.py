@@ -20,6 +20,7 @@ import numpy as np
 
 from twinnet.environment import install_command
 from twinnet.errors import TwinnetError
+from twinnet.memory import INFERENCE_BATCH, check_memory, path_of
 from twinnet.models import get_spec, init_params
 from twinnet.weights import WeightsError, check_params, load_weights
 
@@ -105,6 +106,10 @@ def load_model(
         raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+    # Every command that builds a model infers with it (evaluation, predictions, probes):
+    # refused here, before any array of it is allocated, if that cannot fit.
+    check_memory(name, INFERENCE_BATCH, training=False, paths=(path_of(backend, reference),),
+                 optimizer=optimizer)
     if weights is not None:
         params, _meta = load_weights(weights, expected_model=name)
     else:

@@ -20,6 +20,7 @@ import numpy as np
 
 from twinnet.backend import load_model
 from twinnet.environment import cpu_name, simd_level
+from twinnet.memory import check_memory, path_of
 from twinnet.metrics import predict_logits
 from twinnet.models import IMAGE_SHAPE, dropout_masks, has_dropout, model_name, walk
 
@@ -94,6 +95,10 @@ def run_bench(models: list[str], backends: list[str], batch_size: int = 100, rep
               reference: bool = False) -> dict[str, Any]:
     """Median and spread of ms per step and per 1,000 inference images, with GFLOP/s; with
     ``reference``, also of the NumPy twin on its reference layers alone (twin "ref")."""
+    for name in models:  # every model fits, before the data and the first model are built
+        for backend in (*backends, *(("ref",) if reference else ())):
+            check_memory(name, batch_size, training=True, optimizer=optimizer,
+                         paths=(path_of(backend if backend != "ref" else "numpy", backend == "ref"),))
     load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rng = np.random.default_rng(seed)
     x = rng.random((steps, batch_size, *IMAGE_SHAPE), dtype=np.float32)
@@ -228,6 +233,7 @@ def time_blocks(model: str, batch_size: int = 50, repeats: int = 20, seed: int =
     from twinnet.numpy_nn.losses import softmax_cross_entropy
     from twinnet.numpy_nn.model import NumpyModel
 
+    check_memory(model, batch_size, training=True)
     numpy_model = NumpyModel(model, init_params(model, seed), threads=1)
     numpy_model.set_dropout_masks(dropout_masks(model, batch_size, seed, step=0))
     rng = np.random.default_rng(seed)

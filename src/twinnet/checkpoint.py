@@ -37,7 +37,7 @@ import numpy as np
 from twinnet.config import ConfigError, TrainConfig
 from twinnet.data import TRAIN_SIZE
 from twinnet.errors import TwinnetError
-from twinnet.models import MODEL_NAMES, is_spec_file, is_trainable, param_shapes
+from twinnet.models import MODEL_NAMES, SpecError, is_spec_file, is_trainable, param_shapes, pin_spec
 from twinnet.util import atomic_path, is_int
 from twinnet.weights import SPEC_MAX_MEMBERS, SPEC_MAX_TOTAL_BYTES, WEIGHTS_ALLOWED, check_params, read_npz
 
@@ -147,6 +147,9 @@ def check_integrity(arrays: dict[str, np.ndarray], source: Path) -> None:
 # -- training checkpoints: limits and the checks of the sections this module knows ------
 
 SECTIONS = ("config", "step", "params", "optimizer", "order", "progress")
+# A run of a spec file keeps the spec it trains (its TOML table) in this section, so that a
+# resume trains that spec whatever the file holds by then.
+SPEC_SECTION = "spec"
 MAX_PARAMS = max(len(param_shapes(model)) for model in MODEL_NAMES)
 MAX_PARAM_BYTES = max(sum(4 * math.prod(s) for s in param_shapes(m).values()) for m in MODEL_NAMES)
 CHECKPOINT_MAX_MEMBERS = 3 * MAX_PARAMS + 4  # params, Adam's m and v, iterations, perm, state, sha256
@@ -184,13 +187,14 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[TrainConfig, dict[str, Any
     except CheckpointError as refused:  # perhaps a model from a spec file, larger than the four
         state = read_spec_checkpoint(path, refused)
     try:
-        expect_keys(state, SECTIONS, "")
+        expect_keys(state, SECTIONS + ((SPEC_SECTION,) if SPEC_SECTION in state else ()), "")
         if not isinstance(state["config"], dict):
             raise ValueError(f"config is not a table: {state['config']!r}"[:200])
         try:
             config = TrainConfig(**state["config"])
         except (ConfigError, TypeError) as exc:  # TypeError: missing or unknown fields
             raise ValueError(f"config: {exc}") from None
+        pin_stored_spec(config, state.get(SPEC_SECTION), path)
         step = state["step"]
         if not is_int(step) or not 1 <= step <= config.steps:
             raise ValueError(f"step must be an integer from 1 to {config.steps}, got {step!r}"[:200])
@@ -199,6 +203,24 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[TrainConfig, dict[str, Any
         raise CheckpointError(f"{path}: {exc}") from None
     check_params(config.model, state["params"], f"{path}: params")
     return config, state
+
+
+def pin_stored_spec(config: TrainConfig, document: Any, path: str | os.PathLike) -> None:
+    """Make the spec a checkpoint stores the spec of its model (``models.pin_spec``), so that
+    the run resumes with the layers it trained, whatever the spec file holds now. ValueError
+    for a checkpoint of a spec file without a stored spec, or one that cannot be built."""
+    if not is_spec_file(config.model):
+        if document is not None:
+            raise ValueError(f"{SPEC_SECTION}: a run of the built-in model {config.model} stores no spec")
+        return
+    if document is None:
+        raise ValueError(f"holds no copy of the spec {config.model} (written by a twinnet before "
+                         "checkpoints kept one), so it cannot tell whether the file was edited since; "
+                         "start the run over (train --force)")
+    try:
+        pin_spec(config.model, document, f"{path}: its stored spec")
+    except SpecError as exc:
+        raise ValueError(str(exc).removeprefix(f"{path}: ")) from None
 
 
 def read_spec_checkpoint(path: str | os.PathLike, refused: CheckpointError) -> dict[str, Any]:
@@ -214,11 +236,16 @@ def read_spec_checkpoint(path: str | os.PathLike, refused: CheckpointError) -> d
     try:
         text = read_npz(path, str(path), loose, max_total_bytes=SPEC_MAX_TOTAL_BYTES,
                         max_members=SPEC_MAX_MEMBERS * 3, error=CheckpointError, only="state").get("state")
-        config = TrainConfig(**json.loads(str(text))["config"])
+        plain = json.loads(str(text))
+        config = TrainConfig(**plain["config"])
     except (CheckpointError, ConfigError, ValueError, TypeError, KeyError, RecursionError):
         raise refused from None
     if not is_spec_file(config.model):
         raise refused
+    try:  # the exact bounds are those of the spec the run trains, not the file's now
+        pin_stored_spec(config, plain.get(SPEC_SECTION), path)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     shapes = {key: 4 * math.prod(shape) for key, shape in param_shapes(config.model).items()}
     exact = {**{f"params/{k}": n for k, n in shapes.items()},
              **{f"optimizer/{k}/{slot}": n for k, n in shapes.items() for slot in ("m", "v")},

@@ -44,6 +44,7 @@ from x-hat, stay near 1e-6.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -122,18 +123,27 @@ def pass_masks(model_name: str, n: int, masks: list[np.ndarray] | None) -> list[
 
 def numpy_pass(model_name: str, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
                dtype: str = "float64", masks: list[np.ndarray] | None = None,
-               lesson: dict[str, object] | None = None) -> TwinPass:
+               lesson: dict[str, object] | None = None, training: bool = True) -> TwinPass:
     """The NumPy twin's reference layers forward and backward on x (N, 28, 28, 1), y (N,),
     through the twin's one run loop (``Network.loss_and_grads``), recording every layer.
     Training mode: dropout applies ``masks`` (default: ``pass_masks``), batch norm the
-    batch's statistics (its updated moving ones are returned in ``moving``). ``lesson``:
-    a learner's classes in place of some of the lesson's (``network.build_layers``)."""
+    batch's statistics (its updated moving ones are returned in ``moving``). With
+    ``training=False``, the model as it infers (``trace``): no dropout (masks of ones) and
+    batch norm frozen on its moving statistics (``BatchNorm.frozen``), which stay as they are.
+    ``lesson``: a learner's classes in place of some of the lesson's (``network.build_layers``)."""
     from twinnet.numpy_nn.network import reference_network
 
     cast = {k: np.array(v, dtype=dtype) for k, v in params.items()}  # copies: batch norm updates
     network, record = reference_network(model_name, cast, lesson), {}
-    dropouts = [layer for layer, spec in zip(network.layers, models.get_spec(model_name), strict=True)
+    specs = models.get_spec(model_name)
+    dropouts = [layer for layer, spec in zip(network.layers, specs, strict=True)
                 if isinstance(spec, models.DropoutSpec)]
+    if not training:
+        masks = [np.ones((len(x), *shape.inp)) for shape in models.walk(model_name)
+                 if isinstance(shape.layer, models.DropoutSpec)]
+        for layer, spec in zip(network.layers, specs, strict=True):
+            if isinstance(spec, models.BatchNormSpec):
+                layer.frozen = True
     for layer, mask in zip(dropouts, pass_masks(model_name, len(x), masks), strict=True):
         layer.mask = np.asarray(mask, dtype=dtype)
     loss, _, grads = network.loss_and_grads(np.asarray(x, dtype=dtype), np.asarray(y, dtype=np.intp),
@@ -304,18 +314,31 @@ def test_batch(batch: int, seed: int, data_dir: str | None) -> tuple[np.ndarray,
     return x, y, f"{batch} seeded random images (seed {seed}; no MNIST files found)"
 
 
-def model_params(model: str | None, weights: str | None, seed: int) -> tuple[str, dict[str, np.ndarray], str]:
+def model_params(model: str | None, weights: str | None, seed: int,
+                 check: Callable[[str], None] = lambda model: None) -> tuple[str, dict[str, np.ndarray], str]:
     """(model name, params, description): from ``weights`` (its meta names the model, which
-    must match ``model`` if given), else ``init_params(model, seed)``."""
+    must match ``model`` if given), else ``init_params(model, seed)``; ``check(model)`` runs
+    before the model's arrays are built (the memory check)."""
     from twinnet.weights import load_weights
 
     if weights is not None:
         params, meta = load_weights(weights, expected_model=model)
+        check(meta["model"])
         return meta["model"], params, str(weights)
     if model is None:
         raise TwinnetError("name a model, or give --weights")
     models.get_spec(model)
+    check(model)
     return model, models.init_params(model, seed), f"seeded init (seed {seed})"
+
+
+def check_pass_memory(model: str, batch: int, dtype: str, paths: tuple[str, ...]) -> None:
+    """``memory.check_memory`` of the passes compare and trace run: training passes of
+    ``batch`` images in ``dtype`` on each of ``paths``."""
+    from twinnet.memory import check_memory
+
+    check_memory(model, batch, training=True, paths=paths, itemsize=np.dtype(dtype).itemsize,
+                 what=f"both twins on a batch of {batch}, {dtype}")
 
 
 def inference_diffs(model: str, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, dtype: str,
@@ -381,7 +404,10 @@ def compare(model: str | None = None, weights: str | None = None, batch: int = 6
         raise TwinnetError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if batch < 1:
         raise TwinnetError(f"--batch must be at least 1, got {batch}")
-    model, params, source = model_params(model, weights, seed)
+    paths = ("reference", "tf") if reference else ("reference", "fast", "tf")
+    model, params, source = model_params(
+        model, weights, seed, lambda name: check_pass_memory(name, len(x) if x is not None else batch,
+                                                             dtype, paths))
     if x is None or y is None:
         x, y, data = test_batch(batch, seed, data_dir)
     else:

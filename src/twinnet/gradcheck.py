@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from twinnet import models
+from twinnet.memory import check_memory
 from twinnet.numpy_nn.activations import LeakyReLU, Sigmoid, Tanh
 from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
 from twinnet.numpy_nn.fast.folding import ConvBatchNormReLUPool
@@ -297,6 +298,8 @@ def check_model(name: str | tuple, seed: int = 0, fast: bool = True,
     random-normal images and random labels; up to ENTRIES_PER_PARAM seeded random
     entries of each parameter. One row per parameter, in canonical order.
     """
+    check_memory(name, MODEL_BATCH, training=True, paths=("fast" if fast else "reference",),
+                 itemsize=8, what=f"gradient check, batch {MODEL_BATCH}, float64")
     rng = np.random.default_rng(seed)
     params = {k: v.astype(np.float64) for k, v in models.init_params(name, seed).items()}
     for key in params:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from functools import cache
@@ -36,6 +37,16 @@ MODEL_NAMES: tuple[str, ...] = ("linear", "mlp128", "mlp256x2", "cnn")
 EXAMPLE_NAMES: tuple[str, ...] = ("lenet5", "cnn-bn-dropout")
 NAMED_MODELS: tuple[str, ...] = MODEL_NAMES + EXAMPLE_NAMES
 PADDINGS = ("same", "valid")
+
+# Bounds on a spec, checked before anything is built or allocated (a spec is input like a
+# weights file). A layer takes 20 to 60 bytes of TOML, so a spec of a few hundred layers is
+# a few KB; the built-in models have at most 15 layers and 270,000 parameters.
+SPEC_MAX_BYTES = 64 << 10
+MAX_LAYERS = 500
+MAX_UNITS = 65_536  # a dense layer's units
+MAX_FILTERS = 4_096  # a conv layer's filters
+MAX_PARAMS = 1 << 25  # 33.5 million parameters: 134 MB of float32
+MAX_NAME_CHARS = 100
 
 
 class SpecError(TwinnetError):
@@ -149,21 +160,33 @@ def _value(where: str, key: str, raw: Any, kind: type) -> Any:
         ok, raw = True, float(raw)
     if not ok:
         raise SpecError(f"{where}: {key} must be {'an integer' if kind is int else 'a ' + kind.__name__}, "
-                        f"got {raw!r}")
+                        f"got {_short(raw)}")
+    if kind is float and not math.isfinite(raw):
+        raise SpecError(f"{where}: {key} must be a finite number, got {raw!r}")
     return raw
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to one short line: a hostile value may be a whole table, or
+    nested as deep as a JSON parser goes (a spec in a weights file's meta)."""
+    try:
+        text = " ".join(repr(value).split())
+    except RecursionError:
+        return f"a {type(value).__name__} nested too deeply"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _layer_options(where: str, table: Any) -> tuple[str, dict[str, Any]]:
     """A ``[[layers]]`` table checked against LAYER_KEYS: (type, every key with its value)."""
     if not isinstance(table, dict):
-        raise SpecError(f"{where}: a layer must be a table with a type, got {table!r}")
+        raise SpecError(f"{where}: a layer must be a table with a type, got {_short(table)}")
     kind = table.get("type")
-    if kind not in LAYER_KEYS:
-        raise SpecError(f"{where}: type must be one of {', '.join(LAYER_KEYS)}, got {kind!r}")
+    if not isinstance(kind, str) or kind not in LAYER_KEYS:
+        raise SpecError(f"{where}: type must be one of {', '.join(LAYER_KEYS)}, got {_short(kind)}")
     allowed = LAYER_KEYS[kind]
     extra = sorted(set(table) - set(allowed) - {"type"})
     if extra:
-        raise SpecError(f"{where} ({kind}): unknown key {extra[0]!r} (a {kind} layer takes "
+        raise SpecError(f"{where} ({kind}): unknown key {_short(extra[0])} (a {kind} layer takes "
                         f"{', '.join(allowed) or 'no keys'})")
     options = {}
     for key, (kind_of, default) in allowed.items():
@@ -180,6 +203,11 @@ def _positive(where: str, options: dict[str, Any], *keys: str) -> None:
     for key in keys:
         if options[key] is not None and options[key] < 1:
             raise SpecError(f"{where}: {key} must be at least 1, got {options[key]}")
+
+
+def _at_most(where: str, key: str, value: int, limit: int, why: str) -> None:
+    if value > limit:
+        raise SpecError(f"{where}: {key} must be at most {limit:,} ({why}), got {value:,}")
 
 
 def _window_out(where: str, size: int, kernel: int, stride: int, padding: str) -> int:
@@ -201,17 +229,25 @@ def _build_layer(where: str, kind: str, o: dict[str, Any], shape: tuple[int, ...
         raise SpecError(f"{where}: needs a flat input: put a flatten layer before it")
     if kind == "dense":
         _positive(where, o, "units")
+        _at_most(where, "units", o["units"], MAX_UNITS, "twinnet's bound on a dense layer")
         return DenseSpec(name, shape[0], o["units"]), (o["units"],)
     if kind == "conv2d":
         _positive(where, o, "filters", "kernel", "stride")
+        _at_most(where, "filters", o["filters"], MAX_FILTERS, "twinnet's bound on a conv layer")
         if o["padding"] not in PADDINGS:
-            raise SpecError(f"{where}: padding must be 'same' or 'valid', got {o['padding']!r}")
+            raise SpecError(f"{where}: padding must be 'same' or 'valid', got {_short(o['padding'])}")
+        # A window larger than its input, or a stride past it, sees nothing more ('same'
+        # padding would surround the input with kernel - 1 rows and columns of zeros).
+        if o["padding"] == "same":
+            _at_most(where, "kernel", o["kernel"], min(shape[:2]), f"its input is {shape[0]}x{shape[1]}")
+        _at_most(where, "stride", o["stride"], min(shape[:2]), f"its input is {shape[0]}x{shape[1]}")
         h, w = (_window_out(where, s, o["kernel"], o["stride"], o["padding"]) for s in shape[:2])
         spec = Conv2DSpec(name, shape[2], o["filters"], o["kernel"], o["stride"], o["padding"])
         return spec, (h, w, o["filters"])
     if kind in ("maxpool2d", "avgpool2d"):
         stride = o["stride"] if o["stride"] is not None else o["size"]
         _positive(where, {**o, "stride": stride}, "size", "stride")
+        _at_most(where, "stride", stride, min(shape[:2]), f"its input is {shape[0]}x{shape[1]}")
         h, w = (_window_out(where, s, o["size"], stride, "valid") for s in shape[:2])
         cls = MaxPool2DSpec if kind == "maxpool2d" else AvgPool2DSpec
         return cls(o["size"], stride), (h, w, shape[2])
@@ -222,10 +258,16 @@ def _build_layer(where: str, kind: str, o: dict[str, Any], shape: tuple[int, ...
             raise SpecError(f"{where}: rate must be in [0, 1), got {o['rate']}")
         return DropoutSpec(o["rate"]), shape
     if kind == "batchnorm":
-        if not 0 <= o["momentum"] < 1 or not o["epsilon"] > 0:
-            raise SpecError(f"{where}: needs 0 <= momentum < 1 and epsilon > 0")
+        # epsilon in float32 (the twins' dtype) must be a normal number, and no larger
+        # than 1, where it would swamp any feature's variance of pixels in [0, 1].
+        if not 0 <= o["momentum"] < 1 or not 1e-30 <= o["epsilon"] <= 1:
+            raise SpecError(f"{where}: needs 0 <= momentum < 1 and 1e-30 <= epsilon <= 1, got "
+                            f"momentum {o['momentum']}, epsilon {o['epsilon']}")
         return BatchNormSpec(name, shape[-1], o["momentum"], o["epsilon"]), shape
     if kind == "leaky_relu":
+        # Keras refuses a negative slope; above 1 it is no longer the leaky side.
+        if not 0 <= o["alpha"] <= 1:
+            raise SpecError(f"{where}: alpha must be in [0, 1], got {o['alpha']}")
         return LeakyReLUSpec(o["alpha"]), shape
     return {"relu": ReLUSpec, "tanh": TanhSpec, "sigmoid": SigmoidSpec}[kind](), shape
 
@@ -238,11 +280,21 @@ def parse_spec(document: Any, source: str) -> tuple[LayerSpec, ...]:
         raise SpecError(f"{source}: a spec is a TOML table with a non-empty array of [[layers]]")
     unknown = sorted(set(document) - {"name", "description", "layers"})
     if unknown:
-        raise SpecError(f"{source}: unknown top-level key {unknown[0]!r} "
+        raise SpecError(f"{source}: unknown top-level key {_short(unknown[0])} "
                         "(expected name, description, layers)")
+    if len(document["layers"]) > MAX_LAYERS:
+        raise SpecError(f"{source}: {len(document['layers']):,} layers, more than the {MAX_LAYERS} "
+                        "a spec may have")
+    for key in ("name", "description"):
+        if key in document and not isinstance(document[key], str):
+            raise SpecError(f"{source}: {key} must be a string, got {_short(document[key])}")
+    if len(document.get("name", "")) > MAX_NAME_CHARS:
+        raise SpecError(f"{source}: name is {len(document['name'])} characters, more than the "
+                        f"{MAX_NAME_CHARS} allowed")
     shape: tuple[int, ...] = IMAGE_SHAPE
     counts: dict[str, int] = {}
     specs: list[LayerSpec] = []
+    params = 0
     for index, table in enumerate(document["layers"], start=1):
         where = f"{source}: layer {index}"
         kind, options = _layer_options(where, table)
@@ -254,6 +306,10 @@ def parse_spec(document: Any, source: str) -> tuple[LayerSpec, ...]:
         if 0 in shape:
             raise SpecError(f"{where} ({kind}): its output shape {shape} has reached zero")
         specs.append(spec)
+        params += layer_params(spec)
+        if params > MAX_PARAMS:
+            raise SpecError(f"{where} ({kind}): brings the model to {params:,} parameters, more "
+                            f"than the {MAX_PARAMS:,} twinnet builds")
     if shape != (NUM_CLASSES,):
         last = len(document["layers"])
         key = "units" if kind == "dense" else "type"
@@ -262,20 +318,52 @@ def parse_spec(document: Any, source: str) -> tuple[LayerSpec, ...]:
     return tuple(specs)
 
 
+def layer_params(spec: LayerSpec) -> int:
+    """Parameters of one layer (batch norm's moving statistics included)."""
+    if isinstance(spec, DenseSpec):
+        return (spec.n_in + 1) * spec.n_out
+    if isinstance(spec, Conv2DSpec):
+        return (spec.kernel * spec.kernel * spec.c_in + 1) * spec.c_out
+    if isinstance(spec, BatchNormSpec):
+        return 4 * spec.features
+    return 0
+
+
 def is_spec_file(model: str) -> bool:
     """Whether ``model`` names a spec file rather than a built-in model."""
     return model.endswith(".toml")
 
 
 def read_document(path: str) -> dict[str, Any]:
-    """A spec file's TOML table; SpecError naming the file when it cannot be read or parsed."""
+    """A spec file's TOML table; SpecError naming the file when it cannot be read or parsed.
+
+    Only a regular file of at most SPEC_MAX_BYTES is read: a FIFO, a device (a link to
+    /dev/zero) or a directory is refused before it is opened for reading, a larger file
+    from its size, and at most SPEC_MAX_BYTES + 1 bytes are ever read (a file that grows
+    meanwhile). A document nested too deeply for the parser is refused too.
+    """
+    from twinnet.util import FileAccessError, read_bounded  # here: importing models stays light
+
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        raw = read_bounded(path, SPEC_MAX_BYTES)
+    except FileAccessError as exc:
+        raise SpecError(f"{path}: cannot read the spec file ({exc.reason}; a spec of {MAX_LAYERS} "
+                        "layers takes about 20 KB)" if "bytes" in exc.reason else
+                        f"{path}: cannot read the spec file ({exc.reason})") from None
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the spec file ({exc.strerror or exc})") from None
+    return parse_document(raw, path)
+
+
+def parse_document(raw: bytes, source: str) -> dict[str, Any]:
+    """The TOML table in ``raw``; SpecError naming ``source`` if it is not valid TOML or is
+    nested too deeply to parse (tomllib recurses once per level)."""
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: not valid TOML ({exc})") from None
+        raise SpecError(f"{source}: not valid TOML ({' '.join(str(exc).split())})") from None
+    except RecursionError:
+        raise SpecError(f"{source}: nested too deeply to be a spec") from None
 
 
 @cache
@@ -289,11 +377,12 @@ def _spec_of_file(path: str, _mtime_ns: int) -> tuple[LayerSpec, ...]:
 
 
 def spec_document(model: str) -> dict[str, Any]:
-    """The TOML table of ``model``, a built-in name or a spec file's path."""
-    if is_spec_file(model):
-        return read_document(model)
+    """The TOML table of ``model``, a built-in name or a spec file's path (the pinned
+    table where ``pin_spec`` pinned that path)."""
     if model in _REGISTERED:
         return _REGISTERED[model][0]
+    if is_spec_file(model):
+        return read_document(model)
     get_spec(model)
     return _builtin_document(model)
 
@@ -340,13 +429,27 @@ def register_spec(document: Any, name: Any, source: str) -> str:
     return name
 
 
+def pin_spec(path: str, document: Any, source: str | None = None) -> tuple[LayerSpec, ...]:
+    """Make ``document`` (a spec's TOML table) the spec of the spec file ``path`` in this
+    process, whatever the file holds now or later: a run trains the spec it started with,
+    and a resumed run the one its checkpoint stores. SpecError naming ``source`` (default:
+    ``path``) if the document cannot be built."""
+    specs = parse_spec(document, source or path)
+    _REGISTERED[path] = (document, specs)
+    return specs
+
+
 def model_name(model: str) -> str:
     """The name runs and messages give ``model``: a built-in's own, a spec file's ``name``
-    (default: the file's stem)."""
+    (default: the file's stem) made a plain word, as weights files carry it: each run of
+    characters other than ASCII letters, digits, ``-`` and ``_`` becomes one ``_``, outer
+    ``_`` and ``-`` go, at most MAX_NAME_CHARS remain (``../../etc/x`` -> ``etc_x``; a name
+    of nothing else -> ``spec``). ``runs.safe_name`` makes run folders of it."""
     if not is_spec_file(model):
         return model
     name = spec_document(model).get("name")
-    return name if isinstance(name, str) and name else os.path.splitext(os.path.basename(model))[0]
+    text = name if isinstance(name, str) and name else os.path.splitext(os.path.basename(model))[0]
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text)[:MAX_NAME_CHARS].strip("_-") or "spec"
 
 
 def describe(model: str) -> str:

@@ -162,24 +162,54 @@ def run_on_pool(function: Callable[[J], Result], jobs: list[J], workers: int) ->
         with ProcessPoolExecutor(min(workers, len(pending)), initializer=ignore_sigint,
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
             running: dict[Future, tuple[int, J]] = {}
-            while (pending or running) and not lost:
-                while pending and len(running) < workers:
-                    index, job = pending.pop(0)
-                    running[pool.submit(run_in_worker, function, job)] = (index, job)
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    index, job = running.pop(future)
-                    try:
-                        result = future.result()
-                    except BrokenProcessPool:
-                        lost.append((index, job))
-                        continue
-                    yield job, result
+            try:
+                while (pending or running) and not lost:
+                    while pending and len(running) < workers:
+                        index, job = pending.pop(0)
+                        running[submit_quietly(pool, function, job)] = (index, job)
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        index, job = running.pop(future)
+                        try:
+                            result = future.result()
+                        except BrokenProcessPool:
+                            lost.append((index, job))
+                            continue
+                        yield job, result
+            except BaseException:  # Ctrl-C, or the caller stopped: not a job's own failure
+                stop_pool(pool)
+                raise
             lost += running.values()  # the pool is broken: the others died with it
         if lost:
             lost.sort(key=lambda item: item[0])
             retry_or_fail(lost, attempts)
             pending = lost + pending
+
+
+def submit_quietly(pool: ProcessPoolExecutor, function: Callable[[J], Result], job: J) -> Future:
+    """``pool.submit`` with SIGINT blocked while it runs: a submit may spawn the pool's
+    worker processes, and a blocked signal stays blocked in them from their first
+    instruction on (the mask survives fork and exec), so a Ctrl-C while a worker is still
+    starting cannot print its traceback; the driver handles Ctrl-C (``stop_pool``)."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return pool.submit(run_in_worker, function, job)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """End ``pool`` now: its queued jobs cancelled, its worker processes killed. Leaving
+    the ``with`` block would otherwise wait for every running job to finish: a worker
+    ignores Ctrl-C outside a training's own handler (``ignore_sigint``), so a job that
+    was loading its data when Ctrl-C came then trains to its end, for up to a minute."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public accessor
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        try:
+            process.kill()
+        except (OSError, ValueError, AttributeError):  # gone already
+            pass
 
 
 def import_ray() -> Any:

@@ -33,6 +33,8 @@ from twinnet.backend import BACKENDS
 from twinnet.config import ConfigError, TrainConfig
 from twinnet.errors import TwinnetError
 from twinnet.models import get_spec, is_spec_file, model_name
+from twinnet.runs import safe_name
+from twinnet.util import FileAccessError, read_bounded
 
 # The longest file name most filesystems take (ext4, XFS, btrfs, APFS, NTFS: 255 bytes);
 # ``check_name_lengths`` asks the report folder's own filesystem when it exists.
@@ -60,7 +62,7 @@ class Preset:
 
     def folder_name(self) -> str:
         """The run folder's name, ``P1a-linear-tf``."""
-        return f"{self.id}-{model_name(self.config.model)}-{self.config.backend}"
+        return f"{self.id}-{safe_name(self.config.model)}-{self.config.backend}"
 
     def with_seed(self, k: int, seeds: int) -> Preset:
         """Seed k of ``seeds``: the config's seed plus k, the label naming that seed when
@@ -79,11 +81,21 @@ def default_presets_path() -> Path:
     return Path(str(resources.files("twinnet") / "presets.toml"))
 
 
+# A presets file is a few KB (the shipped one: 2 KB); a larger one is not read.
+PRESETS_MAX_BYTES = 1 << 20
+
+
 def read_toml(source: Path) -> dict[str, Any]:
+    """The presets file's table: read only from a regular file of at most PRESETS_MAX_BYTES
+    (a FIFO or /dev/zero is refused at once), parsed without hitting a recursion limit."""
     try:
-        return tomllib.loads(source.read_text(encoding="utf-8"))
+        return tomllib.loads(read_bounded(source, PRESETS_MAX_BYTES).decode("utf-8"))
+    except FileAccessError as exc:
+        raise TwinnetError(f"{source}: cannot read presets ({exc.reason})") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise TwinnetError(f"{source}: cannot read presets ({exc})") from None
+        raise TwinnetError(f"{source}: cannot read presets ({' '.join(str(exc).split())})") from None
+    except RecursionError:
+        raise TwinnetError(f"{source}: cannot read presets (nested too deeply)") from None
 
 
 def check_keys(where: str, entry: Any, allowed: tuple[str, ...], required: tuple[str, ...]) -> None:

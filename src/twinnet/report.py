@@ -59,9 +59,10 @@ from twinnet.runs import (
     lock_run_dir,
     read_finished,
     run_bytes,
+    safe_name,
     write_run,
 )
-from twinnet.training import SPLITS, train
+from twinnet.training import SPLITS, check_training_memory, train
 from twinnet.util import write_text_atomic
 
 TEXT = tomllib.loads(resources.files("twinnet").joinpath("report_text.toml").read_text(encoding="utf-8"))
@@ -257,6 +258,8 @@ def generate_report(out: str | os.PathLike = "report", only: str | None = None, 
     if engine == "ray" and address:
         check_ray_address(address)
     readme = readme_of(out)
+    for preset in presets + reruns:  # each of ``jobs`` workers trains one run at a time
+        check_training_memory(preset.config, copies=jobs, threads=max(1, (os.cpu_count() or 1) // jobs))
     reused, todo = plan_runs(presets + reruns, out, retrain, None if data_dir is None else str(data_dir),
                              jobs, seeds)
     if quiet is None:  # into a file or a pipe: one line per finished run, no more
@@ -306,7 +309,7 @@ def write_tensorboard_runs(log_dir: str | os.PathLike, presets: list[Preset], ru
 
     for preset in (p for p in presets if p.id in runs):
         for metrics in runs[preset.id]:
-            name = f"{model_name(preset.config.model)}/{preset.config.backend}"
+            name = f"{safe_name(preset.config.model)}/{preset.config.backend}"
             if seeds > 1:
                 name += f"/seed-{metrics['config']['seed']}"
             write_tensorboard(metrics, log_dir, name)
@@ -325,7 +328,7 @@ def write_twin_plots(out: Path, presets: list[Preset], runs: dict[str, list[Metr
         curves = {f"{p.label} {p.config.backend}": [run["curves"] for run in runs[p.id]]
                   for p in presets if p.config.model == model and p.id in runs}
         if curves:
-            plot_twins(curves, f"{model_name(model)}: both twins", out / f"twins-{model_name(model)}.png")
+            plot_twins(curves, f"{model_name(model)}: both twins", out / f"twins-{safe_name(model)}.png")
 
 
 def redraw_shown_runs(out: Path, presets: list[Preset], runs: dict[str, list[Metrics]]) -> None:
@@ -478,7 +481,8 @@ def model_section(model: str, presets: list[Preset], runs: dict[str, list[Metric
     parts = [text("model", model=name, architecture=describe(model), params=count_params(model),
                   multiply_adds=multiply_adds_per_image(model))]
     if any(p.id in runs for p in presets):
-        parts.append(text("twins_figure_one" if seeds == 1 else "twins_figure_many", model=name))
+        parts.append(text("twins_figure_one" if seeds == 1 else "twins_figure_many", model=name,
+                          file=safe_name(model)))
     for preset in presets:
         parts.append(text("run_heading", label=preset.label, model=name,
                           twin=TEXT["twin_names"][preset.config.backend]))

@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -31,7 +32,7 @@ import numpy as np
 
 from twinnet.config import TrainConfig
 from twinnet.errors import TwinnetError
-from twinnet.models import count_params, model_name
+from twinnet.models import NAMED_MODELS, count_params, is_spec_file, model_name, spec_document
 from twinnet.util import (
     is_int,
     is_number,
@@ -41,7 +42,15 @@ from twinnet.util import (
     write_json_atomic,
 )
 from twinnet.version import __version__
-from twinnet.weights import save_weights
+from twinnet.weights import (
+    META_MAX_BYTES,
+    SPEC_KEY,
+    SPEC_MAX_MEMBERS,
+    SPEC_MAX_TOTAL_BYTES,
+    parse_meta,
+    read_npz,
+    save_weights,
+)
 
 RUN_FILES = ("weights.npz", "metrics.json", "curves.png", "confusion.png")
 LOCK_NAME = ".lock"
@@ -49,10 +58,69 @@ STAGING_NAME = ".incoming"
 PLOTS_BYTES = 4 << 20  # curves.png and confusion.png with room to spare
 
 
+# What a name in a file or folder name may hold: a spec's ``name`` is anyone's text.
+UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def safe_name(model: str) -> str:
+    """The name of ``model`` as one component of a file or folder name, never ``.``, ``..``
+    or hidden: ``models.model_name`` (a built-in's own, a spec file's ``name`` or stem made
+    a plain word: ``../../etc/x`` -> ``etc_x``, ``/some/absolute/x`` -> ``some_absolute_x``),
+    checked again here. The one place run folders, sweep files, plots and TensorBoard runs
+    get a model's name from.
+
+    TwinnetError, one line, for a spec file whose name is a built-in model's: its runs
+    would take that model's folders (``runs/linear-numpy``).
+    """
+    name = model_name(model)
+    if not name or UNSAFE_CHARACTERS.search(name) or name.startswith(("-", "_")):
+        raise TwinnetError(f"{model}: its name {name!r} cannot name a folder")  # model_name's guarantee
+    if name in NAMED_MODELS and model not in NAMED_MODELS:
+        raise TwinnetError(f"{model}: its name {name!r} is the built-in model {name}'s, whose runs it "
+                           "would replace; give the spec another name (name = \"...\")")
+    return name
+
+
 def default_run_dir(config: TrainConfig) -> Path:
     """Where ``twinnet train`` writes without ``--out``: ``runs/MODEL-BACKEND``, MODEL the
-    model's name (a spec file's ``name`` or stem)."""
-    return Path("runs") / f"{model_name(config.model)}-{config.backend}"
+    model's ``safe_name``: always one folder inside ``runs/``."""
+    return Path("runs") / f"{safe_name(config.model)}-{config.backend}"
+
+
+def run_owner(directory: str | os.PathLike) -> tuple[str, Any] | None:
+    """(model name, spec table or None) of the finished run in ``directory``, read from its
+    weights' meta alone (bounded: ``weights.read_npz``); None where there is no run, or
+    none that can be read."""
+    path = Path(directory) / "weights.npz"
+    if not path.is_file():
+        return None
+
+    def limit(key: str) -> int | None:
+        return META_MAX_BYTES if key == "meta" else SPEC_MAX_TOTAL_BYTES if SPEC_KEY.fullmatch(key) else None
+
+    try:
+        meta = parse_meta(read_npz(path, str(path), limit, max_total_bytes=SPEC_MAX_TOTAL_BYTES,
+                                   max_members=SPEC_MAX_MEMBERS, only="meta").get("meta"), str(path))
+    except TwinnetError:
+        return None
+    return str(meta.get("model")), meta.get("spec")
+
+
+def check_run_owner(directory: str | os.PathLike, model: str) -> None:
+    """TwinnetError, one line, when ``directory`` holds the finished run of another model
+    than ``model``: another name, or a spec of the same name with other layers (a built-in
+    model's run holds no spec). A run is never replaced by another model's silently;
+    ``train --force`` says to replace it."""
+    owner = run_owner(directory)
+    if owner is None:
+        return
+    ours = (model_name(model), spec_document(model) if is_spec_file(model) else None)
+    if owner != ours:
+        what = (f"the run of another spec named {owner[0]!r}" if owner[0] == ours[0] and owner[1] is not None
+                else f"a run of the built-in model {owner[0]}" if owner[1] is None
+                else f"a run of the model {owner[0]!r}")
+        raise TwinnetError(f"{directory} holds {what}, not of {model}; write elsewhere with --out DIR, "
+                           "or replace it with --force")
 
 
 def weights_meta(config: TrainConfig) -> dict[str, Any]:

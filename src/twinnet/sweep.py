@@ -22,7 +22,8 @@ from typing import Any
 from twinnet.config import TrainConfig
 from twinnet.models import model_name
 from twinnet.parallel import run_jobs
-from twinnet.training import DivergenceError, progress_bar, train
+from twinnet.runs import safe_name
+from twinnet.training import DivergenceError, check_training_memory, progress_bar, train
 from twinnet.util import atomic_path, write_json_atomic
 
 DEFAULT_LRS = {"sgd": (0.03, 0.1, 0.3, 0.5, 1.0), "adam": (0.0003, 0.001, 0.002, 0.005)}
@@ -62,7 +63,7 @@ def sweep_point(job: SweepJob) -> dict[str, Any]:
 
 def sweep_stem(config: TrainConfig, out_dir: str | os.PathLike) -> Path:
     """``OUT/MODEL-BACKEND-OPTIMIZER``: the sweep's files are this plus a suffix."""
-    return Path(out_dir) / f"{model_name(config.model)}-{config.backend}-{config.optimizer}"
+    return Path(out_dir) / f"{safe_name(config.model)}-{config.backend}-{config.optimizer}"
 
 
 def point_path(points_dir: Path, config: TrainConfig) -> Path:
@@ -104,6 +105,8 @@ def run_sweep(base: TrainConfig, lrs: list[float], workers: int = 2,
     each finished point is saved there at once and saved points are reused.
     """
     lrs = sorted(set(lrs))
+    # Each worker trains one run at a time, on its share of the cores; before any starts.
+    check_training_memory(base, copies=workers, threads=max(1, (os.cpu_count() or 1) // workers))
     points_dir = None if out_dir is None else sweep_stem(base, out_dir).with_suffix(".points")
     configs = [replace(base, lr=lr, seed=base.seed + k) for lr in lrs for k in range(seeds)]
     done = {i: point for i, config in enumerate(configs)

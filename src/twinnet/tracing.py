@@ -37,6 +37,7 @@ from twinnet.comparison import (
     SECTIONS,
     TOLERANCES,
     TwinPass,
+    check_pass_memory,
     layer_names,
     max_abs_diff,
     numpy_pass,
@@ -72,6 +73,7 @@ class Trace:
     tf: TwinPass
     image: np.ndarray
     dtype: str = "float32"
+    training: bool = False  # run as in a training step, not as the model infers
     figures: dict[str, Any] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -82,7 +84,10 @@ class Trace:
         lines = [f"# Trace of {self.source} through {self.model}", "",
                  f"Loss against label {self.label} ({self.label_source}): NumPy "
                  f"{self.loss['numpy']:.6g}, TF {self.loss['tf']:.6g} nats. Predicted digit: NumPy "
-                 f"{self.predicted['numpy']}, TF {self.predicted['tf']}.", ""]
+                 f"{self.predicted['numpy']}, TF {self.predicted['tf']}.", "",
+                 "Run as in a training step (--training): batch norm on this one image's statistics, "
+                 "dropout applied." if self.training else "Run as the model infers: batch norm on its "
+                 "moving statistics, dropout off.", ""]
         if self.loss["numpy"] < SURE_LOSS:
             lines += [f"The model is sure this is a {self.label} (probability "
                       f"{np.exp(-self.loss['numpy']):.6f}), so the loss and every gradient below "
@@ -115,8 +120,8 @@ class Trace:
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "source": self.source, "label": self.label,
                 "label_source": self.label_source, "predicted": self.predicted,
-                "loss": self.loss, "dtype": self.dtype, "layers": self.rows, "files": self.files,
-                "seconds": self.seconds}
+                "loss": self.loss, "dtype": self.dtype, "training": self.training, "layers": self.rows,
+                "files": self.files, "seconds": self.seconds}
 
 
 def shape(dims: list[int]) -> str:
@@ -182,8 +187,13 @@ def load_image(index: int | None, image: str | os.PathLike | None,
 def trace(weights: str | os.PathLike, index: int | None = None, image: str | os.PathLike | None = None,
           out: str | os.PathLike | None = None, dtype: str = DEFAULT_DTYPE,
           data_dir: str | os.PathLike | None = None, pictures: bool = True,
-          label: int | None = None) -> Trace:
+          label: int | None = None, training: bool = False) -> Trace:
     """One image through both twins with the model in ``weights``, forward and backward.
+
+    The model runs as it infers (as ``predict`` and ``evaluate`` run it): batch norm on its
+    moving statistics, dropout off; the gradients are those of that function. With
+    ``training`` it runs as in a training step instead: batch norm on the one image's own
+    statistics, dropout with the masks of step 0 of seed 0 (``comparison.pass_masks``).
 
     The image is MNIST test image ``index`` (loss against its true label) or the file
     ``image``, prepared as ``twinnet predict`` does (loss against the NumPy twin's
@@ -201,6 +211,7 @@ def trace(weights: str | os.PathLike, index: int | None = None, image: str | os.
         raise TwinnetError(f"--label must be a digit 0..9, got {label!r}")
     params, meta = load_weights(weights)
     model = meta["model"]
+    check_pass_memory(model, 1, dtype, ("reference", "tf"))
     x, true_label, source = load_image(index, image, data_dir)
     if out is not None:
         make_output_folder(out)  # fail before the work, not after
@@ -211,17 +222,17 @@ def trace(weights: str | os.PathLike, index: int | None = None, image: str | os.
     elif true_label is not None:
         label, label_source = true_label, "true label"
     else:
-        probe = numpy_pass(model, params, x, np.zeros(1, np.intp), dtype)
+        probe = numpy_pass(model, params, x, np.zeros(1, np.intp), dtype, training=training)
         label, label_source = int(probe.logits.argmax()), "the digit the NumPy twin predicts"
     y = np.array([label])
-    ours = numpy_pass(model, params, x, y, dtype)
-    theirs = tf_pass(model, params, x, y, dtype)
+    ours = numpy_pass(model, params, x, y, dtype, training=training)
+    theirs = tf_pass(model, params, x, y, dtype, training=training)
     rows = trace_rows(model, ours, theirs, x)
     # + 0.0 turns a loss of -0.0 (the minus of -log 1) into 0.0, so no "-0" is printed.
     result = Trace(model, source, int(label), label_source,
                    {"numpy": int(ours.logits.argmax()), "tf": int(theirs.logits.argmax())},
                    {"numpy": float(ours.loss) + 0.0, "tf": float(theirs.loss) + 0.0}, rows, ours,
-                   theirs, x[0, ..., 0], dtype=dtype)
+                   theirs, x[0, ..., 0], dtype=dtype, training=training)
     if pictures:
         result.figures = draw(result)
     if out is not None:

@@ -30,6 +30,7 @@ import numpy as np
 
 from twinnet.backend import Backend, load_model
 from twinnet.checkpoint import (
+    SPEC_SECTION,
     CheckpointError,
     expect_keys,
     load_checkpoint,
@@ -39,8 +40,18 @@ from twinnet.config import TrainConfig
 from twinnet.data import Mnist, Split
 from twinnet.environment import environment
 from twinnet.errors import TwinnetError
+from twinnet.memory import check_memory, path_of
 from twinnet.metrics import evaluate
-from twinnet.models import describe, dropout_masks, has_dropout, model_name
+from twinnet.models import (
+    describe,
+    dropout_masks,
+    has_dropout,
+    is_spec_file,
+    model_name,
+    pin_spec,
+    read_document,
+    spec_document,
+)
 from twinnet.progress import progress_bar
 from twinnet.runs import write_run
 from twinnet.util import is_int, is_number
@@ -247,21 +258,35 @@ def check_progress(progress: Any) -> None:
             raise ValueError(f"progress: {key} must be a non-negative number")
 
 
+def check_training_memory(config: TrainConfig, reference: bool = False, threads: int | None = None,
+                          copies: int = 1) -> None:
+    """MemoryBudgetError (one line naming the layer) unless training ``config`` fits the
+    memory budget (``memory.check_memory``), ``copies`` runs at once; before any allocation."""
+    parts = threads if threads is not None else os.cpu_count() or 1
+    check_memory(config.model, config.batch_size, training=True, paths=(path_of(config.backend, reference),),
+                 optimizer=config.optimizer, parts=parts, copies=copies,
+                 what=f"training, batch {config.batch_size}")
+
+
 def start_training(config: TrainConfig, n_train: int, checkpoint: str | os.PathLike | None = None,
                    threads: int | None = None, reference: bool = False,
                    lesson: dict[str, object] | None = None) -> TrainingState:
     """A fresh state for ``config``, or the one saved in ``checkpoint`` when given (which
     must be of the same model, optimizer and batch size; other settings may differ);
     ``threads``, ``reference`` and ``lesson`` as in ``backend.load_model``."""
-    model = load_model(config.model, config.backend, seed=config.seed, optimizer=config.optimizer,
-                       threads=threads, reference=reference, lesson=lesson)
-    state = TrainingState(model, BatchOrder(n_train, config.batch_size, config.seed))
-    if checkpoint is not None:
+    if checkpoint is not None:  # first: it pins the spec the run trains (checkpoint.pin_stored_spec)
         saved, sections = load_checkpoint(checkpoint)
         for name in ("model", "optimizer", "batch_size"):
             if getattr(saved, name) != getattr(config, name):
                 raise CheckpointError(f"{checkpoint}: holds a run with {name} {getattr(saved, name)}, "
                                       f"not {getattr(config, name)}")
+    elif is_spec_file(config.model):  # the spec as it is now, for the whole run and its files
+        pin_spec(config.model, read_document(config.model))
+    check_training_memory(config, reference, threads)
+    model = load_model(config.model, config.backend, seed=config.seed, optimizer=config.optimizer,
+                       threads=threads, reference=reference, lesson=lesson)
+    state = TrainingState(model, BatchOrder(n_train, config.batch_size, config.seed))
+    if checkpoint is not None:
         try:
             state.load_state_dict(sections)
         except ValueError as exc:
@@ -270,7 +295,9 @@ def start_training(config: TrainConfig, n_train: int, checkpoint: str | os.PathL
 
 
 def save_training(path: str | os.PathLike, config: TrainConfig, state: TrainingState) -> None:
-    save_checkpoint(path, {"config": asdict(config), **state.state_dict()})
+    """Save the run's checkpoint; a run of a spec file stores the spec it trains too."""
+    spec = {SPEC_SECTION: spec_document(config.model)} if is_spec_file(config.model) else {}
+    save_checkpoint(path, {"config": asdict(config), **spec, **state.state_dict()})
 
 
 def check_loss(loss: float, step: int, lr: float, backend: str) -> None:
@@ -280,18 +307,62 @@ def check_loss(loss: float, step: int, lr: float, backend: str) -> None:
                               f"(learning rate {lr:g}, backend {backend}); try a smaller --lr")
 
 
+# Seconds a Ctrl-C waits for the step under way: a step takes milliseconds to a second, so
+# one that has not ended by then waits on something that will not answer (a worker process
+# stopped with SIGSTOP would hold it for the workers' 60 s reply timeout).
+STEP_GRACE_SECONDS = 3.0
+
+
+class StopRequest(threading.Event):
+    """Ctrl-C as a request (``is_set``) that the loop honours at its next safe point
+    (``honour``), with a watchdog for a step that never gets there: STEP_GRACE_SECONDS
+    after the request, unless it was honoured, SIGINT is sent to the main thread again and
+    the handler then raises KeyboardInterrupt wherever the thread waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.honoured = self.overdue = False
+        self.in_step = False  # the loop is inside a step: its state may be half-updated
+        self.timer: threading.Timer | None = None
+
+    def handle(self, signum: int, frame: Any) -> None:
+        """The SIGINT handler (main thread): request a stop; when overdue, stop now."""
+        if self.is_set():
+            if self.overdue and not self.honoured:
+                raise KeyboardInterrupt
+            return
+        self.set()
+        self.timer = threading.Timer(STEP_GRACE_SECONDS, self._poke, (threading.main_thread().ident,))
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _poke(self, main: int) -> None:
+        if not self.honoured:
+            self.overdue = True
+            signal.pthread_kill(main, signal.SIGINT)
+
+    def honour(self) -> None:
+        """The loop is stopping at a safe point: the watchdog stands down."""
+        self.honoured = True
+        if self.timer is not None:
+            self.timer.cancel()
+
+
 @contextmanager
-def stop_on_sigint() -> Iterator[threading.Event]:
-    """Turn Ctrl-C into a request (an Event) that the loop honours after the current step,
-    so an interruption never leaves parameters half-updated."""
-    request = threading.Event()
+def stop_on_sigint() -> Iterator[StopRequest]:
+    """Turn Ctrl-C into a request (a ``StopRequest``) that the loop honours after the
+    current step, so an interruption never leaves parameters half-updated. What does not
+    reach a safe point within STEP_GRACE_SECONDS of the Ctrl-C is abandoned by a
+    KeyboardInterrupt (``request.overdue``), which ``train`` turns into its one line."""
+    request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: request.set())
+    previous = signal.signal(signal.SIGINT, request.handle)
     try:
         yield request
     finally:
+        request.honour()
         signal.signal(signal.SIGINT, previous)
 
 
@@ -337,35 +408,56 @@ def train(config: TrainConfig, data: Mnist, progress: bool | None = None,
     failing = False  # the last periodic checkpoint could not be saved
     # Divergence is caught from the loss; NumPy's overflow warnings would only repeat it.
     with stop_on_sigint() as sigint, np.errstate(over="ignore", invalid="ignore"):
-        description = f"{model_name(config.model)} ({config.backend})"
-        with progress_bar(config.steps, description, enabled=progress) as bar:
-            state.start_steps()
-            for step in range(state.step + 1, config.steps + 1):
-                point = take_step(config, state, data, step)
-                if point is not None:
-                    if on_record is not None:
-                        on_record(step, point)
-                    bar.set_postfix(loss=f"{point['train_loss']:.4f}", val_acc=f"{point['val_accuracy']:.2%}")
-                bar.update(step - bar.n)
-                if step == config.steps:
-                    break  # a Ctrl-C during the last step is honoured after the evaluation
-                if sigint.is_set():
-                    stop_here(config, state, checkpoint, f"after step {step}")
-                if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
-                    failing = save_periodic_checkpoint(checkpoint, config, state, failing)
-            state.stop_steps()
+        try:
+            description = f"{model_name(config.model)} ({config.backend})"
+            with progress_bar(config.steps, description, enabled=progress) as bar:
+                state.start_steps()
+                for step in range(state.step + 1, config.steps + 1):
+                    sigint.in_step = True
+                    point = take_step(config, state, data, step)
+                    sigint.in_step = False
+                    if point is not None:
+                        if on_record is not None:
+                            on_record(step, point)
+                        bar.set_postfix(loss=f"{point['train_loss']:.4f}",
+                                        val_acc=f"{point['val_accuracy']:.2%}")
+                    bar.update(step - bar.n)
+                    if step == config.steps:
+                        break  # a Ctrl-C during the last step is honoured after the evaluation
+                    if sigint.is_set():
+                        sigint.honour()
+                        stop_here(config, state, checkpoint, f"after step {step}")
+                    if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+                        failing = save_periodic_checkpoint(checkpoint, config, state, failing)
+                state.stop_steps()
 
-        def honour_sigint(when: str) -> Callable[[], None]:
-            def check() -> None:
-                if sigint.is_set():
-                    stop_here(config, state, checkpoint, f"{when}, after the last step {state.step}")
-            return check
+            def honour_sigint(when: str) -> Callable[[], None]:
+                def check() -> None:
+                    if sigint.is_set():
+                        sigint.honour()
+                        stop_here(config, state, checkpoint, f"{when}, after the last step {state.step}")
+                return check
 
-        metrics = run_metrics(config, state, data, final_splits, resumed_at,
-                              honour_sigint("in the final evaluation"))
-        if out_dir is not None:
-            metrics = finish_run(out_dir, config, state, metrics, checkpoint,
-                                 honour_sigint("while writing the run"))
+            metrics = run_metrics(config, state, data, final_splits, resumed_at,
+                                  honour_sigint("in the final evaluation"))
+            if out_dir is not None:
+                metrics = finish_run(out_dir, config, state, metrics, checkpoint,
+                                     honour_sigint("while writing the run"))
+        except KeyboardInterrupt:
+            if not sigint.overdue:
+                raise
+            # The watchdog: Ctrl-C came, and what was under way did not end in time.
+            sigint.honour()
+            if sigint.in_step:
+                kept = (f"the earlier checkpoint {checkpoint} is kept; continue with: twinnet train "
+                        f"--resume {Path(checkpoint).parent}" if checkpoint is not None
+                        and Path(checkpoint).is_file() else "no checkpoint was saved")
+                raise TrainingInterruptedError(
+                    f"interrupted during step {state.step + 1}, which did not end within "
+                    f"{STEP_GRACE_SECONDS:g} s of Ctrl-C (is a worker process stopped?); the step is "
+                    f"not saved, {kept}") from None
+            stop_here(config, state, checkpoint, f"after step {state.step} (what followed it did not "
+                      f"end within {STEP_GRACE_SECONDS:g} s of Ctrl-C)")
     return state.model, metrics
 
 

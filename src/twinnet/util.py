@@ -86,6 +86,20 @@ def open_regular_file(path: str | os.PathLike) -> IO[bytes]:
     return os.fdopen(fd, "rb")
 
 
+def read_bounded(path: str | os.PathLike, limit: int) -> bytes:
+    """The whole content of the regular file ``path`` if it holds at most ``limit`` bytes.
+    FileAccessError (``open_regular_file``'s reasons: a FIFO or device is never opened for
+    reading) or one saying how large it is; at most ``limit + 1`` bytes are ever read, so
+    a file that grows meanwhile cannot take more memory."""
+    with open_regular_file(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        raw = fh.read(limit + 1) if size <= limit else b""
+    if size > limit or len(raw) > limit:
+        raise FileAccessError(path, f"{max(size, len(raw)):,} bytes, more than the {limit:,} such a "
+                                    "file may hold")
+    return raw
+
+
 def current_umask() -> int:
     """The process's umask, read without changing it where Linux allows (threads may be
     creating files), else by setting and restoring it."""

@@ -58,10 +58,11 @@ def run(args: argparse.Namespace) -> int:
     lesson = layers_lesson(args)
     path = weights_file(args.weights)
     _, meta = load_weights(path)
-    test = load_mnist(args.data_dir).test
+    # The model first: its memory check (backend.load_model) comes before the data's 220 MB.
     with learner_errors(args.layers, lesson):
         model = load_model(meta["model"], args.backend, weights=str(path), reference=args.reference,
                            lesson=lesson)
+        test = load_mnist(args.data_dir).test
         result = evaluate(model, test.x, test.y)
     if args.json:
         print(json.dumps({"weights": str(path), "model": meta["model"],

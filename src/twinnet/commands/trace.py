@@ -22,7 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "With --index the loss is taken against the test image's true label; with "
                     "an IMAGE (prepared as `twinnet predict` does) against the NumPy twin's "
                     "predicted digit; with --label D against digit D. Pictures are 1200 px wide; "
-                    "gradients are in nats (the loss is a natural log) per unit of the value.")
+                    "gradients are in nats (the loss is a natural log) per unit of the value. "
+                    "The model runs as it infers (as predict and evaluate run it): batch norm on "
+                    "its moving statistics, dropout off; --training shows a training step instead.")
     parser.add_argument("image", nargs="?", metavar="IMAGE", default=None,
                         help="a digit image file (instead of --index)")
     parser.add_argument("--index", type=int, default=None, metavar="I",
@@ -34,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="DIR", default="trace", help="output folder (default: %(default)s)")
     parser.add_argument("--dtype", choices=DTYPES, default=DEFAULT_DTYPE,
                         help="precision of both twins (default: %(default)s; float32 as trained)")
+    parser.add_argument("--training", action="store_true",
+                        help="run both twins as in a training step instead: batch norm on this one "
+                             "image's own statistics, dropout with the masks of step 0 of seed 0")
     add_data_dir(parser)
     return parser
 
@@ -42,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.index is None) == (args.image is None):
         raise UsageError("give either --index I (an MNIST test image) or an IMAGE file")
     result = trace(weights_file(args.weights), index=args.index, image=args.image, out=args.out,
-                   dtype=args.dtype, data_dir=args.data_dir, label=args.label)
+                   dtype=args.dtype, data_dir=args.data_dir, label=args.label, training=args.training)
     print(result.markdown(), end="")
     print(f"wrote {len(result.files)} files into {args.out} in {result.seconds:.1f} s")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from twinnet import data
@@ -18,10 +19,10 @@ from twinnet.commands.arguments import (
 from twinnet.config import ConfigError, TrainConfig, flag
 from twinnet.errors import TwinnetError, UsageError
 from twinnet.exercise.learner import describe_lesson, learner_errors
-from twinnet.models import model_name
-from twinnet.runs import check_run_output, default_run_dir, lock_run_dir
+from twinnet.models import SpecError, is_spec_file, model_name, read_document, spec_document
+from twinnet.runs import check_run_output, check_run_owner, default_run_dir, lock_run_dir, safe_name
 from twinnet.tensorboard import check_log_dir, write_tensorboard
-from twinnet.training import train
+from twinnet.training import check_training_memory, train
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -43,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                              "saved settings (a training flag that disagrees with them is refused)")
     parser.add_argument("--force", action="store_true",
                         help="start a new run even where OUT holds an interrupted one (its "
-                             "checkpoint is deleted)")
+                             "checkpoint is deleted) or the run of another model or spec (replaced)")
     add_reference(parser, "train with")
     add_layers(parser)
     parser.add_argument("--tensorboard", metavar="DIR", default=None,
@@ -85,13 +86,33 @@ def planned_run(args: argparse.Namespace) -> tuple[TrainConfig, Path, dict | Non
     return config, Path(args.out) if args.out else default_run_dir(config), None
 
 
+def note_changed_spec(config: TrainConfig) -> None:
+    """One line on stderr when the spec file of a resumed run differs from the spec its
+    checkpoint stores (or is gone): the run goes on with the stored spec, the layers it
+    trained, never with the edited file's (docs/usage.md, "Resuming a run")."""
+    if not is_spec_file(config.model):
+        return
+    try:
+        changed = "has changed since" if read_document(config.model) != spec_document(config.model) else ""
+    except SpecError:
+        changed = "cannot be read as it was when"
+    if changed:
+        print(f"twinnet: note: {config.model} {changed} this run started; resuming with the spec "
+              "its checkpoint stores (train a new run to use the file as it is now)", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.checkpoint_every < 0:
         raise TwinnetError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
     check_reference(args)
     config, out, state = planned_run(args)
     lesson = layers_lesson(args)
+    if args.resume:
+        note_changed_spec(config)
+    check_training_memory(config, args.reference)
     check_run_output(out, config)  # before any work
+    if not args.resume and not args.force:
+        check_run_owner(out, config.model)
     if args.tensorboard:
         check_log_dir(args.tensorboard)
     checkpoint = out / CHECKPOINT_NAME
@@ -109,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             _, metrics = train(config, mnist, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
                                resume=bool(args.resume), out_dir=out, reference=args.reference, lesson=lesson)
     if args.tensorboard:
-        write_tensorboard(metrics, args.tensorboard, f"{model_name(config.model)}/{config.backend}")
+        write_tensorboard(metrics, args.tensorboard, f"{safe_name(config.model)}/{config.backend}")
     print_summary(config, metrics, out)
     if lesson:
         print(f"trained on {describe_lesson(args.layers, lesson, config.model, config.optimizer)}")

@@ -47,7 +47,14 @@ class BatchNorm:
     Inference uses them in place of the batch's. Backward, summing over the M values:
     dgamma = sum(d * xhat), dbeta = sum(d), dx = gamma / sqrt(var + eps) / M * (M * d
     - dbeta - xhat * dgamma).
+
+    ``frozen`` (``trace``: gradients of the model as it infers): a training forward then
+    normalises with the moving statistics, leaves them as they are and keeps what the
+    backward needs; the layer is then a fixed affine map per feature, so dx = d * gamma /
+    sqrt(moving_variance + eps), with dgamma and dbeta as above.
     """
+
+    frozen = False
 
     def __init__(self, name: str, params: dict[str, np.ndarray], momentum: float = 0.99,
                  epsilon: float = 1e-3) -> None:
@@ -58,7 +65,7 @@ class BatchNorm:
         self.grads: dict[str, np.ndarray] = {}
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
-        if train:
+        if train and not self.frozen:
             m = x.size // x.shape[-1]
             mean = feature_sum(x) / m
             var = feature_sum((x - mean) ** 2) / m
@@ -77,4 +84,6 @@ class BatchNorm:
         m = d.size // d.shape[-1]
         dgamma, dbeta = feature_sum(d * xhat), feature_sum(d)
         self.grads = {f"{self.name}/gamma": dgamma, f"{self.name}/beta": dbeta}
+        if self.frozen:  # the statistics are constants: no gradient flows through them
+            return d * (self.gamma * inv_std)
         return self.gamma * inv_std / m * (m * d - dbeta - xhat * dgamma)
