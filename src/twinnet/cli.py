@@ -12,14 +12,26 @@ import argparse
 import os
 import sys
 
-from twinnet.commands import bench, compare, evaluate, gradcheck, predict, report, serve, sweep, trace, train
+from twinnet.commands import (
+    bench,
+    compare,
+    evaluate,
+    gradcheck,
+    predict,
+    report,
+    serve,
+    sweep,
+    trace,
+    train,
+    watch,
+)
 from twinnet.commands.arguments import GRAMMAR
 from twinnet.errors import TwinnetError, UsageError
 from twinnet.quiet import VERBOSE_ENV
 from twinnet.version import __version__
 
 # In the order `twinnet --help` lists them.
-COMMANDS = (train, report, evaluate, predict, sweep, bench, gradcheck, compare, trace, serve)
+COMMANDS = (train, report, evaluate, predict, sweep, bench, gradcheck, compare, trace, serve, watch)
 VERBOSE_HELP = (f"show TensorFlow's start-up log lines (absl, oneDNN), hidden by default; "
                 f"{VERBOSE_ENV}=1 in the environment does the same")
 
