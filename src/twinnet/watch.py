@@ -71,7 +71,7 @@ DRIFT_BUDGET = 0.02  # the share of the training time the drift measurements may
 MAX_WATCH_STEPS = 1_000_000  # the history keeps every step: 12 bytes a step and twin
 WIRE_POINTS = 400  # a series' points on the wire unless the page asks for another number
 MAX_WIRE_POINTS = 5000
-WEIGHT_IMAGES = 32  # first-layer images shown per twin
+WEIGHT_IMAGES = 16  # first-layer images shown per twin
 MAX_JOBS = 64  # requests waiting for the trainer before more get 503
 RATE_WINDOW = 200  # a twin's steps per second is over its last this many steps
 # About a minute of lockstep training on 2 cores: seconds a step, from the multiply-adds
@@ -485,10 +485,19 @@ class LiveRun:
         scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
         packed = {twin: base64.b64encode(np.round(x / scale[:, None, None] * 127).astype(np.int8).tobytes())
                   .decode("ascii") for twin, x in images.items()}
-        difference = (float(np.max(np.abs(images["numpy"] - images["tf"]))) if "tf" in images else None)
-        return {"step": self.step, "parameter": name, "count": len(scale), "height": size[0],
-                "width": size[1], "scale": np.round(scale.astype(np.float64), 6).tolist(),
-                "twins": packed, "max_difference": difference}
+        answer: dict[str, Any] = {
+            "step": self.step, "parameter": name, "count": len(scale), "height": size[0], "width": size[1],
+            "scale": np.round(scale.astype(np.float64), 6).tolist(), "twins": packed,
+            "max_difference": None, "difference": None}
+        if "tf" in images:
+            # Where the twins differ, |W_tf - W_numpy| over its own maximum as 0..255: far
+            # below what the int8 images can show, so it gets its own picture.
+            difference = np.abs(images["tf"] - images["numpy"])
+            largest = float(difference.max())
+            answer["max_difference"] = largest
+            answer["difference"] = base64.b64encode(
+                np.round(difference / (largest or 1.0) * 255).astype(np.uint8).tobytes()).decode("ascii")
+        return answer
 
 
 def create_app(run: LiveRun):

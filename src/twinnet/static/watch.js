@@ -196,39 +196,56 @@ function drawDrift(run) {
 
 // --- the first layer -------------------------------------------------------------------------
 
+function gridOf(layer) {
+  const cols = layer.width === 1 || layer.height === 1 ? 1 : Math.ceil(Math.sqrt(layer.count));
+  return { cols, rows: Math.ceil(layer.count / cols) };
+}
+
+// Paints layer.count images of layer.height x layer.width, one pixel gap, colour(value index).
+function paintGrid(canvas, layer, colour) {
+  const { cols, rows } = gridOf(layer);
+  canvas.width = cols * (layer.width + 1) - 1;
+  canvas.height = rows * (layer.height + 1) - 1;
+  const ctx = canvas.getContext("2d");
+  const image = ctx.createImageData(canvas.width, canvas.height);
+  image.data.fill(255);
+  const size = layer.width * layer.height;
+  for (let k = 0; k < layer.count; k++) {
+    const ox = (k % cols) * (layer.width + 1), oy = Math.floor(k / cols) * (layer.height + 1);
+    for (let p = 0; p < size; p++) {
+      const i = 4 * ((oy + Math.floor(p / layer.width)) * canvas.width + ox + (p % layer.width));
+      const [r, g, b] = colour(k * size + p);
+      image.data[i] = r; image.data[i + 1] = g; image.data[i + 2] = b;
+    }
+  }
+  ctx.putImageData(image, 0, 0);
+}
+
+function decode(base64, Kind) {
+  return new Kind(Uint8Array.from(atob(base64), (c) => c.charCodeAt(0)).buffer);
+}
+
 function drawWeights(layer) {
   if (!layer) { $("weights-note").textContent = "(this model has no weight matrix)"; return; }
-  const cols = layer.width === 1 || layer.height === 1 ? 1 : 8;
-  const rows = Math.ceil(layer.count / cols);
   for (const twin of TWINS) {
     const canvas = $(`weights-${twin}`);
     canvas.parentElement.hidden = !layer.twins[twin];
     if (!layer.twins[twin]) continue;
-    const bytes = Uint8Array.from(atob(layer.twins[twin]), (c) => c.charCodeAt(0));
-    const values = new Int8Array(bytes.buffer);
-    canvas.width = cols * (layer.width + 1) - 1;
-    canvas.height = rows * (layer.height + 1) - 1;
-    const ctx = canvas.getContext("2d");
-    const image = ctx.createImageData(canvas.width, canvas.height);
-    image.data.fill(255);
-    const size = layer.width * layer.height;
-    for (let k = 0; k < layer.count; k++) {
-      const ox = (k % cols) * (layer.width + 1), oy = Math.floor(k / cols) * (layer.height + 1);
-      for (let p = 0; p < size; p++) {
-        const v = values[k * size + p] / 127; // in [-1, 1], 0 white
-        const i = 4 * ((oy + Math.floor(p / layer.width)) * canvas.width + ox + (p % layer.width));
-        const a = Math.abs(v);
-        image.data[i] = v > 0 ? 255 - 40 * a : 255 - 220 * a;
-        image.data[i + 1] = v > 0 ? 255 - 160 * a : 255 - 140 * a;
-        image.data[i + 2] = v > 0 ? 255 - 220 * a : 255 - 30 * a;
-      }
-    }
-    ctx.putImageData(image, 0, 0);
+    const values = decode(layer.twins[twin], Int8Array);
+    paintGrid(canvas, layer, (i) => { // orange above 0, blue below, white at 0
+      const v = values[i] / 127, a = Math.abs(v);
+      return v > 0 ? [255 - 40 * a, 255 - 160 * a, 255 - 220 * a] : [255 - 220 * a, 255 - 140 * a, 255 - 30 * a];
+    });
   }
-  const what = layer.height === 28 || layer.width > 3 ? "columns as images" : "filters";
-  const diff = layer.max_difference === null ? "" : `; max |difference| ${layer.max_difference.toExponential(1)}`;
-  $("weights-note").textContent = `${layer.parameter}, first ${layer.count} ${what}, step ${format(layer.step)}` +
-    ` (orange > 0 > blue${diff})`;
+  $("difference-figure").hidden = !layer.difference;
+  if (layer.difference) {
+    const values = decode(layer.difference, Uint8Array);
+    paintGrid($("weights-difference"), layer, (i) => [255 - values[i], 255 - values[i], 255 - values[i]]);
+    $("difference-caption").textContent = `|difference|, black ${layer.max_difference.toExponential(1)}`;
+  }
+  const what = layer.height > 3 ? "units' input weights" : "filters";
+  $("weights-note").textContent = `${layer.parameter}, ${layer.count} ${what}, step ${format(layer.step)}; ` +
+    "orange > 0 > blue";
   page.weightsStep = layer.step;
 }
 

@@ -1,0 +1,147 @@
+"""What watching costs training: ``twinnet watch`` with a page polling it against
+``twinnet train`` of each twin, with the same settings.
+
+    PYTHONPATH=src python scripts/watch_overhead.py                  # mlp128, 3000 steps, 3 rounds
+    PYTHONPATH=src python scripts/watch_overhead.py --model cnn --steps 600
+
+Each round runs, one after the other (so that a busy machine slows all three alike):
+``twinnet train MODEL --backend numpy``, the same with ``--backend tf`` (their
+metrics.json ``train_seconds``: the seconds spent in steps), and ``twinnet watch MODEL
+--port 0`` with the same settings while this script behaves as an open page: it polls
+``GET /api/run`` every 250 ms, the first layer ``GET /api/run/weights`` every second and
+``POST /api/predict`` with a test digit every 1.5 s. Watch's figure is its
+``running_seconds``: the wall time of the lockstep loop, step 1 to the last, with
+everything it does besides the steps (the drift, the requests it serves). Training the
+twins one after the other would take the sum of the two ``train`` figures, so
+
+    cost = 1 - (steps / watch seconds) / (steps / (numpy seconds + tf seconds))
+
+is the share of steps per second that watching loses. Prints each round and the median.
+Everything runs on 127.0.0.1; nothing leaves this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from twinnet.data import load_mnist  # noqa: E402
+from twinnet.watch import watch_config  # noqa: E402
+
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+
+
+def settings(config) -> list[str]:
+    return ["--steps", str(config.steps), "--optimizer", config.optimizer, "--lr", repr(config.lr),
+            "--schedule", config.schedule, "--batch-size", str(config.batch_size), "--seed", str(config.seed),
+            "--eval-every", str(config.eval_every)]
+
+
+def train_seconds(config, backend: str, out: Path) -> float:
+    subprocess.run([sys.executable, "-m", "twinnet", "train", config.model, "--backend", backend,
+                    *settings(config), "--out", str(out)], env=ENV, check=True, stdout=subprocess.DEVNULL)
+    return json.loads((out / "metrics.json").read_text())["train_seconds"]
+
+
+def request(url: str, data: bytes | None = None) -> dict:
+    assert url.startswith("http://127.0.0.1:")
+    method = "GET" if data is None else "POST"
+    ask = urllib.request.Request(url, data=data, method=method)
+    with urllib.request.urlopen(ask, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def watch_seconds(config, out: Path, digit: bytes, page: bool) -> tuple[float, dict]:
+    log = out.with_suffix(".log")
+    out.mkdir(parents=True)
+    with open(log, "w") as fh:
+        process = subprocess.Popen([sys.executable, "-m", "twinnet", "watch", config.model, *settings(config),
+                                    "--out", str(out), "--port", "0"], env=ENV, stdout=fh,
+                                   stderr=subprocess.DEVNULL)
+    try:
+        while not (url := next((w for w in log.read_text().split() if w.startswith("http://")), None)):
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.05)
+        while True:
+            try:
+                run = request(url + "api/run")
+                break
+            except OSError:
+                time.sleep(0.05)
+        done = threading.Event()
+
+        def every(seconds: float, action) -> None:
+            while not done.is_set():
+                try:
+                    action()
+                except OSError:
+                    pass
+                done.wait(seconds)
+        if page:
+            for seconds, action in ((0.25, lambda: request(url + "api/run?points=600")),
+                                    (1.0, lambda: request(url + "api/run/weights")),
+                                    (1.5, lambda: request(url + "api/predict", digit))):
+                threading.Thread(target=every, args=(seconds, action), daemon=True).start()
+        while run["state"] != "done":
+            time.sleep(0.25)
+            run = request(url + "api/run?points=2")
+        done.set()
+        assert run["error"] is None and run["step"] == config.steps, run
+        return run["running_seconds"], run
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="mlp128")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-page", action="store_true", help="watch with no page open")
+    args = parser.parse_args()
+    config = watch_config(args.model, steps=args.steps)
+    mnist = load_mnist()
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(mnist.test.x[0, ..., 0] * 255).astype(np.uint8)).save(buffer, format="PNG")
+    print(f"{config.model}: {config.steps} steps, {config.optimizer} lr {config.lr:g} {config.schedule}, "
+          f"batch {config.batch_size}, validation every {config.eval_every} steps; "
+          f"{'no page' if args.no_page else 'a page polling'}")
+    costs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(args.rounds):
+            numpy_s = train_seconds(config, "numpy", Path(tmp) / f"numpy-{k}")
+            tf_s = train_seconds(config, "tf", Path(tmp) / f"tf-{k}")
+            watch_s, run = watch_seconds(config, Path(tmp) / f"watch-{k}", buffer.getvalue(),
+                                         not args.no_page)
+            train_rate = config.steps / (numpy_s + tf_s)
+            watch_rate = config.steps / watch_s
+            costs.append(1 - watch_rate / train_rate)
+            own = ", ".join(f"{t} {run['history'][t]['seconds']:.2f} s" for t in run["twins"])
+            print(f"round {k + 1}: train numpy {numpy_s:.2f} s + tf {tf_s:.2f} s = {train_rate:.0f} steps/s; "
+                  f"watch {watch_s:.2f} s = {watch_rate:.0f} steps/s (its twins' own steps: {own}); "
+                  f"cost {costs[-1]:+.1%}", flush=True)
+    print(f"median cost of watching: {statistics.median(costs):+.1%} of train's steps per second "
+          f"(rounds: {', '.join(f'{c:+.1%}' for c in costs)})")
+
+
+if __name__ == "__main__":
+    main()
