@@ -27,7 +27,7 @@ def test_readme_figures_are_those_of_the_committed_report():
 def test_readme_has_no_placeholders_and_links_that_exist():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "TODO" not in readme and "{" not in readme
-    assert len(readme.splitlines()) <= 160
+    assert len(readme.splitlines()) <= 170
     for target in ("docs/report/REPORT.md", "docs/derivations.md", "docs/performance.md",
                    "docs/architecture.md", "docs/scaling.md", "LICENSE"):
         assert f"]({target})" in readme, target

@@ -315,6 +315,24 @@ def test_acceptance_mlp128_400_steps(mnist, tmp_path):
     assert "Traceback" not in process.logs[1].read_text()
 
 
+@pytest.mark.slow
+def test_ctrl_c_midway_saves_both_run_folders(tmp_path):
+    out = tmp_path / "out"
+    url, process = start_watch(["linear", "--steps", "200000", "--out", str(out)], tmp_path)
+    try:
+        wait_until("training", lambda: call(url + "api/run")[1]["step"] >= 50, 180, 0.05)
+    finally:
+        code = end(process)
+    printed = process.logs[0].read_text()
+    assert code == 130, process.logs[1].read_text()
+    twins = ("numpy", "tf") if installed("tensorflow") else ("numpy",)
+    for twin in twins:
+        metrics = json.loads((out / twin / "metrics.json").read_text())
+        assert metrics["stopped_at_step"] >= 50 and (out / twin / "checkpoint.npz").is_file()
+    assert f"continue a twin with: twinnet train --resume {out / 'numpy'}" in printed, printed
+    assert "Traceback" not in process.logs[1].read_text()
+
+
 # --- the page in a real browser -----------------------------------------------------------------
 
 
