@@ -17,7 +17,8 @@ twins one after the other would take the sum of the two ``train`` figures, so
     cost = 1 - (steps / watch seconds) / (steps / (numpy seconds + tf seconds))
 
 is the share of steps per second that watching loses. Prints each round and the median.
-Everything runs on 127.0.0.1; nothing leaves this machine.
+Everything runs on 127.0.0.1; nothing leaves this machine. Stop it with Ctrl-C (which
+also stops the watch it started).
 """
 
 from __future__ import annotations
@@ -117,14 +118,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-page", action="store_true", help="watch with no page open")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for both twins in all three commands (OpenBLAS's and "
+                             "TensorFlow's environment variables); default: as the machine is set up")
     args = parser.parse_args()
+    if args.threads:
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+                     "TF_NUM_INTEROP_THREADS"):
+            ENV[name] = str(args.threads)
     config = watch_config(args.model, steps=args.steps)
     mnist = load_mnist()
     buffer = io.BytesIO()
     Image.fromarray(np.round(mnist.test.x[0, ..., 0] * 255).astype(np.uint8)).save(buffer, format="PNG")
     print(f"{config.model}: {config.steps} steps, {config.optimizer} lr {config.lr:g} {config.schedule}, "
           f"batch {config.batch_size}, validation every {config.eval_every} steps; "
-          f"{'no page' if args.no_page else 'a page polling'}")
+          f"{'no page' if args.no_page else 'a page polling'}; "
+          f"{f'{args.threads} thread(s) each' if args.threads else 'default threads'}")
     costs = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.rounds):
