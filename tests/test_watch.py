@@ -226,11 +226,12 @@ def test_busy_port_bad_settings_and_unfinished_folders_are_one_line(tmp_path, ca
 # --- the command, end to end ---------------------------------------------------------------------
 
 
-def start_watch(args: list[str], log_dir: Path) -> tuple[str, subprocess.Popen]:
-    """`twinnet watch ... --port 0` in a subprocess; (base URL, process) once it answers."""
+def start_watch(args: list[str], log_dir: Path, path: list[str] = ()) -> tuple[str, subprocess.Popen]:
+    """`twinnet watch ... --port 0` in a subprocess (with ``path`` first on its PYTHONPATH);
+    (base URL, process) once it answers."""
     out, err = log_dir / "stdout.txt", log_dir / "stderr.txt"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        [*path, str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
     with open(out, "w") as fh, open(err, "w") as err_fh:
         process = subprocess.Popen([sys.executable, "-m", "twinnet", "watch", *args, "--port", "0"],
                                    stdout=fh, stderr=err_fh, env=env, cwd=log_dir)
@@ -313,6 +314,27 @@ def test_acceptance_mlp128_400_steps(mnist, tmp_path):
         code = end(process)
     assert code == 0, process.logs[1].read_text()
     assert "Traceback" not in process.logs[1].read_text()
+
+
+def test_without_tensorflow_the_command_says_so_and_trains_the_numpy_twin(tmp_path):
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(  # as if TensorFlow were not installed
+        "import sys\n\n\nclass Hide:\n    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'tensorflow':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}')\n\n\n"
+        "sys.meta_path.insert(0, Hide())\n")
+    out = tmp_path / "out"
+    url, process = start_watch(["linear", "--steps", "100", "--out", str(out)], tmp_path, [str(hide)])
+    try:
+        run = wait_until("done", lambda: (r := call(url + "api/run")[1])["state"] == "done" and r, 120)
+        assert run["twins"] == ["numpy"] and run["step"] == 100 and run["drift"] == {}
+        assert run["tf_status"].startswith("unavailable: TensorFlow is not installed")
+    finally:
+        code = end(process)
+    assert code == 0
+    assert "TensorFlow is not installed, so the NumPy twin trains alone" in process.logs[0].read_text()
+    assert (out / "numpy" / "metrics.json").is_file() and not (out / "tf").exists()
 
 
 @pytest.mark.slow

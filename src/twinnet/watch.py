@@ -67,7 +67,7 @@ from twinnet.training import (
 )
 
 DRIFT_IMAGES = 100  # the fixed validation batch whose logits' drift is recorded: the split's first
-DRIFT_BUDGET = 0.02  # the share of the training time the drift measurements may take
+DRIFT_BUDGET = 0.01  # the share of the training time the drift measurements may take
 MAX_WATCH_STEPS = 1_000_000  # the history keeps every step: 12 bytes a step and twin
 WIRE_POINTS = 400  # a series' points on the wire unless the page asks for another number
 MAX_WIRE_POINTS = 5000
