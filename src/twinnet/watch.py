@@ -319,11 +319,20 @@ class LiveRun:
         return end - self.loop_started - self.paused_seconds
 
     def _train(self) -> None:
+        from threadpoolctl import threadpool_limits
+
+        # With both twins, BLAS runs on one thread: alternating with TensorFlow's threads,
+        # OpenBLAS's two threads (its worker spinning between calls) made the NumPy twin's
+        # mlp128 steps 2-10x slower on a busy 2-core machine, and no faster on a quieter
+        # one (docs/performance.md). A conv model's batch split is set when it is built.
+        limit = threadpool_limits(limits=1, user_api="blas") if len(self.twins) == 2 else None
         self.loop_started = time.perf_counter()
         try:
             self._steps()
         finally:
             self.loop_ended = time.perf_counter()
+            if limit is not None:
+                limit.restore_original_limits()
 
     def _steps(self) -> None:
         next_drift = 0.0  # perf_counter time of the next drift measurement
