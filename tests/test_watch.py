@@ -165,6 +165,7 @@ def test_without_tensorflow_the_numpy_twin_trains_alone(mnist, tmp_path):
         run.finish()
 
 
+@pytest.mark.slow
 def test_stopped_midway_it_saves_a_run_folder_that_train_resume_continues(mnist, tmp_path, capsys):
     out = tmp_path / "out"
     config = watch_config("mlp128", steps=300, eval_every=50)
