@@ -212,6 +212,7 @@ def test_busy_port_bad_settings_and_unfinished_folders_are_one_line(tmp_path, ca
                       f"pick another with --port\n"
     for args, expected in ((["--lr", "-1"], "--lr must be a positive number"),
                            (["--steps", "0"], "--steps must be at least 1"),
+                           (["--batch-size", "0"], "--batch-size must be at least 1"),
                            (["--steps", "2000000"], "at most 1,000,000"),
                            (["--port", "70000"], "--port must be in 0..65535")):
         assert main(["watch", "linear", *args, "--out", str(tmp_path / "b")]) == 2

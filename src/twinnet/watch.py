@@ -108,11 +108,12 @@ def watch_config(model: str, steps: int | None = None, optimizer: str | None = N
     optimizer = optimizer or base.optimizer
     if lr is None:
         lr = base.lr if optimizer == base.optimizer else DEFAULT_LR[optimizer]
-    batch_size = batch_size or base.batch_size
+    batch_size = base.batch_size if batch_size is None else batch_size
     return TrainConfig(model=model, backend="numpy", optimizer=optimizer, lr=lr,
-                       steps=steps if steps is not None else default_steps(model, batch_size),
+                       steps=steps if steps is not None else default_steps(model, max(1, batch_size)),
                        batch_size=batch_size, seed=base.seed if seed is None else seed,
-                       eval_every=eval_every or 0, schedule=schedule or base.schedule)
+                       eval_every=0 if eval_every is None else eval_every,
+                       schedule=schedule or base.schedule)
 
 
 def thin_indices(n: int, limit: int) -> np.ndarray:
