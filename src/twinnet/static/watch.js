@@ -164,6 +164,7 @@ function drawDrift(run) {
     drawChart($("drift-chart"), { xMax: run.steps, yMin: 1e-9, yMax: 1, log: true, series: [] });
     legend.replaceChildren();
     const li = document.createElement("li");
+    li.className = "zero";
     li.textContent = run.twins.length < 2 ? "No drift: the NumPy twin trains alone." : "Measured once the twins are built.";
     legend.append(li);
     return;
@@ -238,6 +239,7 @@ function drawWeights(layer) {
     });
   }
   $("difference-figure").hidden = !layer.difference;
+  $("difference-hint").hidden = !layer.difference;
   if (layer.difference) {
     const values = decode(layer.difference, Uint8Array);
     paintGrid($("weights-difference"), layer, (i) => [255 - values[i], 255 - values[i], 255 - values[i]]);
@@ -292,11 +294,12 @@ function showStatus(run) {
     text = run.stopped_at_step
       ? `Stopped at step ${format(run.stopped_at_step)}; saved ${folders}. twinnet train --resume ${run.saved.numpy} continues it.`
       : `Done: ${format(run.step)} steps, saved ${folders}. The pad reads the trained weights.`;
-  } else if (run.twins.length < 2) text = `The NumPy twin trains alone: TensorFlow ${run.tf_status.replace(/^unavailable: /, "")}.`;
+  } else if (run.twins.length < 2) text = `The NumPy twin trains alone: ${run.tf_status.replace(/^unavailable: /, "")}.`;
   const message = $("message");
   message.textContent = text;
   message.className = kind;
   $("answer-tf").hidden = run.twins.length < 2;
+  document.querySelector(".legend .key.tf").hidden = run.twins.length < 2;
 }
 
 async function control(action) {
