@@ -29,7 +29,7 @@ report: $(VENV)/.installed
 # pytest lists every skipped test with its reason (-rs in pyproject.toml).
 test: $(VENV)/.installed
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
-	  echo "make test: note: no Chromium found, so the browser test of twinnet serve is skipped;" \
+	  echo "make test: note: no Chromium found, so the browser tests of twinnet serve and watch are skipped;" \
 	       "install it with: sudo apt-get install chromium"
 	$(BIN)/ruff check src tests
 	$(BIN)/lint-imports --no-logo

@@ -26,6 +26,7 @@ from twinnet.commands import (
     sweep,
     trace,
     train,
+    watch,
 )
 from twinnet.commands.arguments import GRAMMAR
 from twinnet.errors import TwinnetError, UsageError
@@ -36,7 +37,8 @@ from twinnet.version import __version__
 # The messages of NumPy's floating-point RuntimeWarnings (np.errstate's categories).
 NUMERIC_WARNINGS = r"(overflow|invalid value|divide by zero|underflow) encountered"
 # In the order `twinnet --help` lists them.
-COMMANDS = (train, report, evaluate, predict, sweep, bench, gradcheck, compare, trace, serve, exercise, docs)
+COMMANDS = (train, report, evaluate, predict, sweep, bench, gradcheck, compare, trace, serve, watch, exercise,
+            docs)
 VERBOSE_HELP = (f"show TensorFlow's start-up log lines (absl, oneDNN), hidden by default; "
                 f"{VERBOSE_ENV}=1 in the environment does the same")
 MAX_MEMORY_HELP = (f"refuse, before any work, a model whose estimated memory for the command is over SIZE "

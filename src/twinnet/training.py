@@ -185,6 +185,10 @@ class TrainingState:
     wall_seconds: float = 0.0
     segment_started: float = field(default_factory=time.perf_counter)
     steps_started: float | None = None
+    # The step hook, for a caller that drives the loop step by step (``twinnet watch``
+    # runs two twins' states in lockstep): ``take_step`` calls it after each update with
+    # (step, the batch's loss, its correct count). Not part of the checkpoint.
+    on_step: Callable[[int, float, int], None] | None = None
 
     def start_steps(self) -> None:
         self.steps_started = time.perf_counter()
@@ -471,6 +475,8 @@ def take_step(config: TrainConfig, state: TrainingState, data: Mnist, step: int)
     check_loss(loss, step, lr, config.backend)
     state.sums.add(loss, correct, len(batch))
     state.step = step
+    if state.on_step is not None:
+        state.on_step(step, loss, correct)
     if step % config.eval_every == 0 or step == config.steps:
         return state.record_point(data.validation)
     return None
