@@ -38,9 +38,15 @@ from twinnet.numpy_nn.fast.kernels import (
     window_major_view,
 )
 from twinnet.numpy_nn.fast.pixel_rows import pixel_rows, pixels_per_row, row_kernel
-from twinnet.numpy_nn.fast.single import FastBatchNorm, FastConv2D, FastReLU, TiledAvgPool2D, TiledMaxPool2D
+from twinnet.numpy_nn.fast.single import (
+    FastActivation,
+    FastBatchNorm,
+    FastConv2D,
+    TiledAvgPool2D,
+    TiledMaxPool2D,
+)
 from twinnet.numpy_nn.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, ReLU, windows
-from twinnet.numpy_nn.network import build_layers
+from twinnet.numpy_nn.network import Network, build_layers
 from twinnet.numpy_nn.normalization import BatchNorm
 from twinnet.util import chunk_slices
 
@@ -232,7 +238,7 @@ def test_conv_batch_norm_relu_pool_trains_as_its_layers_and_infers_folded(dtype:
     (lambda rng: MaxPool2D(2, 2), (7, 6, 10, 3)), (lambda rng: MaxPool2D(3, 3), (7, 9, 6, 2)),
 ])
 def test_inference_forms_infer_bit_for_bit_and_train_as_their_layer(make, shape: tuple) -> None:
-    kind = {ReLU: FastReLU, MaxPool2D: TiledMaxPool2D}
+    kind = {ReLU: FastActivation, MaxPool2D: TiledMaxPool2D}
     layer = make(np.random.default_rng(1))
     block = kind[type(layer)](make(np.random.default_rng(1)))
     x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
@@ -377,10 +383,13 @@ def test_pixel_rows_times_row_kernel_is_the_im2col_product(c_in: int, k: int, st
 
 
 def test_pixels_per_row_widens_the_product_to_a_divisor_of_the_width() -> None:
-    assert pixels_per_row(28, 6) == 7  # LeNet-5's conv1: 42 columns
-    assert pixels_per_row(10, 16) == 2  # its conv2
-    assert pixels_per_row(5, 5) == 5  # no divisor is wide enough: the whole row
-    assert pixels_per_row(28, 64) == 1  # wide already
+    assert pixels_per_row(28, 6, 5, 1) == 7  # LeNet-5's conv1: 42 columns
+    assert pixels_per_row(10, 16, 5, 1) == 2  # its conv2
+    assert pixels_per_row(5, 5, 5, 1) == 5  # no divisor is wide enough: the whole row
+    assert pixels_per_row(28, 64, 5, 1) == 1  # wide already
+    # 13 pixels of a 3x3 stride-2 conv would make a patch 27 wide, 8/9 of it zeros: one pixel.
+    assert pixels_per_row(13, 16, 3, 2) == 1
+    assert pixels_per_row(14, 8, 3, 2) == 2  # 7 pixels would be 15 wide
 
 
 def test_max_pool_blocks_routes_as_max_pool_2d() -> None:
@@ -427,8 +436,9 @@ def test_fusion_replaces_the_matching_runs_of_the_named_models(name: str) -> Non
         "mlp128": ["Flatten", "DenseReLU", "Dense"],
         "mlp256x2": ["Flatten", "DenseReLU", "DenseReLU", "Dense"],
         "cnn": ["ConvReLUPool", "ConvReLUPool", "Flatten", "DenseReLU", "Dense"],
-        "lenet5": ["FastConv2D", "Tanh", "TiledAvgPool2D", "FastConv2D", "Tanh", "TiledAvgPool2D", "Flatten",
-                   "Dense", "Tanh", "Dense", "Tanh", "Dense"],
+        "lenet5": ["FastConv2D", "FastActivation", "TiledAvgPool2D", "FastConv2D", "FastActivation",
+                   "TiledAvgPool2D", "Flatten", "Dense", "FastActivation", "Dense", "FastActivation",
+                   "Dense"],
         "cnn-bn-dropout": ["ConvBatchNormReLUPool", "ConvBatchNormReLUPool", "Flatten", "Dropout",
                            "DenseReLU", "Dense"],
     }
@@ -465,8 +475,9 @@ ODD_SPEC = {"layers": [
     {"type": "relu"},
     {"type": "dense", "units": 10},
 ]}
-ODD_KINDS = ["FastConv2D", "FastReLU", "FastConv2D", "FastReLU", "MaxPool2D", "ConvReLUPool", "FastConv2D",
-             "FastReLU", "FastConv2D", "FastReLU", "MaxPool2D", "Flatten", "DenseReLU", "Dense"]
+ODD_KINDS = ["FastConv2D", "FastActivation", "FastConv2D", "FastActivation", "MaxPool2D", "ConvReLUPool",
+             "FastConv2D", "FastActivation", "FastConv2D", "FastActivation", "MaxPool2D", "Flatten",
+             "DenseReLU", "Dense"]
 
 
 def _odd_spec() -> tuple:
@@ -1098,3 +1109,37 @@ def test_every_model_with_a_conv_splits_over_the_threads(name: str) -> None:
     has_conv = any(isinstance(layer, models.Conv2DSpec) for layer in models.get_spec(name))
     network = split.FastNetwork(name, init_params(name, 0), threads=2)
     assert network.parts == (2 if has_conv else 1)
+
+
+# Every activation and a batch norm after a conv, and first a flatten whose output is the
+# caller's images: nothing may infer in place there.
+IN_PLACE_SPEC = {"layers": [
+    {"type": "conv2d", "filters": 4, "kernel": 3, "stride": 2},  # 14x14x4
+    {"type": "batchnorm"}, {"type": "leaky_relu", "alpha": 0.1}, {"type": "tanh"},
+    {"type": "conv2d", "filters": 4, "kernel": 3, "padding": "valid"}, {"type": "sigmoid"},
+    {"type": "leaky_relu", "alpha": 1.5}, {"type": "relu"}, {"type": "flatten"},
+    {"type": "dropout", "rate": 0.5}, {"type": "dense", "units": 10},
+]}
+
+
+@pytest.mark.parametrize("first", [[], [{"type": "flatten"}, {"type": "tanh"},
+                                        {"type": "dropout", "rate": 0.1}, {"type": "relu"}]])
+def test_activations_and_batch_norm_infer_in_place_as_they_would_into_a_new_array(first: list) -> None:
+    layers_ = first + ([{"type": "dense", "units": 10}] if first else IN_PLACE_SPEC["layers"])
+    spec = models.parse_spec({"layers": layers_}, "in_place.toml")
+    params = init_params(spec, 4)
+    for key in params:
+        if "moving" in key or key.endswith("/beta"):
+            params[key] += np.float32(0.3)
+    fused = fuse(spec, build_layers(spec, params))
+    flags = [layer.in_place for layer in fused if hasattr(layer, "in_place")]
+    assert flags == ([False, True] if first else [True] * 6)  # the tanh made the relu's input
+    x = np.random.default_rng(5).standard_normal((9, 28, 28, 1)).astype(np.float32)
+    kept = x.copy()
+    in_place = Network(fused).logits(x)
+    np.testing.assert_array_equal(x, kept)  # the caller's images are untouched
+    for layer in fused:
+        if hasattr(layer, "in_place"):
+            layer.in_place = False
+    np.testing.assert_array_equal(in_place, Network(fused).logits(x))
+    np.testing.assert_allclose(in_place, Network(build_layers(spec, params)).logits(x), rtol=1e-5, atol=1e-5)

@@ -18,13 +18,18 @@ from numpy.lib.stride_tricks import as_strided
 
 # Pixels go to a row until the product is at least this wide.
 PRODUCT_WIDTH = 32
+# A patch row is at most this many kernels wide: the rest of its multiply-adds are by zero.
+MAX_PATCH_WIDTHS = 3
 
 
-def pixels_per_row(w_out: int, c_out: int) -> int:
-    """The r for a conv of w_out output columns and c_out channels: the smallest divisor
-    of w_out with r * c_out >= PRODUCT_WIDTH (w_out if none is)."""
-    divisors = [r for r in range(1, w_out + 1) if w_out % r == 0]
-    return next((r for r in divisors if r * c_out >= PRODUCT_WIDTH), w_out)
+def pixels_per_row(w_out: int, c_out: int, k: int, stride: int) -> int:
+    """The r for a conv of w_out output columns, c_out channels, a k x k kernel and
+    ``stride``: the smallest divisor of w_out with r * c_out >= PRODUCT_WIDTH, among
+    those whose patch is at most MAX_PATCH_WIDTHS kernels wide (the largest of these if
+    none is wide enough), so that at most 2/3 of the multiply-adds are by zero."""
+    divisors = [r for r in range(1, w_out + 1)
+                if w_out % r == 0 and (r - 1) * stride + k <= MAX_PATCH_WIDTHS * k]
+    return next((r for r in divisors if r * c_out >= PRODUCT_WIDTH), divisors[-1])
 
 
 def row_kernel(W: np.ndarray, r: int, stride: int = 1) -> np.ndarray:

@@ -3,9 +3,9 @@ computing the same maths in a faster form, built from ``kernels.py``:
 
 - ``FastConv2D``: any Conv2D;
 - ``TiledAvgPool2D``: an AvgPool2D whose windows tile its input;
-- ``FastReLU``, ``TiledMaxPool2D``: a ReLU, a max-pool whose windows tile its input,
-  trained as the reference layer and inferred in a faster form of the same arithmetic
-  (``InferenceForm``);
+- ``FastActivation``, ``TiledMaxPool2D``: an activation (ReLU, tanh, sigmoid, leaky
+  ReLU), a max-pool whose windows tile its input, trained as the reference layer and
+  inferred in a faster form of the same arithmetic (``InferenceForm``);
 - ``FastBatchNorm``: a BatchNorm.
 
 Each has the layer's interface and names it in ``replaces``, and ``matches(layer, shape)``
@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from twinnet.numpy_nn import layers
+from twinnet.numpy_nn.activations import LeakyReLU, Sigmoid, Tanh
 from twinnet.numpy_nn.fast import pool_windows
 from twinnet.numpy_nn.fast.kernels import (
     add_bias,
@@ -80,14 +81,15 @@ class FastConv2D:
                             self.b)
         # Inference keeps no matrix, so it runs in chunks whose matrix stays in cache, with
         # r output pixels to a matrix row (pixel_rows.py).
-        r = pixels_per_row(w_out, c_out)
+        r = pixels_per_row(w_out, c_out, k, self.conv.stride)
         kernel = row_kernel(self.W, r, self.conv.stride)
         z = np.empty((len(x), h_out, w_out, c_out), dtype=x.dtype)
         per_image = h_out * w_out * (len(kernel) // r + c_out) * x.dtype.itemsize  # matrix and product
         for part in chunk_slices(len(x), max(1, pool_windows.INFERENCE_CHUNK_BYTES // per_image)):
             np.matmul(pixel_rows(xpad[part], k, self.conv.stride, r), kernel,
                       out=z[part].reshape(-1, r * c_out))
-        return add_bias(z, self.b)
+            add_bias(z[part], self.b)  # while the chunk is in cache
+        return z
 
     def backward(self, dz: np.ndarray) -> np.ndarray | None:
         cols, xpad_shape, (_, h, w, _), top, left = self.cache
@@ -161,15 +163,36 @@ class InferenceForm:
         raise NotImplementedError
 
 
-class FastReLU(InferenceForm):
-    """ReLU (derivations, section 3); inference by ``kernels.relu``."""
+class FastActivation(InferenceForm):
+    """An elementwise activation: ReLU, tanh, sigmoid or leaky ReLU (derivations,
+    sections 3, 9-11). Inference runs in place when ``in_place`` (set by the fusion pass
+    where the input is an array this forward pass made), each in the reference's
+    arithmetic: no full-size array besides the input."""
+
+    in_place = False
 
     @staticmethod
     def matches(layer: object, shape: tuple[int, ...]) -> bool:
-        return isinstance(layer, layers.ReLU)
+        return isinstance(layer, layers.ReLU | Tanh | Sigmoid | LeakyReLU)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        return relu(x)
+        layer = self.layer
+        if isinstance(layer, layers.ReLU):
+            return relu(x, out=x if self.in_place else None)
+        if not self.in_place:
+            return layer.forward(x, train=False)
+        if isinstance(layer, Tanh):
+            return np.tanh(x, out=x)
+        if isinstance(layer, Sigmoid):  # 0.5 * (1 + tanh(0.5 * x)), as Sigmoid computes it
+            x *= 0.5
+            np.tanh(x, out=x)
+            x += 1
+            x *= 0.5
+            return x
+        if 0 <= layer.alpha <= 1:  # where(x > 0, x, alpha * x) is the larger of the two
+            return np.maximum(x, x * layer.alpha, out=x)
+        np.copyto(x, x * layer.alpha, where=~(x > 0))
+        return x
 
 
 class TiledMaxPool2D(InferenceForm):
@@ -202,8 +225,17 @@ class FastBatchNorm:
     def matches(layer: object, shape: tuple[int, ...]) -> bool:
         return isinstance(layer, BatchNorm)
 
+    in_place = False  # inference into the input array (set by the fusion pass)
+
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         bn, x = self.bn, np.ascontiguousarray(x)
+        if not train and self.in_place:
+            rows = per_image_rows(x)
+            rows -= tile_row(bn.moving_mean, x)
+            rows *= tile_row(1 / np.sqrt(bn.moving_variance + bn.epsilon), x)
+            rows *= tile_row(bn.gamma, x)
+            rows += tile_row(bn.beta, x)
+            return x
         if train:
             m = x.size // x.shape[-1]
             mean = feature_sums(x) / m

@@ -35,7 +35,7 @@ MIN_PART_FLOPS = 100e6
 # largest activation takes at most this much: the elementwise passes of a model whose
 # layers no block fuses (batch norm, ReLU, pools) then stay in cache (docs/performance.md,
 # "Layers no fused block takes").
-ACTIVATION_BYTES = 8 << 20
+ACTIVATION_BYTES = 1 << 20
 # A worker's shared room for input images; a larger part makes the room grow.
 INPUT_IMAGES = MAX_EVAL_CHUNK
 
