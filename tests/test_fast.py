@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from twinnet import models
 from twinnet.models import MODEL_NAMES, NAMED_MODELS, init_params, param_shapes
@@ -661,6 +662,32 @@ def test_workers_compute_what_threads_compute(runtime, monkeypatch: pytest.Monke
     assert with_threads.network._shared is None and with_threads.network._replicas is not None
 
 
+@pytest.mark.parametrize("name", ["cnn", "lenet5"])
+def test_inference_pieces_give_the_same_bits_whoever_computes_them(name: str, runtime,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    x = np.random.default_rng(6).random((1000, 28, 28, 1), dtype=np.float32)
+    model = NumpyModel(name, init_params(name, 1), threads=2)
+    pieces = model.network._inference_pieces(len(x))
+    assert len(pieces) > 2 and pieces[0].start == 0 and pieces[-1].stop == len(x)
+    with threadpool_limits(limits=1, user_api="blas"):  # as the pieces run
+        alone = np.concatenate([model.network.network.logits(x[piece]) for piece in pieces])
+    np.testing.assert_array_equal(model.logits(x), alone)  # the workers and this process
+    assert _on_workers(model)
+    stopped = workers.get_workers(1)[0].process.pid
+    os.kill(stopped, signal.SIGSTOP)  # a worker that another program holds up
+    try:
+        timer = threading.Timer(0.5, os.kill, (stopped, signal.SIGCONT))
+        timer.start()
+        np.testing.assert_array_equal(model.logits(x), alone)  # this process took more pieces
+    finally:
+        timer.join()
+        os.kill(stopped, signal.SIGCONT)
+    monkeypatch.setattr(split, "_use_processes", False)
+    threaded = NumpyModel(name, init_params(name, 1), threads=2)
+    np.testing.assert_array_equal(threaded.logits(x), alone)
+    assert threaded.network._replicas is not None
+
+
 def test_workers_compute_what_one_part_computes_up_to_rounding(runtime) -> None:
     params = _float64("cnn", 3)
     x, y = _batch(100, seed=5)
@@ -756,7 +783,7 @@ def test_a_worker_reports_its_errors_and_leaves_no_shared_files(runtime) -> None
     _train_three_steps(model)
     assert not Path("/dev/shm", model.network._shared.name).exists()  # unlinked once mapped
     worker = workers._workers[0]
-    worker.send(split._part_logits, -1, 1)  # a model the worker does not know
+    worker.send(split._part_logits, -1, 0, 1)  # a model the worker does not know
     with pytest.raises(workers.WorkerError, match=f"worker {worker.process.pid} failed: KeyError: -1"):
         worker.receive()
     with pytest.raises(workers.WorkerError, match="did not answer within 0.05 s"):
