@@ -196,7 +196,7 @@ def _kink_pattern(parts: list) -> Callable[[], bytes]:
         if isinstance(part, ConvReLUPool):
             return [part.cache[1], part.cache[2]]  # arg-max routing, ReLU mask
         if isinstance(part, DenseReLU):
-            return [part.cache[1]]
+            return [part.positive]
         return []
 
     def pattern() -> bytes:

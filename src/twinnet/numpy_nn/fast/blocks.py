@@ -164,16 +164,21 @@ class ConvReLUPool:
 
 class DenseReLU:
     """``relu(x @ W + b)``, one block (derivations, sections 2 and 3): the ReLU runs in
-    place on the matmul's output, and only its mask is kept.
+    place on the matmul's output, and only its mask is kept; the backward pass is the
+    Dense layer's, or only its parameter gradients for the first layer.
 
     Shapes: x (N, n_in), W (n_in, n_out), b (n_out,), out (N, n_out).
     """
 
     def __init__(self, dense: layers.Dense, relu: layers.ReLU, needs_input_grad: bool = True) -> None:
         self.replaces = (dense, relu)
+        self.dense = dense
         self.name, self.W, self.b, self.params = dense.name, dense.W, dense.b, dense.params
         self.needs_input_grad = needs_input_grad
-        self.grads: dict[str, np.ndarray] = {}
+
+    @property
+    def grads(self) -> dict[str, np.ndarray]:
+        return self.dense.grads
 
     @staticmethod
     def matches(*run: object) -> bool:
@@ -183,14 +188,15 @@ class DenseReLU:
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         z = add_bias(x @ self.W, self.b)
         if train:
-            self.cache = (x, z > 0)
+            self.dense.cache, self.positive = x, z > 0
         return relu(z, out=z)
 
     def backward(self, d: np.ndarray) -> np.ndarray | None:
-        x, positive = self.cache
-        dz = np.multiply(d, positive, out=d)  # d is ours to reuse: nothing else reads it
-        self.grads = {f"{self.name}/W": x.T @ dz, f"{self.name}/b": dz.sum(axis=0)}
-        return dz @ self.W.T if self.needs_input_grad else None
+        dz = np.multiply(d, self.positive, out=d)  # d is ours to reuse: nothing else reads it
+        if self.needs_input_grad:
+            return self.dense.backward(dz)
+        self.dense.grads = layers.affine_grads(self.name, self.dense.cache, dz, self.W.shape)
+        return None
 
 
 Block = ConvReLUPool | DenseReLU

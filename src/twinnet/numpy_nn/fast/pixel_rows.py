@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from twinnet.numpy_nn.layers import output_size
+
 # Pixels go to a row until the product is at least this wide.
 PRODUCT_WIDTH = 32
 # A patch row is at most this many kernels wide: the rest of its multiply-adds are by zero.
@@ -50,7 +52,7 @@ def pixel_rows(xpad: np.ndarray, k: int, stride: int, r: int) -> np.ndarray:
     s_n, s_h, s_w, s_c = xpad.strides
     if s_w != c * s_c:
         raise ValueError("pixel_rows needs a C-contiguous NHWC array")
-    h_out, w_out = (hp - k) // stride + 1, (wp - k) // stride + 1
+    h_out, w_out = (output_size(size, k, stride) for size in (hp, wp))
     width = (r - 1) * stride + k
     patches = as_strided(xpad, shape=(n, h_out, w_out // r, k, width * c),
                          strides=(s_n, s_h * stride, s_w * stride * r, s_h, s_c), writeable=False)

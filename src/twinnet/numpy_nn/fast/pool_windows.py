@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from twinnet.numpy_nn.fast.kernels import tap_major_windows
 from twinnet.numpy_nn.fast.pixel_rows import row_kernel
 from twinnet.util import chunk_slices
 
@@ -52,8 +53,7 @@ class WindowPlan:
         self.interior = xpad[:, 1:-1, 1:-1]
         s_n, s_h, s_w, s_c = xpad.strides
         if c == 1:  # patches[p, q, n, i, j] = xpad[n, 2i + p, 2j + q, 0]
-            self.patches = as_strided(xpad, shape=(4, 4, k, h // 2, w // 2),
-                                      strides=(s_h, s_w, s_n, 2 * s_h, 2 * s_w), writeable=False)
+            self.patches = tap_major_windows(xpad, 4, 2)
             self.matrix = np.empty((16, windows), dtype=dtype)
             self.halves = (self.matrix[:12].T, self.matrix[4:].T)
         else:  # patches[n, i, j, p, q*C + c] = xpad[n, 2i + p, 2j + q, c]

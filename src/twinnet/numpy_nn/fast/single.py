@@ -71,12 +71,12 @@ class FastConv2D:
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         k, _, c_in, c_out = self.W.shape
-        rows, cols_pad = self.conv.pads(*x.shape[1:3])
-        xpad = np.pad(x, ((0, 0), rows, cols_pad, (0, 0)))
-        h_out, w_out = ((size - k) // self.conv.stride + 1 for size in xpad.shape[1:3])
+        xpad, offset = self.conv.pad(x)
+        xpad = np.ascontiguousarray(xpad)
+        h_out, w_out = (layers.output_size(size, k, self.conv.stride) for size in xpad.shape[1:3])
         if train:
             cols = im2col_rows(xpad, k, self.conv.stride)
-            self.cache = (cols, xpad.shape, x.shape, rows[0], cols_pad[0])
+            self.cache = (cols, xpad.shape, x.shape, *offset)
             return add_bias((cols @ self.W.reshape(k * k * c_in, c_out)).reshape(len(x), h_out, w_out, c_out),
                             self.b)
         # Inference keeps no matrix, so it runs in chunks whose matrix stays in cache, with
@@ -96,8 +96,7 @@ class FastConv2D:
         k, _, c_in, c_out = self.W.shape
         n, h_out, w_out = dz.shape[:3]
         dz2d = dz.reshape(-1, c_out)
-        self.grads = {f"{self.name}/W": (cols.T @ dz2d).reshape(self.W.shape),
-                      f"{self.name}/b": column_sums(dz2d)}
+        self.grads = layers.affine_grads(self.name, cols, dz2d, self.W.shape, column_sums)
         if not self.needs_input_grad:
             return None
         W_t = np.ascontiguousarray(self.W.transpose(0, 1, 3, 2))  # (k, k, C_out, C_in)
@@ -241,8 +240,7 @@ class FastBatchNorm:
             mean = feature_sums(x) / m
             centered = per_image_rows(x) - tile_row(mean, x)
             var = feature_sums(centered * centered, x.shape) / m
-            for moving, stat in ((bn.moving_mean, mean), (bn.moving_variance, var)):
-                moving[...] = moving * bn.momentum + stat * (1 - bn.momentum)
+            bn.update_moving_statistics(mean, var)
         else:
             mean, var = bn.moving_mean, bn.moving_variance
             centered = per_image_rows(x) - tile_row(mean, x)
