@@ -1,6 +1,6 @@
 """Tests of the NumPy twin's engine (numpy_nn/fast): each fused block equals the reference
 layers it replaces, the fusion pass replaces exactly the runs it matches, the fast path
-computes what the reference path computes, and the worker runtime (workers.py, split.py)
+computes what the reference path computes, and the worker runtime (workers.py, fast_network.py)
 gives the same results as threads and survives dead, stopped and forked workers,
 Ctrl-C, kill -9 and hostile working directories."""
 
@@ -24,11 +24,19 @@ from threadpoolctl import threadpool_limits
 from twinnet import models
 from twinnet.models import MODEL_NAMES, NAMED_MODELS, init_params, param_shapes
 from twinnet.numpy_nn import NumpyModel
-from twinnet.numpy_nn.fast import blocks, pool_windows, split, workers
+from twinnet.numpy_nn.fast import budgets, fast_network, workers
 from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
 from twinnet.numpy_nn.fast.folding import ConvBatchNormReLUPool
 from twinnet.numpy_nn.fast.fusion import fuse
-from twinnet.numpy_nn.fast.kernels import (
+from twinnet.numpy_nn.fast.layer_blocks import (
+    FastActivation,
+    FastBatchNorm,
+    FastConv2D,
+    TiledAvgPool2D,
+    TiledMaxPool2D,
+)
+from twinnet.numpy_nn.fast.pixel_rows import pixel_rows, pixels_per_row, row_kernel
+from twinnet.numpy_nn.fast.primitives import (
     Scratch,
     add_bias,
     column_sums,
@@ -37,14 +45,6 @@ from twinnet.numpy_nn.fast.kernels import (
     max_pool_blocks,
     relu,
     window_major_view,
-)
-from twinnet.numpy_nn.fast.pixel_rows import pixel_rows, pixels_per_row, row_kernel
-from twinnet.numpy_nn.fast.single import (
-    FastActivation,
-    FastBatchNorm,
-    FastConv2D,
-    TiledAvgPool2D,
-    TiledMaxPool2D,
 )
 from twinnet.numpy_nn.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, ReLU, windows
 from twinnet.numpy_nn.network import Network, build_layers
@@ -325,7 +325,7 @@ def test_conv_relu_pool_results_do_not_depend_on_its_chunks(chunk_bytes: int, ne
     x, dout = rng.standard_normal((5, 6, 8, 3)), rng.standard_normal((5, 3, 4, 4))
     reference = _conv_block(W, b)
     out, dx, grads = _compose(reference.replaces, x, dout)
-    monkeypatch.setattr(blocks, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(budgets, "CHUNK_BYTES", chunk_bytes)
     block = _conv_block(W, b, needs_input_grad)
     assert (block.chunk_size(6, 8, 8) == 1) == (chunk_bytes == 1)
     _assert_close(block.forward(x), out)
@@ -344,7 +344,7 @@ def test_inference_by_pooling_windows_equals_the_training_form(c_in: int, chunk_
     rng = np.random.default_rng(15)
     W, b = rng.standard_normal((3, 3, c_in, 4)), rng.standard_normal(4)
     block = _conv_block(W, b)
-    monkeypatch.setattr(pool_windows, "INFERENCE_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(budgets, "INFERENCE_CHUNK_BYTES", chunk_bytes)
     # More shapes than it keeps work arrays for, then the first (forgotten) one again.
     for shape in [(5, 6, 8), (3, 4, 4), (1, 2, 2), (2, 2, 4), (4, 4, 2), (5, 6, 8)]:
         x = rng.standard_normal((*shape, c_in))
@@ -352,7 +352,7 @@ def test_inference_by_pooling_windows_equals_the_training_form(c_in: int, chunk_
         with monkeypatch.context() as switched:
             switched.setattr(ConvReLUPool, "infer_by_windows", False)
             np.testing.assert_allclose(by_windows, block.forward(x, train=False), rtol=1e-12, atol=1e-12)
-    assert len(block._windows._plans) == pool_windows.KEPT_PLANS
+    assert len(block._windows._plans) == budgets.KEPT_PLANS
 
 
 # -- kernels --------------------------------------------------------------------------------
@@ -499,7 +499,7 @@ def test_a_model_with_unfused_layers_runs_on_the_fast_path(monkeypatch: pytest.M
     path = tmp_path / "odd.toml"
     path.write_text("\n".join(["[[layers]]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in layer.items())
                                for layer in ODD_SPEC["layers"]]))
-    monkeypatch.setattr(split, "MIN_PART_FLOPS", 1)  # split whatever the work
+    monkeypatch.setattr(budgets, "MIN_PART_FLOPS", 1)  # split whatever the work
     params = _float64(str(path), 1)
     x, y = _batch(6, seed=3)
     reference = NumpyModel(str(path), params, dtype=np.float64, fast=False)
@@ -527,7 +527,7 @@ def _assert_same_loss_and_grads(reference: NumpyModel, fast: NumpyModel, x: np.n
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_fast_and_reference_paths_agree_in_float64(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(split, "MIN_PART_FLOPS", 1)  # split whatever the work
+    monkeypatch.setattr(budgets, "MIN_PART_FLOPS", 1)  # split whatever the work
     params = _float64(name, 2)
     for key in params:  # biases away from zero, so their gradients are checked too
         if key.endswith("/b"):
@@ -564,7 +564,7 @@ def test_fast_and_reference_paths_train_alike_on_mnist(mnist) -> None:
 
 @pytest.mark.parametrize("n", [1, 3, 100])
 def test_splitting_the_batch_does_not_change_the_result(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(split, "MIN_PART_FLOPS", 1)  # split whatever the work
+    monkeypatch.setattr(budgets, "MIN_PART_FLOPS", 1)  # split whatever the work
     params = _float64("cnn", 2)
     x, y = _batch(n, seed=n)
     one, three = (NumpyModel("cnn", params, dtype=np.float64, threads=t) for t in (1, 3))
@@ -579,7 +579,7 @@ def test_splitting_the_batch_does_not_change_the_result(n: int, monkeypatch: pyt
 
 def test_parts_are_contiguous_and_each_worth_a_core() -> None:
     network = NumpyModel("cnn", init_params("cnn", 0), threads=3).network
-    least = split.MIN_PART_FLOPS
+    least = budgets.MIN_PART_FLOPS
     assert network._split(2, least / 2) == [slice(0, 2)]  # too little work to hand over
     assert len(network._split(100, 2.5 * least)) == 2
     assert network._split(2, 10 * least) == [slice(0, 1), slice(1, 2)]  # at most one part an image
@@ -609,7 +609,7 @@ def test_threaded_training_is_deterministic() -> None:
 def runtime(monkeypatch: pytest.MonkeyPatch):
     """Workers allowed (a test that gives them up does so only for itself); any workers a
     test spoiled are closed after it."""
-    monkeypatch.setattr(split, "_use_processes", True)
+    monkeypatch.setattr(fast_network, "_use_processes", True)
     yield
     if any(not w.process.is_alive() for w in workers._workers):
         workers.close_workers()
@@ -656,7 +656,7 @@ def test_workers_compute_what_threads_compute(runtime, monkeypatch: pytest.Monke
     with_workers = _cnn()
     run_workers = _train_three_steps(with_workers)
     assert _on_workers(with_workers) and workers._workers
-    monkeypatch.setattr(split, "_use_processes", False)
+    monkeypatch.setattr(fast_network, "_use_processes", False)
     with_threads = _cnn()
     _assert_same_run(run_workers, _train_three_steps(with_threads))  # bit for bit
     assert with_threads.network._shared is None and with_threads.network._replicas is not None
@@ -682,7 +682,7 @@ def test_inference_pieces_give_the_same_bits_whoever_computes_them(name: str, ru
     finally:
         timer.join()
         os.kill(stopped, signal.SIGCONT)
-    monkeypatch.setattr(split, "_use_processes", False)
+    monkeypatch.setattr(fast_network, "_use_processes", False)
     threaded = NumpyModel(name, init_params(name, 1), threads=2)
     np.testing.assert_array_equal(threaded.logits(x), alone)
     assert threaded.network._replicas is not None
@@ -783,7 +783,7 @@ def test_a_worker_reports_its_errors_and_leaves_no_shared_files(runtime) -> None
     _train_three_steps(model)
     assert not Path("/dev/shm", model.network._shared.name).exists()  # unlinked once mapped
     worker = workers._workers[0]
-    worker.send(split._part_logits, -1, 0, 1)  # a model the worker does not know
+    worker.send(fast_network._part_logits, -1, 0, 1)  # a model the worker does not know
     with pytest.raises(workers.WorkerError, match=f"worker {worker.process.pid} failed: KeyError: -1"):
         worker.receive()
     with pytest.raises(workers.WorkerError, match="did not answer within 0.05 s"):
@@ -794,9 +794,9 @@ def test_a_worker_reports_its_errors_and_leaves_no_shared_files(runtime) -> None
 
 def test_without_room_for_shared_memory_the_parts_run_on_threads(
         runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(split, "_use_processes", False)
+    monkeypatch.setattr(fast_network, "_use_processes", False)
     reference = _train_three_steps(_cnn())
-    monkeypatch.setattr(split, "_use_processes", True)
+    monkeypatch.setattr(fast_network, "_use_processes", True)
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -912,8 +912,8 @@ def test_a_forked_child_of_a_parent_on_threads_trains(tmp_path: Path) -> None:
     # The parent's thread pool has no threads in a child: the child must make its own.
     script = _script(tmp_path, """
         import multiprocessing
-        from twinnet.numpy_nn.fast import split
-        split._use_processes = False  # as after a worker failed
+        from twinnet.numpy_nn.fast import fast_network
+        fast_network._use_processes = False  # as after a worker failed
         model = NumpyModel("cnn", init_params("cnn", 1), threads=2)
         model.train_step(x, y, 0.1)
         assert model.network._replicas is not None  # the parts ran on threads
@@ -1134,7 +1134,7 @@ def test_an_unguarded_script_runs_its_top_level_once(tmp_path: Path) -> None:
 def test_every_model_with_a_conv_splits_over_the_threads(name: str) -> None:
     # Whichever block its convs became: LeNet-5's FastConv2D once kept it on one core.
     has_conv = any(isinstance(layer, models.Conv2DSpec) for layer in models.get_spec(name))
-    network = split.FastNetwork(name, init_params(name, 0), threads=2)
+    network = fast_network.FastNetwork(name, init_params(name, 0), threads=2)
     assert network.parts == (2 if has_conv else 1)
 
 

@@ -1,4 +1,4 @@
-"""Fused blocks: one block in place of a run of reference layers, built from ``kernels.py``.
+"""Fused blocks: one block in place of a run of reference layers, built from ``primitives.py``.
 
 A block computes exactly what the layers it replaces (``replaces``) compute, and a test
 holds it equal to their composition, values and gradients:
@@ -6,7 +6,7 @@ holds it equal to their composition, values and gradients:
 - ``ConvReLUPool``: Conv2D 3x3 'same' stride 1 -> ReLU -> MaxPool2D 2x2;
 - ``DenseReLU``: Dense -> ReLU.
 
-The layers no fused block takes have blocks of their own in ``single.py``.
+The layers no fused block takes have blocks of their own in ``layer_blocks.py``.
 
 A block has the layers' interface: ``forward(x, train=True)``, ``backward(d)``,
 ``params`` and ``grads`` under canonical names. ``backward`` returns None when built
@@ -19,7 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from twinnet.numpy_nn import layers
-from twinnet.numpy_nn.fast.kernels import (
+from twinnet.numpy_nn.fast import budgets
+from twinnet.numpy_nn.fast.pool_windows import WindowInference
+from twinnet.numpy_nn.fast.primitives import (
     PaddedBuffer,
     Scratch,
     add_bias,
@@ -29,15 +31,7 @@ from twinnet.numpy_nn.fast.kernels import (
     relu,
     window_major_view,
 )
-from twinnet.numpy_nn.fast.pool_windows import WindowInference
 from twinnet.util import chunk_slices
-
-# A conv block runs its batch in chunks of images whose largest work array (an im2col
-# matrix or a conv output) fits in CHUNK_BYTES: each array is then written and read back
-# in the core's own caches rather than through memory, which the other core shares, while
-# chunks stay few enough that their per-operation costs stay small (docs/performance.md,
-# "Chunks and work arrays").
-CHUNK_BYTES = 2 << 20
 
 
 def check_even(name: str, x: np.ndarray) -> None:
@@ -102,7 +96,7 @@ class ConvReLUPool:
         """Images per chunk for inputs of h x w pixels: CHUNK_BYTES over the larger of one
         image's im2col matrix and conv output."""
         c_in, c_out = self.W.shape[2:]
-        return max(1, CHUNK_BYTES // (h * w * max(9 * c_in, c_out) * itemsize))
+        return max(1, budgets.CHUNK_BYTES // (h * w * max(9 * c_in, c_out) * itemsize))
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         check_even(self.name, x)

@@ -15,8 +15,8 @@ import numpy as np
 
 from twinnet.numpy_nn import layers
 from twinnet.numpy_nn.fast.blocks import ConvReLUPool, check_even
+from twinnet.numpy_nn.fast.layer_blocks import FastActivation, FastBatchNorm, FastConv2D, TiledMaxPool2D
 from twinnet.numpy_nn.fast.pool_windows import WindowInference
-from twinnet.numpy_nn.fast.single import FastActivation, FastBatchNorm, FastConv2D, TiledMaxPool2D
 from twinnet.numpy_nn.normalization import BatchNorm
 
 

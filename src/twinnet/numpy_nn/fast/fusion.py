@@ -13,7 +13,7 @@ from twinnet import models
 from twinnet.numpy_nn import layers
 from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
 from twinnet.numpy_nn.fast.folding import ConvBatchNormReLUPool
-from twinnet.numpy_nn.fast.single import (
+from twinnet.numpy_nn.fast.layer_blocks import (
     FastActivation,
     FastBatchNorm,
     FastConv2D,

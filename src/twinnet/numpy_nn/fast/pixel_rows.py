@@ -1,6 +1,6 @@
 """Matmul rows of several output pixels: the im2col of a conv, r pixels to a row.
 
-A conv's im2col matrix (``kernels.im2col_rows``) has one row per output pixel, its
+A conv's im2col matrix (``primitives.im2col_rows``) has one row per output pixel, its
 window's k*k*C values, and its product with the kernel is C_out wide: for few output
 channels (LeNet-5's 6 and 16) a shape BLAS runs far below its peak, after copying k*k*C
 floats per pixel. With r adjacent output pixels of an image row to a matrix row, the
@@ -16,12 +16,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from twinnet.numpy_nn.fast import budgets
 from twinnet.numpy_nn.layers import output_size
-
-# Pixels go to a row until the product is at least this wide.
-PRODUCT_WIDTH = 32
-# A patch row is at most this many kernels wide: the rest of its multiply-adds are by zero.
-MAX_PATCH_WIDTHS = 3
 
 
 def pixels_per_row(w_out: int, c_out: int, k: int, stride: int) -> int:
@@ -30,8 +26,8 @@ def pixels_per_row(w_out: int, c_out: int, k: int, stride: int) -> int:
     those whose patch is at most MAX_PATCH_WIDTHS kernels wide (the largest of these if
     none is wide enough), so that at most 2/3 of the multiply-adds are by zero."""
     divisors = [r for r in range(1, w_out + 1)
-                if w_out % r == 0 and (r - 1) * stride + k <= MAX_PATCH_WIDTHS * k]
-    return next((r for r in divisors if r * c_out >= PRODUCT_WIDTH), divisors[-1])
+                if w_out % r == 0 and (r - 1) * stride + k <= budgets.MAX_PATCH_WIDTHS * k]
+    return next((r for r in divisors if r * c_out >= budgets.PRODUCT_WIDTH), divisors[-1])
 
 
 def row_kernel(W: np.ndarray, r: int, stride: int = 1) -> np.ndarray:

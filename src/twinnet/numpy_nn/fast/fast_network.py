@@ -23,23 +23,10 @@ import numpy as np
 from threadpoolctl import ThreadpoolController, threadpool_info
 
 from twinnet import models
-from twinnet.numpy_nn.fast import workers
+from twinnet.numpy_nn.fast import budgets, workers
 from twinnet.numpy_nn.fast.fusion import fuse
 from twinnet.numpy_nn.network import MAX_EVAL_CHUNK, Network, build_layers
 from twinnet.util import chunk_slices, in_chunks
-
-# A part gets a core of its own only with at least this much matmul work (about a
-# millisecond's): a few images run faster on one thread than handed over.
-MIN_PART_FLOPS = 100e6
-# Inference runs each image chunk through the whole network, chunks sized so that the
-# largest activation takes at most this much: the elementwise passes of a model whose
-# layers no block fuses (batch norm, ReLU, pools) then stay in cache (docs/performance.md,
-# "Layers no fused block takes").
-ACTIVATION_BYTES = 1 << 20
-# A worker's shared room for input images, and the images inference hands out at a time.
-INPUT_IMAGES = MAX_EVAL_CHUNK
-# Inference cuts a part's worth of work into this many pieces for the cores to take in turn.
-PIECES_PER_PART = 4
 
 log = logging.getLogger(__name__)
 _keys = count()
@@ -81,7 +68,7 @@ def inference_images(model: str | tuple, fused: list, itemsize: int) -> int:
     for layer in fused:
         end += len(getattr(layer, "replaces", (layer,)))
         largest = max(largest, math.prod(shapes[end - 1].out))
-    return max(1, min(MAX_EVAL_CHUNK, ACTIVATION_BYTES // (largest * itemsize)))
+    return max(1, min(MAX_EVAL_CHUNK, budgets.ACTIVATION_BYTES // (largest * itemsize)))
 
 
 # -- what a worker runs (``fn(state, *args)``, see workers.serve) ----------------------
@@ -151,7 +138,7 @@ class FastNetwork:
 
     def _split(self, n: int, flops: float) -> list[slice]:
         """Contiguous parts of range(n), at most one per core, each with MIN_PART_FLOPS of work."""
-        parts = int(min(self.parts, max(n, 1), max(1, flops // MIN_PART_FLOPS)))
+        parts = int(min(self.parts, max(n, 1), max(1, flops // budgets.MIN_PART_FLOPS)))
         bounds = np.linspace(0, n, parts + 1).astype(int)
         return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
@@ -177,14 +164,15 @@ class FastNetwork:
                 return self.network.logits(chunk)
             return np.concatenate(self._run(self._inference_pieces(len(chunk)), chunk, None))
 
-        return in_chunks(chunk_logits, x, INPUT_IMAGES)
+        return in_chunks(chunk_logits, x, budgets.INPUT_IMAGES)
 
     def _inference_pieces(self, n: int) -> list[slice]:
         """range(n) cut into pieces of at least MIN_PART_FLOPS / PIECES_PER_PART of work
         and at least one inference chunk of the network: the pieces are fixed by n alone,
         so whoever computes a piece gives the same bits, and a core that another program
         slows takes fewer of them."""
-        least = max(self.network.eval_chunk, math.ceil(MIN_PART_FLOPS / PIECES_PER_PART / self._flops))
+        piece_flops = budgets.MIN_PART_FLOPS / budgets.PIECES_PER_PART
+        least = max(self.network.eval_chunk, math.ceil(piece_flops / self._flops))
         return chunk_slices(n, least)
 
     def _run(self, parts: list[slice], x: np.ndarray, y: np.ndarray | None) -> list[Any]:
@@ -278,7 +266,7 @@ class FastNetwork:
         self._key = next(_keys)
         try:
             shared = workers.SharedArrays(models.param_shapes(self.spec), self.dtype, len(taken),
-                                          max(images, INPUT_IMAGES), models.IMAGE_SHAPE)
+                                          max(images, budgets.INPUT_IMAGES), models.IMAGE_SHAPE)
         except OSError as exc:  # no room in /dev/shm, or none at all
             raise workers.WorkerError(f"no shared memory for the workers ({exc.strerror or exc})") from None
         try:

@@ -1,5 +1,5 @@
 """Blocks that each replace one reference layer that no fused block (``blocks.py``) takes,
-computing the same maths in a faster form, built from ``kernels.py``:
+computing the same maths in a faster form, built from ``primitives.py``:
 
 - ``FastConv2D``: any Conv2D;
 - ``TiledAvgPool2D``: an AvgPool2D whose windows tile its input;
@@ -19,8 +19,9 @@ import numpy as np
 
 from twinnet.numpy_nn import layers
 from twinnet.numpy_nn.activations import LeakyReLU, Sigmoid, Tanh
-from twinnet.numpy_nn.fast import pool_windows
-from twinnet.numpy_nn.fast.kernels import (
+from twinnet.numpy_nn.fast import budgets
+from twinnet.numpy_nn.fast.pixel_rows import pixel_rows, pixels_per_row, row_kernel
+from twinnet.numpy_nn.fast.primitives import (
     add_bias,
     column_sums,
     feature_sums,
@@ -32,7 +33,6 @@ from twinnet.numpy_nn.fast.kernels import (
     tile_row,
     tile_spread,
 )
-from twinnet.numpy_nn.fast.pixel_rows import pixel_rows, pixels_per_row, row_kernel
 from twinnet.numpy_nn.normalization import BatchNorm
 from twinnet.util import chunk_slices
 
@@ -85,7 +85,7 @@ class FastConv2D:
         kernel = row_kernel(self.W, r, self.conv.stride)
         z = np.empty((len(x), h_out, w_out, c_out), dtype=x.dtype)
         per_image = h_out * w_out * (len(kernel) // r + c_out) * x.dtype.itemsize  # matrix and product
-        for part in chunk_slices(len(x), max(1, pool_windows.INFERENCE_CHUNK_BYTES // per_image)):
+        for part in chunk_slices(len(x), max(1, budgets.INFERENCE_CHUNK_BYTES // per_image)):
             np.matmul(pixel_rows(xpad[part], k, self.conv.stride, r), kernel,
                       out=z[part].reshape(-1, r * c_out))
             add_bias(z[part], self.b)  # while the chunk is in cache
