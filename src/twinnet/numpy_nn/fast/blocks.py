@@ -52,13 +52,13 @@ class ConvReLUPool:
     im2col rows by window position, so the pool reads four contiguous blocks. The bias
     and ReLU run on the pooled quarter of the values: the bias is the same for every
     position of a window, so max(z + b) = max(z) + b, and ReLU is monotonic, so
-    relu(max(z)) = max(relu(z)) (docs/derivations.md, section 5, for why the gradients
-    are the reference layers' too). In training the ReLU mask is kept at that size.
+    relu(max(z)) = max(relu(z)) (docs/performance.md, "The fused block", for why the
+    gradients are the reference layers' too). In training the ReLU mask is kept at that size.
 
     The batch runs in chunks of ``chunk_size`` images, in order, with work arrays reused
     from call to call. The backward pass takes dW from the im2col matrix of the padded
-    dz, which dx needs anyway (derivations, section 5); the first block, which computes
-    no dx, keeps its forward im2col matrices for dW instead. The chunks' weight gradients
+    dz, which dx needs anyway (docs/performance.md, "The fused block"); the first block,
+    which computes no dx, keeps its forward im2col matrices for dW instead. The chunks' weight gradients
     are summed in chunk order.
 
     Inference takes another form, one matmul row per pooling window (``pool_windows.py``),
@@ -128,8 +128,8 @@ class ConvReLUPool:
         c_out = self.W.shape[3]
         dpooled = dout * positive  # through the ReLU
         if self.needs_input_grad:
-            # dW from the im2col matrix of the padded dz that dx needs anyway (derivations,
-            # section 5): dW[p, q, c, o] = (x2d.T @ dzcols)[c, 2-p, 2-q, o].
+            # dW from the im2col matrix of the padded dz that dx needs anyway (performance.md,
+            # "The fused block"): dW[p, q, c, o] = (x2d.T @ dzcols)[c, 2-p, 2-q, o].
             dW_flip = np.zeros((c_in, 9 * c_out), dtype=dout.dtype)
             dx = np.empty(x.shape, dtype=dout.dtype)
             # dx = 'same' correlation of dz (NHWC) with W_flip[p, q, o, c] = W[2-p, 2-q, c, o].
