@@ -1170,3 +1170,18 @@ def test_activations_and_batch_norm_infer_in_place_as_they_would_into_a_new_arra
             layer.in_place = False
     np.testing.assert_array_equal(in_place, Network(fused).logits(x))
     np.testing.assert_allclose(in_place, Network(build_layers(spec, params)).logits(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_a_first_conv_takes_images_whose_channel_axis_was_added_by_indexing(padding: str) -> None:
+    # x[..., None] gives the channel axis a stride of 0: contiguous all the same.
+    layers_ = [{"type": "conv2d", "filters": 4, "kernel": 3, "padding": padding}, {"type": "tanh"},
+               {"type": "flatten"}, {"type": "dense", "units": 10}]
+    spec = models.parse_spec({"layers": layers_}, "first.toml")
+    params = _float64(spec, 2)
+    images = np.random.default_rng(7).random((5, 28, 28))[..., None]
+    fast = NumpyModel(spec, params, dtype=np.float64, threads=1)
+    reference = NumpyModel(spec, params, dtype=np.float64, fast=False)
+    np.testing.assert_allclose(fast.logits(images), reference.logits(images), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fast.loss_and_grads(images, np.arange(5))[0],
+                               reference.loss_and_grads(images, np.arange(5))[0], rtol=1e-10)

@@ -40,14 +40,23 @@ def row_kernel(W: np.ndarray, r: int, stride: int = 1) -> np.ndarray:
     return kernel.reshape(-1, r * c_out)
 
 
+def contiguous_strides(x: np.ndarray) -> tuple[int, ...]:
+    """The strides of a C-contiguous x, from its shape (an axis of length 1 may carry any
+    stride, e.g. the channel axis that ``x[..., None]`` adds); ValueError if x is not."""
+    if not x.flags.c_contiguous:
+        raise ValueError(f"expected a C-contiguous NHWC array, got strides {x.strides}")
+    strides = [x.itemsize]
+    for size in x.shape[:0:-1]:
+        strides.insert(0, strides[0] * size)
+    return tuple(strides)
+
+
 def pixel_rows(xpad: np.ndarray, k: int, stride: int, r: int) -> np.ndarray:
     """xpad (N, Hp, Wp, C) C-contiguous, already padded -> (N * H_out * W_out/r,
     k * ((r-1)*stride + k) * C): row (n, i, j) is the patch that output pixels (i, j*r)
     to (i, j*r + r-1) read, in (p, q, c) order. W_out must be a multiple of r."""
     n, hp, wp, c = xpad.shape
-    s_n, s_h, s_w, s_c = xpad.strides
-    if s_w != c * s_c:
-        raise ValueError("pixel_rows needs a C-contiguous NHWC array")
+    s_n, s_h, s_w, s_c = contiguous_strides(xpad)
     h_out, w_out = (output_size(size, k, stride) for size in (hp, wp))
     width = (r - 1) * stride + k
     patches = as_strided(xpad, shape=(n, h_out, w_out // r, k, width * c),

@@ -14,7 +14,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from twinnet.numpy_nn.fast.pixel_rows import pixel_rows
+from twinnet.numpy_nn.fast.pixel_rows import contiguous_strides, pixel_rows
 from twinnet.numpy_nn.layers import output_size
 
 
@@ -172,7 +172,7 @@ def tap_major_windows(xpad: np.ndarray, k: int, stride: int) -> np.ndarray:
     + p, j*stride + q, 0]``. Copied, it is the transpose of the im2col matrix, moved in
     runs of W_out values where the row-major matrix has runs of one."""
     n, hp, wp, _ = xpad.shape
-    s_n, s_h, s_w, _ = xpad.strides
+    s_n, s_h, s_w, _ = contiguous_strides(xpad)
     h_out, w_out = (output_size(size, k, stride) for size in (hp, wp))
     strides = (s_h, s_w, s_n, s_h * stride, s_w * stride)
     return as_strided(xpad, shape=(k, k, n, h_out, w_out), strides=strides, writeable=False)
