@@ -167,12 +167,13 @@ class FastNetwork:
         return in_chunks(chunk_logits, x, budgets.INPUT_IMAGES)
 
     def _inference_pieces(self, n: int) -> list[slice]:
-        """range(n) cut into pieces of at least MIN_PART_FLOPS / PIECES_PER_PART of work
-        and at least one inference chunk of the network: the pieces are fixed by n alone,
-        so whoever computes a piece gives the same bits, and a core that another program
-        slows takes fewer of them."""
+        """range(n) cut into at most PIECES_PER_PART pieces per core, each of at least
+        MIN_PART_FLOPS / PIECES_PER_PART of work and one inference chunk of the network:
+        the pieces are fixed by n alone, so whoever computes a piece gives the same bits,
+        and a core that another program slows takes fewer of them."""
         piece_flops = budgets.MIN_PART_FLOPS / budgets.PIECES_PER_PART
-        least = max(self.network.eval_chunk, math.ceil(piece_flops / self._flops))
+        least = max(self.network.eval_chunk, math.ceil(piece_flops / self._flops),
+                    math.ceil(n / (budgets.PIECES_PER_PART * self.parts)))
         return chunk_slices(n, least)
 
     def _run(self, parts: list[slice], x: np.ndarray, y: np.ndarray | None) -> list[Any]:
