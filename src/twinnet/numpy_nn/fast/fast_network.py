@@ -225,32 +225,39 @@ class FastNetwork:
         return [first, *((*reply, grads) for reply, grads in zip(replies, shared.grads, strict=False))]
 
     def _pieces_on_workers(self, pieces: list[slice], x: np.ndarray) -> list[np.ndarray]:
-        """The logits of each piece of x: the workers take pieces from the front, one at a
-        time, and this process from the back, until none is left."""
+        """The logits of each piece of x: the workers take pieces from the front, each with
+        its next piece already queued (it never waits for this process to hand one out),
+        and this process from the back, until none is left."""
         taken = self._share(self.parts - 1, len(x))
         shared = self._shared
         for key, p in self.params.items():
             shared.params[key][...] = p
         shared.inputs[0][:len(x)] = x
         results: list[Any] = [None] * len(pieces)
-        front, back, busy = 0, len(pieces), {}
+        front, back = 0, len(pieces)
+        queued: dict[workers.Worker, list[int]] = {worker: [] for worker in taken}
 
         def hand_out(worker: workers.Worker) -> None:
             nonlocal front
             worker.send(_part_logits, self._key, pieces[front].start, pieces[front].stop)
-            busy[worker], front = front, front + 1
+            queued[worker].append(front)
+            front += 1
 
-        for worker in taken[:len(pieces) - 1]:
-            hand_out(worker)
+        for _ in range(2):
+            for worker in taken:
+                if front < back - 1:  # the last piece is this process's
+                    hand_out(worker)
         while front < back:
             back -= 1
             results[back] = self.network.logits(x[pieces[back]])
-            for worker in [w for w in busy if w.conn.poll(0)]:
-                results[busy.pop(worker)] = worker.receive()
-                if front < back:
-                    hand_out(worker)
-        for worker, index in busy.items():
-            results[index] = worker.receive()
+            for worker, indices in queued.items():
+                while indices and worker.conn.poll(0):
+                    results[indices.pop(0)] = worker.receive()
+                    if front < back:
+                        hand_out(worker)
+        for worker, indices in queued.items():
+            for index in indices:
+                results[index] = worker.receive()
         return results
 
     def _share(self, count: int, images: int) -> list[workers.Worker]:
