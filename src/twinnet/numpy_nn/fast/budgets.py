@@ -20,6 +20,9 @@ KEPT_PLANS = 4
 # Inference runs each image chunk through the whole network, chunks sized so that the
 # largest activation takes at most this much: elementwise layers then run in cache.
 ACTIVATION_BYTES = 1 << 20
+# The same where every layer is a block that chunks its own work (the cnn): only the
+# per-chunk calls are then paid, so chunks are larger.
+BLOCK_ACTIVATION_BYTES = 8 << 20
 # A conv's inference matmul takes output pixels to a row until it is this wide ...
 PRODUCT_WIDTH = 32
 # ... with a patch row at most this many kernels wide (the rest are multiply-adds by zero).

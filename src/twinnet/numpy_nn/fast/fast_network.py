@@ -63,12 +63,16 @@ def fused_network(model: str | tuple, params: dict[str, np.ndarray]) -> Network:
 
 def inference_images(model: str | tuple, fused: list, itemsize: int) -> int:
     """Images per inference chunk: ACTIVATION_BYTES over the largest output of a fused
-    layer (a block's is that of the last layer it replaces), at most MAX_EVAL_CHUNK."""
+    layer (a block's is that of the last layer it replaces), at most MAX_EVAL_CHUNK; or
+    BLOCK_ACTIVATION_BYTES over it where no activation or batch norm runs alone, every
+    conv block then chunking its own work."""
     shapes, end, largest = models.walk(model), 0, 1
     for layer in fused:
         end += len(getattr(layer, "replaces", (layer,)))
         largest = max(largest, math.prod(shapes[end - 1].out))
-    return max(1, min(MAX_EVAL_CHUNK, budgets.ACTIVATION_BYTES // (largest * itemsize)))
+    alone = any(hasattr(layer, "in_place") for layer in fused)
+    budget = budgets.ACTIVATION_BYTES if alone else budgets.BLOCK_ACTIVATION_BYTES
+    return max(1, min(MAX_EVAL_CHUNK, budget // (largest * itemsize)))
 
 
 # -- what a worker runs (``fn(state, *args)``, see workers.serve) ----------------------
