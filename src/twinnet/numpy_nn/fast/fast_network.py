@@ -172,12 +172,12 @@ class FastNetwork:
 
     def _inference_pieces(self, n: int) -> list[slice]:
         """range(n) cut into at most PIECES_PER_PART pieces per core, each of at least
-        MIN_PART_FLOPS / PIECES_PER_PART of work and one inference chunk of the network:
-        the pieces are fixed by n alone, so whoever computes a piece gives the same bits,
-        and a core that another program slows takes fewer of them."""
+        MIN_PART_FLOPS / PIECES_PER_PART of work: the pieces are fixed by n alone, so
+        whoever computes a piece gives the same bits, and a core that another program
+        slows takes fewer of them."""
         piece_flops = budgets.MIN_PART_FLOPS / budgets.PIECES_PER_PART
-        least = max(self.network.eval_chunk, math.ceil(piece_flops / self._flops),
-                    math.ceil(n / (budgets.PIECES_PER_PART * self.parts)))
+        pieces = budgets.PIECES_PER_PART * self.parts
+        least = max(math.ceil(piece_flops / self._flops), math.ceil(n / pieces))
         return chunk_slices(n, least)
 
     def _run(self, parts: list[slice], x: np.ndarray, y: np.ndarray | None) -> list[Any]:
