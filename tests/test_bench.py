@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from twinnet.bench import format_bench, run_bench, step_flops
@@ -83,3 +86,33 @@ def test_block_timings_run_a_dropout_model_and_fit_long_block_names():
     table = format_blocks(result).splitlines()[3:]
     assert len({line.index(" forward") if " forward" in line else line.index(" backward")
                 for line in table[1:-1]}) == 1  # one column for the phase, after the longest name
+
+
+@pytest.mark.slow
+def test_end_to_end_times_what_train_records_and_stops_its_busy_loop(mnist_path):
+    from twinnet.bench import format_end_to_end, time_end_to_end
+    from twinnet.environment import cpu_name, simd_level
+
+    results = time_end_to_end(["linear"], ["numpy"], steps=4, data_dir=str(mnist_path), busy_core=True)
+    run = results["models"]["linear"]["numpy"]
+    assert run["train_seconds"] > 0 and run["all"] == [run["train_seconds"]]
+    assert "ratio" not in results["models"]["linear"]  # one twin: nothing to compare
+    table = format_end_to_end(results)
+    assert "busy loop" in table and cpu_name() in table and simd_level() in table
+    assert not [pid for pid in Path("/proc").glob("[0-9]*") if _busy_loop_child(pid)]
+
+
+def _busy_loop_child(proc: Path) -> bool:
+    """Whether /proc/PID is a busy loop this process started (and has not reaped)."""
+    try:
+        return (b"while True: pass" in (proc / "cmdline").read_bytes()
+                and f"PPid:\t{os.getpid()}\n" in (proc / "status").read_text())
+    except OSError:  # gone meanwhile
+        return False
+
+
+def test_end_to_end_flags_need_end_to_end(capsys):
+    from twinnet.cli import main
+
+    assert main(["bench", "--busy-core"]) == 2
+    assert "--busy-core and --data-dir go with --end-to-end" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Tests of the NumPy twin's engine (numpy_nn/fast): each fused block equals the reference
 layers it replaces, the fusion pass replaces exactly the runs it matches, the fast path
-computes what the reference path computes, and the worker runtime (workers.py, split.py)
+computes what the reference path computes, and the worker runtime (workers.py, fast_network.py)
 gives the same results as threads and survives dead, stopped and forked workers,
 Ctrl-C, kill -9 and hostile working directories."""
 
@@ -19,15 +19,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from twinnet import models
 from twinnet.models import MODEL_NAMES, NAMED_MODELS, init_params, param_shapes
 from twinnet.numpy_nn import NumpyModel
-from twinnet.numpy_nn.fast import blocks, pool_windows, split, workers
+from twinnet.numpy_nn.fast import budgets, fast_network, workers
 from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
 from twinnet.numpy_nn.fast.folding import ConvBatchNormReLUPool
 from twinnet.numpy_nn.fast.fusion import fuse
-from twinnet.numpy_nn.fast.kernels import (
+from twinnet.numpy_nn.fast.layer_blocks import (
+    FastActivation,
+    FastBatchNorm,
+    FastConv2D,
+    TiledAvgPool2D,
+    TiledMaxPool2D,
+)
+from twinnet.numpy_nn.fast.pixel_rows import pixel_rows, pixels_per_row, row_kernel
+from twinnet.numpy_nn.fast.primitives import (
     Scratch,
     add_bias,
     column_sums,
@@ -37,10 +46,8 @@ from twinnet.numpy_nn.fast.kernels import (
     relu,
     window_major_view,
 )
-from twinnet.numpy_nn.fast.pixel_rows import pixel_rows, pixels_per_row, row_kernel
-from twinnet.numpy_nn.fast.single import FastBatchNorm, FastConv2D, FastReLU, TiledAvgPool2D, TiledMaxPool2D
 from twinnet.numpy_nn.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, ReLU, windows
-from twinnet.numpy_nn.network import build_layers
+from twinnet.numpy_nn.network import Network, build_layers
 from twinnet.numpy_nn.normalization import BatchNorm
 from twinnet.util import chunk_slices
 
@@ -232,7 +239,7 @@ def test_conv_batch_norm_relu_pool_trains_as_its_layers_and_infers_folded(dtype:
     (lambda rng: MaxPool2D(2, 2), (7, 6, 10, 3)), (lambda rng: MaxPool2D(3, 3), (7, 9, 6, 2)),
 ])
 def test_inference_forms_infer_bit_for_bit_and_train_as_their_layer(make, shape: tuple) -> None:
-    kind = {ReLU: FastReLU, MaxPool2D: TiledMaxPool2D}
+    kind = {ReLU: FastActivation, MaxPool2D: TiledMaxPool2D}
     layer = make(np.random.default_rng(1))
     block = kind[type(layer)](make(np.random.default_rng(1)))
     x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
@@ -318,7 +325,7 @@ def test_conv_relu_pool_results_do_not_depend_on_its_chunks(chunk_bytes: int, ne
     x, dout = rng.standard_normal((5, 6, 8, 3)), rng.standard_normal((5, 3, 4, 4))
     reference = _conv_block(W, b)
     out, dx, grads = _compose(reference.replaces, x, dout)
-    monkeypatch.setattr(blocks, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(budgets, "CHUNK_BYTES", chunk_bytes)
     block = _conv_block(W, b, needs_input_grad)
     assert (block.chunk_size(6, 8, 8) == 1) == (chunk_bytes == 1)
     _assert_close(block.forward(x), out)
@@ -337,7 +344,7 @@ def test_inference_by_pooling_windows_equals_the_training_form(c_in: int, chunk_
     rng = np.random.default_rng(15)
     W, b = rng.standard_normal((3, 3, c_in, 4)), rng.standard_normal(4)
     block = _conv_block(W, b)
-    monkeypatch.setattr(pool_windows, "INFERENCE_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(budgets, "INFERENCE_CHUNK_BYTES", chunk_bytes)
     # More shapes than it keeps work arrays for, then the first (forgotten) one again.
     for shape in [(5, 6, 8), (3, 4, 4), (1, 2, 2), (2, 2, 4), (4, 4, 2), (5, 6, 8)]:
         x = rng.standard_normal((*shape, c_in))
@@ -345,7 +352,7 @@ def test_inference_by_pooling_windows_equals_the_training_form(c_in: int, chunk_
         with monkeypatch.context() as switched:
             switched.setattr(ConvReLUPool, "infer_by_windows", False)
             np.testing.assert_allclose(by_windows, block.forward(x, train=False), rtol=1e-12, atol=1e-12)
-    assert len(block._windows._plans) == pool_windows.KEPT_PLANS
+    assert len(block._windows._plans) == budgets.KEPT_PLANS
 
 
 # -- kernels --------------------------------------------------------------------------------
@@ -377,10 +384,13 @@ def test_pixel_rows_times_row_kernel_is_the_im2col_product(c_in: int, k: int, st
 
 
 def test_pixels_per_row_widens_the_product_to_a_divisor_of_the_width() -> None:
-    assert pixels_per_row(28, 6) == 7  # LeNet-5's conv1: 42 columns
-    assert pixels_per_row(10, 16) == 2  # its conv2
-    assert pixels_per_row(5, 5) == 5  # no divisor is wide enough: the whole row
-    assert pixels_per_row(28, 64) == 1  # wide already
+    assert pixels_per_row(28, 6, 5, 1) == 7  # LeNet-5's conv1: 42 columns
+    assert pixels_per_row(10, 16, 5, 1) == 2  # its conv2
+    assert pixels_per_row(5, 5, 5, 1) == 5  # no divisor is wide enough: the whole row
+    assert pixels_per_row(28, 64, 5, 1) == 1  # wide already
+    # 13 pixels of a 3x3 stride-2 conv would make a patch 27 wide, 8/9 of it zeros: one pixel.
+    assert pixels_per_row(13, 16, 3, 2) == 1
+    assert pixels_per_row(14, 8, 3, 2) == 2  # 7 pixels would be 15 wide
 
 
 def test_max_pool_blocks_routes_as_max_pool_2d() -> None:
@@ -427,8 +437,9 @@ def test_fusion_replaces_the_matching_runs_of_the_named_models(name: str) -> Non
         "mlp128": ["Flatten", "DenseReLU", "Dense"],
         "mlp256x2": ["Flatten", "DenseReLU", "DenseReLU", "Dense"],
         "cnn": ["ConvReLUPool", "ConvReLUPool", "Flatten", "DenseReLU", "Dense"],
-        "lenet5": ["FastConv2D", "Tanh", "TiledAvgPool2D", "FastConv2D", "Tanh", "TiledAvgPool2D", "Flatten",
-                   "Dense", "Tanh", "Dense", "Tanh", "Dense"],
+        "lenet5": ["FastConv2D", "FastActivation", "TiledAvgPool2D", "FastConv2D", "FastActivation",
+                   "TiledAvgPool2D", "Flatten", "Dense", "FastActivation", "Dense", "FastActivation",
+                   "Dense"],
         "cnn-bn-dropout": ["ConvBatchNormReLUPool", "ConvBatchNormReLUPool", "Flatten", "Dropout",
                            "DenseReLU", "Dense"],
     }
@@ -465,8 +476,9 @@ ODD_SPEC = {"layers": [
     {"type": "relu"},
     {"type": "dense", "units": 10},
 ]}
-ODD_KINDS = ["FastConv2D", "FastReLU", "FastConv2D", "FastReLU", "MaxPool2D", "ConvReLUPool", "FastConv2D",
-             "FastReLU", "FastConv2D", "FastReLU", "MaxPool2D", "Flatten", "DenseReLU", "Dense"]
+ODD_KINDS = ["FastConv2D", "FastActivation", "FastConv2D", "FastActivation", "MaxPool2D", "ConvReLUPool",
+             "FastConv2D", "FastActivation", "FastConv2D", "FastActivation", "MaxPool2D", "Flatten",
+             "DenseReLU", "Dense"]
 
 
 def _odd_spec() -> tuple:
@@ -487,7 +499,7 @@ def test_a_model_with_unfused_layers_runs_on_the_fast_path(monkeypatch: pytest.M
     path = tmp_path / "odd.toml"
     path.write_text("\n".join(["[[layers]]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in layer.items())
                                for layer in ODD_SPEC["layers"]]))
-    monkeypatch.setattr(split, "MIN_PART_FLOPS", 1)  # split whatever the work
+    monkeypatch.setattr(budgets, "MIN_PART_FLOPS", 1)  # split whatever the work
     params = _float64(str(path), 1)
     x, y = _batch(6, seed=3)
     reference = NumpyModel(str(path), params, dtype=np.float64, fast=False)
@@ -515,7 +527,7 @@ def _assert_same_loss_and_grads(reference: NumpyModel, fast: NumpyModel, x: np.n
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_fast_and_reference_paths_agree_in_float64(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(split, "MIN_PART_FLOPS", 1)  # split whatever the work
+    monkeypatch.setattr(budgets, "MIN_PART_FLOPS", 1)  # split whatever the work
     params = _float64(name, 2)
     for key in params:  # biases away from zero, so their gradients are checked too
         if key.endswith("/b"):
@@ -552,7 +564,7 @@ def test_fast_and_reference_paths_train_alike_on_mnist(mnist) -> None:
 
 @pytest.mark.parametrize("n", [1, 3, 100])
 def test_splitting_the_batch_does_not_change_the_result(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(split, "MIN_PART_FLOPS", 1)  # split whatever the work
+    monkeypatch.setattr(budgets, "MIN_PART_FLOPS", 1)  # split whatever the work
     params = _float64("cnn", 2)
     x, y = _batch(n, seed=n)
     one, three = (NumpyModel("cnn", params, dtype=np.float64, threads=t) for t in (1, 3))
@@ -567,7 +579,7 @@ def test_splitting_the_batch_does_not_change_the_result(n: int, monkeypatch: pyt
 
 def test_parts_are_contiguous_and_each_worth_a_core() -> None:
     network = NumpyModel("cnn", init_params("cnn", 0), threads=3).network
-    least = split.MIN_PART_FLOPS
+    least = budgets.MIN_PART_FLOPS
     assert network._split(2, least / 2) == [slice(0, 2)]  # too little work to hand over
     assert len(network._split(100, 2.5 * least)) == 2
     assert network._split(2, 10 * least) == [slice(0, 1), slice(1, 2)]  # at most one part an image
@@ -597,7 +609,7 @@ def test_threaded_training_is_deterministic() -> None:
 def runtime(monkeypatch: pytest.MonkeyPatch):
     """Workers allowed (a test that gives them up does so only for itself); any workers a
     test spoiled are closed after it."""
-    monkeypatch.setattr(split, "_use_processes", True)
+    monkeypatch.setattr(fast_network, "_use_processes", True)
     yield
     if any(not w.process.is_alive() for w in workers._workers):
         workers.close_workers()
@@ -644,10 +656,36 @@ def test_workers_compute_what_threads_compute(runtime, monkeypatch: pytest.Monke
     with_workers = _cnn()
     run_workers = _train_three_steps(with_workers)
     assert _on_workers(with_workers) and workers._workers
-    monkeypatch.setattr(split, "_use_processes", False)
+    monkeypatch.setattr(fast_network, "_use_processes", False)
     with_threads = _cnn()
     _assert_same_run(run_workers, _train_three_steps(with_threads))  # bit for bit
     assert with_threads.network._shared is None and with_threads.network._replicas is not None
+
+
+@pytest.mark.parametrize("name", ["cnn", "lenet5"])
+def test_inference_pieces_give_the_same_bits_whoever_computes_them(name: str, runtime,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    x = np.random.default_rng(6).random((1000, 28, 28, 1), dtype=np.float32)
+    model = NumpyModel(name, init_params(name, 1), threads=2)
+    pieces = model.network._inference_pieces(len(x))
+    assert len(pieces) > 2 and pieces[0].start == 0 and pieces[-1].stop == len(x)
+    with threadpool_limits(limits=1, user_api="blas"):  # as the pieces run
+        alone = np.concatenate([model.network.network.logits(x[piece]) for piece in pieces])
+    np.testing.assert_array_equal(model.logits(x), alone)  # the workers and this process
+    assert _on_workers(model)
+    stopped = workers.get_workers(1)[0].process.pid
+    os.kill(stopped, signal.SIGSTOP)  # a worker that another program holds up
+    try:
+        timer = threading.Timer(0.5, os.kill, (stopped, signal.SIGCONT))
+        timer.start()
+        np.testing.assert_array_equal(model.logits(x), alone)  # this process took more pieces
+    finally:
+        timer.join()
+        os.kill(stopped, signal.SIGCONT)
+    monkeypatch.setattr(fast_network, "_use_processes", False)
+    threaded = NumpyModel(name, init_params(name, 1), threads=2)
+    np.testing.assert_array_equal(threaded.logits(x), alone)
+    assert threaded.network._replicas is not None
 
 
 def test_workers_compute_what_one_part_computes_up_to_rounding(runtime) -> None:
@@ -745,7 +783,7 @@ def test_a_worker_reports_its_errors_and_leaves_no_shared_files(runtime) -> None
     _train_three_steps(model)
     assert not Path("/dev/shm", model.network._shared.name).exists()  # unlinked once mapped
     worker = workers._workers[0]
-    worker.send(split._part_logits, -1, 1)  # a model the worker does not know
+    worker.send(fast_network._part_logits, -1, 0, 1)  # a model the worker does not know
     with pytest.raises(workers.WorkerError, match=f"worker {worker.process.pid} failed: KeyError: -1"):
         worker.receive()
     with pytest.raises(workers.WorkerError, match="did not answer within 0.05 s"):
@@ -756,9 +794,9 @@ def test_a_worker_reports_its_errors_and_leaves_no_shared_files(runtime) -> None
 
 def test_without_room_for_shared_memory_the_parts_run_on_threads(
         runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(split, "_use_processes", False)
+    monkeypatch.setattr(fast_network, "_use_processes", False)
     reference = _train_three_steps(_cnn())
-    monkeypatch.setattr(split, "_use_processes", True)
+    monkeypatch.setattr(fast_network, "_use_processes", True)
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -874,8 +912,8 @@ def test_a_forked_child_of_a_parent_on_threads_trains(tmp_path: Path) -> None:
     # The parent's thread pool has no threads in a child: the child must make its own.
     script = _script(tmp_path, """
         import multiprocessing
-        from twinnet.numpy_nn.fast import split
-        split._use_processes = False  # as after a worker failed
+        from twinnet.numpy_nn.fast import fast_network
+        fast_network._use_processes = False  # as after a worker failed
         model = NumpyModel("cnn", init_params("cnn", 1), threads=2)
         model.train_step(x, y, 0.1)
         assert model.network._replicas is not None  # the parts ran on threads
@@ -1096,5 +1134,54 @@ def test_an_unguarded_script_runs_its_top_level_once(tmp_path: Path) -> None:
 def test_every_model_with_a_conv_splits_over_the_threads(name: str) -> None:
     # Whichever block its convs became: LeNet-5's FastConv2D once kept it on one core.
     has_conv = any(isinstance(layer, models.Conv2DSpec) for layer in models.get_spec(name))
-    network = split.FastNetwork(name, init_params(name, 0), threads=2)
+    network = fast_network.FastNetwork(name, init_params(name, 0), threads=2)
     assert network.parts == (2 if has_conv else 1)
+
+
+# Every activation and a batch norm after a conv, and first a flatten whose output is the
+# caller's images: nothing may infer in place there.
+IN_PLACE_SPEC = {"layers": [
+    {"type": "conv2d", "filters": 4, "kernel": 3, "stride": 2},  # 14x14x4
+    {"type": "batchnorm"}, {"type": "leaky_relu", "alpha": 0.1}, {"type": "tanh"},
+    {"type": "conv2d", "filters": 4, "kernel": 3, "padding": "valid"}, {"type": "sigmoid"},
+    {"type": "leaky_relu", "alpha": 1.5}, {"type": "relu"}, {"type": "flatten"},
+    {"type": "dropout", "rate": 0.5}, {"type": "dense", "units": 10},
+]}
+
+
+@pytest.mark.parametrize("first", [[], [{"type": "flatten"}, {"type": "tanh"},
+                                        {"type": "dropout", "rate": 0.1}, {"type": "relu"}]])
+def test_activations_and_batch_norm_infer_in_place_as_they_would_into_a_new_array(first: list) -> None:
+    layers_ = first + ([{"type": "dense", "units": 10}] if first else IN_PLACE_SPEC["layers"])
+    spec = models.parse_spec({"layers": layers_}, "in_place.toml")
+    params = init_params(spec, 4)
+    for key in params:
+        if "moving" in key or key.endswith("/beta"):
+            params[key] += np.float32(0.3)
+    fused = fuse(spec, build_layers(spec, params))
+    flags = [layer.in_place for layer in fused if hasattr(layer, "in_place")]
+    assert flags == ([False, True] if first else [True] * 6)  # the tanh made the relu's input
+    x = np.random.default_rng(5).standard_normal((9, 28, 28, 1)).astype(np.float32)
+    kept = x.copy()
+    in_place = Network(fused).logits(x)
+    np.testing.assert_array_equal(x, kept)  # the caller's images are untouched
+    for layer in fused:
+        if hasattr(layer, "in_place"):
+            layer.in_place = False
+    np.testing.assert_array_equal(in_place, Network(fused).logits(x))
+    np.testing.assert_allclose(in_place, Network(build_layers(spec, params)).logits(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_a_first_conv_takes_images_whose_channel_axis_was_added_by_indexing(padding: str) -> None:
+    # x[..., None] gives the channel axis a stride of 0: contiguous all the same.
+    layers_ = [{"type": "conv2d", "filters": 4, "kernel": 3, "padding": padding}, {"type": "tanh"},
+               {"type": "flatten"}, {"type": "dense", "units": 10}]
+    spec = models.parse_spec({"layers": layers_}, "first.toml")
+    params = _float64(spec, 2)
+    images = np.random.default_rng(7).random((5, 28, 28))[..., None]
+    fast = NumpyModel(spec, params, dtype=np.float64, threads=1)
+    reference = NumpyModel(spec, params, dtype=np.float64, fast=False)
+    np.testing.assert_allclose(fast.logits(images), reference.logits(images), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fast.loss_and_grads(images, np.arange(5))[0],
+                               reference.loss_and_grads(images, np.arange(5))[0], rtol=1e-10)

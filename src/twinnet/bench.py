@@ -10,10 +10,15 @@ ceiling it is compared with is measured (a large sgemm), not estimated from flag
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -153,6 +158,66 @@ def run_bench(models: list[str], backends: list[str], batch_size: int = 100, rep
         results["environment"]["tf_intra_op_threads"] = (
             tf.config.threading.get_intra_op_parallelism_threads() or "default (all cores)")
     return results
+
+
+def train_seconds(model: str, backend: str, steps: int, seed: int, out: Path,
+                  data_dir: str | None = None) -> float:
+    """``train_seconds`` of ``twinnet train MODEL --steps STEPS --seed SEED --backend
+    BACKEND`` run in a process of its own, its run folder ``out``."""
+    command = [sys.executable, "-m", "twinnet", "train", model, "--steps", str(steps), "--seed", str(seed),
+               "--backend", backend, "--out", str(out), "--force"]
+    if data_dir is not None:
+        command += ["--data-dir", data_dir]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return json.loads((out / "metrics.json").read_text())["train_seconds"]
+
+
+def time_end_to_end(models: list[str], backends: list[str], steps: int = 300, seed: int = 2,
+                    repeats: int = 1, busy_core: bool = False,
+                    data_dir: str | None = None) -> dict[str, Any]:
+    """What a user waits for: each twin's ``train_seconds`` (the steps and the validation
+    points) of ``twinnet train``, twins interleaved, the median of ``repeats``, and the
+    NumPy/TensorFlow ratio. With ``busy_core``, a busy loop holds one core meanwhile (as
+    a user's browser would)."""
+    results: dict[str, Any] = {"steps": steps, "seed": seed, "repeats": repeats, "busy_core": busy_core,
+                               "models": {}}
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy_core else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="twinnet-e2e-") as tmp:
+            for name in models:
+                seconds: dict[str, list[float]] = {b: [] for b in backends}
+                for _ in range(repeats):
+                    for backend in backends:
+                        seconds[backend].append(train_seconds(name, backend, steps, seed, Path(tmp) / backend,
+                                                              data_dir))
+                per_model: dict[str, Any] = {b: {"train_seconds": statistics.median(s), "all": s}
+                                             for b, s in seconds.items()}
+                if len(seconds) == 2:
+                    numpy_s, tf_s = (per_model[b]["train_seconds"] for b in ("numpy", "tf"))
+                    per_model["ratio"] = numpy_s / tf_s
+                results["models"][name] = per_model
+    finally:
+        if busy is not None:
+            busy.kill()
+            busy.wait()
+    results["environment"] = {"cpu": cpu_name(), "simd": simd_level(), "cpu_count": os.cpu_count()}
+    return results
+
+
+def format_end_to_end(results: dict[str, Any]) -> str:
+    """One row per model: each twin's train_seconds and the NumPy/TensorFlow ratio."""
+    env = results["environment"]
+    lines = [f"end to end: twinnet train MODEL --steps {results['steps']} --seed {results['seed']}, "
+             f"train_seconds (median of {results['repeats']})"
+             + (", one core held by a busy loop" if results["busy_core"] else "")
+             + f"; {env['cpu']}, {env['simd']}, {env['cpu_count']} cores"]
+    w = max([9, *(len(name) for name in results["models"])])
+    lines.append(f"{'model':<{w}} {'numpy s':>8} {'tf s':>8} {'numpy/tf':>9}")
+    for name, m in results["models"].items():
+        cells = [f"{m[b]['train_seconds']:>8.2f}" if b in m else f"{'-':>8}" for b in ("numpy", "tf")]
+        ratio = f"{m['ratio']:>8.2f}x" if "ratio" in m else f"{'-':>9}"
+        lines.append(f"{name:<{w}} {' '.join(cells)} {ratio}")
+    return "\n".join(lines)
 
 
 def format_bench(results: dict[str, Any]) -> str:

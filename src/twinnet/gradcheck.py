@@ -41,7 +41,7 @@ from twinnet.memory import check_memory
 from twinnet.numpy_nn.activations import LeakyReLU, Sigmoid, Tanh
 from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
 from twinnet.numpy_nn.fast.folding import ConvBatchNormReLUPool
-from twinnet.numpy_nn.fast.single import InferenceForm
+from twinnet.numpy_nn.fast.layer_blocks import InferenceForm
 from twinnet.numpy_nn.layers import AvgPool2D, Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
 from twinnet.numpy_nn.losses import softmax_cross_entropy
 from twinnet.numpy_nn.model import NumpyModel
@@ -197,7 +197,7 @@ def kink_pattern(parts: list) -> Callable[[], bytes]:
         if isinstance(part, ConvReLUPool):
             return [part.cache[1], part.cache[2]]  # arg-max routing, ReLU mask
         if isinstance(part, DenseReLU):
-            return [part.cache[1]]
+            return [part.positive]
         return []
 
     def pattern() -> bytes:

@@ -7,7 +7,14 @@ import importlib.util
 import json
 
 from twinnet.backend import BACKENDS, OPTIMIZERS
-from twinnet.bench import format_bench, format_blocks, run_bench, time_blocks
+from twinnet.bench import (
+    format_bench,
+    format_blocks,
+    format_end_to_end,
+    run_bench,
+    time_blocks,
+    time_end_to_end,
+)
 from twinnet.commands.arguments import MODEL_CHOICES, model_argument
 from twinnet.errors import TwinnetError
 from twinnet.models import MODEL_NAMES
@@ -39,6 +46,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--reference", action="store_true",
                         help="also time the NumPy twin on its reference layers alone (twin 'ref'), "
                              "and its step against the fast path's")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="also time what a user waits for: 'twinnet train MODEL --steps 300 "
+                             "--seed 2' of each twin in its own process, its train_seconds (steps and "
+                             "validation points) and the NumPy/TensorFlow ratio; needs MNIST (a few "
+                             "seconds a run)")
+    parser.add_argument("--busy-core", action="store_true",
+                        help="with --end-to-end: hold one core with a busy loop meanwhile")
+    parser.add_argument("--data-dir", metavar="DIR", default=None,
+                        help="with --end-to-end: MNIST's folder (default: as 'twinnet train' finds it)")
     parser.add_argument("--json", action="store_true", help="print the full results as JSON")
     return parser
 
@@ -46,6 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.steps < 1 or args.batch_size < 1:
         raise TwinnetError("--repeats, --steps and --batch-size must be at least 1")
+    if (args.busy_core or args.data_dir) and not args.end_to_end:
+        raise TwinnetError("--busy-core and --data-dir go with --end-to-end")
     if args.blocks:
         for name in args.models:
             result = time_blocks(name, batch_size=args.batch_size, repeats=args.repeats)
@@ -55,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
                         repeats=args.repeats, steps=args.steps, optimizer=args.optimizer,
                         reference=args.reference)
     print(json.dumps(results, indent=2) if args.json else format_bench(results))
+    if args.end_to_end:
+        end_to_end = time_end_to_end(args.models, args.backends or installed_backends(),
+                                     busy_core=args.busy_core, data_dir=args.data_dir)
+        print(json.dumps(end_to_end, indent=2) if args.json else "\n" + format_end_to_end(end_to_end))
     return 0
 
 

@@ -18,6 +18,7 @@ them, each tested equal to the layers it replaces.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -28,6 +29,21 @@ class NoParams:
 
     params: dict[str, np.ndarray] = {}
     grads: dict[str, np.ndarray] = {}
+
+
+def affine_grads(name: str, inputs: np.ndarray, dz: np.ndarray, w_shape: tuple[int, ...],
+                 sum_rows: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The parameter gradients of an affine map ``z = inputs @ W + b`` (a dense layer, or a
+    conv with inputs its im2col matrix): dW = inputs.T @ dz reshaped to ``w_shape``, db =
+    the sum of dz's rows. inputs (M, n_in), dz (M, n_out). ``sum_rows`` may give the same
+    sum in another form (the engine's BLAS one); by default ``dz.sum(axis=0)``."""
+    db = dz.sum(axis=0) if sum_rows is None else sum_rows(dz)
+    return {f"{name}/W": (inputs.T @ dz).reshape(w_shape), f"{name}/b": db}
+
+
+def output_size(size: int, kernel: int, stride: int) -> int:
+    """How many windows of ``kernel`` pixels, one every ``stride``, fit in ``size`` pixels."""
+    return (size - kernel) // stride + 1
 
 
 class Dense:
@@ -48,8 +64,7 @@ class Dense:
         return x @ self.W + self.b
 
     def backward(self, dz: np.ndarray) -> np.ndarray:
-        x = self.cache
-        self.grads = {f"{self.name}/W": x.T @ dz, f"{self.name}/b": dz.sum(axis=0)}
+        self.grads = affine_grads(self.name, self.cache, dz, self.W.shape)
         return dz @ self.W.T
 
 
@@ -120,22 +135,23 @@ class Conv2D:
         self.params = {f"{name}/W": W, f"{name}/b": b}
         self.grads: dict[str, np.ndarray] = {}
 
-    def pads(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
-        """Zeros (before, after) the rows and the columns of an h x w input."""
+    def pad(self, x: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """x (N, H, W, C) with its zero padding ('same': as TensorFlow pads; 'valid': none),
+        and the (top, left) offset of x inside it."""
         if self.padding == "valid":
-            return (0, 0), (0, 0)
+            return x, (0, 0)
         k = self.W.shape[0]
-        return same_padding(h, k, self.stride), same_padding(w, k, self.stride)
+        rows, cols = same_padding(x.shape[1], k, self.stride), same_padding(x.shape[2], k, self.stride)
+        return np.pad(x, ((0, 0), rows, cols, (0, 0))), (rows[0], cols[0])
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         k, _, c_in, c_out = self.W.shape
-        rows, cols_pad = self.pads(*x.shape[1:3])
-        xpad = np.pad(x, ((0, 0), rows, cols_pad, (0, 0)))
+        xpad, (top, left) = self.pad(x)
         win = windows(xpad, k, self.stride)  # (N, H_out, W_out, k, k, C_in)
         n, h_out, w_out = win.shape[:3]
         cols = win.reshape(n * h_out * w_out, k * k * c_in)  # the im2col matrix (a copy)
         if train:
-            self.cache = (cols, win.shape, xpad.shape, x.shape, rows[0], cols_pad[0])
+            self.cache = (cols, win.shape, xpad.shape, x.shape, top, left)
         z = cols @ self.W.reshape(k * k * c_in, c_out) + self.b
         return z.reshape(n, h_out, w_out, c_out)
 
@@ -143,8 +159,7 @@ class Conv2D:
         cols, win_shape, xpad_shape, (_, h, w, _), top, left = self.cache
         c_out = self.W.shape[3]
         dz2d = dz.reshape(-1, c_out)
-        self.grads = {f"{self.name}/W": (cols.T @ dz2d).reshape(self.W.shape),
-                      f"{self.name}/b": dz2d.sum(axis=0)}
+        self.grads = affine_grads(self.name, cols, dz2d, self.W.shape)
         dcols = dz2d @ self.W.reshape(-1, c_out).T  # d(loss)/d(each window value)
         dxpad = scatter_windows(dcols.reshape(win_shape), xpad_shape, self.stride)
         return dxpad[:, top:top + h, left:left + w]
@@ -164,8 +179,7 @@ class MaxPool2D(NoParams):
         self.size, self.stride = size, stride
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
-        n, h, w, c = x.shape
-        h_out, w_out = (h - self.size) // self.stride + 1, (w - self.size) // self.stride + 1
+        h_out, w_out = (output_size(size, self.size, self.stride) for size in x.shape[1:3])
         taps = [tap(x, p, q, self.stride, h_out, w_out) for p in range(self.size) for q in range(self.size)]
         out = taps[0].copy()
         for t in taps[1:]:

@@ -69,8 +69,7 @@ class BatchNorm:
             m = x.size // x.shape[-1]
             mean = feature_sum(x) / m
             var = feature_sum((x - mean) ** 2) / m
-            for moving, stat in ((self.moving_mean, mean), (self.moving_variance, var)):
-                moving[...] = moving * self.momentum + stat * (1 - self.momentum)
+            self.update_moving_statistics(mean, var)
         else:
             mean, var = self.moving_mean, self.moving_variance
         inv_std = 1 / np.sqrt(var + self.epsilon)
@@ -78,6 +77,12 @@ class BatchNorm:
         if train:
             self.cache = (xhat, inv_std)
         return xhat * self.gamma + self.beta
+
+    def update_moving_statistics(self, mean: np.ndarray, var: np.ndarray) -> None:
+        """moving = moving * momentum + stat * (1 - momentum), in place, for the batch's
+        mean and variance (F,)."""
+        for moving, stat in ((self.moving_mean, mean), (self.moving_variance, var)):
+            moving[...] = moving * self.momentum + stat * (1 - self.momentum)
 
     def backward(self, d: np.ndarray) -> np.ndarray:
         xhat, inv_std = self.cache

@@ -1,4 +1,4 @@
-"""Fused blocks: one block in place of a run of reference layers, built from ``kernels.py``.
+"""Fused blocks: one block in place of a run of reference layers, built from ``primitives.py``.
 
 A block computes exactly what the layers it replaces (``replaces``) compute, and a test
 holds it equal to their composition, values and gradients:
@@ -6,7 +6,7 @@ holds it equal to their composition, values and gradients:
 - ``ConvReLUPool``: Conv2D 3x3 'same' stride 1 -> ReLU -> MaxPool2D 2x2;
 - ``DenseReLU``: Dense -> ReLU.
 
-The layers no fused block takes have blocks of their own in ``single.py``.
+The layers no fused block takes have blocks of their own in ``layer_blocks.py``.
 
 A block has the layers' interface: ``forward(x, train=True)``, ``backward(d)``,
 ``params`` and ``grads`` under canonical names. ``backward`` returns None when built
@@ -19,7 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from twinnet.numpy_nn import layers
-from twinnet.numpy_nn.fast.kernels import (
+from twinnet.numpy_nn.fast import budgets
+from twinnet.numpy_nn.fast.pool_windows import WindowInference
+from twinnet.numpy_nn.fast.primitives import (
     PaddedBuffer,
     Scratch,
     add_bias,
@@ -29,15 +31,7 @@ from twinnet.numpy_nn.fast.kernels import (
     relu,
     window_major_view,
 )
-from twinnet.numpy_nn.fast.pool_windows import WindowInference
 from twinnet.util import chunk_slices
-
-# A conv block runs its batch in chunks of images whose largest work array (an im2col
-# matrix or a conv output) fits in CHUNK_BYTES: each array is then written and read back
-# in the core's own caches rather than through memory, which the other core shares, while
-# chunks stay few enough that their per-operation costs stay small (docs/performance.md,
-# "Chunks and work arrays").
-CHUNK_BYTES = 2 << 20
 
 
 def check_even(name: str, x: np.ndarray) -> None:
@@ -58,13 +52,13 @@ class ConvReLUPool:
     im2col rows by window position, so the pool reads four contiguous blocks. The bias
     and ReLU run on the pooled quarter of the values: the bias is the same for every
     position of a window, so max(z + b) = max(z) + b, and ReLU is monotonic, so
-    relu(max(z)) = max(relu(z)) (docs/derivations.md, section 5, for why the gradients
-    are the reference layers' too). In training the ReLU mask is kept at that size.
+    relu(max(z)) = max(relu(z)) (docs/performance.md, "The fused block", for why the
+    gradients are the reference layers' too). In training the ReLU mask is kept at that size.
 
     The batch runs in chunks of ``chunk_size`` images, in order, with work arrays reused
     from call to call. The backward pass takes dW from the im2col matrix of the padded
-    dz, which dx needs anyway (derivations, section 5); the first block, which computes
-    no dx, keeps its forward im2col matrices for dW instead. The chunks' weight gradients
+    dz, which dx needs anyway (docs/performance.md, "The fused block"); the first block,
+    which computes no dx, keeps its forward im2col matrices for dW instead. The chunks' weight gradients
     are summed in chunk order.
 
     Inference takes another form, one matmul row per pooling window (``pool_windows.py``),
@@ -102,7 +96,7 @@ class ConvReLUPool:
         """Images per chunk for inputs of h x w pixels: CHUNK_BYTES over the larger of one
         image's im2col matrix and conv output."""
         c_in, c_out = self.W.shape[2:]
-        return max(1, CHUNK_BYTES // (h * w * max(9 * c_in, c_out) * itemsize))
+        return max(1, budgets.CHUNK_BYTES // (h * w * max(9 * c_in, c_out) * itemsize))
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         check_even(self.name, x)
@@ -134,8 +128,8 @@ class ConvReLUPool:
         c_out = self.W.shape[3]
         dpooled = dout * positive  # through the ReLU
         if self.needs_input_grad:
-            # dW from the im2col matrix of the padded dz that dx needs anyway (derivations,
-            # section 5): dW[p, q, c, o] = (x2d.T @ dzcols)[c, 2-p, 2-q, o].
+            # dW from the im2col matrix of the padded dz that dx needs anyway (performance.md,
+            # "The fused block"): dW[p, q, c, o] = (x2d.T @ dzcols)[c, 2-p, 2-q, o].
             dW_flip = np.zeros((c_in, 9 * c_out), dtype=dout.dtype)
             dx = np.empty(x.shape, dtype=dout.dtype)
             # dx = 'same' correlation of dz (NHWC) with W_flip[p, q, o, c] = W[2-p, 2-q, c, o].
@@ -164,16 +158,21 @@ class ConvReLUPool:
 
 class DenseReLU:
     """``relu(x @ W + b)``, one block (derivations, sections 2 and 3): the ReLU runs in
-    place on the matmul's output, and only its mask is kept.
+    place on the matmul's output, and only its mask is kept; the backward pass is the
+    Dense layer's, or only its parameter gradients for the first layer.
 
     Shapes: x (N, n_in), W (n_in, n_out), b (n_out,), out (N, n_out).
     """
 
     def __init__(self, dense: layers.Dense, relu: layers.ReLU, needs_input_grad: bool = True) -> None:
         self.replaces = (dense, relu)
+        self.dense = dense
         self.name, self.W, self.b, self.params = dense.name, dense.W, dense.b, dense.params
         self.needs_input_grad = needs_input_grad
-        self.grads: dict[str, np.ndarray] = {}
+
+    @property
+    def grads(self) -> dict[str, np.ndarray]:
+        return self.dense.grads
 
     @staticmethod
     def matches(*run: object) -> bool:
@@ -183,14 +182,15 @@ class DenseReLU:
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         z = add_bias(x @ self.W, self.b)
         if train:
-            self.cache = (x, z > 0)
+            self.dense.cache, self.positive = x, z > 0
         return relu(z, out=z)
 
     def backward(self, d: np.ndarray) -> np.ndarray | None:
-        x, positive = self.cache
-        dz = np.multiply(d, positive, out=d)  # d is ours to reuse: nothing else reads it
-        self.grads = {f"{self.name}/W": x.T @ dz, f"{self.name}/b": dz.sum(axis=0)}
-        return dz @ self.W.T if self.needs_input_grad else None
+        dz = np.multiply(d, self.positive, out=d)  # d is ours to reuse: nothing else reads it
+        if self.needs_input_grad:
+            return self.dense.backward(dz)
+        self.dense.grads = layers.affine_grads(self.name, self.dense.cache, dz, self.W.shape)
+        return None
 
 
 Block = ConvReLUPool | DenseReLU

@@ -15,8 +15,8 @@ import numpy as np
 
 from twinnet.numpy_nn import layers
 from twinnet.numpy_nn.fast.blocks import ConvReLUPool, check_even
+from twinnet.numpy_nn.fast.layer_blocks import FastActivation, FastBatchNorm, FastConv2D, TiledMaxPool2D
 from twinnet.numpy_nn.fast.pool_windows import WindowInference
-from twinnet.numpy_nn.fast.single import FastBatchNorm, FastConv2D, FastReLU, TiledMaxPool2D
 from twinnet.numpy_nn.normalization import BatchNorm
 
 
@@ -33,7 +33,7 @@ class ConvBatchNormReLUPool:
     sections 4, 13, 3, 5). Shapes: x (N, H, W, C_in), H and W even -> (N, H/2, W/2, C_out).
 
     Training runs the one-layer blocks of the four in turn (``FastConv2D``,
-    ``FastBatchNorm``, ``FastReLU``, ``TiledMaxPool2D``), exactly as the fusion pass
+    ``FastBatchNorm``, ``FastActivation``, ``TiledMaxPool2D``), exactly as the fusion pass
     would have placed them. Inference folds the batch norm into the conv
     (``folded_conv``) and runs ``ConvReLUPool``'s inference form on the folded conv:
     the same values up to float32 rounding (the scaling by g happens before the sum
@@ -47,7 +47,7 @@ class ConvBatchNormReLUPool:
                              "conv, batch norm, ReLU and a 2x2 max-pool")
         self.replaces = (conv, bn, relu, pool)
         self.conv, self.bn = conv, bn
-        self.steps = [FastConv2D(conv, needs_input_grad), FastBatchNorm(bn), FastReLU(relu),
+        self.steps = [FastConv2D(conv, needs_input_grad), FastBatchNorm(bn), FastActivation(relu),
                       TiledMaxPool2D(pool)]
         self.name, self.W, self.b = conv.name, conv.W, conv.b
         self.params = {**conv.params, **bn.params}

@@ -10,12 +10,22 @@ reference layer it is, so any list of layers runs on the fast path.
 from __future__ import annotations
 
 from twinnet import models
+from twinnet.numpy_nn import layers
 from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
 from twinnet.numpy_nn.fast.folding import ConvBatchNormReLUPool
-from twinnet.numpy_nn.fast.single import FastBatchNorm, FastConv2D, FastReLU, TiledAvgPool2D, TiledMaxPool2D
+from twinnet.numpy_nn.fast.layer_blocks import (
+    FastActivation,
+    FastBatchNorm,
+    FastConv2D,
+    TiledAvgPool2D,
+    TiledMaxPool2D,
+)
+from twinnet.numpy_nn.normalization import Dropout
 
 # The blocks for one layer that take nothing but the layer (FastConv2D also takes needs_input_grad).
-ONE_LAYER_BLOCKS = (TiledAvgPool2D, TiledMaxPool2D, FastReLU, FastBatchNorm)
+ONE_LAYER_BLOCKS = (TiledAvgPool2D, TiledMaxPool2D, FastActivation, FastBatchNorm)
+# Layers whose inference output is their input, or a view of it.
+VIEWS = (layers.Flatten, Dropout)
 
 
 def fuse(model: str | tuple, layer_list: list) -> list:
@@ -44,5 +54,7 @@ def fuse(model: str | tuple, layer_list: list) -> list:
         else:
             kind = next((kind for kind in ONE_LAYER_BLOCKS if kind.matches(run[0], shapes[i])), None)
             fused.append(kind(run[0]) if kind is not None else run[0])
+            if hasattr(fused[-1], "in_place"):  # only into an array this forward pass made
+                fused[-1].in_place = not all(isinstance(layer, VIEWS) for layer in layer_list[:i])
             i += 1
     return fused

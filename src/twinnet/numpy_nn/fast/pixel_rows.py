@@ -1,6 +1,6 @@
 """Matmul rows of several output pixels: the im2col of a conv, r pixels to a row.
 
-A conv's im2col matrix (``kernels.im2col_rows``) has one row per output pixel, its
+A conv's im2col matrix (``primitives.im2col_rows``) has one row per output pixel, its
 window's k*k*C values, and its product with the kernel is C_out wide: for few output
 channels (LeNet-5's 6 and 16) a shape BLAS runs far below its peak, after copying k*k*C
 floats per pixel. With r adjacent output pixels of an image row to a matrix row, the
@@ -16,15 +16,18 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-# Pixels go to a row until the product is at least this wide.
-PRODUCT_WIDTH = 32
+from twinnet.numpy_nn.fast import budgets
+from twinnet.numpy_nn.layers import output_size
 
 
-def pixels_per_row(w_out: int, c_out: int) -> int:
-    """The r for a conv of w_out output columns and c_out channels: the smallest divisor
-    of w_out with r * c_out >= PRODUCT_WIDTH (w_out if none is)."""
-    divisors = [r for r in range(1, w_out + 1) if w_out % r == 0]
-    return next((r for r in divisors if r * c_out >= PRODUCT_WIDTH), w_out)
+def pixels_per_row(w_out: int, c_out: int, k: int, stride: int) -> int:
+    """The r for a conv of w_out output columns, c_out channels, a k x k kernel and
+    ``stride``: the smallest divisor of w_out with r * c_out >= PRODUCT_WIDTH, among
+    those whose patch is at most MAX_PATCH_WIDTHS kernels wide (the largest of these if
+    none is wide enough), so that at most 2/3 of the multiply-adds are by zero."""
+    divisors = [r for r in range(1, w_out + 1)
+                if w_out % r == 0 and (r - 1) * stride + k <= budgets.MAX_PATCH_WIDTHS * k]
+    return next((r for r in divisors if r * c_out >= budgets.PRODUCT_WIDTH), divisors[-1])
 
 
 def row_kernel(W: np.ndarray, r: int, stride: int = 1) -> np.ndarray:
@@ -37,15 +40,24 @@ def row_kernel(W: np.ndarray, r: int, stride: int = 1) -> np.ndarray:
     return kernel.reshape(-1, r * c_out)
 
 
+def contiguous_strides(x: np.ndarray) -> tuple[int, ...]:
+    """The strides of a C-contiguous x, from its shape (an axis of length 1 may carry any
+    stride, e.g. the channel axis that ``x[..., None]`` adds); ValueError if x is not."""
+    if not x.flags.c_contiguous:
+        raise ValueError(f"expected a C-contiguous NHWC array, got strides {x.strides}")
+    strides = [x.itemsize]
+    for size in x.shape[:0:-1]:
+        strides.insert(0, strides[0] * size)
+    return tuple(strides)
+
+
 def pixel_rows(xpad: np.ndarray, k: int, stride: int, r: int) -> np.ndarray:
     """xpad (N, Hp, Wp, C) C-contiguous, already padded -> (N * H_out * W_out/r,
     k * ((r-1)*stride + k) * C): row (n, i, j) is the patch that output pixels (i, j*r)
     to (i, j*r + r-1) read, in (p, q, c) order. W_out must be a multiple of r."""
     n, hp, wp, c = xpad.shape
-    s_n, s_h, s_w, s_c = xpad.strides
-    if s_w != c * s_c:
-        raise ValueError("pixel_rows needs a C-contiguous NHWC array")
-    h_out, w_out = (hp - k) // stride + 1, (wp - k) // stride + 1
+    s_n, s_h, s_w, s_c = contiguous_strides(xpad)
+    h_out, w_out = (output_size(size, k, stride) for size in (hp, wp))
     width = (r - 1) * stride + k
     patches = as_strided(xpad, shape=(n, h_out, w_out // r, k, width * c),
                          strides=(s_n, s_h * stride, s_w * stride * r, s_h, s_c), writeable=False)

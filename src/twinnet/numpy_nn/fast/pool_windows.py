@@ -21,15 +21,10 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from twinnet.numpy_nn.fast import budgets
 from twinnet.numpy_nn.fast.pixel_rows import row_kernel
+from twinnet.numpy_nn.fast.primitives import tap_major_windows
 from twinnet.util import chunk_slices
-
-# Images per inference chunk, here and in FastConv2D: this over one image's patch rows
-# and products, so that both stay in a core's own cache (docs/performance.md, "Inference
-# by pooling windows").
-INFERENCE_CHUNK_BYTES = 512 << 10
-# Work arrays are kept for this many chunk shapes (a batch has at most two).
-KEPT_PLANS = 4
 
 
 class WindowPlan:
@@ -52,8 +47,7 @@ class WindowPlan:
         self.interior = xpad[:, 1:-1, 1:-1]
         s_n, s_h, s_w, s_c = xpad.strides
         if c == 1:  # patches[p, q, n, i, j] = xpad[n, 2i + p, 2j + q, 0]
-            self.patches = as_strided(xpad, shape=(4, 4, k, h // 2, w // 2),
-                                      strides=(s_h, s_w, s_n, 2 * s_h, 2 * s_w), writeable=False)
+            self.patches = tap_major_windows(xpad, 4, 2)
             self.matrix = np.empty((16, windows), dtype=dtype)
             self.halves = (self.matrix[:12].T, self.matrix[4:].T)
         else:  # patches[n, i, j, p, q*C + c] = xpad[n, 2i + p, 2j + q, c]
@@ -77,7 +71,7 @@ class WindowPlan:
         np.matmul(self.halves[1], kernel, out=second)
         np.maximum(first, second, out=first)  # over a: two whole arrays
         np.maximum(*self.columns, out=out.reshape(self.pooled_shape))  # over b
-        rows = out.reshape(len(out), -1)  # one per image (as kernels.add_bias and relu)
+        rows = out.reshape(len(out), -1)  # one per image (as primitives.add_bias and relu)
         np.add(rows, b, out=rows)
         np.maximum(rows, self.zeros, out=rows)
 
@@ -95,10 +89,10 @@ class WindowInference:
         n, h, w, c = x.shape
         c_out = W.shape[3]
         kernel = row_kernel(W.astype(x.dtype, copy=False), 2)
-        b = np.tile(b.astype(x.dtype, copy=False), (h // 2) * (w // 2))  # see kernels.add_bias
+        b = np.tile(b.astype(x.dtype, copy=False), (h // 2) * (w // 2))  # see primitives.add_bias
         per_image = (h // 2) * (w // 2) * (16 * c + 4 * c_out) * x.dtype.itemsize
         out = np.empty((n, h // 2, w // 2, c_out), dtype=x.dtype)
-        for part in chunk_slices(n, max(1, INFERENCE_CHUNK_BYTES // per_image)):
+        for part in chunk_slices(n, max(1, budgets.INFERENCE_CHUNK_BYTES // per_image)):
             chunk = x[part]
             key = (chunk.shape, c_out, x.dtype)
             plan = self._plans.get(key) or self._new_plan(key)
@@ -109,6 +103,6 @@ class WindowInference:
         """A plan for ``key`` (chunk shape, C_out, dtype), forgetting the oldest beyond
         KEPT_PLANS."""
         self._plans[key] = plan = WindowPlan(*key)
-        while len(self._plans) > KEPT_PLANS:
+        while len(self._plans) > budgets.KEPT_PLANS:
             del self._plans[next(iter(self._plans))]
         return plan

@@ -231,14 +231,19 @@ class SharedArrays:
         """Take the block's memory now: SharedMemory only sets the file's size, and a file
         in a full /dev/shm would then fail at its first write with SIGBUS, which kills the
         process, rather than with an OSError here (the parts then run on threads)."""
+        path = os.path.join("/dev/shm", self.shm.name.lstrip("/"))  # where Linux keeps the block
+        if not hasattr(os, "posix_fallocate") or not os.path.exists(path):
+            return  # nothing to reserve with: another system
         try:
-            os.posix_fallocate(self.shm._fd, 0, size)  # the block's descriptor (POSIX only)
+            fd = os.open(path, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
         except OSError:
             self.shm.close()
             self.shm.unlink()
             raise
-        except AttributeError:  # no posix_fallocate or no _fd: nothing to reserve with
-            pass
 
     def close(self) -> None:
         """Unmap the block (views must no longer be used)."""

@@ -14,7 +14,8 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from twinnet.numpy_nn.fast.pixel_rows import pixel_rows
+from twinnet.numpy_nn.fast.pixel_rows import contiguous_strides, pixel_rows
+from twinnet.numpy_nn.layers import output_size
 
 
 def per_image_rows(x: np.ndarray) -> np.ndarray:
@@ -135,10 +136,7 @@ def im2col_3x3_rows(xpad: np.ndarray, pool_order: bool = False, scratch: Scratch
     if s_w != c * s_c:
         raise ValueError("im2col_3x3 needs a C-contiguous NHWC array")
     if c == 1:
-        # windows[n, i, j, p, q] = xpad[n, i+p, j+q, 0]
-        windows = as_strided(xpad, shape=(n, h, w, 3, 3), strides=(s_n, s_h, s_w, s_h, s_w),
-                             writeable=False)
-        taps = windows.transpose(3, 4, 0, 1, 2)  # (3, 3, N, H, W)
+        taps = tap_major_windows(xpad, 3, 1)  # (3, 3, N, H, W)
         if pool_order:
             taps = taps.reshape(3, 3, n, h // 2, 2, w // 2, 2).transpose(0, 1, 4, 6, 2, 3, 5)
         cols_t = _empty(taps.shape, xpad.dtype, scratch)
@@ -163,16 +161,21 @@ def im2col_rows(xpad: np.ndarray, kernel: int, stride: int) -> np.ndarray:
     of C. For C = 1 the matrix is built tap-major, (k*k, rows), and returned as its
     transpose (a Fortran-ordered view BLAS reads without a copy), as ``im2col_3x3_rows``.
     """
-    n, hp, wp, c = xpad.shape
-    s_n, s_h, s_w, s_c = xpad.strides
-    if s_w != c * s_c:
-        raise ValueError("im2col_rows needs a C-contiguous NHWC array")
-    h_out, w_out = (hp - kernel) // stride + 1, (wp - kernel) // stride + 1
-    if c == 1:
-        windows = as_strided(xpad, shape=(kernel, kernel, n, h_out, w_out),
-                             strides=(s_h, s_w, s_n, s_h * stride, s_w * stride), writeable=False)
-        return np.ascontiguousarray(windows).reshape(kernel * kernel, -1).T
+    if xpad.shape[3] == 1:
+        return np.ascontiguousarray(tap_major_windows(xpad, kernel, stride)).reshape(kernel * kernel, -1).T
     return pixel_rows(xpad, kernel, stride, 1)  # one output pixel to a row
+
+
+def tap_major_windows(xpad: np.ndarray, k: int, stride: int) -> np.ndarray:
+    """Every k x k window of a one-channel xpad (N, Hp, Wp, 1), one every ``stride``
+    pixels, tap-major: a view (k, k, N, H_out, W_out), ``[p, q, n, i, j] = xpad[n, i*stride
+    + p, j*stride + q, 0]``. Copied, it is the transpose of the im2col matrix, moved in
+    runs of W_out values where the row-major matrix has runs of one."""
+    n, hp, wp, _ = xpad.shape
+    s_n, s_h, s_w, _ = contiguous_strides(xpad)
+    h_out, w_out = (output_size(size, k, stride) for size in (hp, wp))
+    strides = (s_h, s_w, s_n, s_h * stride, s_w * stride)
+    return as_strided(xpad, shape=(k, k, n, h_out, w_out), strides=strides, writeable=False)
 
 
 def tile_means(x: np.ndarray, size: int) -> np.ndarray:

@@ -23,21 +23,10 @@ import numpy as np
 from threadpoolctl import ThreadpoolController, threadpool_info
 
 from twinnet import models
-from twinnet.numpy_nn.fast import workers
+from twinnet.numpy_nn.fast import budgets, workers
 from twinnet.numpy_nn.fast.fusion import fuse
 from twinnet.numpy_nn.network import MAX_EVAL_CHUNK, Network, build_layers
-from twinnet.util import in_chunks
-
-# A part gets a core of its own only with at least this much matmul work (about a
-# millisecond's): a few images run faster on one thread than handed over.
-MIN_PART_FLOPS = 100e6
-# Inference runs each image chunk through the whole network, chunks sized so that the
-# largest activation takes at most this much: the elementwise passes of a model whose
-# layers no block fuses (batch norm, ReLU, pools) then stay in cache (docs/performance.md,
-# "Layers no fused block takes").
-ACTIVATION_BYTES = 8 << 20
-# A worker's shared room for input images; a larger part makes the room grow.
-INPUT_IMAGES = MAX_EVAL_CHUNK
+from twinnet.util import chunk_slices, in_chunks
 
 log = logging.getLogger(__name__)
 _keys = count()
@@ -74,12 +63,16 @@ def fused_network(model: str | tuple, params: dict[str, np.ndarray]) -> Network:
 
 def inference_images(model: str | tuple, fused: list, itemsize: int) -> int:
     """Images per inference chunk: ACTIVATION_BYTES over the largest output of a fused
-    layer (a block's is that of the last layer it replaces), at most MAX_EVAL_CHUNK."""
+    layer (a block's is that of the last layer it replaces), at most MAX_EVAL_CHUNK; or
+    BLOCK_ACTIVATION_BYTES over it where no activation or batch norm runs alone, every
+    conv block then chunking its own work."""
     shapes, end, largest = models.walk(model), 0, 1
     for layer in fused:
         end += len(getattr(layer, "replaces", (layer,)))
         largest = max(largest, math.prod(shapes[end - 1].out))
-    return max(1, min(MAX_EVAL_CHUNK, ACTIVATION_BYTES // (largest * itemsize)))
+    alone = any(hasattr(layer, "in_place") for layer in fused)
+    budget = budgets.ACTIVATION_BYTES if alone else budgets.BLOCK_ACTIVATION_BYTES
+    return max(1, min(MAX_EVAL_CHUNK, budget // (largest * itemsize)))
 
 
 # -- what a worker runs (``fn(state, *args)``, see workers.serve) ----------------------
@@ -99,9 +92,10 @@ def _part_step(state: dict, key: int, n: int, y: np.ndarray, total: int) -> tupl
     return loss, correct
 
 
-def _part_logits(state: dict, key: int, n: int) -> np.ndarray:
-    network, shared, index = state[key]
-    return network.logits(shared.inputs[index][:n])
+def _part_logits(state: dict, key: int, start: int, stop: int) -> np.ndarray:
+    """The logits of images start:stop of the first worker's room, which every worker reads."""
+    network, shared, _ = state[key]
+    return network.logits(shared.inputs[0][start:stop])
 
 
 def _drop_model(state: dict, key: int) -> None:
@@ -148,7 +142,7 @@ class FastNetwork:
 
     def _split(self, n: int, flops: float) -> list[slice]:
         """Contiguous parts of range(n), at most one per core, each with MIN_PART_FLOPS of work."""
-        parts = int(min(self.parts, max(n, 1), max(1, flops // MIN_PART_FLOPS)))
+        parts = int(min(self.parts, max(n, 1), max(1, flops // budgets.MIN_PART_FLOPS)))
         bounds = np.linspace(0, n, parts + 1).astype(int)
         return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
@@ -167,14 +161,24 @@ class FastNetwork:
         return loss, correct, grads
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        """Inference logits (N, 10): chunks of up to INPUT_IMAGES images per part."""
+        """Inference logits (N, 10), INPUT_IMAGES images at a time, each cut into pieces
+        that the cores take as they come free (``_inference_pieces``)."""
         def chunk_logits(chunk: np.ndarray) -> np.ndarray:
-            parts = self._split(len(chunk), self._flops * len(chunk))
-            if len(parts) == 1:
+            if len(self._split(len(chunk), self._flops * len(chunk))) == 1:
                 return self.network.logits(chunk)
-            return np.concatenate(self._run(parts, chunk, None))
+            return np.concatenate(self._run(self._inference_pieces(len(chunk)), chunk, None))
 
-        return in_chunks(chunk_logits, x, INPUT_IMAGES * self.parts)
+        return in_chunks(chunk_logits, x, budgets.INPUT_IMAGES)
+
+    def _inference_pieces(self, n: int) -> list[slice]:
+        """range(n) cut into at most PIECES_PER_PART pieces per core, each of at least
+        MIN_PART_FLOPS / PIECES_PER_PART of work: the pieces are fixed by n alone, so
+        whoever computes a piece gives the same bits, and a core that another program
+        slows takes fewer of them."""
+        piece_flops = budgets.MIN_PART_FLOPS / budgets.PIECES_PER_PART
+        pieces = budgets.PIECES_PER_PART * self.parts
+        least = max(math.ceil(piece_flops / self._flops), math.ceil(n / pieces))
+        return chunk_slices(n, least)
 
     def _run(self, parts: list[slice], x: np.ndarray, y: np.ndarray | None) -> list[Any]:
         """Each part's ``loss_and_grads`` (y given, each divided by len(x)) or ``logits``."""
@@ -194,17 +198,24 @@ class FastNetwork:
             self._replicas = [self.network, *(fused_network(self.spec, self.params)
                                               for _ in range(self.parts - 1))]
 
-        def run(network: Network, part: slice) -> Any:
-            if y is None:
-                return network.logits(x[part])
+        def run(network: Network, part: Any) -> Any:
+            if y is None:  # a run of pieces, each on its own as the workers take them
+                return [network.logits(x[piece]) for piece in part]
             return network.loss_and_grads(x[part], y[part], len(x))
 
+        if y is None:  # inference pieces: a contiguous run of them to each thread, in order
+            bounds = np.linspace(0, len(parts), self.parts + 1).astype(int)
+            parts = [parts[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         futures = [_thread_pool(self.parts - 1).submit(run, net, part)
                    for net, part in zip(self._replicas[1:], parts[1:], strict=False)]
         first = run(self._replicas[0], parts[0])
+        if y is None:
+            return [*first, *(logits for f in futures for logits in f.result())]
         return [first, *(f.result() for f in futures)]
 
     def _on_workers(self, parts: list[slice], x: np.ndarray, y: np.ndarray | None) -> list[Any]:
+        if y is None:
+            return self._pieces_on_workers(parts, x)
         taken = self._share(len(parts) - 1, max(p.stop - p.start for p in parts))
         shared = self._shared
         for key, p in self.params.items():
@@ -212,16 +223,46 @@ class FastNetwork:
         for index, (worker, part) in enumerate(zip(taken, parts[1:], strict=False)):
             n = part.stop - part.start
             shared.inputs[index][:n] = x[part]
-            if y is None:
-                worker.send(_part_logits, self._key, n)
-            else:
-                worker.send(_part_step, self._key, n, y[part], len(x))
-        first = (self.network.logits(x[parts[0]]) if y is None
-                 else self.network.loss_and_grads(x[parts[0]], y[parts[0]], len(x)))
+            worker.send(_part_step, self._key, n, y[part], len(x))
+        first = self.network.loss_and_grads(x[parts[0]], y[parts[0]], len(x))
         replies = [worker.receive() for worker in taken[:len(parts) - 1]]
-        if y is None:
-            return [first, *replies]
         return [first, *((*reply, grads) for reply, grads in zip(replies, shared.grads, strict=False))]
+
+    def _pieces_on_workers(self, pieces: list[slice], x: np.ndarray) -> list[np.ndarray]:
+        """The logits of each piece of x: the workers take pieces from the front, each with
+        its next piece already queued (it never waits for this process to hand one out),
+        and this process from the back, until none is left."""
+        taken = self._share(self.parts - 1, len(x))
+        shared = self._shared
+        for key, p in self.params.items():
+            shared.params[key][...] = p
+        shared.inputs[0][:len(x)] = x
+        results: list[Any] = [None] * len(pieces)
+        front, back = 0, len(pieces)
+        queued: dict[workers.Worker, list[int]] = {worker: [] for worker in taken}
+
+        def hand_out(worker: workers.Worker) -> None:
+            nonlocal front
+            worker.send(_part_logits, self._key, pieces[front].start, pieces[front].stop)
+            queued[worker].append(front)
+            front += 1
+
+        for _ in range(2):
+            for worker in taken:
+                if front < back - 1:  # the last piece is this process's
+                    hand_out(worker)
+        while front < back:
+            back -= 1
+            results[back] = self.network.logits(x[pieces[back]])
+            for worker, indices in queued.items():
+                while indices and worker.conn.poll(0):
+                    results[indices.pop(0)] = worker.receive()
+                    if front < back:
+                        hand_out(worker)
+        for worker, indices in queued.items():
+            for index in indices:
+                results[index] = worker.receive()
+        return results
 
     def _share(self, count: int, images: int) -> list[workers.Worker]:
         """The workers for ``count`` parts, holding this model in shared memory with room
@@ -237,7 +278,7 @@ class FastNetwork:
         self._key = next(_keys)
         try:
             shared = workers.SharedArrays(models.param_shapes(self.spec), self.dtype, len(taken),
-                                          max(images, INPUT_IMAGES), models.IMAGE_SHAPE)
+                                          max(images, budgets.INPUT_IMAGES), models.IMAGE_SHAPE)
         except OSError as exc:  # no room in /dev/shm, or none at all
             raise workers.WorkerError(f"no shared memory for the workers ({exc.strerror or exc})") from None
         try:

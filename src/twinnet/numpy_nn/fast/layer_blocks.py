@@ -1,11 +1,11 @@
 """Blocks that each replace one reference layer that no fused block (``blocks.py``) takes,
-computing the same maths in a faster form, built from ``kernels.py``:
+computing the same maths in a faster form, built from ``primitives.py``:
 
 - ``FastConv2D``: any Conv2D;
 - ``TiledAvgPool2D``: an AvgPool2D whose windows tile its input;
-- ``FastReLU``, ``TiledMaxPool2D``: a ReLU, a max-pool whose windows tile its input,
-  trained as the reference layer and inferred in a faster form of the same arithmetic
-  (``InferenceForm``);
+- ``FastActivation``, ``TiledMaxPool2D``: an activation (ReLU, tanh, sigmoid, leaky
+  ReLU), a max-pool whose windows tile its input, trained as the reference layer and
+  inferred in a faster form of the same arithmetic (``InferenceForm``);
 - ``FastBatchNorm``: a BatchNorm.
 
 Each has the layer's interface and names it in ``replaces``, and ``matches(layer, shape)``
@@ -18,8 +18,10 @@ from __future__ import annotations
 import numpy as np
 
 from twinnet.numpy_nn import layers
-from twinnet.numpy_nn.fast import pool_windows
-from twinnet.numpy_nn.fast.kernels import (
+from twinnet.numpy_nn.activations import LeakyReLU, Sigmoid, Tanh
+from twinnet.numpy_nn.fast import budgets
+from twinnet.numpy_nn.fast.pixel_rows import pixel_rows, pixels_per_row, row_kernel
+from twinnet.numpy_nn.fast.primitives import (
     add_bias,
     column_sums,
     feature_sums,
@@ -31,7 +33,6 @@ from twinnet.numpy_nn.fast.kernels import (
     tile_row,
     tile_spread,
 )
-from twinnet.numpy_nn.fast.pixel_rows import pixel_rows, pixels_per_row, row_kernel
 from twinnet.numpy_nn.normalization import BatchNorm
 from twinnet.util import chunk_slices
 
@@ -70,32 +71,32 @@ class FastConv2D:
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         k, _, c_in, c_out = self.W.shape
-        rows, cols_pad = self.conv.pads(*x.shape[1:3])
-        xpad = np.pad(x, ((0, 0), rows, cols_pad, (0, 0)))
-        h_out, w_out = ((size - k) // self.conv.stride + 1 for size in xpad.shape[1:3])
+        xpad, offset = self.conv.pad(x)
+        xpad = np.ascontiguousarray(xpad)
+        h_out, w_out = (layers.output_size(size, k, self.conv.stride) for size in xpad.shape[1:3])
         if train:
             cols = im2col_rows(xpad, k, self.conv.stride)
-            self.cache = (cols, xpad.shape, x.shape, rows[0], cols_pad[0])
+            self.cache = (cols, xpad.shape, x.shape, *offset)
             return add_bias((cols @ self.W.reshape(k * k * c_in, c_out)).reshape(len(x), h_out, w_out, c_out),
                             self.b)
         # Inference keeps no matrix, so it runs in chunks whose matrix stays in cache, with
         # r output pixels to a matrix row (pixel_rows.py).
-        r = pixels_per_row(w_out, c_out)
+        r = pixels_per_row(w_out, c_out, k, self.conv.stride)
         kernel = row_kernel(self.W, r, self.conv.stride)
         z = np.empty((len(x), h_out, w_out, c_out), dtype=x.dtype)
         per_image = h_out * w_out * (len(kernel) // r + c_out) * x.dtype.itemsize  # matrix and product
-        for part in chunk_slices(len(x), max(1, pool_windows.INFERENCE_CHUNK_BYTES // per_image)):
+        for part in chunk_slices(len(x), max(1, budgets.INFERENCE_CHUNK_BYTES // per_image)):
             np.matmul(pixel_rows(xpad[part], k, self.conv.stride, r), kernel,
                       out=z[part].reshape(-1, r * c_out))
-        return add_bias(z, self.b)
+            add_bias(z[part], self.b)  # while the chunk is in cache
+        return z
 
     def backward(self, dz: np.ndarray) -> np.ndarray | None:
         cols, xpad_shape, (_, h, w, _), top, left = self.cache
         k, _, c_in, c_out = self.W.shape
         n, h_out, w_out = dz.shape[:3]
         dz2d = dz.reshape(-1, c_out)
-        self.grads = {f"{self.name}/W": (cols.T @ dz2d).reshape(self.W.shape),
-                      f"{self.name}/b": column_sums(dz2d)}
+        self.grads = layers.affine_grads(self.name, cols, dz2d, self.W.shape, column_sums)
         if not self.needs_input_grad:
             return None
         W_t = np.ascontiguousarray(self.W.transpose(0, 1, 3, 2))  # (k, k, C_out, C_in)
@@ -161,15 +162,36 @@ class InferenceForm:
         raise NotImplementedError
 
 
-class FastReLU(InferenceForm):
-    """ReLU (derivations, section 3); inference by ``kernels.relu``."""
+class FastActivation(InferenceForm):
+    """An elementwise activation: ReLU, tanh, sigmoid or leaky ReLU (derivations,
+    sections 3, 9-11). Inference runs in place when ``in_place`` (set by the fusion pass
+    where the input is an array this forward pass made), each in the reference's
+    arithmetic: no full-size array besides the input."""
+
+    in_place = False
 
     @staticmethod
     def matches(layer: object, shape: tuple[int, ...]) -> bool:
-        return isinstance(layer, layers.ReLU)
+        return isinstance(layer, layers.ReLU | Tanh | Sigmoid | LeakyReLU)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        return relu(x)
+        layer = self.layer
+        if isinstance(layer, layers.ReLU):
+            return relu(x, out=x if self.in_place else None)
+        if not self.in_place:
+            return layer.forward(x, train=False)
+        if isinstance(layer, Tanh):
+            return np.tanh(x, out=x)
+        if isinstance(layer, Sigmoid):  # 0.5 * (1 + tanh(0.5 * x)), as Sigmoid computes it
+            x *= 0.5
+            np.tanh(x, out=x)
+            x += 1
+            x *= 0.5
+            return x
+        if 0 <= layer.alpha <= 1:  # where(x > 0, x, alpha * x) is the larger of the two
+            return np.maximum(x, x * layer.alpha, out=x)
+        np.copyto(x, x * layer.alpha, where=~(x > 0))
+        return x
 
 
 class TiledMaxPool2D(InferenceForm):
@@ -202,15 +224,23 @@ class FastBatchNorm:
     def matches(layer: object, shape: tuple[int, ...]) -> bool:
         return isinstance(layer, BatchNorm)
 
+    in_place = False  # inference into the input array (set by the fusion pass)
+
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         bn, x = self.bn, np.ascontiguousarray(x)
+        if not train and self.in_place:
+            rows = per_image_rows(x)
+            rows -= tile_row(bn.moving_mean, x)
+            rows *= tile_row(1 / np.sqrt(bn.moving_variance + bn.epsilon), x)
+            rows *= tile_row(bn.gamma, x)
+            rows += tile_row(bn.beta, x)
+            return x
         if train:
             m = x.size // x.shape[-1]
             mean = feature_sums(x) / m
             centered = per_image_rows(x) - tile_row(mean, x)
             var = feature_sums(centered * centered, x.shape) / m
-            for moving, stat in ((bn.moving_mean, mean), (bn.moving_variance, var)):
-                moving[...] = moving * bn.momentum + stat * (1 - bn.momentum)
+            bn.update_moving_statistics(mean, var)
         else:
             mean, var = bn.moving_mean, bn.moving_variance
             centered = per_image_rows(x) - tile_row(mean, x)

@@ -1,0 +1,36 @@
+"""Every size the engine cuts work by, in one place: the chunk and budget constants.
+
+The sizes follow the caches (a core's own L2 is 1-2 MB on the CPUs measured) and the
+cost of handing work to another core; docs/performance.md says how each was measured.
+Tests may set them (``monkeypatch.setattr(budgets, ...)``): every use reads them here,
+at the time of the call.
+"""
+
+from twinnet.numpy_nn.network import MAX_EVAL_CHUNK
+
+# Training: a conv block runs its batch in chunks whose largest work array (an im2col
+# matrix or a conv output) fits in this, written and read back in the core's own cache.
+CHUNK_BYTES = 2 << 20
+# Inference of a conv (by pooling windows, or by pixel rows): images per chunk so that one
+# image's patch rows and products, times the chunk, fit in this.
+INFERENCE_CHUNK_BYTES = 512 << 10
+# Work arrays of the pooling-window inference are kept for this many chunk shapes (a
+# batch has at most two).
+KEPT_PLANS = 4
+# Inference runs each image chunk through the whole network, chunks sized so that the
+# largest activation takes at most this much: elementwise layers then run in cache.
+ACTIVATION_BYTES = 1 << 20
+# The same where every layer is a block that chunks its own work (the cnn): only the
+# per-chunk calls are then paid, so chunks are larger.
+BLOCK_ACTIVATION_BYTES = 8 << 20
+# A conv's inference matmul takes output pixels to a row until it is this wide ...
+PRODUCT_WIDTH = 32
+# ... with a patch row at most this many kernels wide (the rest are multiply-adds by zero).
+MAX_PATCH_WIDTHS = 3
+# A batch part gets a core of its own only with at least this much matmul work (about a
+# millisecond's): a few images run faster on one thread than handed over.
+MIN_PART_FLOPS = 100e6
+# Inference cuts a part's worth of work into this many pieces for the cores to take in turn.
+PIECES_PER_PART = 4
+# Images inference hands out at a time, and a worker's shared room for input images.
+INPUT_IMAGES = MAX_EVAL_CHUNK
