@@ -200,14 +200,14 @@ def test_the_estimate_names_the_layer_that_makes_a_model_large(tmp_path):
 
 
 def test_the_fast_paths_inference_chunk_is_estimated_as_it_is_cut(tmp_path):
-    from twinnet.numpy_nn.fast import split
+    from twinnet.numpy_nn.fast import budgets
 
-    assert memory.FAST_ACTIVATION_BYTES == split.ACTIVATION_BYTES
+    assert memory.FAST_ACTIVATION_BYTES == budgets.ACTIVATION_BYTES
     spec = tmp_path / "im2col.toml"
-    spec.write_text(IM2COL_BOMB)  # 28x28x64 outputs: 41 images a chunk on the fast path
+    spec.write_text(IM2COL_BOMB)  # 28x28x64 outputs: 5 images a chunk on the fast path
     fast = memory.estimate(str(spec), 1000, training=False, path="fast")
     reference = memory.estimate(str(spec), 1000, training=False, path="reference")
-    assert "41 images" in fast.what and "1000 images" in reference.what
+    assert "5 images" in fast.what and "1000 images" in reference.what
     assert fast.total * 20 < reference.total
 
 

@@ -33,8 +33,8 @@ PATHS = ("fast", "reference", "tf")
 # Images inference runs at a time (metrics.EVAL_BATCH, numpy_nn.network.MAX_EVAL_CHUNK).
 INFERENCE_BATCH = 1000
 # The fast path infers fewer at a time where one image's largest output is large: this many
-# bytes of it per chunk (numpy_nn.fast.split.ACTIVATION_BYTES; a test holds them equal).
-FAST_ACTIVATION_BYTES = 8 << 20
+# bytes of it per chunk (numpy_nn.fast.budgets.ACTIVATION_BYTES; a test holds them equal).
+FAST_ACTIVATION_BYTES = 1 << 20
 MAX_MEMORY_ENV = "TWINNET_MAX_MEMORY"
 # What the process itself takes besides the model (Python, NumPy, the MNIST arrays of
 # 55,000 + 5,000 + 10,000 float32 images, 220 MB): kept out of an address-space limit's room.
