@@ -1144,7 +1144,7 @@ IN_PLACE_SPEC = {"layers": [
     {"type": "conv2d", "filters": 4, "kernel": 3, "stride": 2},  # 14x14x4
     {"type": "batchnorm"}, {"type": "leaky_relu", "alpha": 0.1}, {"type": "tanh"},
     {"type": "conv2d", "filters": 4, "kernel": 3, "padding": "valid"}, {"type": "sigmoid"},
-    {"type": "leaky_relu", "alpha": 1.5}, {"type": "relu"}, {"type": "flatten"},
+    {"type": "leaky_relu", "alpha": 0.7}, {"type": "relu"}, {"type": "flatten"},
     {"type": "dropout", "rate": 0.5}, {"type": "dense", "units": 10},
 ]}
 

@@ -39,8 +39,10 @@ def _windows_read(case: dict[str, Any]) -> np.ndarray | None:
     name, opt, x = case["name"], case["options"], case["x"]
     if name == "Conv2D":
         k, stride = case["params"]["conv/W"].shape[0], opt["stride"]
-        conv = lesson.Conv2D("c", np.zeros((k, k, 1, 1)), np.zeros(1), stride, opt["padding"])
-        rows, cols = conv.pads(*x.shape[1:3])
+        if opt["padding"] == "valid":
+            rows, cols = (0, 0), (0, 0)
+        else:
+            rows, cols = (lesson.same_padding(size, k, stride) for size in x.shape[1:3])
         shape = (1, x.shape[1] + sum(rows), x.shape[2] + sum(cols), 1)
     elif name in ("MaxPool2D", "AvgPool2D"):
         k, stride, rows, cols = opt["size"], opt["stride"], (0, 0), (0, 0)

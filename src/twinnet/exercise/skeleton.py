@@ -3,7 +3,7 @@ own source, and a README with the order to work in.
 
 The skeleton is generated from the lesson's modules with ``ast``, so it cannot drift
 from them: each of the 14 names keeps its class name, bases, class attributes,
-constructor (``__init__`` and helpers such as ``Conv2D.pads`` are interface, kept as
+constructor (``__init__`` and helpers such as ``Conv2D.pad`` are interface, kept as
 they are) and docstrings; the bodies that compute (``forward``, ``backward``, an
 optimizer's ``step``, the loss function) become ``raise NotImplementedError``. The
 helpers the kept code needs (``NoParams``, ``same_padding``) come along verbatim.
