@@ -195,7 +195,7 @@ def time_end_to_end(models: list[str], backends: list[str], steps: int = 300, se
                 if len(seconds) == 2:
                     numpy_s, tf_s = (per_model[b]["train_seconds"] for b in ("numpy", "tf"))
                     per_model["ratio"] = numpy_s / tf_s
-                results["models"][name] = per_model
+                results["models"][model_name(name)] = per_model  # a spec file by its `name`
     finally:
         if busy is not None:
             busy.kill()
