@@ -293,6 +293,23 @@ async def read_upload(request, uploads: Uploads | None = None) -> bytes:
     return data
 
 
+async def upload_or_refusal(request, uploads: Uploads, command: str) -> Any:
+    """The image bytes of a POST /api/predict (``read_upload``), or the response refusing
+    it: an UploadError's status and message, or 400 for a client that went away during its
+    upload (never sent; logged as ``twinnet COMMAND: ...``)."""
+    from starlette.requests import ClientDisconnect
+    from starlette.responses import JSONResponse, Response
+
+    try:
+        return await read_upload(request, uploads)
+    except UploadError as exc:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+    except ClientDisconnect:
+        print(f"twinnet {command}: {client_name(request)} went away during its upload; "
+              "nothing to answer", file=sys.stderr, flush=True)
+        return Response(status_code=400)
+
+
 def client_name(request) -> str:
     """``HOST:PORT`` of the request's client, for log lines."""
     client = request.client
@@ -302,8 +319,7 @@ def client_name(request) -> str:
 def create_app(twins: Twins):
     """The Starlette app serving the page, ``/api/status`` and ``/api/predict``."""
     from starlette.applications import Starlette
-    from starlette.requests import ClientDisconnect
-    from starlette.responses import FileResponse, JSONResponse, Response
+    from starlette.responses import FileResponse, JSONResponse
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
@@ -317,14 +333,9 @@ def create_app(twins: Twins):
     uploads = Uploads()
 
     async def predict(request):
-        try:
-            data = await read_upload(request, uploads)
-        except UploadError as exc:
-            return JSONResponse({"error": exc.message}, status_code=exc.status)
-        except ClientDisconnect:
-            print(f"twinnet serve: {client_name(request)} went away during its upload; "
-                  "nothing to answer", file=sys.stderr, flush=True)
-            return Response(status_code=400)  # never sent: the client is gone
+        data = await upload_or_refusal(request, uploads, "serve")
+        if not isinstance(data, bytes):
+            return data
         if twins.pending >= MAX_PENDING:
             return JSONResponse({"error": "server busy; try again"}, status_code=503)
         twins.pending += 1
@@ -378,4 +389,15 @@ def installed(module: str) -> bool:
 def missing_dependency() -> str | None:
     """The name of the first [serve] package that is not installed, or None."""
     return next((name for name in ("starlette", "uvicorn", "multipart") if not installed(name)), None)
+
+
+def check_server(command: str, port: int) -> None:
+    """TwinnetError, one line, unless ``twinnet COMMAND`` (serve, watch) can serve: the
+    serve extra installed and ``port`` in 0..65535."""
+    missing = missing_dependency()
+    if missing:
+        raise TwinnetError(f"twinnet {command} needs the serve extra (missing {missing}): "
+                           f"{install_command('serve')}")
+    if not 0 <= port <= 65535:
+        raise TwinnetError(f"--port must be in 0..65535, got {port}")
 

@@ -55,7 +55,7 @@ from twinnet.environment import install_command
 from twinnet.errors import TwinnetError
 from twinnet.models import get_spec, model_name, multiply_adds_per_image, param_shapes
 from twinnet.runs import write_run
-from twinnet.serve import CSP, STATIC, Twins, UploadError, Uploads, installed, read_upload
+from twinnet.serve import CSP, STATIC, Twins, UploadError, Uploads, installed, upload_or_refusal
 from twinnet.training import (
     SPLITS,
     TrainingState,
@@ -513,8 +513,7 @@ class LiveRun:
 def create_app(run: LiveRun):
     """The Starlette app: the watch page, the run's JSON API and ``POST /api/predict``."""
     from starlette.applications import Starlette
-    from starlette.requests import ClientDisconnect
-    from starlette.responses import FileResponse, JSONResponse, Response
+    from starlette.responses import FileResponse, JSONResponse
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
@@ -566,12 +565,9 @@ def create_app(run: LiveRun):
     uploads = Uploads()
 
     async def predict(request):
-        try:
-            data = await read_upload(request, uploads)
-        except UploadError as exc:
-            return JSONResponse({"error": exc.message}, status_code=exc.status)
-        except ClientDisconnect:
-            return Response(status_code=400)  # never sent: the client is gone
+        data = await upload_or_refusal(request, uploads, "watch")
+        if not isinstance(data, bytes):
+            return data
         try:
             answer = await in_trainer(lambda: {**run.live.predict(data), "step": run.step})
         except UploadError as exc:

@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 
 from twinnet.commands.arguments import add_weights, weights_file
-from twinnet.environment import install_command
-from twinnet.errors import TwinnetError
 from twinnet.serve import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -18,8 +16,8 @@ from twinnet.serve import (
     UPLOAD_GRACE_SECONDS,
     Twins,
     bind,
+    check_server,
     create_app,
-    missing_dependency,
 )
 
 
@@ -55,14 +53,9 @@ def resolve_weights(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    missing = missing_dependency()
-    if missing:
-        raise TwinnetError(f"twinnet serve needs the serve extra (missing {missing}): "
-                           f"{install_command('serve')}")
+    check_server("serve", args.port)
     import uvicorn
 
-    if not 0 <= args.port <= 65535:
-        raise TwinnetError(f"--port must be in 0..65535, got {args.port}")
     numpy_weights, tf_weights = resolve_weights(args)
     twins = Twins(numpy_weights, tf_weights)  # a missing or hostile file stops here, before binding
     sock = bind(args.host, args.port)

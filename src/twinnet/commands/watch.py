@@ -18,7 +18,7 @@ from twinnet.environment import install_command
 from twinnet.errors import TwinnetError
 from twinnet.models import model_name
 from twinnet.runs import check_run_output, lock_run_dir
-from twinnet.serve import DEFAULT_HOST, DEFAULT_PORT, bind, missing_dependency
+from twinnet.serve import DEFAULT_HOST, DEFAULT_PORT, bind, check_server
 from twinnet.watch import WATCH_SECONDS, LiveRun, create_app, tf_availability, watch_config
 
 
@@ -66,14 +66,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    missing = missing_dependency()
-    if missing:
-        raise TwinnetError(f"twinnet watch needs the serve extra (missing {missing}): "
-                           f"{install_command('serve')}")
+    check_server("watch", args.port)
     import uvicorn
 
-    if not 0 <= args.port <= 65535:
-        raise TwinnetError(f"--port must be in 0..65535, got {args.port}")
     try:
         config = watch_config(args.model, steps=args.steps, optimizer=args.optimizer, lr=args.lr,
                               batch_size=args.batch_size, seed=args.seed, schedule=args.schedule,
