@@ -480,9 +480,11 @@ SCREENS = {
 IDLE_HINT = "Draw a digit and both twins will read it."
 
 
-def draw(page, image: np.ndarray) -> None:
+def draw(page, image: np.ndarray, state: str = "window.twinnetPage", answered: str = "true") -> None:
     """Clear the pad and draw the MNIST image float32 (28, 28, 1) as mouse strokes, then wait
-    for the page to show the answer to the last stroke."""
+    for the page to show the answer to the last stroke: its ``state`` object (the draw page's,
+    or the watch page's) has answered every stroke, and the JS condition ``answered`` on it
+    holds."""
     box = page.locator("#pad").bounding_box()
     scale = box["width"] / 28
     page.click("#clear")
@@ -493,8 +495,8 @@ def draw(page, image: np.ndarray) -> None:
         for point in points[1:]:
             page.mouse.move(*point)
         page.mouse.up()
-    page.wait_for_function("() => (s => s.drawn > 0 && s.answered === s.drawn && !s.inFlight)"
-                           "(window.twinnetPage)", timeout=30_000)
+    page.wait_for_function(f"() => (s => s.drawn > 0 && s.answered === s.drawn && !s.inFlight && {answered})"
+                           f"({state})", timeout=30_000)
 
 
 def outside_viewport(page, selectors: list[str]) -> list[str]:

@@ -29,7 +29,8 @@ from PIL import Image
 pytest.importorskip("starlette", reason="needs the serve extra: pip install 'twinnet[serve]'")
 pytest.importorskip("uvicorn", reason="needs the serve extra: pip install 'twinnet[serve]'")
 
-from test_serve import CHROMIUM, CHROMIUM_ARGS, strokes_of  # noqa: E402
+from test_serve import CHROMIUM, CHROMIUM_ARGS, outside_viewport  # noqa: E402
+from test_serve import draw as draw_on_pad  # noqa: E402
 
 from twinnet.cli import main  # noqa: E402
 from twinnet.config import DEFAULT_LR  # noqa: E402
@@ -373,30 +374,8 @@ def browser():
 
 
 def draw(page, image: np.ndarray) -> None:
-    """Clear the pad, draw the MNIST image as mouse strokes, wait for the answer to the last one."""
-    box = page.locator("#pad").bounding_box()
-    scale = box["width"] / 28
-    page.click("#clear")
-    for stroke in strokes_of(image):
-        points = [(box["x"] + (c + 0.5) * scale, box["y"] + (r + 0.5) * scale) for r, c in stroke]
-        page.mouse.move(*points[0])
-        page.mouse.down()
-        for point in points[1:]:
-            page.mouse.move(*point)
-        page.mouse.up()
-    page.wait_for_function("() => (s => s.drawn > 0 && s.answered === s.drawn && !s.inFlight && s.last)"
-                           "(window.twinnetWatch)", timeout=30_000)
-
-
-def outside_viewport(page, selectors: list[str]) -> list[str]:
-    size = page.viewport_size
-    outside = []
-    for selector in selectors:
-        box = page.locator(selector).bounding_box()
-        if not (box and box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= size["width"]
-                and box["y"] + box["height"] <= size["height"]):
-            outside.append(f"{selector} at {box}")
-    return outside
+    """The draw page's ``draw``, on the watch page: done when its last answer is shown too."""
+    draw_on_pad(page, image, state="window.twinnetWatch", answered="!!s.last")
 
 
 def shown_step(page) -> int:

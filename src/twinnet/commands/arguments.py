@@ -14,6 +14,7 @@ from twinnet.config import DEFAULT_LR, SCHEDULES, ConfigError, TrainConfig, defa
 from twinnet.errors import TwinnetError, UsageError
 from twinnet.exercise.learner import load_lesson
 from twinnet.models import DESCRIPTIONS, NAMED_MODELS, is_spec_file
+from twinnet.serve import DEFAULT_HOST, DEFAULT_PORT
 from twinnet.weights import DEFAULT_WEIGHTS
 
 MODELS_HELP = "; ".join(f"{name}: {text}" for name, text in DESCRIPTIONS.items())
@@ -181,3 +182,11 @@ def weights_file(given: str | None) -> Path:
 def deprecated(old: str, new: str) -> None:
     """One line on stderr for a spelling that still works but will go."""
     print(f"twinnet: warning: '{old}' is deprecated; use '{new}'", file=sys.stderr)
+
+
+def add_server(parser: argparse.ArgumentParser) -> None:
+    """``--host`` and ``--port`` of a command that serves a page (serve, watch)."""
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help="address to listen on (default: %(default)s, this machine only)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help="port (default: %(default)s; 0 picks a free one)")

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from twinnet.commands.arguments import add_weights, weights_file
+from twinnet.commands.arguments import add_server, add_weights, weights_file
 from twinnet.serve import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
-    FORMATS_TEXT,
+        FORMATS_TEXT,
     MAX_PENDING,
     MAX_UPLOAD_BYTES,
     MIN_UPLOAD_RATE,
@@ -36,10 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="weights for the NumPy twin only (default: --weights)")
     parser.add_argument("--weights-tf", metavar="FILE", default=None,
                         help="weights for the TensorFlow twin only (default: --weights)")
-    parser.add_argument("--host", default=DEFAULT_HOST,
-                        help="address to listen on (default: %(default)s, this machine only)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help="port (default: %(default)s; 0 picks a free one)")
+    add_server(parser)
     return parser
 
 

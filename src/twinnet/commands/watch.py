@@ -12,13 +12,13 @@ from pathlib import Path
 from twinnet import data
 from twinnet.backend import OPTIMIZERS
 from twinnet.checkpoint import CHECKPOINT_NAME
-from twinnet.commands.arguments import add_data_dir, model_argument
+from twinnet.commands.arguments import add_data_dir, add_server, model_argument
 from twinnet.config import SCHEDULES, ConfigError, flag
 from twinnet.environment import install_command
 from twinnet.errors import TwinnetError
 from twinnet.models import model_name
 from twinnet.runs import check_run_output, lock_run_dir
-from twinnet.serve import DEFAULT_HOST, DEFAULT_PORT, bind, check_server
+from twinnet.serve import bind, check_server
 from twinnet.watch import WATCH_SECONDS, LiveRun, create_app, tf_availability, watch_config
 
 
@@ -56,10 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="validation accuracy every K steps (default: steps/50)")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="where the run folders go: DIR/numpy and DIR/tf (default: runs/MODEL-watch)")
-    parser.add_argument("--host", default=DEFAULT_HOST,
-                        help="address to listen on (default: %(default)s, this machine only)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help="port (default: %(default)s; 0 picks a free one)")
+    add_server(parser)
     parser.add_argument("--open", action="store_true", help="open the page in the default browser")
     add_data_dir(parser)
     return parser
