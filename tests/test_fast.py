@@ -611,7 +611,7 @@ def runtime(monkeypatch: pytest.MonkeyPatch):
     test spoiled are closed after it."""
     monkeypatch.setattr(fast_network, "_use_processes", True)
     yield
-    if any(not w.process.is_alive() for w in workers._workers):
+    if any(w.process.poll() is not None for w in workers._workers):
         workers.close_workers()
 
 
@@ -710,7 +710,7 @@ def test_a_worker_that_dies_hands_its_part_to_a_thread(runtime, caplog: pytest.L
     assert _on_workers(model)
     dead = workers._workers[0].process
     dead.kill()
-    dead.join()
+    dead.wait()
     with caplog.at_level(logging.WARNING):
         _assert_same_run(_train_three_steps(model), _train_three_steps(reference))
     messages = _warnings(caplog)
@@ -775,7 +775,7 @@ def test_ctrl_c_at_the_terminal_is_left_to_the_parent(runtime, caplog: pytest.Lo
     os.kill(worker.pid, signal.SIGINT)  # as a terminal's Ctrl-C reaches the whole process group
     with caplog.at_level(logging.WARNING):
         _train_three_steps(model)
-    assert _on_workers(model) and worker.is_alive() and not _warnings(caplog)
+    assert _on_workers(model) and worker.poll() is None and not _warnings(caplog)
 
 
 def test_a_worker_reports_its_errors_and_leaves_no_shared_files(runtime) -> None:
@@ -789,7 +789,7 @@ def test_a_worker_reports_its_errors_and_leaves_no_shared_files(runtime) -> None
     with pytest.raises(workers.WorkerError, match="did not answer within 0.05 s"):
         worker.receive(timeout=0.05)  # nothing was asked
     workers.close_workers()
-    assert not worker.process.is_alive() and not workers._workers
+    assert worker.process.poll() is not None and not workers._workers
 
 
 def test_without_room_for_shared_memory_the_parts_run_on_threads(
@@ -955,7 +955,7 @@ def test_a_bare_fork_child_leaves_the_parents_workers_alone(tmp_path: Path) -> N
         _, status = os.waitpid(child, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert [w.process.pid for w in workers._workers] == pids
-        assert all(w.process.is_alive() for w in workers._workers)
+        assert all(w.process.poll() is None for w in workers._workers)
         steps = [m.train_step(x, y, 0.1) for m in (model, twin)]
         assert steps[0] == steps[1]  # the child's training changed nothing here
         assert all(np.array_equal(model.params[k], twin.params[k]) for k in model.params)
@@ -980,7 +980,7 @@ def test_ctrl_c_ends_a_wait_for_a_stopped_worker(tmp_path: Path) -> None:
             model.train_step(x, y, 0.1)
         except KeyboardInterrupt:
             print("interrupted")
-        assert not stopped.is_alive()  # killed with the other workers
+        assert stopped.poll() is not None  # killed with the other workers
         model.train_step(x, y, 0.1)  # on new workers
         assert model.network._shared is not None and workers._workers[0].process.pid != stopped.pid
         print(stopped.pid)

@@ -484,12 +484,17 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def is_worker(pid: int) -> bool:
+def is_worker(pid: int, kind: bytes = b"spawn_main") -> bool:
+    """Whether pid is a worker: by default a report's job worker (multiprocessing's spawn),
+    with kind=FAST_WORKER one of the fast path's."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return b"spawn_main" in fh.read()
+            return kind in fh.read()
     except OSError:
         return False
+
+
+FAST_WORKER = b"twinnet.numpy_nn.fast.workers import serve"
 
 
 def test_ctrl_c_ends_train_within_seconds_when_a_worker_is_stopped(tmp_path, mnist_path):
@@ -502,7 +507,7 @@ def test_ctrl_c_ends_train_within_seconds_when_a_worker_is_stopped(tmp_path, mni
         deadline = time.monotonic() + 120
         while not stopped and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.2)
-            stopped = [pid for pid in descendants(process.pid) if is_worker(pid)]
+            stopped = [pid for pid in descendants(process.pid) if is_worker(pid, FAST_WORKER)]
         if not stopped:
             pytest.skip("the fast path started no worker process here (one core?)")
         time.sleep(1.5)  # training

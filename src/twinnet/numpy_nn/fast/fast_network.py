@@ -183,7 +183,7 @@ class FastNetwork:
     def _run(self, parts: list[slice], x: np.ndarray, y: np.ndarray | None) -> list[Any]:
         """Each part's ``loss_and_grads`` (y given, each divided by len(x)) or ``logits``."""
         with _blas().limit(limits=1, user_api="blas"):
-            if _use_processes and self._replicas is None and workers.can_start():
+            if _use_processes and self._replicas is None:
                 try:
                     return self._on_workers(parts, x, y)
                 except workers.WorkerError as exc:

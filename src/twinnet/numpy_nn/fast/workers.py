@@ -1,12 +1,13 @@
-"""Worker processes that run parts of a batch, from the standard library's multiprocessing.
+"""Worker processes that run parts of a batch, started with the standard library's subprocess.
 
 Why processes: two threads of one process hand the GIL back and forth between the many
 short NumPy calls of a part and lose time waiting for it; a process has a GIL of its own
-(docs/performance.md, "Threads and processes"). Each worker is a ``spawn`` Process that
-serves requests from a ``Pipe``: a request is a module-level function and its arguments,
-``fn(state, *args)`` runs in the worker and its return value is the reply. A model's
-parameters, each worker's gradients and each worker's input images live in one
-``shared_memory`` block (``SharedArrays``); pipes carry only the small things.
+(docs/performance.md, "Threads and processes"). Each worker is a Python started by
+``subprocess`` that serves requests from its end of a ``multiprocessing.Pipe``: a
+request is a module-level function and its arguments, ``fn(state, *args)`` runs in the
+worker and its return value is the reply. A model's parameters, each worker's gradients
+and each worker's input images live in one ``shared_memory`` block (``SharedArrays``);
+pipes carry only the small things.
 
 Workers start on first use, are shared by every model of the process, run BLAS on one
 thread (threadpoolctl), ignore Ctrl-C (the parent handles it) and exit when the parent's
@@ -14,37 +15,39 @@ end of the pipe closes, the parent's death included. Every wait for a reply has 
 timeout and can be interrupted. A child made by ``os.fork`` forgets the workers (it is
 not their parent); its models start workers of their own.
 
-Hand-built on purpose, in three small pieces: ``multiprocessing.Pool`` and
-``concurrent.futures`` pickle each part's arrays through a pipe and cannot pin one
-model's state (its network and work arrays) to one worker across steps, so the request
-loop is ours; spawn re-runs the parent's main script in each child, which
-``_plain_start`` prevents; and a forked child must drop the parent's workers without
-multiprocessing's exit handler terminating them (``_forget_workers_in_child``).
+Hand-built on purpose: ``multiprocessing.Pool`` and ``concurrent.futures`` pickle each
+part's arrays through a pipe and cannot pin one model's state (its network and work
+arrays) to one worker across steps, so the request loop is ours. The workers are started
+by ``subprocess`` rather than ``multiprocessing.Process`` because a ``Process`` joins
+multiprocessing's registry of children: a forked child would terminate its parent's
+workers at its exit, and a spawned one re-runs the parent's main script. A ``subprocess``
+worker runs only ``START`` (with ``-P``: nothing from the working directory).
 """
 
 from __future__ import annotations
 
+import atexit
 import math
-import multiprocessing
-import multiprocessing.process
 import os
 import signal
+import subprocess
 import sys
 import threading
-import types
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing import connection, shared_memory
+from multiprocessing import Pipe, connection, resource_tracker, shared_memory
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-CONTEXT = multiprocessing.get_context("spawn")
 # Seconds a worker may take to start and take a model, and to answer one request: past
 # them it counts as hung (a stopped process never answers) and the parts run on threads.
 START_SECONDS = 60
 REPLY_SECONDS = 60
+# What a worker runs: the request loop on its end of the pipe, descriptor argv[1].
+START = ("import sys; from multiprocessing.connection import Connection; "
+         "from twinnet.numpy_nn.fast.workers import serve; serve(Connection(int(sys.argv[1])))")
 
 
 class WorkerError(RuntimeError):
@@ -81,34 +84,21 @@ def serve(conn: connection.Connection) -> None:
             return
 
 
-@contextmanager
-def _plain_start() -> Any:
-    """Start a worker that imports only what it needs: no working directory on its import
-    path (PYTHONSAFEPATH: a random.py there must not replace the standard library's), and
-    no re-run of the parent's main script. A spawned child runs the parent's ``__main__``
-    file again (as ``__mp_main__``), which would train a user's unguarded script a second
-    time; a plain module in its place for the moment of the start gives it nothing to run."""
-    old_path, old_main = os.environ.get("PYTHONSAFEPATH"), sys.modules["__main__"]
-    os.environ["PYTHONSAFEPATH"] = "1"
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = old_main
-        if old_path is None:
-            del os.environ["PYTHONSAFEPATH"]
-        else:
-            os.environ["PYTHONSAFEPATH"] = old_path
+def _import_path() -> str:
+    """PYTHONPATH for a worker: the folder this twinnet was imported from first (a source
+    tree a notebook put on sys.path, say), then the caller's own PYTHONPATH."""
+    package_root = Path(__file__).resolve().parents[3]
+    return os.pathsep.join(filter(None, (str(package_root), os.environ.get("PYTHONPATH"))))
 
 
 class Worker:
     """One worker process and the parent's end of its pipe."""
 
     def __init__(self) -> None:
-        self.conn, child = CONTEXT.Pipe()
-        self.process = CONTEXT.Process(target=serve, args=(child,), daemon=True, name="twinnet-worker")
-        with _plain_start():
-            self.process.start()
+        self.conn, child = Pipe()
+        command = [sys.executable, "-P", "-c", START, str(child.fileno())]
+        self.process = subprocess.Popen(command, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+                                        env={**os.environ, "PYTHONPATH": _import_path()})
         child.close()
 
     def send(self, fn: Callable, *args: Any) -> None:
@@ -121,26 +111,24 @@ class Worker:
         """The reply to the last request; WorkerError if the worker failed, died or did
         not answer within ``timeout`` seconds (default REPLY_SECONDS, read at each call)."""
         timeout = REPLY_SECONDS if timeout is None else timeout
-        ready = connection.wait([self.conn, self.process.sentinel], timeout)
-        if self.conn in ready:
-            try:
-                reply = self.conn.recv()
-            except (EOFError, OSError):
-                raise WorkerError(f"worker {self.process.pid} exited") from None
-            if isinstance(reply, Failure):
-                raise WorkerError(f"worker {self.process.pid} failed: {reply.message}")
-            return reply
-        if ready:
-            raise WorkerError(f"worker {self.process.pid} exited with code {self.process.exitcode}")
-        raise WorkerError(f"worker {self.process.pid} did not answer within {timeout:g} s")
+        if not self.conn.poll(timeout):  # a worker that exits closes its end: poll sees that
+            raise WorkerError(f"worker {self.process.pid} did not answer within {timeout:g} s")
+        try:
+            reply = self.conn.recv()
+        except (EOFError, OSError):
+            raise WorkerError(f"worker {self.process.pid} exited with code {self.process.wait()}") from None
+        if isinstance(reply, Failure):
+            raise WorkerError(f"worker {self.process.pid} failed: {reply.message}")
+        return reply
 
     def close(self) -> None:
         """Close the pipe (the worker exits) and make sure the process is gone."""
         self.conn.close()
-        self.process.join(timeout=1)
-        if self.process.is_alive():
+        try:
+            self.process.wait(timeout=1)
+        except subprocess.TimeoutExpired:
             self.process.kill()  # a stopped or hung worker
-            self.process.join(timeout=5)
+            self.process.wait(timeout=5)
 
 
 _workers: list[Worker] = []
@@ -152,12 +140,6 @@ def generation() -> int:
     """How many times the workers were closed: a model registered at another count must
     register again."""
     return _generation
-
-
-def can_start() -> bool:
-    """Whether this process may start workers: a daemonic one (a ``multiprocessing.Pool``
-    worker) may not have children, so its parts run on threads, as nothing failed."""
-    return not multiprocessing.current_process().daemon
 
 
 def get_workers(count: int) -> list[Worker]:
@@ -182,17 +164,17 @@ def close_workers() -> None:
 
 def _forget_workers_in_child() -> None:
     """After os.fork, in the child: the workers are the parent's. Drop them without a word
-    to them, and from multiprocessing's list of children, whose exit handler would
-    otherwise terminate them when this child exits."""
+    to them, closing only this child's copies of the pipes (their handles, collected,
+    find the processes are not this child's and say nothing)."""
     global _lock
     for worker in _workers:
-        multiprocessing.process._children.discard(worker.process)  # type: ignore[attr-defined]
-        worker.conn.close()  # this child's copy of the descriptor only
+        worker.conn.close()
     _workers.clear()
     _lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_workers_in_child)
+atexit.register(close_workers)  # the pipes close, the workers exit, and are waited for
 
 
 class SharedArrays:
@@ -211,6 +193,8 @@ class SharedArrays:
         self.shm = shared_memory.SharedMemory(name=name, create=name is None, size=max(total, 1))
         if name is None:
             self._reserve(max(total, 1))
+        else:  # attached: its maker unlinks it, so this process's resource tracker must forget it
+            resource_tracker.unregister(f"/{self.shm.name}", "shared_memory")
         flat = np.ndarray(total // dtype.itemsize, dtype=dtype, buffer=self.shm.buf)
 
         def views(start: int) -> dict[str, np.ndarray]:
@@ -252,3 +236,4 @@ class SharedArrays:
             self.shm.close()
         except BufferError:  # a view still alive: the mapping goes with the process
             pass
+
