@@ -40,7 +40,6 @@ from twinnet.numpy_nn.fast.primitives import (
     Scratch,
     add_bias,
     column_sums,
-    im2col_3x3_rows,
     im2col_rows,
     max_pool_blocks,
     relu,
@@ -363,12 +362,12 @@ def test_inference_by_pooling_windows_equals_the_training_form(c_in: int, chunk_
 def test_fast_im2col_equals_the_reference_windows(c_in: int, pool_order: bool) -> None:
     xpad = np.random.default_rng(8).standard_normal((2, 6, 8, c_in))  # 4x6 images
     plain = windows(xpad, 3, 1).reshape(-1, 9 * c_in)  # what Conv2D.forward multiplies
-    fast = im2col_3x3_rows(xpad, pool_order=pool_order, scratch=Scratch())
+    fast = im2col_rows(xpad, 3, pool_order=pool_order, scratch=Scratch())
     if pool_order:  # rows ordered (a, b, n, i', j') instead of (n, i, j)
         plain = plain.reshape(2, 2, 2, 3, 2, 9 * c_in).transpose(2, 4, 0, 1, 3, 5).reshape(plain.shape)
     np.testing.assert_array_equal(fast, plain)
     with pytest.raises(ValueError, match="C-contiguous NHWC"):
-        im2col_3x3_rows(np.ones((2, 6, 8, 2))[..., ::-1][:, :, ::2])
+        im2col_rows(np.ones((2, 6, 8, 2))[..., ::-1][:, :, ::2], 3)
 
 
 @pytest.mark.parametrize(("c_in", "k", "stride", "r"),

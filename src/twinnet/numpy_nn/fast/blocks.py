@@ -26,7 +26,7 @@ from twinnet.numpy_nn.fast.primitives import (
     Scratch,
     add_bias,
     column_sums,
-    im2col_3x3_rows,
+    im2col_rows,
     max_pool_blocks,
     relu,
     window_major_view,
@@ -110,8 +110,8 @@ class ConvReLUPool:
         kept_cols: list[np.ndarray] | None = [] if train and not self.needs_input_grad else None
         for part in chunk_slices(n, self.chunk_size(h, w, x.dtype.itemsize)):
             m = part.stop - part.start
-            cols = im2col_3x3_rows(self._xpad.fill(x[part]), pool_order=True,
-                              scratch=None if kept_cols is not None else self._scratch)
+            cols = im2col_rows(self._xpad.fill(x[part]), 3, pool_order=True,
+                               scratch=None if kept_cols is not None else self._scratch)
             z = self._scratch.get("z", (4, m, h // 2, w // 2, c_out), x.dtype)  # window-major
             np.matmul(cols, self.W.reshape(-1, c_out), out=z.reshape(-1, c_out))
             max_pool_blocks(z, None if routing is None else routing[:, part], out=pooled[part])
@@ -144,7 +144,7 @@ class ConvReLUPool:
                 # dz goes from window-major straight into the padded buffer's interior.
                 dzpad = self._dzpad.padded((m, h, w, c_out), dz.dtype)
                 window_major_view(dzpad[:, 1:-1, 1:-1, :])[...] = dz.reshape(2, 2, m, h // 2, w // 2, c_out)
-                dzcols = im2col_3x3_rows(dzpad, scratch=self._scratch)
+                dzcols = im2col_rows(dzpad, 3, scratch=self._scratch)
                 np.matmul(dzcols, w_flip, out=dx[part].reshape(-1, c_in))
                 dW_flip += x[part].reshape(-1, c_in).T @ dzcols
             else:

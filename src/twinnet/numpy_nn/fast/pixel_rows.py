@@ -13,6 +13,8 @@ k >> (r-1)*s, and the cost is the multiply-adds by zero, 1 - k / ((r-1)*s + k) o
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -51,14 +53,20 @@ def contiguous_strides(x: np.ndarray) -> tuple[int, ...]:
     return tuple(strides)
 
 
-def pixel_rows(xpad: np.ndarray, k: int, stride: int, r: int) -> np.ndarray:
-    """xpad (N, Hp, Wp, C) C-contiguous, already padded -> (N * H_out * W_out/r,
-    k * ((r-1)*stride + k) * C): row (n, i, j) is the patch that output pixels (i, j*r)
-    to (i, j*r + r-1) read, in (p, q, c) order. W_out must be a multiple of r."""
+def pixel_windows(xpad: np.ndarray, k: int, stride: int, r: int) -> np.ndarray:
+    """xpad (N, Hp, Wp, C) C-contiguous, already padded -> a view (N, H_out, W_out/r, k,
+    ((r-1)*stride + k) * C): [n, i, j, p] is row p of the patch that output pixels (i, j*r)
+    to (i, j*r + r-1) read, its (q, c) values contiguous. W_out must be a multiple of r."""
     n, hp, wp, c = xpad.shape
     s_n, s_h, s_w, s_c = contiguous_strides(xpad)
     h_out, w_out = (output_size(size, k, stride) for size in (hp, wp))
-    width = (r - 1) * stride + k
-    patches = as_strided(xpad, shape=(n, h_out, w_out // r, k, width * c),
-                         strides=(s_n, s_h * stride, s_w * stride * r, s_h, s_c), writeable=False)
-    return np.ascontiguousarray(patches).reshape(-1, k * width * c)
+    return as_strided(xpad, shape=(n, h_out, w_out // r, k, ((r - 1) * stride + k) * c),
+                      strides=(s_n, s_h * stride, s_w * stride * r, s_h, s_c), writeable=False)
+
+
+def pixel_rows(xpad: np.ndarray, k: int, stride: int, r: int) -> np.ndarray:
+    """``pixel_windows`` copied into a matrix (N * H_out * W_out/r, k * ((r-1)*stride + k)
+    * C): row (n, i, j) is the patch that output pixels (i, j*r) to (i, j*r + r-1) read,
+    in (p, q, c) order."""
+    windows = pixel_windows(xpad, k, stride, r)
+    return np.ascontiguousarray(windows).reshape(-1, math.prod(windows.shape[3:]))

@@ -14,7 +14,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from twinnet.numpy_nn.fast.pixel_rows import contiguous_strides, pixel_rows
+from twinnet.numpy_nn.fast.pixel_rows import contiguous_strides, pixel_windows
 from twinnet.numpy_nn.layers import output_size
 
 
@@ -111,59 +111,38 @@ class PaddedBuffer:
         return padded
 
 
-def im2col_3x3_rows(xpad: np.ndarray, pool_order: bool = False, scratch: Scratch | None = None) -> np.ndarray:
-    """The im2col matrix of a 3x3 stride-1 ``layers.Conv2D``, built with long contiguous copies.
+def im2col_rows(xpad: np.ndarray, kernel: int, stride: int = 1, pool_order: bool = False,
+                scratch: Scratch | None = None) -> np.ndarray:
+    """The im2col matrix of any ``layers.Conv2D``, built with long contiguous copies.
 
-    xpad (N, H+2, W+2, C) C-contiguous -> cols (N*H*W, 9*C), columns in (p, q, c) order.
-    In NHWC the three taps of one kernel row, (q, c) for q = 0..2, are 3*C adjacent
-    floats, so the copy moves runs of 3*C floats instead of C: NumPy's strided copy pays
-    per run.
+    xpad (N, Hp, Wp, C) C-contiguous, already padded -> cols (N*H_out*W_out, k*k*C),
+    columns in (p, q, c) order, as the reference's ``windows(...).reshape``. In NHWC the k
+    taps of one kernel row are k*C adjacent floats, so the copy moves runs of k*C floats
+    instead of C: NumPy's strided copy pays per run. For C = 1 the matrix is built
+    tap-major, (k*k, rows), and returned as its transpose (a Fortran-ordered view that
+    BLAS reads without a copy): a row-major copy would move runs one float long.
 
-    ``pool_order=True`` (H and W even) orders the rows by position in the 2x2 pooling
-    window first: row ``((a*2 + b)*N + n)*(H/2)*(W/2) + i'*(W/2) + j'`` is output pixel
-    (n, 2i' + a, 2j' + b). A matmul then yields four contiguous (N*H/2*W/2, C_out)
+    ``pool_order=True`` (H_out and W_out even) orders the rows by position in the 2x2
+    pooling window first: row ``((a*2 + b)*N + n)*(H/2)*(W/2) + i'*(W/2) + j'`` is output
+    pixel (n, 2i' + a, 2j' + b). A matmul then yields four contiguous (N*H/2*W/2, C_out)
     blocks, one per window position, and the max-pool needs no strided access.
-
-    For C = 1 the matrix is built tap-major, (9, rows), and returned as its transpose (a
-    Fortran-ordered view that BLAS reads without a copy): a row-major copy would move
-    runs one float long.
 
     With ``scratch`` the matrix is its "cols" array, overwritten by the next call.
     """
-    n, hp, wp, c = xpad.shape
-    h, w = hp - 2, wp - 2
-    s_n, s_h, s_w, s_c = xpad.strides
-    if s_w != c * s_c:
-        raise ValueError("im2col_3x3 needs a C-contiguous NHWC array")
+    n, c, k = len(xpad), xpad.shape[3], kernel
+    h, w = (output_size(size, k, stride) for size in xpad.shape[1:3])
     if c == 1:
-        taps = tap_major_windows(xpad, 3, 1)  # (3, 3, N, H, W)
+        view = tap_major_windows(xpad, k, stride)  # (k, k, N, H, W)
         if pool_order:
-            taps = taps.reshape(3, 3, n, h // 2, 2, w // 2, 2).transpose(0, 1, 4, 6, 2, 3, 5)
-        cols_t = _empty(taps.shape, xpad.dtype, scratch)
-        np.copyto(cols_t, taps)
-        return cols_t.reshape(9, -1).T
-    # windows[n, i, j, p, q*C + c] = xpad[n, i+p, j+q, c]: the last axis is contiguous.
-    windows = as_strided(xpad, shape=(n, h, w, 3, 3 * c), strides=(s_n, s_h, s_w, s_h, s_c),
-                         writeable=False)
-    if pool_order:
-        windows = windows.reshape(n, h // 2, 2, w // 2, 2, 3, 3 * c).transpose(2, 4, 0, 1, 3, 5, 6)
-    cols = _empty(windows.shape, xpad.dtype, scratch)
-    np.copyto(cols, windows)
-    return cols.reshape(-1, 9 * c)
-
-
-def im2col_rows(xpad: np.ndarray, kernel: int, stride: int) -> np.ndarray:
-    """The im2col matrix of any ``layers.Conv2D`` (the ``FastConv2D`` block's), with long copies.
-
-    xpad (N, Hp, Wp, C) C-contiguous, already padded -> cols (N*H_out*W_out, k*k*C),
-    columns in (p, q, c) order, as the reference's ``windows(...).reshape``. The k taps of
-    one kernel row are k*C adjacent floats, so the copy moves runs of k*C floats instead
-    of C. For C = 1 the matrix is built tap-major, (k*k, rows), and returned as its
-    transpose (a Fortran-ordered view BLAS reads without a copy), as ``im2col_3x3_rows``.
-    """
-    if xpad.shape[3] == 1:
-        return np.ascontiguousarray(tap_major_windows(xpad, kernel, stride)).reshape(kernel * kernel, -1).T
-    return pixel_rows(xpad, kernel, stride, 1)  # one output pixel to a row
+            view = view.reshape(k, k, n, h // 2, 2, w // 2, 2).transpose(0, 1, 4, 6, 2, 3, 5)
+    else:
+        view = pixel_windows(xpad, k, stride, 1)  # (N, H, W, k, k*C)
+        if pool_order:
+            view = view.reshape(n, h // 2, 2, w // 2, 2, k, k * c).transpose(2, 4, 0, 1, 3, 5, 6)
+    shape, dtype = view.shape, xpad.dtype
+    cols = np.empty(shape, dtype) if scratch is None else scratch.get("cols", shape, dtype)
+    np.copyto(cols, view)
+    return cols.reshape(k * k, -1).T if c == 1 else cols.reshape(-1, k * k * c)
 
 
 def tap_major_windows(xpad: np.ndarray, k: int, stride: int) -> np.ndarray:
@@ -240,10 +219,6 @@ def tile_spread(d: np.ndarray, size: int) -> np.ndarray:
     """The adjoint of ``tile_means``: d (N, H', W', C) -> (N, H'*size, W'*size, C), each
     pixel d / size**2 of its tile's gradient, by two ``np.repeat``s."""
     return np.repeat(np.repeat(d * (1 / size**2), size, axis=2), size, axis=1)
-
-
-def _empty(shape: tuple[int, ...], dtype: np.dtype, scratch: Scratch | None) -> np.ndarray:
-    return np.empty(shape, dtype=dtype) if scratch is None else scratch.get("cols", shape, dtype)
 
 
 def window_major_view(x: np.ndarray) -> np.ndarray:
