@@ -175,11 +175,9 @@ class FastActivation(InferenceForm):
         return isinstance(layer, layers.ReLU | Tanh | Sigmoid | LeakyReLU)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        layer = self.layer
+        layer, x = self.layer, x if self.in_place else x.copy()
         if isinstance(layer, layers.ReLU):
-            return relu(x, out=x if self.in_place else None)
-        if not self.in_place:
-            return layer.forward(x, train=False)
+            return relu(x, out=x)
         if isinstance(layer, Tanh):
             return np.tanh(x, out=x)
         if isinstance(layer, Sigmoid):  # 0.5 * (1 + tanh(0.5 * x)), as Sigmoid computes it
@@ -228,26 +226,21 @@ class FastBatchNorm:
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         bn, x = self.bn, np.ascontiguousarray(x)
-        if not train and self.in_place:
-            rows = per_image_rows(x)
+        if not train:  # the reference's arithmetic, in place
+            rows = per_image_rows(x if self.in_place else x.copy())
             rows -= tile_row(bn.moving_mean, x)
             rows *= tile_row(1 / np.sqrt(bn.moving_variance + bn.epsilon), x)
             rows *= tile_row(bn.gamma, x)
             rows += tile_row(bn.beta, x)
-            return x
-        if train:
-            m = x.size // x.shape[-1]
-            mean = feature_sums(x) / m
-            centered = per_image_rows(x) - tile_row(mean, x)
-            var = feature_sums(centered * centered, x.shape) / m
-            bn.update_moving_statistics(mean, var)
-        else:
-            mean, var = bn.moving_mean, bn.moving_variance
-            centered = per_image_rows(x) - tile_row(mean, x)
+            return rows.reshape(x.shape)
+        m = x.size // x.shape[-1]
+        mean = feature_sums(x) / m
+        centered = per_image_rows(x) - tile_row(mean, x)
+        var = feature_sums(centered * centered, x.shape) / m
+        bn.update_moving_statistics(mean, var)
         inv_std = 1 / np.sqrt(var + bn.epsilon)
         xhat = np.multiply(centered, tile_row(inv_std, x), out=centered)
-        if train:
-            self.cache = (xhat, inv_std, x.shape)
+        self.cache = (xhat, inv_std, x.shape)
         out = xhat * tile_row(bn.gamma, x)
         out += tile_row(bn.beta, x)
         return out.reshape(x.shape)
