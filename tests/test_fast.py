@@ -25,8 +25,7 @@ from twinnet import models
 from twinnet.models import MODEL_NAMES, NAMED_MODELS, init_params, param_shapes
 from twinnet.numpy_nn import NumpyModel
 from twinnet.numpy_nn.fast import budgets, fast_network, workers
-from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
-from twinnet.numpy_nn.fast.folding import ConvBatchNormReLUPool
+from twinnet.numpy_nn.fast.blocks import ConvBatchNormReLUPool, ConvReLUPool, DenseReLU
 from twinnet.numpy_nn.fast.fusion import fuse
 from twinnet.numpy_nn.fast.layer_blocks import (
     FastActivation,

@@ -39,8 +39,7 @@ import numpy as np
 from twinnet import models
 from twinnet.memory import check_memory
 from twinnet.numpy_nn.activations import LeakyReLU, Sigmoid, Tanh
-from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
-from twinnet.numpy_nn.fast.folding import ConvBatchNormReLUPool
+from twinnet.numpy_nn.fast.blocks import ConvBatchNormReLUPool, ConvReLUPool, DenseReLU
 from twinnet.numpy_nn.fast.layer_blocks import InferenceForm
 from twinnet.numpy_nn.layers import AvgPool2D, Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
 from twinnet.numpy_nn.losses import softmax_cross_entropy

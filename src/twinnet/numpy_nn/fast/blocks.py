@@ -1,12 +1,7 @@
-"""Fused blocks: one block in place of a run of reference layers, built from ``primitives.py``.
-
-A block computes exactly what the layers it replaces (``replaces``) compute, and a test
-holds it equal to their composition, values and gradients:
-
-- ``ConvReLUPool``: Conv2D 3x3 'same' stride 1 -> ReLU -> MaxPool2D 2x2;
-- ``DenseReLU``: Dense -> ReLU.
-
-The layers no fused block takes have blocks of their own in ``layer_blocks.py``.
+"""Fused blocks, each in place of a run of reference layers (``replaces``), built from
+``primitives.py``: ``ConvReLUPool`` (Conv2D 3x3 'same' stride 1 -> ReLU -> MaxPool2D
+2x2), ``ConvBatchNormReLUPool`` (the same with a batch norm after the conv) and
+``DenseReLU`` (Dense -> ReLU). A test holds each equal to their composition.
 
 A block has the layers' interface: ``forward(x, train=True)``, ``backward(d)``,
 ``params`` and ``grads`` under canonical names. ``backward`` returns None when built
@@ -20,6 +15,7 @@ import numpy as np
 
 from twinnet.numpy_nn import layers
 from twinnet.numpy_nn.fast import budgets
+from twinnet.numpy_nn.fast.layer_blocks import FastActivation, FastBatchNorm, FastConv2D, TiledMaxPool2D
 from twinnet.numpy_nn.fast.pool_windows import WindowInference
 from twinnet.numpy_nn.fast.primitives import (
     PaddedBuffer,
@@ -31,6 +27,7 @@ from twinnet.numpy_nn.fast.primitives import (
     relu,
     window_major_view,
 )
+from twinnet.numpy_nn.normalization import BatchNorm
 from twinnet.util import chunk_slices
 
 
@@ -48,21 +45,15 @@ class ConvReLUPool:
     out (N, H/2, W/2, C_out).
 
     Its layout is private: the conv output z is computed window-major, (4, N, H/2, W/2,
-    C_out) with ``z[2a + b, n, i, j] = conv(x)[n, 2i + a, 2j + b]``, by ordering the
-    im2col rows by window position, so the pool reads four contiguous blocks. The bias
-    and ReLU run on the pooled quarter of the values: the bias is the same for every
-    position of a window, so max(z + b) = max(z) + b, and ReLU is monotonic, so
-    relu(max(z)) = max(relu(z)) (docs/performance.md, "The fused block", for why the
-    gradients are the reference layers' too). In training the ReLU mask is kept at that size.
-
-    The batch runs in chunks of ``chunk_size`` images, in order, with work arrays reused
-    from call to call. The backward pass takes dW from the im2col matrix of the padded
-    dz, which dx needs anyway (docs/performance.md, "The fused block"); the first block,
-    which computes no dx, keeps its forward im2col matrices for dW instead. The chunks' weight gradients
-    are summed in chunk order.
-
-    Inference takes another form, one matmul row per pooling window (``pool_windows.py``),
-    unless ``infer_by_windows`` is False.
+    C_out) with ``z[2a + b, n, i, j] = conv(x)[n, 2i + a, 2j + b]``, so the pool reads
+    four contiguous blocks, and the bias and ReLU run on the pooled quarter of the values
+    (max(z + b) = max(z) + b; ReLU is monotonic). The batch runs in chunks of
+    ``chunk_size`` images, in order, with work arrays reused from call to call; dW comes
+    from the im2col matrix of the padded dz that dx needs anyway, or, in the first block,
+    from the forward pass's matrices; chunks' gradients are summed in chunk order. Why
+    each of these gives the reference layers' values: docs/performance.md, "The fused
+    block". Inference is by pooling windows (``pool_windows.py``) unless
+    ``infer_by_windows`` is False.
     """
 
     infer_by_windows = True
@@ -193,4 +184,58 @@ class DenseReLU:
         return None
 
 
-Block = ConvReLUPool | DenseReLU
+def folded_conv(conv: layers.Conv2D, bn: BatchNorm) -> tuple[np.ndarray, np.ndarray]:
+    """The (W, b) of the one conv that computes bn(conv(x)) at inference: W (k, k, C_in,
+    C_out) HWIO with output channel o scaled by g[o], b (C_out,) = g * (b - moving_mean)
+    + beta."""
+    g = bn.gamma / np.sqrt(bn.moving_variance + bn.epsilon)
+    return conv.W * g, (conv.b - bn.moving_mean) * g + bn.beta
+
+
+class ConvBatchNormReLUPool:
+    """conv 3x3 'same' stride 1 -> batch norm -> ReLU -> 2x2 max-pool (derivations,
+    sections 4, 13, 3, 5). Shapes: x (N, H, W, C_in), H and W even -> (N, H/2, W/2, C_out).
+
+    Training runs the one-layer blocks of the four in turn, as the fusion pass would
+    have placed them. Inference folds the batch norm, a fixed affine map of each channel
+    then, into the conv (``folded_conv``; derivations, section 13) and runs
+    ``ConvReLUPool``'s inference form: the same values up to float32 rounding (the
+    scaling by g comes before the sum instead of after it).
+    """
+
+    def __init__(self, conv: layers.Conv2D, bn: BatchNorm, relu: layers.ReLU, pool: layers.MaxPool2D,
+                 needs_input_grad: bool = True) -> None:
+        if not self.matches(conv, bn, relu, pool):
+            raise ValueError(f"{conv.name}: ConvBatchNormReLUPool replaces only a 3x3 'same' stride-1 "
+                             "conv, batch norm, ReLU and a 2x2 max-pool")
+        self.replaces = (conv, bn, relu, pool)
+        self.conv, self.bn = conv, bn
+        self.steps = [FastConv2D(conv, needs_input_grad), FastBatchNorm(bn), FastActivation(relu),
+                      TiledMaxPool2D(pool)]
+        self.name, self.W, self.b = conv.name, conv.W, conv.b
+        self.params = {**conv.params, **bn.params}
+        self.needs_input_grad = needs_input_grad
+        self._windows = WindowInference()
+
+    @staticmethod
+    def matches(*run: object) -> bool:
+        """Whether a run of layers is one this block can replace."""
+        return (len(run) >= 4 and isinstance(run[1], BatchNorm)
+                and ConvReLUPool.matches(run[0], *run[2:4]))
+
+    @property
+    def grads(self) -> dict[str, np.ndarray]:
+        return {**self.steps[0].grads, **self.steps[1].grads}
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        check_even(self.name, x)
+        if not train and ConvReLUPool.infer_by_windows:
+            return self._windows(x, *folded_conv(self.conv, self.bn))
+        for step in self.steps:
+            x = step.forward(x, train)
+        return x
+
+    def backward(self, d: np.ndarray) -> np.ndarray | None:
+        for step in reversed(self.steps):
+            d = step.backward(d)
+        return d

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from twinnet import models
 from twinnet.numpy_nn import layers
-from twinnet.numpy_nn.fast.blocks import ConvReLUPool, DenseReLU
-from twinnet.numpy_nn.fast.folding import ConvBatchNormReLUPool
+from twinnet.numpy_nn.fast.blocks import ConvBatchNormReLUPool, ConvReLUPool, DenseReLU
 from twinnet.numpy_nn.fast.layer_blocks import (
     FastActivation,
     FastBatchNorm,

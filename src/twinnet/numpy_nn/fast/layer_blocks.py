@@ -1,16 +1,8 @@
-"""Blocks that each replace one reference layer that no fused block (``blocks.py``) takes,
-computing the same maths in a faster form, built from ``primitives.py``:
-
-- ``FastConv2D``: any Conv2D;
-- ``TiledAvgPool2D``: an AvgPool2D whose windows tile its input;
-- ``FastActivation``, ``TiledMaxPool2D``: an activation (ReLU, tanh, sigmoid, leaky
-  ReLU), a max-pool whose windows tile its input, trained as the reference layer and
-  inferred in a faster form of the same arithmetic (``InferenceForm``);
-- ``FastBatchNorm``: a BatchNorm.
-
-Each has the layer's interface and names it in ``replaces``, and ``matches(layer, shape)``
-says whether it can replace a layer whose input has that shape; a test holds each equal
-to the layer it replaces.
+"""Blocks for one reference layer each, the layers no fused block (``blocks.py``) takes,
+in a faster form of the same maths: ``FastConv2D``, ``TiledAvgPool2D``, ``FastActivation``
+and ``TiledMaxPool2D`` (``InferenceForm``s: trained as the layer, inferred faster), and
+``FastBatchNorm``. Each names its layer in ``replaces``, and ``matches(layer, shape)``
+says whether it can replace a layer whose input has that shape.
 """
 
 from __future__ import annotations
@@ -47,14 +39,12 @@ class FastConv2D:
     """A Conv2D of any kernel, stride and padding, alone (derivations, section 4), for
     the convs no fused block takes.
 
-    Shapes as ``layers.Conv2D``'s. Forward: the im2col matrix from ``im2col_rows`` (long
-    copies), one matmul and ``add_bias``. Backward: dW from that matrix and db as
-    ``column_sums``, as the reference; dx as one small matmul per kernel tap, dz @ W[p, q].T,
-    added into the strided view of dx that tap read (``layers.tap``). That is the
-    reference's ``scatter_windows`` of dz @ W.T, with each added block contiguous instead
-    of strided by the window's k*k*C_in values. None when ``needs_input_grad=False``.
-    Inference, which keeps nothing for a backward pass, runs in chunks as ``ConvReLUPool``,
-    with r output pixels to a matrix row (``pixel_rows``): a product r*C_out wide.
+    Shapes as ``layers.Conv2D``'s. Forward: ``im2col_rows``, one matmul, ``add_bias``.
+    Backward: ``layers.affine_grads``; dx (None when ``needs_input_grad=False``) as one
+    small matmul per kernel tap, dz @ W[p, q].T, added into the view of dx that tap read
+    (``layers.tap``): the reference's ``scatter_windows`` with contiguous blocks.
+    Inference keeps nothing, and runs in chunks with r output pixels to a matrix row
+    (``pixel_rows``).
     """
 
     def __init__(self, conv: layers.Conv2D, needs_input_grad: bool = True) -> None:

@@ -1,14 +1,10 @@
 """Matmul rows of several output pixels: the im2col of a conv, r pixels to a row.
 
-A conv's im2col matrix (``primitives.im2col_rows``) has one row per output pixel, its
-window's k*k*C values, and its product with the kernel is C_out wide: for few output
-channels (LeNet-5's 6 and 16) a shape BLAS runs far below its peak, after copying k*k*C
-floats per pixel. With r adjacent output pixels of an image row to a matrix row, the
-row holds the k x ((r-1)*s + k) patch they read together (s the stride), and its product
-with ``row_kernel`` (W at the r column offsets b*s, zeros elsewhere) is r*C_out wide, its
-rows the output in NHWC order as they stand. The copy is about r times smaller for
-k >> (r-1)*s, and the cost is the multiply-adds by zero, 1 - k / ((r-1)*s + k) of them
-(docs/performance.md, "Layers no fused block takes").
+With r adjacent output pixels of an image row to a matrix row, the row holds the k x
+((r-1)*s + k) patch they read together (s the stride), and its product with
+``row_kernel`` (W at the r column offsets b*s, zeros elsewhere) is r*C_out wide rather
+than C_out, its rows the output in NHWC order. Why, and the cost of the multiply-adds
+by zero: docs/performance.md, "Layers no fused block takes".
 """
 
 from __future__ import annotations

@@ -6,10 +6,8 @@ reads patch rows a..a+2. So with one row of the patch matrix per window (its 16*
 values), the matrix's columns of patch rows 0-2 and of rows 1-3, each times
 ``pixel_rows.row_kernel(W, 2)`` (W at both column offsets b, zeros elsewhere), give a
 window's four conv outputs; the pool is their maximum, then the bias and the ReLU, as in
-the training form (max(z) + b = max(z + b)). Against the training form's im2col (one row per conv
-output, 4 x 9*C values a window) the copy is 2.25x smaller and each matmul 2*C_out wide
-instead of C_out, which BLAS runs faster per multiply-add although a quarter of them are
-by zero (docs/performance.md, "Inference by pooling windows").
+the training form (max(z) + b = max(z + b)). Why it is faster: docs/performance.md,
+"Inference by pooling windows".
 
 The values are the reference layers': a zero term leaves a sum unchanged, and with the
 OpenBLAS kernels measured the outputs are the training form's bit for bit. (An infinite
@@ -33,11 +31,9 @@ class WindowPlan:
     products (2, windows, 2*C_out) of its two halves, patch rows 0-2 (a = 0) and 1-3
     (a = 1), windows = k*H/2*W/2.
 
-    For C > 1 the matrix is (windows, 16*C), copied in runs of 4*C values. For C = 1 it
-    is tap-major, (16, windows), so that the copy moves runs of W/2 values rather than
-    4, and its halves reach BLAS as transposed (Fortran-ordered) views, with no copy.
-    The pool takes the maximum over a of the two whole products, then over b of the two
-    column blocks of that.
+    The matrix is (windows, 16*C), or for C = 1 tap-major (16, windows), its halves read
+    by BLAS as transposed views (as ``primitives.im2col_rows``). The pool takes the
+    maximum over a of the two whole products, then over b of their two column blocks.
     """
 
     def __init__(self, shape: tuple[int, int, int, int], c_out: int, dtype: np.dtype) -> None:

@@ -15,13 +15,11 @@ end of the pipe closes, the parent's death included. Every wait for a reply has 
 timeout and can be interrupted. A child made by ``os.fork`` forgets the workers (it is
 not their parent); its models start workers of their own.
 
-Hand-built on purpose: ``multiprocessing.Pool`` and ``concurrent.futures`` pickle each
-part's arrays through a pipe and cannot pin one model's state (its network and work
-arrays) to one worker across steps, so the request loop is ours. The workers are started
-by ``subprocess`` rather than ``multiprocessing.Process`` because a ``Process`` joins
-multiprocessing's registry of children: a forked child would terminate its parent's
-workers at its exit, and a spawned one re-runs the parent's main script. A ``subprocess``
-worker runs only ``START`` (with ``-P``: nothing from the working directory).
+Hand-built, not ``multiprocessing.Pool``, which cannot pin one model's state to one
+worker across steps; started with ``subprocess``, not as ``multiprocessing.Process``, to
+stay out of multiprocessing's registry of children: docs/performance.md ("What stayed
+hand-built, and why"). A worker runs only ``START``, with ``-P`` (nothing from the
+working directory).
 """
 
 from __future__ import annotations
