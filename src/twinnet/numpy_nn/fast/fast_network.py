@@ -1,11 +1,10 @@
 """``FastNetwork``: the fused network, with each batch split over the cores.
 
 A batch of a model with convolutions is cut into one contiguous part per core: the first
-runs on the calling thread, the others in worker processes (``workers.py``), each with
-one BLAS thread, and the parts' gradients are added in part order, so the same seed,
-part count and machine give the same bits. Where workers cannot run or fail, the parts
-run on threads of this process instead, with the same results. Dense-only models leave
-the cores to BLAS's own threads, which measured faster for them (docs/performance.md).
+runs on the calling thread, the others in worker processes (``workers.py``), each on one
+BLAS thread, and the parts' gradients are added in part order (the same seed, part count
+and machine give the same bits). Where workers fail, the parts run on threads instead,
+with the same results. Dense-only models leave the cores to BLAS's own threads.
 """
 
 from __future__ import annotations

@@ -18,10 +18,9 @@ from twinnet.numpy_nn.fast.primitives import (
     column_sums,
     feature_sums,
     im2col_rows,
+    over_tiles,
     per_image_rows,
     relu,
-    tile_maxima,
-    tile_means,
     tile_row,
     tile_spread,
 )
@@ -100,7 +99,7 @@ class FastConv2D:
 
 class TiledAvgPool2D:
     """An AvgPool2D whose windows tile its input (stride = size, H and W multiples of
-    size), alone (derivations, section 8): forward ``tile_means``, backward ``tile_spread``,
+    size), alone (derivations, section 8): forward ``over_tiles`` of np.add, backward ``tile_spread``,
     in place of the reference's reduction over strided windows and ``scatter_windows``.
 
     Shapes: x (N, H, W, C) -> out (N, H/size, W/size, C).
@@ -120,7 +119,9 @@ class TiledAvgPool2D:
         return isinstance(layer, layers.AvgPool2D) and _tiles(layer, shape)
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
-        return tile_means(np.ascontiguousarray(x), self.size)
+        means = over_tiles(np.ascontiguousarray(x), self.size, np.add)
+        means *= 1 / self.size**2
+        return means
 
     def backward(self, d: np.ndarray) -> np.ndarray:
         return tile_spread(d, self.size)
@@ -129,9 +130,8 @@ class TiledAvgPool2D:
 class InferenceForm:
     """A reference layer that trains as it is and infers in a faster form of the same
     arithmetic, bit for bit: ``forward(x, train=True)`` and ``backward`` are the layer's
-    own (its caches, masks and gradients included); ``forward(x, train=False)`` is
-    ``infer(x)``. Evaluation runs inference over whole splits, most of a run's forward
-    passes."""
+    own (its caches, masks and gradients included); ``forward(x, train=False)`` is the
+    subclass's ``infer(x)``, x C-contiguous."""
 
     def __init__(self, layer: layers.Layer | BatchNorm) -> None:
         self.replaces = (layer,)
@@ -148,15 +148,11 @@ class InferenceForm:
     def backward(self, d: np.ndarray) -> np.ndarray:
         return self.layer.backward(d)
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
 
 class FastActivation(InferenceForm):
     """An elementwise activation: ReLU, tanh, sigmoid or leaky ReLU (derivations,
-    sections 3, 9-11). Inference runs in place when ``in_place`` (set by the fusion pass
-    where the input is an array this forward pass made), each in the reference's
-    arithmetic: no full-size array besides the input."""
+    sections 3, 9-11), inferred in place (into the input when the fusion pass set
+    ``in_place``: an array this forward pass made), in the reference's arithmetic."""
 
     in_place = False
 
@@ -184,23 +180,22 @@ class FastActivation(InferenceForm):
 
 class TiledMaxPool2D(InferenceForm):
     """A MaxPool2D whose windows tile its input (derivations, section 5); inference by
-    ``tile_maxima``. Shapes: x (N, H, W, C) -> (N, H/size, W/size, C)."""
+    ``over_tiles`` of np.maximum. Shapes: x (N, H, W, C) -> (N, H/size, W/size, C)."""
 
     @staticmethod
     def matches(layer: object, shape: tuple[int, ...]) -> bool:
         return isinstance(layer, layers.MaxPool2D) and _tiles(layer, shape)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        return tile_maxima(x, self.layer.size)
+        return over_tiles(x, self.layer.size, np.maximum)
 
 
 class FastBatchNorm:
     """BatchNorm, alone (derivations, section 13): the reference's formulas, with each
-    per-feature vector tiled into one image's row (``tile_row``) so that NumPy's inner
-    loops run a whole row rather than F values, and each sum over the M = N (*H*W)
-    values of a feature taken as ``feature_sums``. Inference is the reference's
-    arithmetic in the same order, bit for bit. Shapes as ``BatchNorm``'s.
-    """
+    per-feature vector tiled into one image's row (``tile_row``), so that NumPy's inner
+    loops run a whole row rather than F values, and sums over a feature's M = N (*H*W)
+    values as ``feature_sums``. Inference is the reference's arithmetic, bit for bit, in
+    place as ``FastActivation``'s. Shapes as ``BatchNorm``'s."""
 
     def __init__(self, bn: BatchNorm) -> None:
         self.replaces = (bn,)

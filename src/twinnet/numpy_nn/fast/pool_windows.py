@@ -7,11 +7,8 @@ values), the matrix's columns of patch rows 0-2 and of rows 1-3, each times
 ``pixel_rows.row_kernel(W, 2)`` (W at both column offsets b, zeros elsewhere), give a
 window's four conv outputs; the pool is their maximum, then the bias and the ReLU, as in
 the training form (max(z) + b = max(z + b)). Why it is faster: docs/performance.md,
-"Inference by pooling windows".
-
-The values are the reference layers': a zero term leaves a sum unchanged, and with the
-OpenBLAS kernels measured the outputs are the training form's bit for bit. (An infinite
-input, which the layers pass on as inf, gives NaN here: zero times infinity.)
+"Inference by pooling windows". The values are the reference layers' (a zero term
+leaves a sum unchanged; an infinite input gives NaN here: zero times infinity).
 """
 
 from __future__ import annotations

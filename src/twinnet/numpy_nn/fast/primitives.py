@@ -64,13 +64,9 @@ def column_sums(a: np.ndarray) -> np.ndarray:
 
 
 class Scratch:
-    """Named work arrays that a block reuses from call to call, each grown as needed.
-
-    A fresh array of a megabyte or more is fresh memory from the OS, whose page faults
-    and zeroing show in a cnn step (docs/performance.md, "Chunks and work arrays"); a
-    reused one is also still in cache.
-    An array from ``get`` is overwritten by the next ``get`` of the same name.
-    """
+    """Named work arrays that a block reuses from call to call, each grown as needed (a
+    fresh one is fresh memory from the OS: docs/performance.md, "Chunks and work arrays").
+    An array from ``get`` is overwritten by the next ``get`` of the same name."""
 
     def __init__(self) -> None:
         self._flat: dict[str, np.ndarray] = {}
@@ -157,28 +153,13 @@ def tap_major_windows(xpad: np.ndarray, k: int, stride: int) -> np.ndarray:
     return as_strided(xpad, shape=(k, k, n, h_out, w_out), strides=strides, writeable=False)
 
 
-def tile_means(x: np.ndarray, size: int) -> np.ndarray:
-    """Average pooling whose windows tile the image: x (N, H, W, C), H and W multiples of
-    ``size`` -> (N, H/size, W/size, C), each the mean of its size x size tile
-    (``over_tiles`` with np.add, times 1 / size**2)."""
-    out = over_tiles(x, size, np.add)
-    out *= 1 / size**2
-    return out
-
-
-def tile_maxima(x: np.ndarray, size: int) -> np.ndarray:
-    """Max pooling whose windows tile the image: x (N, H, W, C), H and W multiples of
-    ``size`` -> (N, H/size, W/size, C), the maximum of each size x size tile
-    (``over_tiles`` with np.maximum: a maximum is exact, so the order does not matter)."""
-    return over_tiles(x, size, np.maximum)
-
-
 def over_tiles(x: np.ndarray, size: int, combine: np.ufunc) -> np.ndarray:
-    """``combine`` (a binary ufunc) folded over each size x size tile of x (N, H, W, C)
-    -> (N, H/size, W/size, C), in two passes of slice operations: the ``size`` pixels of
-    a tile row are adjacent (size*C floats), then the ``size`` rows of a tile are adjacent
-    image rows. Each operation runs over long contiguous stretches, where a reduction over
-    the strided window axes pays per window."""
+    """``combine`` (a binary ufunc: np.add for a pool's sums, np.maximum for its maxima)
+    folded over each size x size tile of x (N, H, W, C), H and W multiples of size -> (N,
+    H/size, W/size, C), in two passes of slice operations: the ``size`` pixels of a tile
+    row are adjacent (size*C floats), then the ``size`` rows of a tile are adjacent image
+    rows. Each operation runs over long contiguous stretches, where a reduction over the
+    strided window axes pays per window."""
     n, h, w, c = x.shape
     across = x.reshape(n, h, w // size, size * c)
     rows = _fold(combine, [across[..., q * c:(q + 1) * c] for q in range(size)])  # (N, H, W/size, C)
@@ -216,7 +197,7 @@ def tile_row(v: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def tile_spread(d: np.ndarray, size: int) -> np.ndarray:
-    """The adjoint of ``tile_means``: d (N, H', W', C) -> (N, H'*size, W'*size, C), each
+    """The adjoint of a tiled average pool: d (N, H', W', C) -> (N, H'*size, W'*size, C), each
     pixel d / size**2 of its tile's gradient, by two ``np.repeat``s."""
     return np.repeat(np.repeat(d * (1 / size**2), size, axis=2), size, axis=1)
 

@@ -1,19 +1,14 @@
 """Worker processes that run parts of a batch, started with the standard library's subprocess.
 
-Why processes: two threads of one process hand the GIL back and forth between the many
-short NumPy calls of a part and lose time waiting for it; a process has a GIL of its own
-(docs/performance.md, "Threads and processes"). Each worker is a Python started by
-``subprocess`` that serves requests from its end of a ``multiprocessing.Pipe``: a
-request is a module-level function and its arguments, ``fn(state, *args)`` runs in the
-worker and its return value is the reply. A model's parameters, each worker's gradients
-and each worker's input images live in one ``shared_memory`` block (``SharedArrays``);
-pipes carry only the small things.
-
-Workers start on first use, are shared by every model of the process, run BLAS on one
-thread (threadpoolctl), ignore Ctrl-C (the parent handles it) and exit when the parent's
-end of the pipe closes, the parent's death included. Every wait for a reply has a
-timeout and can be interrupted. A child made by ``os.fork`` forgets the workers (it is
-not their parent); its models start workers of their own.
+Processes, not threads, because a process has a GIL of its own (docs/performance.md,
+"Threads and processes"). A worker serves requests from its end of a
+``multiprocessing.Pipe``: a module-level function and its arguments, ``fn(state,
+*args)``, whose return value is the reply. A model's parameters, each worker's gradients
+and input images live in one ``shared_memory`` block (``SharedArrays``); pipes carry
+only the small things. Workers start on first use, are shared by every model of the
+process, run BLAS on one thread, ignore Ctrl-C (the parent handles it) and exit when the
+parent's end of the pipe closes, its death included. Every wait for a reply has a
+timeout and can be interrupted. A child made by ``os.fork`` forgets the workers.
 
 Hand-built, not ``multiprocessing.Pool``, which cannot pin one model's state to one
 worker across steps; started with ``subprocess``, not as ``multiprocessing.Process``, to
