@@ -22,7 +22,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from twinnet import models
-from twinnet.models import MODEL_NAMES, NAMED_MODELS, init_params, param_shapes
+from twinnet.models import MODEL_NAMES, NAMED_MODELS, dropout_masks, init_params, param_shapes
 from twinnet.numpy_nn import NumpyModel
 from twinnet.numpy_nn.fast import budgets, fast_network, workers
 from twinnet.numpy_nn.fast.blocks import ConvBatchNormReLUPool, ConvReLUPool, DenseReLU
@@ -684,6 +684,30 @@ def test_inference_pieces_give_the_same_bits_whoever_computes_them(name: str, ru
     threaded = NumpyModel(name, init_params(name, 1), threads=2)
     np.testing.assert_array_equal(threaded.logits(x), alone)
     assert threaded.network._replicas is not None
+
+
+MIX = str(Path(__file__).parents[1] / "scripts" / "specs" / "mix.toml")  # every kind of layer
+
+
+@pytest.mark.parametrize("name", ["cnn-bn-dropout", MIX])
+def test_batch_norm_and_dropout_parts_use_the_whole_batchs_statistics_and_masks(name: str, runtime) -> None:
+    params = _float64(name, 3)
+    x, y = _batch(100, seed=5)
+    masks = dropout_masks(name, len(x), seed=4, step=0)
+    split_up = NumpyModel(name, params, dtype=np.float64, threads=2)
+    whole = NumpyModel(name, params, dtype=np.float64, threads=1)
+    for model in (split_up, whole):
+        model.set_dropout_masks(masks)
+    loss_2, grads_2 = split_up.loss_and_grads(x, y)
+    assert _on_workers(split_up)
+    loss_1, grads_1 = whole.loss_and_grads(x, y)
+    assert loss_2 == pytest.approx(loss_1, rel=1e-12)
+    for key, g in grads_1.items():
+        # (a conv's bias before a batch norm has a gradient of zero, up to rounding)
+        np.testing.assert_allclose(grads_2[key], g, rtol=1e-9, atol=1e-9 * np.abs(g).max() + 1e-12)
+    for key, p in whole.params.items():  # the moving statistics, updated from the whole batch
+        np.testing.assert_allclose(split_up.params[key], p, rtol=1e-12, atol=1e-12)
+    assert split_up.loss_and_grads(x, y)[0] == split_up.loss_and_grads(x, y)[0]  # the same bits again
 
 
 def test_workers_compute_what_one_part_computes_up_to_rounding(runtime) -> None:

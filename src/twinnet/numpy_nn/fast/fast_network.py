@@ -24,7 +24,9 @@ from threadpoolctl import ThreadpoolController, threadpool_info
 from twinnet import models
 from twinnet.numpy_nn.fast import budgets, workers
 from twinnet.numpy_nn.fast.fusion import fuse
+from twinnet.numpy_nn.fast.layer_blocks import FastBatchNorm
 from twinnet.numpy_nn.network import MAX_EVAL_CHUNK, Network, build_layers
+from twinnet.numpy_nn.normalization import Dropout
 from twinnet.util import chunk_slices, in_chunks
 
 log = logging.getLogger(__name__)
@@ -83,8 +85,13 @@ def _take_model(state: dict, key: int, spec: tuple, dtype: str, name: str, index
     state[key] = (fused_network(spec, shared.params), shared, index)
 
 
-def _part_step(state: dict, key: int, n: int, y: np.ndarray, total: int) -> tuple[float, int]:
+def _part_step(state: dict, key: int, n: int, y: np.ndarray, total: int,
+               masks: list[np.ndarray | None]) -> tuple[float, int]:
     network, shared, index = state[key]
+    for layer, mask in zip(_dropouts(network), masks, strict=True):
+        layer.mask = mask
+    for bn in _batch_norms(network):
+        bn.reduce = ParentSums(state["parent"], total)
     loss, correct, grads = network.loss_and_grads(shared.inputs[index][:n], y, total)
     for name, g in grads.items():
         shared.grads[index][name][...] = g
@@ -116,6 +123,48 @@ def _forget(owner: tuple[int, int], key: int, taken: list[workers.Worker]) -> No
             pass
 
 
+def _rows(mask: np.ndarray | None, part: slice) -> np.ndarray | None:
+    return None if mask is None else mask[part]
+
+
+def _batch_norms(network: Network) -> list[FastBatchNorm]:
+    return [step for layer in network.layers for step in getattr(layer, "steps", [layer])
+            if isinstance(step, FastBatchNorm)]
+
+
+def _dropouts(network: Network) -> list[Dropout]:
+    return [layer for layer in network.layers if isinstance(layer, Dropout)]
+
+
+class PartSums:
+    """A split step's sums over the whole batch of ``images`` images, for its batch norms
+    (``FastBatchNorm.reduce``): this process's part's sums plus each worker's, in part
+    order, handed back to every worker (``ParentSums`` at the other end)."""
+
+    def __init__(self, images: int, taken: list[workers.Worker]) -> None:
+        self.images, self.taken = images, taken
+
+    def __call__(self, sums: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        totals = [s.copy() for s in sums]
+        for worker in self.taken:
+            for total, part in zip(totals, worker.receive(), strict=True):
+                total += part
+        for worker in self.taken:
+            worker.send(totals)
+        return tuple(totals)
+
+
+class ParentSums:
+    """``PartSums`` as a worker sees it: its part's sums go to the parent, the totals come back."""
+
+    def __init__(self, parent: Any, images: int) -> None:
+        self.parent, self.images = parent, images
+
+    def __call__(self, sums: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        self.parent.send(sums)
+        return tuple(self.parent.recv())
+
+
 class FastNetwork:
     """The fast path of model ``model`` over ``params`` (canonical names -> arrays, held by
     reference): ``logits(x)`` and ``loss_and_grads(x, y)`` as ``Network`` has them, the
@@ -128,10 +177,11 @@ class FastNetwork:
         self.network = fused_network(self.spec, params)
         has_conv = any(isinstance(layer, models.Conv2DSpec) for layer in self.spec)
         self.parts = max(1, threads if threads is not None else blas_threads()) if has_conv else 1
-        # Batch norm's statistics and dropout's masks are of the whole batch: such a
-        # model's training step runs as one part (its inference still splits).
-        self.whole_batch = any(isinstance(layer, models.BatchNormSpec | models.DropoutSpec)
-                               for layer in self.spec)
+        # Batch norm's statistics and dropout's masks are of the whole batch: on workers the
+        # parts exchange their sums (PartSums) and take their rows of each mask; on threads
+        # such a model's step runs as one part.
+        self._norms, self._dropouts = _batch_norms(self.network), _dropouts(self.network)
+        self.whole_batch = bool(self._norms or self._dropouts)
         self._flops = 2 * models.multiply_adds_per_image(self.spec)  # forward, per image
         self._replicas: list[Network] | None = None  # one network per thread, when threads run the parts
         self.dtype = next(iter(params.values())).dtype
@@ -149,7 +199,7 @@ class FastNetwork:
         """Mean loss, number correct and gradients of the batch: its parts' (each divided by
         the whole batch's size) added in part order."""
         parts = self._split(len(x), 3 * self._flops * len(x))
-        if len(parts) == 1 or self.whole_batch:
+        if len(parts) == 1:
             return self.network.loss_and_grads(x, y)
         results = self._run(parts, x, y)
         loss, correct, grads = results[0]
@@ -193,6 +243,8 @@ class FastNetwork:
             return self._on_threads(parts, x, y)
 
     def _on_threads(self, parts: list[slice], x: np.ndarray, y: np.ndarray | None) -> list[Any]:
+        if y is not None and self.whole_batch:
+            return [self.network.loss_and_grads(x, y)]
         if self._replicas is None:
             self._replicas = [self.network, *(fused_network(self.spec, self.params)
                                               for _ in range(self.parts - 1))]
@@ -219,11 +271,22 @@ class FastNetwork:
         shared = self._shared
         for key, p in self.params.items():
             shared.params[key][...] = p
+        masks = [layer.mask for layer in self._dropouts]
         for index, (worker, part) in enumerate(zip(taken, parts[1:], strict=False)):
             n = part.stop - part.start
             shared.inputs[index][:n] = x[part]
-            worker.send(_part_step, self._key, n, y[part], len(x))
-        first = self.network.loss_and_grads(x[parts[0]], y[parts[0]], len(x))
+            worker.send(_part_step, self._key, n, y[part], len(x), [_rows(m, part) for m in masks])
+        try:
+            for layer, mask in zip(self._dropouts, masks, strict=True):
+                layer.mask = _rows(mask, parts[0])
+            for bn in self._norms:
+                bn.reduce = PartSums(len(x), taken[:len(parts) - 1])
+            first = self.network.loss_and_grads(x[parts[0]], y[parts[0]], len(x))
+        finally:  # the whole batch's again, for a step that reruns on threads
+            for layer, mask in zip(self._dropouts, masks, strict=True):
+                layer.mask = mask
+            for bn in self._norms:
+                bn.reduce = None
         replies = [worker.receive() for worker in taken[:len(parts) - 1]]
         return [first, *((*reply, grads) for reply, grads in zip(replies, shared.grads, strict=False))]
 

@@ -7,6 +7,8 @@ says whether it can replace a layer whose input has that shape.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from twinnet.numpy_nn import layers
@@ -208,6 +210,9 @@ class FastBatchNorm:
         return isinstance(layer, BatchNorm)
 
     in_place = False  # inference into the input array (set by the fusion pass)
+    # A split step's sums over every part of the batch (``fast_network.PartSums``); None:
+    # this part is the whole batch.
+    reduce = None
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         bn, x = self.bn, np.ascontiguousarray(x)
@@ -218,10 +223,10 @@ class FastBatchNorm:
             rows *= tile_row(bn.gamma, x)
             rows += tile_row(bn.beta, x)
             return rows.reshape(x.shape)
-        m = x.size // x.shape[-1]
-        mean = feature_sums(x) / m
+        m = self._values_per_feature(x.shape)
+        mean = self._total(feature_sums(x))[0] / m
         centered = per_image_rows(x) - tile_row(mean, x)
-        var = feature_sums(centered * centered, x.shape) / m
+        var = self._total(feature_sums(centered * centered, x.shape))[0] / m
         bn.update_moving_statistics(mean, var)
         inv_std = 1 / np.sqrt(var + bn.epsilon)
         xhat = np.multiply(centered, tile_row(inv_std, x), out=centered)
@@ -233,11 +238,20 @@ class FastBatchNorm:
     def backward(self, d: np.ndarray) -> np.ndarray:
         xhat, inv_std, shape = self.cache
         d = per_image_rows(np.ascontiguousarray(d))
-        m = d.size // shape[-1]
+        m = self._values_per_feature(shape)
         dgamma, dbeta = feature_sums(d * xhat, shape), feature_sums(d, shape)
-        self.grads = {f"{self.name}/gamma": dgamma, f"{self.name}/beta": dbeta}
+        self.grads = {f"{self.name}/gamma": dgamma, f"{self.name}/beta": dbeta}  # this part's
+        dgamma, dbeta = self._total(dgamma, dbeta)
         dx = d * m
         dx -= tile_row(dbeta, xhat)
         dx -= xhat * tile_row(dgamma, xhat)
         dx *= tile_row(self.bn.gamma * inv_std / m, xhat)
         return dx.reshape(shape)
+
+    def _values_per_feature(self, shape: tuple[int, ...]) -> int:
+        """M, the values of a feature in the whole batch: N (*H*W)."""
+        images = shape[0] if self.reduce is None else self.reduce.images
+        return images * math.prod(shape[1:-1])
+
+    def _total(self, *sums: np.ndarray) -> tuple[np.ndarray, ...]:
+        return sums if self.reduce is None else self.reduce(sums)

@@ -61,7 +61,7 @@ def serve(conn: connection.Connection) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1, user_api="blas")
-    state: dict[Any, Any] = {}
+    state: dict[Any, Any] = {"parent": conn}  # for a request that exchanges with the parent mid-way
     while True:
         try:
             fn, args = conn.recv()
@@ -95,8 +95,10 @@ class Worker:
         child.close()
 
     def send(self, fn: Callable, *args: Any) -> None:
+        """Ask for ``fn(state, *args)``; with no ``args`` and fn not callable, send fn itself
+        to a request that waits for it mid-way (``state["parent"].recv()``)."""
         try:
-            self.conn.send((fn, args))
+            self.conn.send((fn, args) if callable(fn) or args else fn)
         except OSError as exc:
             raise WorkerError(f"worker {self.process.pid} is gone ({exc})") from None
 
