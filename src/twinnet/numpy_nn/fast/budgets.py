@@ -27,9 +27,9 @@ BLOCK_ACTIVATION_BYTES = 8 << 20
 PRODUCT_WIDTH = 32
 # ... with a patch row at most this many kernels wide (the rest are multiply-adds by zero).
 MAX_PATCH_WIDTHS = 3
-# A batch part gets a core of its own only with at least this much matmul work (about a
-# millisecond's): a few images run faster on one thread than handed over.
-MIN_PART_FLOPS = 100e6
+# A batch part gets a core of its own only with at least this much matmul work (about
+# half a millisecond's): a few images run faster on one thread than handed over.
+MIN_PART_FLOPS = 50e6
 # Inference cuts a part's worth of work into this many pieces for the cores to take in turn.
 PIECES_PER_PART = 4
 # Images inference hands out at a time, and a worker's shared room for input images.
