@@ -168,8 +168,8 @@ def over_tiles(x: np.ndarray, size: int, combine: np.ufunc) -> np.ndarray:
 
 
 def _fold(combine: np.ufunc, parts: list[np.ndarray]) -> np.ndarray:
-    out = parts[0].copy()
-    for part in parts[1:]:
+    out = combine(parts[0], parts[1]) if len(parts) > 1 else parts[0].copy()  # a pool of size 1
+    for part in parts[2:]:
         combine(out, part, out=out)
     return out
 
