@@ -6,8 +6,6 @@ Tests may set them (``monkeypatch.setattr(budgets, ...)``): every use reads them
 at the time of the call.
 """
 
-from twinnet.numpy_nn.network import MAX_EVAL_CHUNK
-
 # Training: a conv block runs its batch in chunks whose largest work array (an im2col
 # matrix or a conv output) fits in this, written and read back in the core's own cache.
 CHUNK_BYTES = 2 << 20
@@ -32,5 +30,7 @@ MAX_PATCH_WIDTHS = 3
 MIN_PART_FLOPS = 50e6
 # Inference cuts a part's worth of work into this many pieces for the cores to take in turn.
 PIECES_PER_PART = 4
-# Images inference hands out at a time, and a worker's shared room for input images.
-INPUT_IMAGES = MAX_EVAL_CHUNK
+# Images inference hands out at a time (a whole MNIST split: the parameters are copied to
+# the workers, and the cores wait for the last piece, once a call), and the first
+# worker's shared room for them.
+INPUT_IMAGES = 10_000

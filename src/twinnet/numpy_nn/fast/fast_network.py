@@ -78,10 +78,9 @@ def inference_images(model: str | tuple, fused: list, itemsize: int) -> int:
 
 # -- what a worker runs (``fn(state, *args)``, see workers.serve) ----------------------
 
-def _take_model(state: dict, key: int, spec: tuple, dtype: str, name: str, index: int, count: int,
-                images: int) -> None:
-    shared = workers.SharedArrays(models.param_shapes(spec), np.dtype(dtype), count, images,
-                                  models.IMAGE_SHAPE, name=name)
+def _take_model(state: dict, key: int, spec: tuple, dtype: str, name: str, index: int,
+                rooms: list[int]) -> None:
+    shared = workers.SharedArrays(models.param_shapes(spec), np.dtype(dtype), rooms, models.IMAGE_SHAPE, name)
     state[key] = (fused_network(spec, shared.params), shared, index)
 
 
@@ -220,13 +219,13 @@ class FastNetwork:
         return in_chunks(chunk_logits, x, budgets.INPUT_IMAGES)
 
     def _inference_pieces(self, n: int) -> list[slice]:
-        """range(n) cut into at most PIECES_PER_PART pieces per core, each of at least
-        MIN_PART_FLOPS / PIECES_PER_PART of work: the pieces are fixed by n alone, so
-        whoever computes a piece gives the same bits, and a core that another program
-        slows takes fewer of them."""
+        """range(n) cut into PIECES_PER_PART pieces per core for each MAX_EVAL_CHUNK images
+        (fewer for fewer images), each of at least MIN_PART_FLOPS / PIECES_PER_PART of
+        work: the pieces are fixed by n alone, so whoever computes a piece gives the same
+        bits, and a core that another program slows takes fewer of them."""
         piece_flops = budgets.MIN_PART_FLOPS / budgets.PIECES_PER_PART
         pieces = budgets.PIECES_PER_PART * self.parts
-        least = max(math.ceil(piece_flops / self._flops), math.ceil(n / pieces))
+        least = max(math.ceil(piece_flops / self._flops), math.ceil(min(n, MAX_EVAL_CHUNK) / pieces))
         return chunk_slices(n, least)
 
     def _run(self, parts: list[slice], x: np.ndarray, y: np.ndarray | None) -> list[Any]:
@@ -294,7 +293,7 @@ class FastNetwork:
         """The logits of each piece of x: the workers take pieces from the front, each with
         its next piece already queued (it never waits for this process to hand one out),
         and this process from the back, until none is left."""
-        taken = self._share(self.parts - 1, len(x))
+        taken = self._share(self.parts - 1, 0, len(x))
         shared = self._shared
         for key, p in self.params.items():
             shared.params[key][...] = p
@@ -326,27 +325,29 @@ class FastNetwork:
                 results[index] = worker.receive()
         return results
 
-    def _share(self, count: int, images: int) -> list[workers.Worker]:
+    def _share(self, count: int, images: int, first: int = 0) -> list[workers.Worker]:
         """The workers for ``count`` parts, holding this model in shared memory with room
-        for ``images`` images each; registered anew in a new process (after os.fork), with
+        for ``images`` images each, and ``first`` in the first worker's room (which holds
+        what inference hands out); registered anew in a new process (after os.fork), with
         new workers, or for more images."""
         shared = self._shared
         if shared is not None and self._owner == (os.getpid(), workers.generation()):
-            if len(shared.inputs[0]) >= images:
+            if len(shared.inputs[-1]) >= images and len(shared.inputs[0]) >= first:
                 return workers.get_workers(count)
             _forget(self._owner, self._key, workers.get_workers(self.parts - 1))
         self._shared = None
         taken = workers.get_workers(self.parts - 1)
         self._key = next(_keys)
         try:
-            shared = workers.SharedArrays(models.param_shapes(self.spec), self.dtype, len(taken),
-                                          max(images, budgets.INPUT_IMAGES), models.IMAGE_SHAPE)
+            room = max(images, MAX_EVAL_CHUNK)
+            rooms = [max(room, first, budgets.INPUT_IMAGES), *[room] * (len(taken) - 1)]
+            shapes = models.param_shapes(self.spec)
+            shared = workers.SharedArrays(shapes, self.dtype, rooms, models.IMAGE_SHAPE)
         except OSError as exc:  # no room in /dev/shm, or none at all
             raise workers.WorkerError(f"no shared memory for the workers ({exc.strerror or exc})") from None
         try:
             for index, worker in enumerate(taken):
-                worker.send(_take_model, self._key, self.spec, self.dtype.str, shared.name, index,
-                            len(taken), len(shared.inputs[0]))
+                worker.send(_take_model, self._key, self.spec, self.dtype.str, shared.name, index, rooms)
             for worker in taken:
                 worker.receive(workers.START_SECONDS)
         finally:

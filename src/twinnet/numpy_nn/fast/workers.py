@@ -173,18 +173,18 @@ atexit.register(close_workers)  # the pipes close, the workers exit, and are wai
 
 
 class SharedArrays:
-    """One shared-memory block holding a model's parameters, and for each of ``count``
-    workers its gradients (same shapes) and room for ``images`` input images.
+    """One shared-memory block holding a model's parameters, and for each of the
+    workers its gradients (same shapes) and a room for ``rooms[k]`` input images.
 
     ``params[key]``, ``grads[k][key]`` and ``inputs[k]`` (images, *image_shape) are
     C-contiguous views of ``dtype`` into the block named ``name``.
     """
 
-    def __init__(self, shapes: dict[str, tuple[int, ...]], dtype: np.dtype, count: int,
-                 images: int, image_shape: tuple[int, ...], name: str | None = None) -> None:
+    def __init__(self, shapes: dict[str, tuple[int, ...]], dtype: np.dtype, rooms: list[int],
+                 image_shape: tuple[int, ...], name: str | None = None) -> None:
         sizes = {key: math.prod(s) for key, s in shapes.items()}
-        per_set, per_input = sum(sizes.values()), images * math.prod(image_shape)
-        total = (per_set * (1 + count) + per_input * count) * dtype.itemsize
+        count, per_image, per_set = len(rooms), math.prod(image_shape), sum(sizes.values())
+        total = (per_set * (1 + count) + sum(rooms) * per_image) * dtype.itemsize
         self.shm = shared_memory.SharedMemory(name=name, create=name is None, size=max(total, 1))
         if name is None:
             self._reserve(max(total, 1))
@@ -201,9 +201,8 @@ class SharedArrays:
 
         self.params = views(0)
         self.grads = [views(per_set * (1 + k)) for k in range(count)]
-        start = per_set * (1 + count)
-        self.inputs = [flat[start + per_input * k:start + per_input * (k + 1)].reshape(images, *image_shape)
-                       for k in range(count)]
+        starts = per_set * (1 + count) + per_image * np.cumsum([0, *rooms])
+        self.inputs = [flat[a:b].reshape(-1, *image_shape) for a, b in zip(starts, starts[1:], strict=False)]
         self.name = self.shm.name
 
     def _reserve(self, size: int) -> None:
