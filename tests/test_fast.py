@@ -1,7 +1,7 @@
 """Tests of the NumPy twin's engine (numpy_nn/fast): each fused block equals the reference
 layers it replaces, the fusion pass replaces exactly the runs it matches, the fast path
 computes what the reference path computes, and the worker runtime (workers.py, fast_network.py)
-gives the same results as threads and survives dead, stopped and forked workers,
+gives the same results as the parts run in this process and survives dead, stopped and forked workers,
 Ctrl-C, kill -9 and hostile working directories."""
 
 from __future__ import annotations
@@ -504,7 +504,7 @@ def test_a_model_with_unfused_layers_runs_on_the_fast_path(monkeypatch: pytest.M
     fast = NumpyModel(str(path), params, dtype=np.float64, threads=2)
     assert [type(layer).__name__ for layer in fast.network.network.layers] == ODD_KINDS
     _assert_same_loss_and_grads(reference, fast, x, y)
-    assert fast.network._shared is not None or fast.network._replicas is not None  # it was split
+    assert fast.network._shared is not None  # it was split
 
 
 # -- the fast path computes what the reference path computes --------------------------------
@@ -535,7 +535,7 @@ def test_fast_and_reference_paths_agree_in_float64(name: str, monkeypatch: pytes
     fast = NumpyModel(name, params, dtype=np.float64, threads=2)
     _assert_same_loss_and_grads(reference, fast, x, y)
     if name == "cnn":  # split in two (the dense-only models leave the cores to BLAS: one part)
-        assert fast.network._shared is not None or fast.network._replicas is not None
+        assert fast.network._shared is not None
     # and after training, from the same state
     for model in (reference, fast):
         for _ in range(2):
@@ -631,9 +631,9 @@ def _assert_same_run(a: tuple, b: tuple) -> None:
 
 
 def _on_workers(model: NumpyModel) -> bool:
-    """Whether the model's last split ran on worker processes (rather than threads)."""
+    """Whether the model's last split ran on worker processes (rather than in this process)."""
     network = model.network
-    return (network._shared is not None and network._replicas is None
+    return (network._shared is not None and fast_network._use_processes
             and network._owner == (os.getpid(), workers.generation()))
 
 
@@ -650,14 +650,14 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def test_workers_compute_what_threads_compute(runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_compute_what_this_process_computes(runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     with_workers = _cnn()
     run_workers = _train_three_steps(with_workers)
     assert _on_workers(with_workers) and workers._workers
     monkeypatch.setattr(fast_network, "_use_processes", False)
-    with_threads = _cnn()
-    _assert_same_run(run_workers, _train_three_steps(with_threads))  # bit for bit
-    assert with_threads.network._shared is None and with_threads.network._replicas is not None
+    here = _cnn()
+    _assert_same_run(run_workers, _train_three_steps(here))  # bit for bit
+    assert here.network._shared is None
 
 
 @pytest.mark.parametrize("name", ["cnn", "lenet5"])
@@ -681,9 +681,9 @@ def test_inference_pieces_give_the_same_bits_whoever_computes_them(name: str, ru
         timer.join()
         os.kill(stopped, signal.SIGCONT)
     monkeypatch.setattr(fast_network, "_use_processes", False)
-    threaded = NumpyModel(name, init_params(name, 1), threads=2)
-    np.testing.assert_array_equal(threaded.logits(x), alone)
-    assert threaded.network._replicas is not None
+    here = NumpyModel(name, init_params(name, 1), threads=2)
+    np.testing.assert_array_equal(here.logits(x), alone)
+    assert here.network._shared is None
 
 
 MIX = str(Path(__file__).parents[1] / "scripts" / "specs" / "mix.toml")  # every kind of layer
@@ -724,7 +724,7 @@ def test_workers_compute_what_one_part_computes_up_to_rounding(runtime) -> None:
     np.testing.assert_allclose(split_up.logits(x), whole.logits(x), rtol=1e-12, atol=1e-12)
 
 
-def test_a_worker_that_dies_hands_its_part_to_a_thread(runtime, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_worker_that_dies_hands_its_part_to_this_process(runtime, caplog: pytest.LogCaptureFixture) -> None:
     model, reference = _cnn(), _cnn()
     x, y = _batch(100, seed=5)
     for m in (model, reference):
@@ -736,8 +736,8 @@ def test_a_worker_that_dies_hands_its_part_to_a_thread(runtime, caplog: pytest.L
     with caplog.at_level(logging.WARNING):
         _assert_same_run(_train_three_steps(model), _train_three_steps(reference))
     messages = _warnings(caplog)
-    assert len(messages) == 1 and "run on threads" in messages[0] and f"worker {dead.pid}" in messages[0]
-    assert model.network._replicas is not None and not workers._workers
+    assert len(messages) == 1 and "run in this process" in messages[0] and f"worker {dead.pid}" in messages[0]
+    assert not fast_network._use_processes and not workers._workers
 
 
 def test_a_stopped_worker_ends_the_step_and_is_killed(runtime, monkeypatch: pytest.MonkeyPatch,
@@ -814,7 +814,7 @@ def test_a_worker_reports_its_errors_and_leaves_no_shared_files(runtime) -> None
     assert worker.process.poll() is not None and not workers._workers
 
 
-def test_without_room_for_shared_memory_the_parts_run_on_threads(
+def test_without_room_for_shared_memory_the_parts_run_in_this_process(
         runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(fast_network, "_use_processes", False)
     reference = _train_three_steps(_cnn())
@@ -828,14 +828,14 @@ def test_without_room_for_shared_memory_the_parts_run_on_threads(
     with caplog.at_level(logging.WARNING):
         _assert_same_run(_train_three_steps(model), reference)
     messages = _warnings(caplog)
-    assert len(messages) == 1 and "run on threads" in messages[0]
-    assert model.network._replicas is not None
+    assert len(messages) == 1 and "run in this process" in messages[0]
+    assert not fast_network._use_processes
 
 
 def test_a_full_dev_shm_is_an_error_at_once_not_a_crash_later(
         runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """SharedMemory only sizes its file; the block is reserved at once (posix_fallocate),
-    so a full /dev/shm is an OSError before any write (the parts run on threads) rather
+    so a full /dev/shm is an OSError before any write (the parts run in this process) rather
     than a SIGBUS at the first write, and the file is removed."""
     def full(fd: int, offset: int, length: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -845,7 +845,7 @@ def test_a_full_dev_shm_is_an_error_at_once_not_a_crash_later(
     model = _cnn()
     with caplog.at_level(logging.WARNING):
         _train_three_steps(model)
-    assert len(_warnings(caplog)) == 1 and model.network._replicas is not None
+    assert len(_warnings(caplog)) == 1 and not fast_network._use_processes
     assert set(os.listdir("/dev/shm")) <= before
 
 
@@ -856,7 +856,7 @@ import json, os, sys
 import numpy as np
 from twinnet.models import init_params
 from twinnet.numpy_nn import NumpyModel
-from twinnet.numpy_nn.fast import workers
+from twinnet.numpy_nn.fast import fast_network, workers
 
 rng = np.random.default_rng(0)
 x, y = rng.random((64, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 64)
@@ -930,15 +930,14 @@ def test_forked_children_do_not_train_on_the_parents_weights(tmp_path: Path) -> 
     assert len({tuple(run) for run in losses}) == 3  # three fine-tunings, not one raced on
 
 
-def test_a_forked_child_of_a_parent_on_threads_trains(tmp_path: Path) -> None:
-    # The parent's thread pool has no threads in a child: the child must make its own.
+def test_a_forked_child_of_a_parent_without_workers_trains(tmp_path: Path) -> None:
     script = _script(tmp_path, """
         import multiprocessing
         from twinnet.numpy_nn.fast import fast_network
         fast_network._use_processes = False  # as after a worker failed
         model = NumpyModel("cnn", init_params("cnn", 1), threads=2)
         model.train_step(x, y, 0.1)
-        assert model.network._replicas is not None  # the parts ran on threads
+        assert model.network._shared is None  # the parts ran in this process
 
         def step(_):
             return model.train_step(x, y, 0.1)
@@ -1127,7 +1126,7 @@ def test_a_random_py_in_the_working_directory_stays_out_of_the_workers(tmp_path:
         logging.basicConfig(level=logging.WARNING)
         model = NumpyModel("cnn", init_params("cnn", 1), threads=2)
         model.train_step(x, y, 0.1)
-        assert model.network._shared is not None and model.network._replicas is None
+        assert model.network._shared is not None and fast_network._use_processes
         print("ok")
     """)
     out, _ = _finish(_python(script, cwd=work))
@@ -1144,7 +1143,7 @@ def test_an_unguarded_script_runs_its_top_level_once(tmp_path: Path) -> None:
             runs.write(f"{{os.getpid()}}\\n")
         model = NumpyModel("cnn", init_params("cnn", 1), threads=2)
         model.train_step(x, y, 0.1)
-        assert model.network._shared is not None and model.network._replicas is None
+        assert model.network._shared is not None and fast_network._use_processes
         print("ok")
     """)
     out, _ = _finish(_python(script))
@@ -1153,7 +1152,7 @@ def test_an_unguarded_script_runs_its_top_level_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", NAMED_MODELS)
-def test_every_model_with_a_conv_splits_over_the_threads(name: str) -> None:
+def test_every_model_with_a_conv_splits_over_the_cores(name: str) -> None:
     # Whichever block its convs became: LeNet-5's FastConv2D once kept it on one core.
     has_conv = any(isinstance(layer, models.Conv2DSpec) for layer in models.get_spec(name))
     network = fast_network.FastNetwork(name, init_params(name, 0), threads=2)

@@ -3,8 +3,9 @@
 A batch of a model with convolutions is cut into one contiguous part per core: the first
 runs on the calling thread, the others in worker processes (``workers.py``), each on one
 BLAS thread, and the parts' gradients are added in part order (the same seed, part count
-and machine give the same bits). Where workers fail, the parts run on threads instead,
-with the same results. Dense-only models leave the cores to BLAS's own threads.
+and machine give the same bits). Where workers cannot run or fail, the parts run one
+after another in this process, with the same results. Dense-only models leave the cores
+to BLAS's own threads.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import logging
 import math
 import os
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from itertools import count
 from typing import Any
@@ -31,7 +31,7 @@ from twinnet.util import chunk_slices, in_chunks
 
 log = logging.getLogger(__name__)
 _keys = count()
-_use_processes = True  # False after a worker failed: threads from then on, in this process
+_use_processes = True  # False after a worker failed: every part in this process from then on
 
 
 def blas_threads() -> int:
@@ -43,15 +43,6 @@ def blas_threads() -> int:
 @cache
 def _blas() -> ThreadpoolController:
     return ThreadpoolController()
-
-
-@cache
-def _thread_pool(threads: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(threads, thread_name_prefix="twinnet-numpy")
-
-
-# A forked child has none of the pool's threads: work it queued would wait forever.
-os.register_at_fork(after_in_child=_thread_pool.cache_clear)
 
 
 def fused_network(model: str | tuple, params: dict[str, np.ndarray]) -> Network:
@@ -177,12 +168,11 @@ class FastNetwork:
         has_conv = any(isinstance(layer, models.Conv2DSpec) for layer in self.spec)
         self.parts = max(1, threads if threads is not None else blas_threads()) if has_conv else 1
         # Batch norm's statistics and dropout's masks are of the whole batch: on workers the
-        # parts exchange their sums (PartSums) and take their rows of each mask; on threads
-        # such a model's step runs as one part.
+        # parts exchange their sums (PartSums) and take their rows of each mask; in this
+        # process alone such a model's step runs as one part.
         self._norms, self._dropouts = _batch_norms(self.network), _dropouts(self.network)
         self.whole_batch = bool(self._norms or self._dropouts)
         self._flops = 2 * models.multiply_adds_per_image(self.spec)  # forward, per image
-        self._replicas: list[Network] | None = None  # one network per thread, when threads run the parts
         self.dtype = next(iter(params.values())).dtype
         self._shared: workers.SharedArrays | None = None
         self._owner = (0, 0)  # (pid, worker generation) that _shared was registered with
@@ -231,7 +221,7 @@ class FastNetwork:
     def _run(self, parts: list[slice], x: np.ndarray, y: np.ndarray | None) -> list[Any]:
         """Each part's ``loss_and_grads`` (y given, each divided by len(x)) or ``logits``."""
         with _blas().limit(limits=1, user_api="blas"):
-            if _use_processes and self._replicas is None:
+            if _use_processes:
                 try:
                     return self._on_workers(parts, x, y)
                 except workers.WorkerError as exc:
@@ -239,29 +229,16 @@ class FastNetwork:
                 except BaseException:  # Ctrl-C: the replies in flight would answer the next request
                     workers.close_workers()
                     raise
-            return self._on_threads(parts, x, y)
+            return self._in_this_process(parts, x, y)
 
-    def _on_threads(self, parts: list[slice], x: np.ndarray, y: np.ndarray | None) -> list[Any]:
-        if y is not None and self.whole_batch:
-            return [self.network.loss_and_grads(x, y)]
-        if self._replicas is None:
-            self._replicas = [self.network, *(fused_network(self.spec, self.params)
-                                              for _ in range(self.parts - 1))]
-
-        def run(network: Network, part: Any) -> Any:
-            if y is None:  # a run of pieces, each on its own as the workers take them
-                return [network.logits(x[piece]) for piece in part]
-            return network.loss_and_grads(x[part], y[part], len(x))
-
-        if y is None:  # inference pieces: a contiguous run of them to each thread, in order
-            bounds = np.linspace(0, len(parts), self.parts + 1).astype(int)
-            parts = [parts[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        futures = [_thread_pool(self.parts - 1).submit(run, net, part)
-                   for net, part in zip(self._replicas[1:], parts[1:], strict=False)]
-        first = run(self._replicas[0], parts[0])
+    def _in_this_process(self, parts: list[slice], x: np.ndarray, y: np.ndarray | None) -> list[Any]:
+        """The parts one after another, each as a worker computes it (one step of a batch
+        norm or dropout model as one part)."""
         if y is None:
-            return [*first, *(logits for f in futures for logits in f.result())]
-        return [first, *(f.result() for f in futures)]
+            return [self.network.logits(x[piece]) for piece in parts]
+        if self.whole_batch:
+            return [self.network.loss_and_grads(x, y)]
+        return [self.network.loss_and_grads(x[part], y[part], len(x)) for part in parts]
 
     def _on_workers(self, parts: list[slice], x: np.ndarray, y: np.ndarray | None) -> list[Any]:
         if y is None:
@@ -281,7 +258,7 @@ class FastNetwork:
             for bn in self._norms:
                 bn.reduce = PartSums(len(x), taken[:len(parts) - 1])
             first = self.network.loss_and_grads(x[parts[0]], y[parts[0]], len(x))
-        finally:  # the whole batch's again, for a step that reruns on threads
+        finally:  # the whole batch's again, for a step that reruns in this process
             for layer, mask in zip(self._dropouts, masks, strict=True):
                 layer.mask = mask
             for bn in self._norms:
@@ -358,6 +335,6 @@ class FastNetwork:
 
     def _give_up_workers(self, exc: Exception) -> None:
         global _use_processes
-        log.warning("NumPy twin: %s; the parts of each batch run on threads from now on", exc)
+        log.warning("NumPy twin: %s; the parts of each batch run in this process from now on", exc)
         _use_processes = False
         workers.close_workers()
