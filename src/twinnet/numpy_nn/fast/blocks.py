@@ -75,7 +75,6 @@ class ConvReLUPool:
 
     @staticmethod
     def matches(*run: object) -> bool:
-        """Whether a run of layers is one this block can replace."""
         if len(run) < 3:
             return False
         conv, relu, pool = run[:3]
@@ -167,7 +166,6 @@ class DenseReLU:
 
     @staticmethod
     def matches(*run: object) -> bool:
-        """Whether a run of layers is one this block can replace."""
         return len(run) >= 2 and isinstance(run[0], layers.Dense) and isinstance(run[1], layers.ReLU)
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
@@ -219,7 +217,6 @@ class ConvBatchNormReLUPool:
 
     @staticmethod
     def matches(*run: object) -> bool:
-        """Whether a run of layers is one this block can replace."""
         return (len(run) >= 4 and isinstance(run[1], BatchNorm)
                 and ConvReLUPool.matches(run[0], *run[2:4]))
 

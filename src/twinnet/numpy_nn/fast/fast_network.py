@@ -78,10 +78,7 @@ def _take_model(state: dict, key: int, spec: tuple, dtype: str, name: str, index
 def _part_step(state: dict, key: int, n: int, y: np.ndarray, total: int,
                masks: list[np.ndarray | None]) -> tuple[float, int]:
     network, shared, index = state[key]
-    for layer, mask in zip(_dropouts(network), masks, strict=True):
-        layer.mask = mask
-    for bn in _batch_norms(network):
-        bn.reduce = ParentSums(state["parent"], total)
+    _set_part(network, masks, ParentSums(state["parent"], total))
     loss, correct, grads = network.loss_and_grads(shared.inputs[index][:n], y, total)
     for name, g in grads.items():
         shared.grads[index][name][...] = g
@@ -113,8 +110,13 @@ def _forget(owner: tuple[int, int], key: int, taken: list[workers.Worker]) -> No
             pass
 
 
-def _rows(mask: np.ndarray | None, part: slice) -> np.ndarray | None:
-    return None if mask is None else mask[part]
+def _set_part(network: Network, masks: list[np.ndarray | None], sums: Any) -> None:
+    """A part's rows of the batch's dropout masks, and its batch norms' sums over every
+    part (``PartSums``, ``ParentSums``; None for a whole batch)."""
+    for layer, mask in zip(_dropouts(network), masks, strict=True):
+        layer.mask = mask
+    for bn in _batch_norms(network):
+        bn.reduce = sums
 
 
 def _batch_norms(network: Network) -> list[FastBatchNorm]:
@@ -127,9 +129,8 @@ def _dropouts(network: Network) -> list[Dropout]:
 
 
 class PartSums:
-    """A split step's sums over the whole batch of ``images`` images, for its batch norms
-    (``FastBatchNorm.reduce``): this process's part's sums plus each worker's, in part
-    order, handed back to every worker (``ParentSums`` at the other end)."""
+    """The sums of a batch norm over a split batch of ``images`` images: this process's
+    part's plus each worker's, in part order, handed back to every worker."""
 
     def __init__(self, images: int, taken: list[workers.Worker]) -> None:
         self.images, self.taken = images, taken
@@ -168,10 +169,9 @@ class FastNetwork:
         has_conv = any(isinstance(layer, models.Conv2DSpec) for layer in self.spec)
         self.parts = max(1, threads if threads is not None else blas_threads()) if has_conv else 1
         # Batch norm's statistics and dropout's masks are of the whole batch: on workers the
-        # parts exchange their sums (PartSums) and take their rows of each mask; in this
+        # parts exchange their sums and take their rows of each mask (_set_part); in this
         # process alone such a model's step runs as one part.
-        self._norms, self._dropouts = _batch_norms(self.network), _dropouts(self.network)
-        self.whole_batch = bool(self._norms or self._dropouts)
+        self.whole_batch = bool(_batch_norms(self.network) or _dropouts(self.network))
         self._flops = 2 * models.multiply_adds_per_image(self.spec)  # forward, per image
         self.dtype = next(iter(params.values())).dtype
         self._shared: workers.SharedArrays | None = None
@@ -247,22 +247,17 @@ class FastNetwork:
         shared = self._shared
         for key, p in self.params.items():
             shared.params[key][...] = p
-        masks = [layer.mask for layer in self._dropouts]
+        masks = [layer.mask for layer in _dropouts(self.network)]
+        rows = [[None if mask is None else mask[part] for mask in masks] for part in parts]
         for index, (worker, part) in enumerate(zip(taken, parts[1:], strict=False)):
             n = part.stop - part.start
             shared.inputs[index][:n] = x[part]
-            worker.send(_part_step, self._key, n, y[part], len(x), [_rows(m, part) for m in masks])
+            worker.send(_part_step, self._key, n, y[part], len(x), rows[index + 1])
         try:
-            for layer, mask in zip(self._dropouts, masks, strict=True):
-                layer.mask = _rows(mask, parts[0])
-            for bn in self._norms:
-                bn.reduce = PartSums(len(x), taken[:len(parts) - 1])
+            _set_part(self.network, rows[0], PartSums(len(x), taken[:len(parts) - 1]))
             first = self.network.loss_and_grads(x[parts[0]], y[parts[0]], len(x))
         finally:  # the whole batch's again, for a step that reruns in this process
-            for layer, mask in zip(self._dropouts, masks, strict=True):
-                layer.mask = mask
-            for bn in self._norms:
-                bn.reduce = None
+            _set_part(self.network, masks, None)
         replies = [worker.receive() for worker in taken[:len(parts) - 1]]
         return [first, *((*reply, grads) for reply, grads in zip(replies, shared.grads, strict=False))]
 

@@ -57,7 +57,6 @@ class FastConv2D:
 
     @staticmethod
     def matches(layer: object, shape: tuple[int, ...]) -> bool:
-        """Whether this block can replace ``layer``, whose input has ``shape``: any conv."""
         return isinstance(layer, layers.Conv2D)
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
@@ -100,12 +99,8 @@ class FastConv2D:
 
 
 class TiledAvgPool2D:
-    """An AvgPool2D whose windows tile its input (stride = size, H and W multiples of
-    size), alone (derivations, section 8): forward ``over_tiles`` of np.add, backward ``tile_spread``,
-    in place of the reference's reduction over strided windows and ``scatter_windows``.
-
-    Shapes: x (N, H, W, C) -> out (N, H/size, W/size, C).
-    """
+    """An AvgPool2D whose windows tile its input (derivations, section 8), x (N, H, W, C) ->
+    (N, H/size, W/size, C): forward ``over_tiles`` of np.add, backward ``tile_spread``."""
 
     params: dict[str, np.ndarray] = {}
     grads: dict[str, np.ndarray] = {}
@@ -116,8 +111,6 @@ class TiledAvgPool2D:
 
     @staticmethod
     def matches(layer: object, shape: tuple[int, ...]) -> bool:
-        """Whether this block can replace ``layer``, whose input has ``shape`` (H, W, C): an
-        average pool whose windows tile it."""
         return isinstance(layer, layers.AvgPool2D) and _tiles(layer, shape)
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
@@ -136,9 +129,7 @@ class InferenceForm:
     subclass's ``infer(x)``, x C-contiguous."""
 
     def __init__(self, layer: layers.Layer | BatchNorm) -> None:
-        self.replaces = (layer,)
-        self.layer = layer
-        self.params = layer.params
+        self.replaces, self.layer, self.params = (layer,), layer, layer.params
 
     @property
     def grads(self) -> dict[str, np.ndarray]:

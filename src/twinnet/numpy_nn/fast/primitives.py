@@ -1,11 +1,7 @@
-"""Measured fast primitives for the fused blocks of ``blocks.py``.
-
-Each function computes something a reference layer (``numpy_nn/layers.py``) also computes, in
-a form that runs faster with NumPy on our CPUs; the first line of each docstring says
-what, the second why. The measurements behind them are in docs/performance.md
-("Kernels"). Nothing here is needed to understand the maths: read ``layers.py`` and
-docs/derivations.md for that.
-"""
+"""Measured fast primitives for the engine's blocks: each computes something a reference
+layer (``numpy_nn/layers.py``) also computes, in a form that runs faster with NumPy; its
+docstring says what and, in a line, why. The measurements: docs/performance.md
+("Kernels")."""
 
 from __future__ import annotations
 
@@ -19,33 +15,24 @@ from twinnet.numpy_nn.layers import output_size
 
 
 def per_image_rows(x: np.ndarray) -> np.ndarray:
-    """A C-contiguous x (N, ...) as a 2-D view with one image per row.
-
-    The helpers below make NumPy's inner loop one image long; the contiguity check keeps
-    an in-place update from landing in a reshaped copy.
-    """
+    """A C-contiguous x (N, ...) as a 2-D view with one image per row (NumPy's inner loop
+    then runs an image long; a copy would lose an in-place update, so none is made)."""
     if not x.flags.c_contiguous:
         raise ValueError(f"expected a C-contiguous array, got strides {x.strides}")
     return x.reshape(len(x), math.prod(x.shape[1:]))
 
 
 def add_bias(z: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``z += b`` in place for z (N, ..., C) C-contiguous and b (C,); returns z.
-
-    The bias is tiled into one image's row first: broadcasting b (C,) directly makes one
-    inner loop of C = 16 elements per pixel, several times slower.
-    """
+    """``z += b`` in place for z (N, ..., C) C-contiguous and b (C,); returns z. b is tiled
+    into one image's row: broadcast, it makes an inner loop of C values per pixel."""
     rows = per_image_rows(z)
     rows += np.tile(b, rows.shape[1] // len(b))
     return z
 
 
 def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``np.maximum(x, 0)`` of a C-contiguous x (N, ...) into ``out`` (may be x) or a new array.
-
-    The zeros are one image's row broadcast over N: np.maximum against the scalar 0
-    misses the vectorised loop that the maximum of two arrays takes.
-    """
+    """``np.maximum(x, 0)`` of a C-contiguous x (N, ...) into ``out`` (may be x) or a new
+    array, against one image's row of zeros: the scalar 0 misses the vectorised loop."""
     rows = per_image_rows(x)
     zeros = np.zeros(rows.shape[1], dtype=x.dtype)
     if out is None:
@@ -55,11 +42,7 @@ def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 
 def column_sums(a: np.ndarray) -> np.ndarray:
-    """``a.sum(axis=0)`` of a 2-D array, as the matrix-vector product ``ones @ a``.
-
-    For tall, narrow gradients (78,400 x 16 for conv1) BLAS does it several times faster
-    than NumPy's reduction over axis 0.
-    """
+    """``a.sum(axis=0)`` of a 2-D array as ``ones @ a``: BLAS, faster for a tall, narrow a."""
     return np.ones(a.shape[0], dtype=a.dtype) @ a
 
 
@@ -81,12 +64,9 @@ class Scratch:
 
 
 class PaddedBuffer:
-    """A zero-bordered (N, H+2, W+2, C) array reused across calls, grown as needed.
-
-    The one-pixel border is zeroed once and never written again, so each call copies only
-    the interior: cheaper than ``np.pad``, which allocates and zeroes every time. Images
-    are padded one by one, so the first n images of a larger buffer serve a batch of n.
-    """
+    """A zero-bordered (N, H+2, W+2, C) array reused across calls, grown as needed: the
+    border is zeroed once, each call copies only the interior (``np.pad`` allocates and
+    zeroes every time), and the first n images of a larger buffer serve a batch of n."""
 
     def __init__(self) -> None:
         self.array: np.ndarray | None = None
@@ -109,21 +89,17 @@ class PaddedBuffer:
 
 def im2col_rows(xpad: np.ndarray, kernel: int, stride: int = 1, pool_order: bool = False,
                 scratch: Scratch | None = None) -> np.ndarray:
-    """The im2col matrix of any ``layers.Conv2D``, built with long contiguous copies.
-
-    xpad (N, Hp, Wp, C) C-contiguous, already padded -> cols (N*H_out*W_out, k*k*C),
-    columns in (p, q, c) order, as the reference's ``windows(...).reshape``. In NHWC the k
-    taps of one kernel row are k*C adjacent floats, so the copy moves runs of k*C floats
-    instead of C: NumPy's strided copy pays per run. For C = 1 the matrix is built
-    tap-major, (k*k, rows), and returned as its transpose (a Fortran-ordered view that
-    BLAS reads without a copy): a row-major copy would move runs one float long.
+    """The im2col matrix of any ``layers.Conv2D``, copied in runs of a kernel row's k*C
+    adjacent floats (NumPy's strided copy pays per run): xpad (N, Hp, Wp, C)
+    C-contiguous, already padded -> cols (N*H_out*W_out, k*k*C), columns in (p, q, c)
+    order, as the reference's ``windows(...).reshape``. For C = 1 it is built tap-major
+    and returned as its transpose, a Fortran-ordered view that BLAS reads as it is.
 
     ``pool_order=True`` (H_out and W_out even) orders the rows by position in the 2x2
     pooling window first: row ``((a*2 + b)*N + n)*(H/2)*(W/2) + i'*(W/2) + j'`` is output
-    pixel (n, 2i' + a, 2j' + b). A matmul then yields four contiguous (N*H/2*W/2, C_out)
-    blocks, one per window position, and the max-pool needs no strided access.
-
-    With ``scratch`` the matrix is its "cols" array, overwritten by the next call.
+    pixel (n, 2i' + a, 2j' + b), so a matmul yields four contiguous (N*H/2*W/2, C_out)
+    blocks, one per window position. With ``scratch`` the matrix is its "cols" array,
+    overwritten by the next call.
     """
     n, c, k = len(xpad), xpad.shape[3], kernel
     h, w = (output_size(size, k, stride) for size in xpad.shape[1:3])
@@ -176,13 +152,9 @@ def _fold(combine: np.ufunc, parts: list[np.ndarray]) -> np.ndarray:
 
 def feature_sums(a: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """The sum of each feature (the last axis of ``shape``, default a's own) over all its
-    other axes, (F,) in a's dtype: ``normalization.feature_sum`` in a faster form. a holds
-    N images, C-contiguous, in any shape with N first.
-
-    The N images are summed by BLAS (``ones @ rows``: one long row per image), and the
-    pixels of that sum in float64, as the reference accumulates: the float32 part adds
-    only N values per position.
-    """
+    other axes, (F,) in a's dtype, a holding N images C-contiguous: ``normalization.
+    feature_sum`` with the N images summed by BLAS (``ones @ rows``), then the pixels of
+    that sum in float64, as the reference accumulates."""
     shape = a.shape if shape is None else shape
     rows = a.reshape(shape[0], -1)
     per_image = np.ones(shape[0], dtype=a.dtype) @ rows
@@ -212,13 +184,9 @@ def window_major_view(x: np.ndarray) -> np.ndarray:
 def max_pool_blocks(z: np.ndarray, routing: np.ndarray | None = None,
                     out: np.ndarray | None = None) -> np.ndarray:
     """2x2 max-pooling of a window-major z (4, N, H/2, W/2, C) -> (N, H/2, W/2, C), into
-    ``out`` if given.
-
-    Three elementwise maxima of contiguous blocks: faster than a reduction over strided
-    window axes. If ``routing`` (bool, z's shape, each ``routing[k]`` contiguous) is given
-    it receives the first-arg-max mask of each window (window order (0,0), (0,1), (1,0),
-    (1,1), as MaxPool2D).
-    """
+    ``out`` if given, as three elementwise maxima of contiguous blocks. ``routing`` (bool,
+    z's shape, each ``routing[k]`` contiguous), if given, receives each window's
+    first-arg-max mask (window order (0,0), (0,1), (1,0), (1,1), as MaxPool2D)."""
     a, b, c, d = z
     out = np.maximum(a, b, out=out)
     np.maximum(out, c, out=out)

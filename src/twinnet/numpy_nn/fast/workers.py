@@ -1,20 +1,14 @@
 """Worker processes that run parts of a batch, started with the standard library's subprocess.
 
-Processes, not threads, because a process has a GIL of its own (docs/performance.md,
-"Threads and processes"). A worker serves requests from its end of a
-``multiprocessing.Pipe``: a module-level function and its arguments, ``fn(state,
-*args)``, whose return value is the reply. A model's parameters, each worker's gradients
-and input images live in one ``shared_memory`` block (``SharedArrays``); pipes carry
-only the small things. Workers start on first use, are shared by every model of the
-process, run BLAS on one thread, ignore Ctrl-C (the parent handles it) and exit when the
-parent's end of the pipe closes, its death included. Every wait for a reply has a
-timeout and can be interrupted. A child made by ``os.fork`` forgets the workers.
-
-Hand-built, not ``multiprocessing.Pool``, which cannot pin one model's state to one
-worker across steps; started with ``subprocess``, not as ``multiprocessing.Process``, to
-stay out of multiprocessing's registry of children: docs/performance.md ("What stayed
-hand-built, and why"). A worker runs only ``START``, with ``-P`` (nothing from the
-working directory).
+A worker (a process: its own GIL) serves requests from its end of a ``multiprocessing.
+Pipe``: a module-level function and its arguments, ``fn(state, *args)``, whose return
+value is the reply. A model's parameters, each worker's gradients and input images live
+in one ``shared_memory`` block (``SharedArrays``). Workers start on first use, are shared
+by every model of the process, run BLAS on one thread, ignore Ctrl-C and exit when the
+parent's end of the pipe closes; every wait for a reply has a timeout; a child made by
+``os.fork`` forgets them. Why hand-built (not ``multiprocessing.Pool``) and started with
+``subprocess`` (not as ``multiprocessing.Process``): docs/performance.md, "What stayed
+hand-built, and why".
 """
 
 from __future__ import annotations
@@ -38,7 +32,8 @@ import numpy as np
 # them it counts as hung (a stopped process never answers) and the parts run on threads.
 START_SECONDS = 60
 REPLY_SECONDS = 60
-# What a worker runs: the request loop on its end of the pipe, descriptor argv[1].
+# What a worker runs (with -P: nothing from the working directory): the request loop on its
+# end of the pipe, descriptor argv[1].
 START = ("import sys; from multiprocessing.connection import Connection; "
          "from twinnet.numpy_nn.fast.workers import serve; serve(Connection(int(sys.argv[1])))")
 
