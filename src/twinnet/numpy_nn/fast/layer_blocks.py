@@ -31,9 +31,9 @@ from twinnet.util import chunk_slices
 
 
 def _tiles(pool: layers.MaxPool2D | layers.AvgPool2D, shape: tuple[int, ...]) -> bool:
-    """Whether the pool's windows tile an input of ``shape`` (H, W, C): stride = size, and
-    H and W multiples of it."""
-    return pool.stride == pool.size and all(size % pool.size == 0 for size in shape[:2])
+    """Whether the pool's windows tile an input of ``shape`` (H, W, C), or its top-left
+    part (the rest is left out, as the pool leaves it): stride = size."""
+    return pool.stride == pool.size
 
 
 class FastConv2D:
@@ -114,12 +114,18 @@ class TiledAvgPool2D:
         return isinstance(layer, layers.AvgPool2D) and _tiles(layer, shape)
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
-        means = over_tiles(np.ascontiguousarray(x), self.size, np.add)
+        self.shape = x.shape
+        means = over_tiles(x, self.size, np.add)
         means *= 1 / self.size**2
         return means
 
     def backward(self, d: np.ndarray) -> np.ndarray:
-        return tile_spread(d, self.size)
+        spread = tile_spread(d, self.size)
+        if spread.shape == self.shape:
+            return spread
+        dx = np.zeros(self.shape, dtype=d.dtype)  # the rows and columns no window reads
+        dx[:, :spread.shape[1], :spread.shape[2]] = spread
+        return dx
 
 
 class InferenceForm:

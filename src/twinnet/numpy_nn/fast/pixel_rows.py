@@ -63,6 +63,10 @@ def pixel_windows(xpad: np.ndarray, k: int, stride: int, r: int) -> np.ndarray:
 def pixel_rows(xpad: np.ndarray, k: int, stride: int, r: int) -> np.ndarray:
     """``pixel_windows`` copied into a matrix (N * H_out * W_out/r, k * ((r-1)*stride + k)
     * C): row (n, i, j) is the patch that output pixels (i, j*r) to (i, j*r + r-1) read,
-    in (p, q, c) order."""
+    in (p, q, c) order. For C = 1 with runs of W_out/r values longer than a patch row, it
+    is copied tap-major and returned as its transpose (``primitives.im2col_rows``)."""
     windows = pixel_windows(xpad, k, stride, r)
-    return np.ascontiguousarray(windows).reshape(-1, math.prod(windows.shape[3:]))
+    width = math.prod(windows.shape[3:])
+    if xpad.shape[3] == 1 and windows.shape[2] > windows.shape[4]:  # copy the longer runs
+        return np.ascontiguousarray(windows.transpose(3, 4, 0, 1, 2)).reshape(width, -1).T
+    return np.ascontiguousarray(windows).reshape(-1, width)

@@ -131,11 +131,11 @@ def tap_major_windows(xpad: np.ndarray, k: int, stride: int) -> np.ndarray:
 
 def over_tiles(x: np.ndarray, size: int, combine: np.ufunc) -> np.ndarray:
     """``combine`` (a binary ufunc: np.add for a pool's sums, np.maximum for its maxima)
-    folded over each size x size tile of x (N, H, W, C), H and W multiples of size -> (N,
-    H/size, W/size, C), in two passes of slice operations: the ``size`` pixels of a tile
-    row are adjacent (size*C floats), then the ``size`` rows of a tile are adjacent image
-    rows. Each operation runs over long contiguous stretches, where a reduction over the
-    strided window axes pays per window."""
+    folded over each size x size tile of x (N, H, W, C) -> (N, H // size, W // size, C),
+    rows and columns past the last tile left out, in two passes of slices over long
+    contiguous stretches: the ``size`` pixels of a tile row are adjacent (size*C floats),
+    then its ``size`` rows are adjacent image rows."""
+    x = np.ascontiguousarray(x[:, :x.shape[1] // size * size, :x.shape[2] // size * size])
     n, h, w, c = x.shape
     across = x.reshape(n, h, w // size, size * c)
     rows = _fold(combine, [across[..., q * c:(q + 1) * c] for q in range(size)])  # (N, H, W/size, C)
