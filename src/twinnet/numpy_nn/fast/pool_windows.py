@@ -30,7 +30,7 @@ class WindowPlan:
 
     The matrix is (windows, 16*C), or for C = 1 tap-major (16, windows), its halves read
     by BLAS as transposed views (as ``primitives.im2col_rows``). The pool takes the
-    maximum over a of the two whole products, then over b of their two column blocks.
+    maximum over a of the two whole products, then over b of each pair of adjacent columns.
     """
 
     def __init__(self, shape: tuple[int, int, int, int], c_out: int, dtype: np.dtype) -> None:
@@ -50,13 +50,15 @@ class WindowPlan:
             self.halves = (self.matrix[:, :12 * c], self.matrix[:, 4 * c:])
         self.products = np.empty((2, windows, 2 * c_out), dtype=dtype)
         self.target = self.matrix.reshape(self.patches.shape)
-        self.columns = (self.products[0][:, :c_out], self.products[0][:, c_out:])  # b = 0, 1
-        self.pooled_shape = (windows, c_out)
+        flat = self.products[0].reshape(-1)
+        self.columns = (flat[0::2], flat[1::2])  # b = 0, 1: columns in (o, b) order
+        self.pooled_shape = (windows * c_out,)
         self.zeros = np.zeros((1, windows // k * c_out), dtype=dtype)  # one image's row
 
     def run(self, x: np.ndarray, kernel: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         """out (k, H/2, W/2, C_out) = relu(maxpool(conv(x)) + b) for x (k, H, W, C);
-        ``kernel`` is ``row_kernel(W, 2)``, and b is tiled over one image's output row."""
+        ``kernel`` is ``row_kernel(W, 2)`` with its columns in (o, b) order (the pool over b
+        is then one pass over pairs), and b is tiled over one image's output row."""
         self.interior[...] = x
         np.copyto(self.target, self.patches)
         first, second = self.products
@@ -82,6 +84,7 @@ class WindowInference:
         n, h, w, c = x.shape
         c_out = W.shape[3]
         kernel = row_kernel(W.astype(x.dtype, copy=False), 2)
+        kernel = np.ascontiguousarray(kernel.reshape(-1, 2, c_out).transpose(0, 2, 1)).reshape(-1, 2 * c_out)
         b = np.tile(b.astype(x.dtype, copy=False), (h // 2) * (w // 2))  # see primitives.add_bias
         per_image = (h // 2) * (w // 2) * (16 * c + 4 * c_out) * x.dtype.itemsize
         out = np.empty((n, h // 2, w // 2, c_out), dtype=x.dtype)
