@@ -208,8 +208,10 @@ class ConvBatchNormReLUPool:
                              "conv, batch norm, ReLU and a 2x2 max-pool")
         self.replaces = (conv, bn, relu, pool)
         self.conv, self.bn = conv, bn
-        self.steps = [FastConv2D(conv, needs_input_grad), FastBatchNorm(bn), FastActivation(relu),
-                      TiledMaxPool2D(pool)]
+        # The pool before the ReLU, on four times the values after it: relu(max(z)) =
+        # max(relu(z)), and the gradients agree (docs/performance.md, "The fused block").
+        self.steps = [FastConv2D(conv, needs_input_grad), FastBatchNorm(bn), TiledMaxPool2D(pool),
+                      FastActivation(relu)]
         self.name, self.W, self.b = conv.name, conv.W, conv.b
         self.params = {**conv.params, **bn.params}
         self.needs_input_grad = needs_input_grad

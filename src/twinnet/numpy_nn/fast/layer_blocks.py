@@ -20,11 +20,13 @@ from twinnet.numpy_nn.fast.primitives import (
     column_sums,
     feature_sums,
     im2col_rows,
+    max_pool_blocks,
     over_tiles,
     per_image_rows,
     relu,
     tile_row,
     tile_spread,
+    window_major_view,
 )
 from twinnet.numpy_nn.normalization import BatchNorm
 from twinnet.util import chunk_slices
@@ -179,7 +181,30 @@ class FastActivation(InferenceForm):
 
 class TiledMaxPool2D(InferenceForm):
     """A MaxPool2D whose windows tile its input (derivations, section 5); inference by
-    ``over_tiles`` of np.maximum. Shapes: x (N, H, W, C) -> (N, H/size, W/size, C)."""
+    ``over_tiles`` of np.maximum; a 2x2 pool trains by ``max_pool_blocks`` over the
+    window's four strided views, its routing in the layer's own cache (``routing``).
+    Shapes: x (N, H, W, C) -> (N, H // size, W // size, C)."""
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        if not train or self.layer.size != 2:
+            return super().forward(x, train)
+        n, h, w, c = x.shape
+        view = window_major_view(x[:, :h - h % 2, :w - w % 2])
+        routing = np.empty((4, n, h // 2, w // 2, c), dtype=bool)
+        out = max_pool_blocks([view[0, 0], view[0, 1], view[1, 0], view[1, 1]], routing)
+        self.layer.cache = (routing, x.shape)
+        return out
+
+    def backward(self, d: np.ndarray) -> np.ndarray:
+        routing, shape = self.layer.cache
+        if self.layer.size != 2:
+            return super().backward(d)
+        h, w = shape[1:3]
+        dx = (np.zeros if h % 2 or w % 2 else np.empty)(shape, dtype=d.dtype)
+        view = window_major_view(dx[:, :h - h % 2, :w - w % 2])
+        for k, route in enumerate(routing):  # the windows tile dx: each element written once
+            np.multiply(d, route, out=view[k // 2, k % 2])
+        return dx
 
     @staticmethod
     def matches(layer: object, shape: tuple[int, ...]) -> bool:
