@@ -269,13 +269,13 @@ class FastNetwork:
         shared = self._shared
         for key, p in self.params.items():
             shared.params[key][...] = p
-        shared.inputs[0][:len(x)] = x
         results: list[Any] = [None] * len(pieces)
         front, back = 0, len(pieces)
         queued: dict[workers.Worker, list[int]] = {worker: [] for worker in taken}
 
-        def hand_out(worker: workers.Worker) -> None:
+        def hand_out(worker: workers.Worker) -> None:  # its images copied as it goes, not all first
             nonlocal front
+            shared.inputs[0][pieces[front]] = x[pieces[front]]
             worker.send(_part_logits, self._key, pieces[front].start, pieces[front].stop)
             queued[worker].append(front)
             front += 1
