@@ -38,6 +38,8 @@ class ConstantModel:
     """Stands in for a backend: logits (N, 10) that always say 7, by a margin so huge that
     an unshifted softmax would overflow, with 3 as the runner-up."""
 
+    eval_batch = 1000
+
     def logits(self, x: np.ndarray) -> np.ndarray:
         assert x.shape[1:] == (28, 28, 1) and x.dtype == np.float32
         logits = np.zeros((len(x), 10), np.float32)
@@ -249,6 +251,8 @@ def test_the_twin_is_built_after_the_images_are_decoded(tmp_path):
     order = []
 
     class Model:
+        eval_batch = 1000
+
         def logits(self, x):
             return np.zeros((len(x), 10))
 

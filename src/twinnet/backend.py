@@ -34,6 +34,7 @@ class Backend(Protocol):
     backend: str  # "tf" or "numpy"
     model_name: str  # one of twinnet.models.MODEL_NAMES, or a spec file's path
     optimizer: str  # "sgd" or "adam"
+    eval_batch: int  # images ``metrics.predict_logits`` hands ``logits`` at a time
 
     @property
     def params(self) -> dict[str, np.ndarray]:

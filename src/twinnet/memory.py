@@ -30,7 +30,7 @@ from twinnet import models
 from twinnet.errors import TwinnetError
 
 PATHS = ("fast", "reference", "tf")
-# Images inference runs at a time (metrics.EVAL_BATCH, numpy_nn.network.MAX_EVAL_CHUNK).
+# Images inference runs at a time (TFModel.eval_batch, numpy_nn.network.MAX_EVAL_CHUNK).
 INFERENCE_BATCH = 1000
 # The fast path infers fewer at a time where one image's largest output is large: this many
 # bytes of it per chunk (numpy_nn.fast.budgets.ACTIVATION_BYTES; a test holds them equal).

@@ -14,7 +14,6 @@ from twinnet.util import in_chunks
 if TYPE_CHECKING:
     from twinnet.backend import Backend
 
-EVAL_BATCH = 1000
 
 
 def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
@@ -40,11 +39,11 @@ class NonFiniteOutputError(TwinnetError):
     """A model whose outputs overflow: its parameters are finite but far too large."""
 
 
-def predict_logits(model: Backend, x: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
-    """Logits (N, 10) for images x (N, 28, 28, 1), in batches to bound memory.
-    NonFiniteOutputError if any is NaN or infinite (overflow), rather than NaN figures."""
+def predict_logits(model: Backend, x: np.ndarray) -> np.ndarray:
+    """Logits (N, 10) for images x (N, 28, 28, 1), ``model.eval_batch`` at a time to bound
+    memory. NonFiniteOutputError if any is NaN or infinite (overflow), rather than NaN figures."""
     with np.errstate(over="ignore", invalid="ignore"):
-        logits = in_chunks(model.logits, x, batch_size)
+        logits = in_chunks(model.logits, x, model.eval_batch)
     if bad := int(np.count_nonzero(~np.isfinite(logits).all(axis=1))):
         raise NonFiniteOutputError(f"the model's outputs are not finite (overflow) for {bad} of "
                                    f"{len(x)} images; its parameters are too large to use")

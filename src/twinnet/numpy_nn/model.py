@@ -34,6 +34,9 @@ class NumpyModel:
     """
 
     backend = "numpy"
+    # Images predict_logits hands logits at a time: a whole MNIST split, since its networks
+    # cut their own work (Network.eval_chunk; the fast path hands out 10,000, budgets.INPUT_IMAGES).
+    eval_batch = 10_000
 
     def __init__(self, model_name: str, params: dict[str, np.ndarray], optimizer: str = "sgd",
                  dtype: type[np.floating] | np.dtype = np.float32, threads: int | None = None,

@@ -152,6 +152,7 @@ class TFModel:
     """The TensorFlow twin of one model; implements ``twinnet.backend.Backend``."""
 
     backend = "tf"
+    eval_batch = 1000  # images predict_logits hands logits at a time: Keras's memory grows with them
 
     def __init__(self, model: str, params: dict[str, np.ndarray], optimizer: str = "sgd",
                  seed: int = 0, dtype: str = "float32") -> None:
