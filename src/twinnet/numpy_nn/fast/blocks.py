@@ -39,21 +39,14 @@ def check_even(name: str, x: np.ndarray) -> None:
 
 
 class ConvReLUPool:
-    """conv 3x3 'same' -> ReLU -> 2x2 max-pool, one block (derivations, sections 4, 3, 5).
-
-    Shapes: x (N, H, W, C_in), H and W even; W (3, 3, C_in, C_out) HWIO; b (C_out,);
-    out (N, H/2, W/2, C_out).
-
-    Its layout is private: the conv output z is computed window-major, (4, N, H/2, W/2,
-    C_out) with ``z[2a + b, n, i, j] = conv(x)[n, 2i + a, 2j + b]``, so the pool reads
-    four contiguous blocks, and the bias and ReLU run on the pooled quarter of the values
-    (max(z + b) = max(z) + b; ReLU is monotonic). The batch runs in chunks of
-    ``chunk_size`` images, in order, with work arrays reused from call to call; dW comes
-    from the im2col matrix of the padded dz that dx needs anyway, or, in the first block,
-    from the forward pass's matrices; chunks' gradients are summed in chunk order. Why
-    each of these gives the reference layers' values: docs/performance.md, "The fused
-    block". Inference is by pooling windows (``pool_windows.py``) unless
-    ``infer_by_windows`` is False.
+    """conv 3x3 'same' -> ReLU -> 2x2 max-pool, one block (derivations, sections 4, 3, 5):
+    x (N, H, W, C_in), H and W even; W (3, 3, C_in, C_out) HWIO; b (C_out,) -> (N, H/2,
+    W/2, C_out). Its conv output is window-major, (4, N, H/2, W/2, C_out), ``z[2a + b, n,
+    i, j] = conv(x)[n, 2i + a, 2j + b]``: the pool reads four contiguous blocks, and the
+    bias and ReLU run on the pooled quarter. Chunks of ``chunk_size`` images, their
+    gradients summed in chunk order; dW from the padded dz's im2col matrix (the first
+    block: the forward's). Why these are the reference's values: docs/performance.md,
+    "The fused block". Inference by pooling windows unless ``infer_by_windows`` is False.
     """
 
     infer_by_windows = True
@@ -147,12 +140,9 @@ class ConvReLUPool:
 
 
 class DenseReLU:
-    """``relu(x @ W + b)``, one block (derivations, sections 2 and 3): the ReLU runs in
-    place on the matmul's output, and only its mask is kept; the backward pass is the
-    Dense layer's, or only its parameter gradients for the first layer.
-
-    Shapes: x (N, n_in), W (n_in, n_out), b (n_out,), out (N, n_out).
-    """
+    """``relu(x @ W + b)``, one block (derivations, sections 2 and 3), x (N, n_in) -> (N,
+    n_out): the ReLU in place on the matmul's output, its mask kept; the backward is the
+    Dense layer's (the first layer's: its parameter gradients only)."""
 
     def __init__(self, dense: layers.Dense, relu: layers.ReLU, needs_input_grad: bool = True) -> None:
         self.replaces = (dense, relu)
@@ -192,14 +182,9 @@ def folded_conv(conv: layers.Conv2D, bn: BatchNorm) -> tuple[np.ndarray, np.ndar
 
 class ConvBatchNormReLUPool:
     """conv 3x3 'same' stride 1 -> batch norm -> ReLU -> 2x2 max-pool (derivations,
-    sections 4, 13, 3, 5). Shapes: x (N, H, W, C_in), H and W even -> (N, H/2, W/2, C_out).
-
-    Training runs the one-layer blocks of the four in turn, as the fusion pass would
-    have placed them. Inference folds the batch norm, a fixed affine map of each channel
-    then, into the conv (``folded_conv``; derivations, section 13) and runs
-    ``ConvReLUPool``'s inference form: the same values up to float32 rounding (the
-    scaling by g comes before the sum instead of after it).
-    """
+    sections 4, 13, 3, 5), x (N, H, W, C_in), H and W even -> (N, H/2, W/2, C_out). Trains
+    as the one-layer blocks; infers as ``ConvReLUPool`` of the conv with the batch norm
+    folded in (``folded_conv``): the same values up to float32 rounding."""
 
     def __init__(self, conv: layers.Conv2D, bn: BatchNorm, relu: layers.ReLU, pool: layers.MaxPool2D,
                  needs_input_grad: bool = True) -> None:

@@ -245,8 +245,6 @@ class FastNetwork:
             return self._pieces_on_workers(parts, x)
         taken = self._share(len(parts) - 1, max(p.stop - p.start for p in parts))
         shared = self._shared
-        for key, p in self.params.items():
-            shared.params[key][...] = p
         masks = [layer.mask for layer in _dropouts(self.network)]
         rows = [[None if mask is None else mask[part] for mask in masks] for part in parts]
         for index, (worker, part) in enumerate(zip(taken, parts[1:], strict=False)):
@@ -267,8 +265,6 @@ class FastNetwork:
         and this process from the back, until none is left."""
         taken = self._share(self.parts - 1, 0, len(x))
         shared = self._shared
-        for key, p in self.params.items():
-            shared.params[key][...] = p
         results: list[Any] = [None] * len(pieces)
         front, back = 0, len(pieces)
         queued: dict[workers.Worker, list[int]] = {worker: [] for worker in taken}
@@ -298,23 +294,28 @@ class FastNetwork:
         return results
 
     def _share(self, count: int, images: int, first: int = 0) -> list[workers.Worker]:
-        """The workers for ``count`` parts, holding this model in shared memory with room
-        for ``images`` images each, and ``first`` in the first worker's room (which holds
-        what inference hands out); registered anew in a new process (after os.fork), with
-        new workers, or for more images."""
-        shared = self._shared
-        if shared is not None and self._owner == (os.getpid(), workers.generation()):
-            if len(shared.inputs[-1]) >= images and len(shared.inputs[0]) >= first:
-                return workers.get_workers(count)
-            _forget(self._owner, self._key, workers.get_workers(self.parts - 1))
-        self._shared = None
-        taken = workers.get_workers(self.parts - 1)
+        """The workers for ``count`` parts, holding this model, its parameters as they are
+        now, in shared memory with room for ``images`` images each and ``first`` in the
+        first worker's room (which inference hands out from); registered anew in a new
+        process (after os.fork), with new workers, or for more images."""
+        shared, here = self._shared, (os.getpid(), workers.generation())
+        if shared is not None and self._owner == here:
+            if len(shared.inputs[-1]) < images or len(shared.inputs[0]) < first:
+                _forget(self._owner, self._key, workers.get_workers(self.parts - 1))
+                self._shared = None
+        if self._shared is None or self._owner != here:
+            self._register(max(images, MAX_EVAL_CHUNK), first)
+        for key, p in self.params.items():
+            self._shared.params[key][...] = p
+        return workers.get_workers(count)
+
+    def _register(self, room: int, first: int) -> None:
+        self._shared, taken = None, workers.get_workers(self.parts - 1)
         self._key = next(_keys)
+        rooms = [max(room, first, budgets.INPUT_IMAGES), *[room] * (len(taken) - 1)]
         try:
-            room = max(images, MAX_EVAL_CHUNK)
-            rooms = [max(room, first, budgets.INPUT_IMAGES), *[room] * (len(taken) - 1)]
-            shapes = models.param_shapes(self.spec)
-            shared = workers.SharedArrays(shapes, self.dtype, rooms, models.IMAGE_SHAPE)
+            shared = workers.SharedArrays(models.param_shapes(self.spec), self.dtype, rooms,
+                                          models.IMAGE_SHAPE)
         except OSError as exc:  # no room in /dev/shm, or none at all
             raise workers.WorkerError(f"no shared memory for the workers ({exc.strerror or exc})") from None
         try:
@@ -326,7 +327,6 @@ class FastNetwork:
             shared.shm.unlink()  # mapped by the workers that took it, which is all that is needed
         self._shared, self._owner = shared, (os.getpid(), workers.generation())
         weakref.finalize(self, _forget, self._owner, self._key, taken)
-        return taken[:count]
 
     def _give_up_workers(self, exc: Exception) -> None:
         global _use_processes

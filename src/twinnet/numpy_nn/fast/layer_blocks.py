@@ -39,16 +39,11 @@ def _tiles(pool: layers.MaxPool2D | layers.AvgPool2D, shape: tuple[int, ...]) ->
 
 
 class FastConv2D:
-    """A Conv2D of any kernel, stride and padding, alone (derivations, section 4), for
-    the convs no fused block takes.
-
-    Shapes as ``layers.Conv2D``'s. Forward: ``im2col_rows``, one matmul, ``add_bias``.
-    Backward: ``layers.affine_grads``; dx (None when ``needs_input_grad=False``) as one
-    small matmul per kernel tap, dz @ W[p, q].T, added into the view of dx that tap read
-    (``layers.tap``): the reference's ``scatter_windows`` with contiguous blocks.
-    Inference keeps nothing, and runs in chunks with r output pixels to a matrix row
-    (``pixel_rows``).
-    """
+    """Any Conv2D (derivations, section 4), shapes as ``layers.Conv2D``'s: ``im2col_rows``,
+    one matmul, ``add_bias``; backward ``layers.affine_grads``, and dx (None without
+    ``needs_input_grad``) as one matmul per kernel tap, dz @ W[p, q].T, added into the
+    view of dx that tap read (``layers.tap``). Inference keeps nothing, and runs in chunks
+    with r output pixels to a matrix row (``pixel_rows``)."""
 
     def __init__(self, conv: layers.Conv2D, needs_input_grad: bool = True) -> None:
         self.replaces = (conv,)

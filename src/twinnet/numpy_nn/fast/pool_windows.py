@@ -26,12 +26,9 @@ class WindowPlan:
     """The work arrays for chunks of shape (k, H, W, C), made once: the padded images, a
     strided view of their 4x4 patches, the patch matrix the view is copied into, and the
     products (2, windows, 2*C_out) of its two halves, patch rows 0-2 (a = 0) and 1-3
-    (a = 1), windows = k*H/2*W/2.
-
-    The matrix is (windows, 16*C), or for C = 1 tap-major (16, windows), its halves read
-    by BLAS as transposed views (as ``primitives.im2col_rows``). The pool takes the
-    maximum over a of the two whole products, then over b of each pair of adjacent columns.
-    """
+    (a = 1), windows = k*H/2*W/2. The matrix is (windows, 16*C), or for C = 1 tap-major
+    (16, windows) (as ``primitives.im2col_rows``). The pool takes the maximum over a of
+    the two whole products, then over b of each pair of adjacent columns."""
 
     def __init__(self, shape: tuple[int, int, int, int], c_out: int, dtype: np.dtype) -> None:
         k, h, w, c = shape
