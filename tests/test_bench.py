@@ -81,7 +81,7 @@ def test_block_timings_run_a_dropout_model_and_fit_long_block_names():
 
     result = time_blocks("cnn-bn-dropout", batch_size=4, repeats=1)  # dropout trains on its masks
     blocks = {row["block"] for row in result["rows"]}
-    assert blocks == {"conv1 (ConvBatchNormReLUPool)", "conv2 (ConvBatchNormReLUPool)",
+    assert blocks == {"conv1 (ConvActPool)", "conv2 (ConvActPool)",
                       "dense1 (DenseReLU)", "dense2 (Dense)"}
     table = format_blocks(result).splitlines()[3:]
     assert len({line.index(" forward") if " forward" in line else line.index(" backward")

@@ -39,7 +39,7 @@ import numpy as np
 from twinnet import models
 from twinnet.memory import check_memory
 from twinnet.numpy_nn.activations import LeakyReLU, Sigmoid, Tanh
-from twinnet.numpy_nn.fast.blocks import ConvBatchNormReLUPool, ConvReLUPool, DenseReLU
+from twinnet.numpy_nn.fast.blocks import ConvActPool, ConvReLUPool, DenseReLU
 from twinnet.numpy_nn.fast.layer_blocks import InferenceForm
 from twinnet.numpy_nn.layers import AvgPool2D, Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
 from twinnet.numpy_nn.losses import softmax_cross_entropy
@@ -185,7 +185,7 @@ def kink_pattern(parts: list) -> Callable[[], bytes]:
     ReLU masks and max-pool arg-max masks of reference layers and of fused blocks."""
 
     def masks(part: object) -> list[np.ndarray]:
-        if isinstance(part, ConvBatchNormReLUPool):  # trains as the blocks of its layers
+        if isinstance(part, ConvActPool):  # trains as the blocks of its layers
             return [m for step in part.steps for m in masks(step)]
         if isinstance(part, InferenceForm):  # trains as the reference layer it wraps
             part = part.layer

@@ -1,6 +1,6 @@
 """Fused blocks, each in place of a run of reference layers (``replaces``), built from
 ``primitives.py``: ``ConvReLUPool`` (Conv2D 3x3 'same' stride 1 -> ReLU -> MaxPool2D
-2x2), ``ConvBatchNormReLUPool`` (the same with a batch norm after the conv) and
+2x2), ``ConvActPool`` (other convs, a batch norm, activations and 2x2 pools) and
 ``DenseReLU`` (Dense -> ReLU). A test holds each equal to their composition.
 
 A block has the layers' interface: ``forward(x, train=True)``, ``backward(d)``,
@@ -15,7 +15,13 @@ import numpy as np
 
 from twinnet.numpy_nn import layers
 from twinnet.numpy_nn.fast import budgets
-from twinnet.numpy_nn.fast.layer_blocks import FastActivation, FastBatchNorm, FastConv2D, TiledMaxPool2D
+from twinnet.numpy_nn.fast.layer_blocks import (
+    FastActivation,
+    FastBatchNorm,
+    FastConv2D,
+    TiledAvgPool2D,
+    TiledMaxPool2D,
+)
 from twinnet.numpy_nn.fast.pool_windows import WindowInference
 from twinnet.numpy_nn.fast.primitives import (
     PaddedBuffer,
@@ -64,7 +70,8 @@ class ConvReLUPool:
         self._xpad = PaddedBuffer()
         self._dzpad = PaddedBuffer()
         self._scratch = Scratch()
-        self._windows = WindowInference()
+        self._windows, self._relu = WindowInference(), FastActivation(relu)
+        self._relu.in_place = True
 
     @staticmethod
     def matches(*run: object) -> bool:
@@ -85,7 +92,7 @@ class ConvReLUPool:
         check_even(self.name, x)
         n, h, w, _ = x.shape
         if not train and self.infer_by_windows:
-            return self._windows(x, self.W, self.b)
+            return self._windows(x, self.W, self.b, 1, self._relu.infer, mean=False)
         c_out = self.W.shape[3]
         pooled = np.empty((n, h // 2, w // 2, c_out), dtype=x.dtype)
         routing = self._scratch.get("routing", (4, *pooled.shape), np.dtype(bool)) if train else None
@@ -180,41 +187,56 @@ def folded_conv(conv: layers.Conv2D, bn: BatchNorm) -> tuple[np.ndarray, np.ndar
     return conv.W * g, (conv.b - bn.moving_mean) * g + bn.beta
 
 
-class ConvBatchNormReLUPool:
-    """conv 3x3 'same' stride 1 -> batch norm -> ReLU -> 2x2 max-pool (derivations,
-    sections 4, 13, 3, 5), x (N, H, W, C_in), H and W even -> (N, H/2, W/2, C_out). Trains
-    as the one-layer blocks; infers as ``ConvReLUPool`` of the conv with the batch norm
-    folded in (``folded_conv``): the same values up to float32 rounding."""
+class ConvActPool:
+    """conv (stride 1; k x k 'valid', or 'same' for odd k) -> [batch norm] -> activation ->
+    2x2 pool of stride 2, max or average (derivations, sections 4, 13, 3 and 9-11, 5 and
+    8), the runs ``ConvReLUPool`` does not take: x (N, H, W, C_in) -> (N, H_out // 2,
+    W_out // 2, C_out). Trains as the one-layer blocks of its layers (a ReLU after a
+    max-pool's: relu(max(z)) = max(relu(z)), the same gradients, docs/performance.md, "The
+    fused block"); infers by pooling windows (``pool_windows.py``) of the conv with the
+    batch norm folded in (``folded_conv``): the same values up to float32 rounding."""
 
-    def __init__(self, conv: layers.Conv2D, bn: BatchNorm, relu: layers.ReLU, pool: layers.MaxPool2D,
-                 needs_input_grad: bool = True) -> None:
-        if not self.matches(conv, bn, relu, pool):
-            raise ValueError(f"{conv.name}: ConvBatchNormReLUPool replaces only a 3x3 'same' stride-1 "
-                             "conv, batch norm, ReLU and a 2x2 max-pool")
-        self.replaces = (conv, bn, relu, pool)
-        self.conv, self.bn = conv, bn
-        # The pool before the ReLU, on four times the values after it: relu(max(z)) =
-        # max(relu(z)), and the gradients agree (docs/performance.md, "The fused block").
-        self.steps = [FastConv2D(conv, needs_input_grad), FastBatchNorm(bn), TiledMaxPool2D(pool),
-                      FastActivation(relu)]
-        self.name, self.W, self.b = conv.name, conv.W, conv.b
-        self.params = {**conv.params, **bn.params}
+    def __init__(self, *run: layers.Layer | BatchNorm, needs_input_grad: bool = True) -> None:
+        if not self.matches(*run):
+            raise ValueError(f"{getattr(run[0], 'name', 'conv')}: ConvActPool replaces only a stride-1 "
+                             "conv, an optional batch norm, an activation and a 2x2 pool")
+        self.replaces = run[:self.matches(*run)]
+        self.conv, *self.bn, act, pool = self.replaces
+        self.mean = isinstance(pool, layers.AvgPool2D)
+        steps = [FastConv2D(self.conv, needs_input_grad), *map(FastBatchNorm, self.bn)]
+        self.act = FastActivation(act)
+        self.act.in_place = True  # in the block, its input is always an array the block made
+        pooling = TiledAvgPool2D(pool) if self.mean else TiledMaxPool2D(pool)
+        relu_last = isinstance(act, layers.ReLU) and not self.mean
+        self.steps = [*steps, *((pooling, self.act) if relu_last else (self.act, pooling))]
+        self.name, self.W, self.b = self.conv.name, self.conv.W, self.conv.b
+        self.params = {key: p for step in steps for key, p in step.params.items()}
         self.needs_input_grad = needs_input_grad
         self._windows = WindowInference()
 
     @staticmethod
-    def matches(*run: object) -> bool:
-        return (len(run) >= 4 and isinstance(run[1], BatchNorm)
-                and ConvReLUPool.matches(run[0], *run[2:4]))
+    def matches(*run: object) -> int:
+        """How many layers of the run this block replaces (3, or 4 with a batch norm), 0 if none."""
+        count = 4 if len(run) > 1 and isinstance(run[1], BatchNorm) else 3
+        if len(run) < count:
+            return 0
+        conv, act, pool = run[0], run[count - 2], run[count - 1]
+        fits = (isinstance(conv, layers.Conv2D) and conv.stride == 1
+                and (conv.padding == "valid" or conv.W.shape[0] % 2 == 1)
+                and FastActivation.matches(act, ()) and getattr(act, "alpha", 0) >= 0  # monotone
+                and isinstance(pool, layers.MaxPool2D | layers.AvgPool2D)
+                and (pool.size, pool.stride) == (2, 2))
+        return count if fits else 0
 
     @property
     def grads(self) -> dict[str, np.ndarray]:
-        return {**self.steps[0].grads, **self.steps[1].grads}
+        return {key: g for step in self.steps for key, g in step.grads.items()}
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
-        check_even(self.name, x)
         if not train and ConvReLUPool.infer_by_windows:
-            return self._windows(x, *folded_conv(self.conv, self.bn))
+            W, b = folded_conv(self.conv, self.bn[0]) if self.bn else (self.W, self.b)
+            pad = self.conv.W.shape[0] // 2 if self.conv.padding == "same" else 0
+            return self._windows(x, W, b, pad, self.act.infer, self.mean)
         for step in self.steps:
             x = step.forward(x, train)
         return x

@@ -1,9 +1,9 @@
 """The fusion pass: reference layers in, the same network with fused blocks out.
 
-Reading the layers in order, a run that a block ``matches`` (conv 3x3 'same' -> batch
-norm -> ReLU -> 2x2 max-pool, or the same without the batch norm, on an even-sized
-image; dense -> ReLU; then any other conv alone, an average or max pool whose windows
-tile its input, a ReLU, a batch norm) becomes that block; every other layer stays the
+Reading the layers in order, a run that a block ``matches`` (conv 3x3 'same' -> ReLU ->
+2x2 max-pool on an even-sized image; other stride-1 convs -> [batch norm] -> activation
+-> 2x2 pool; dense -> ReLU; then any other conv alone, a pool of stride = size, an
+activation, a batch norm) becomes that block; every other layer stays the
 reference layer it is, so any list of layers runs on the fast path.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from twinnet import models
 from twinnet.numpy_nn import layers
-from twinnet.numpy_nn.fast.blocks import ConvBatchNormReLUPool, ConvReLUPool, DenseReLU
+from twinnet.numpy_nn.fast.blocks import ConvActPool, ConvReLUPool, DenseReLU
 from twinnet.numpy_nn.fast.layer_blocks import (
     FastActivation,
     FastBatchNorm,
@@ -38,12 +38,12 @@ def fuse(model: str | tuple, layer_list: list) -> list:
         run = layer_list[i:]
         first = not any(layer.params for layer in fused)
         even = all(size % 2 == 0 for size in shapes[i][:2])
-        if ConvBatchNormReLUPool.matches(*run[:4]) and even:
-            fused.append(ConvBatchNormReLUPool(*run[:4], needs_input_grad=not first))
-            i += 4
-        elif ConvReLUPool.matches(*run[:3]) and even:
+        if ConvReLUPool.matches(*run[:3]) and even:
             fused.append(ConvReLUPool(*run[:3], needs_input_grad=not first))
             i += 3
+        elif count := ConvActPool.matches(*run[:4]):
+            fused.append(ConvActPool(*run[:count], needs_input_grad=not first))
+            i += count
         elif DenseReLU.matches(*run[:2]):
             fused.append(DenseReLU(*run[:2], needs_input_grad=not first))
             i += 2

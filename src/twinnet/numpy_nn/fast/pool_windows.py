@@ -1,17 +1,21 @@
-"""``ConvReLUPool``'s inference form: matmul rows per pooling window, not per pixel.
+"""The inference form of conv -> activation -> 2x2 pool: matmul rows per pooling window.
 
-A 2x2 pooling window over a 3x3 'same' conv reads one 4x4 patch of the padded input:
-window (i, j) pools conv outputs (2i + a, 2j + b), a, b in {0, 1}, and output row a
-reads patch rows a..a+2. So with one row of the patch matrix per window (its 16*C
-values), the matrix's columns of patch rows 0-2 and of rows 1-3, each times
+A 2x2 pooling window over a k x k stride-1 conv reads one (k+1) x (k+1) patch of the
+padded input: window (i, j) pools conv outputs (2i + a, 2j + b), a, b in {0, 1}, and
+output row a reads patch rows a..a+k-1. So with one row of the patch matrix per window,
+the matrix's columns of patch rows 0..k-1 and of rows 1..k, each times
 ``pixel_rows.row_kernel(W, 2)`` (W at both column offsets b, zeros elsewhere), give a
-window's four conv outputs; the pool is their maximum, then the bias and the ReLU, as in
-the training form (max(z) + b = max(z + b)). Why it is faster: docs/performance.md,
+window's four conv outputs. A max-pool takes their maximum, then the bias and the
+activation (monotone: act(max(z) + b) = max(act(z + b))); an average pool adds the bias,
+applies the activation and takes the mean. Why it is faster: docs/performance.md,
 "Inference by pooling windows". The values are the reference layers' (a zero term
 leaves a sum unchanged; an infinite input gives NaN here: zero times infinity).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -23,78 +27,88 @@ from twinnet.util import chunk_slices
 
 
 class WindowPlan:
-    """The work arrays for chunks of shape (k, H, W, C), made once: the padded images, a
-    strided view of their 4x4 patches, the patch matrix the view is copied into, and the
-    products (2, windows, 2*C_out) of its two halves, patch rows 0-2 (a = 0) and 1-3
-    (a = 1), windows = k*H/2*W/2. The matrix is (windows, 16*C), or for C = 1 tap-major
-    (16, windows) (as ``primitives.im2col_rows``). The pool takes the maximum over a of
-    the two whole products, then over b of each pair of adjacent columns."""
+    """The work arrays for chunks of shape (n, H, W, C) of a k x k conv padded by ``pad``
+    on every side, made once: the padded images, a strided view of their (k+1) x (k+1)
+    patches, the patch matrix the view is copied into, and the products (2, windows,
+    2*C_out) of its two halves, patch rows 0..k-1 (a = 0) and 1..k (a = 1), windows =
+    n * (H_out // 2) * (W_out // 2). The matrix is (windows, (k+1)**2 * C), or for C = 1
+    tap-major (as ``primitives.im2col_rows``); a product's columns are in (o, b) order."""
 
-    def __init__(self, shape: tuple[int, int, int, int], c_out: int, dtype: np.dtype) -> None:
-        k, h, w, c = shape
-        windows = k * (h // 2) * (w // 2)
-        xpad = np.zeros((k, h + 2, w + 2, c), dtype=dtype)
-        self.interior = xpad[:, 1:-1, 1:-1]
+    def __init__(self, shape: tuple[int, int, int, int], k: int, pad: int, c_out: int,
+                 dtype: np.dtype) -> None:
+        n, h, w, c = shape
+        xpad = np.zeros((n, h + 2 * pad, w + 2 * pad, c), dtype=dtype)
+        self.interior = xpad[:, pad:pad + h, pad:pad + w]
         s_n, s_h, s_w, s_c = xpad.strides
+        p = k + 1
         if c == 1:  # patches[p, q, n, i, j] = xpad[n, 2i + p, 2j + q, 0]
-            self.patches = tap_major_windows(xpad, 4, 2)
-            self.matrix = np.empty((16, windows), dtype=dtype)
-            self.halves = (self.matrix[:12].T, self.matrix[4:].T)
+            self.patches = tap_major_windows(xpad, p, 2)
+            self.matrix = np.empty((p * p, math.prod(self.patches.shape[2:])), dtype=dtype)
+            self.halves = (self.matrix[:k * p].T, self.matrix[p:].T)
         else:  # patches[n, i, j, p, q*C + c] = xpad[n, 2i + p, 2j + q, c]
-            self.patches = as_strided(xpad, shape=(k, h // 2, w // 2, 4, 4 * c),
+            rows, cols = ((size + 2 * pad - k + 1) // 2 for size in (h, w))
+            self.patches = as_strided(xpad, shape=(n, rows, cols, p, p * c),
                                       strides=(s_n, 2 * s_h, 2 * s_w, s_h, s_c), writeable=False)
-            self.matrix = np.empty((windows, 16 * c), dtype=dtype)
-            self.halves = (self.matrix[:, :12 * c], self.matrix[:, 4 * c:])
-        self.products = np.empty((2, windows, 2 * c_out), dtype=dtype)
+            self.matrix = np.empty((n * rows * cols, p * p * c), dtype=dtype)
+            self.halves = (self.matrix[:, :k * p * c], self.matrix[:, p * c:])
         self.target = self.matrix.reshape(self.patches.shape)
-        flat = self.products[0].reshape(-1)
-        self.columns = (flat[0::2], flat[1::2])  # b = 0, 1: columns in (o, b) order
-        self.pooled_shape = (windows * c_out,)
-        self.zeros = np.zeros((1, windows // k * c_out), dtype=dtype)  # one image's row
+        self.products = np.empty((2, len(self.halves[0]), 2 * c_out), dtype=dtype)
 
-    def run(self, x: np.ndarray, kernel: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-        """out (k, H/2, W/2, C_out) = relu(maxpool(conv(x)) + b) for x (k, H, W, C);
-        ``kernel`` is ``row_kernel(W, 2)`` with its columns in (o, b) order (the pool over b
-        is then one pass over pairs), and b is tiled over one image's output row."""
+    def run(self, x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        """The products (2, windows, 2*C_out) for x (n, H, W, C); ``kernel`` is
+        ``row_kernel(W, 2)`` with its columns in (o, b) order."""
         self.interior[...] = x
         np.copyto(self.target, self.patches)
-        first, second = self.products
-        np.matmul(self.halves[0], kernel, out=first)
-        np.matmul(self.halves[1], kernel, out=second)
-        np.maximum(first, second, out=first)  # over a: two whole arrays
-        np.maximum(*self.columns, out=out.reshape(self.pooled_shape))  # over b
-        rows = out.reshape(len(out), -1)  # one per image (as primitives.add_bias and relu)
-        np.add(rows, b, out=rows)
-        np.maximum(rows, self.zeros, out=rows)
+        np.matmul(self.halves[0], kernel, out=self.products[0])
+        np.matmul(self.halves[1], kernel, out=self.products[1])
+        return self.products
 
 
 class WindowInference:
-    """``relu(maxpool(conv(x) + b))`` of a 3x3 'same' conv and a 2x2 max-pool, by
-    pooling windows: x (N, H, W, C), H and W even, W (3, 3, C, C_out), b (C_out,) ->
-    (N, H/2, W/2, C_out). Runs the batch in chunks of INFERENCE_CHUNK_BYTES, keeping the
-    work arrays of the last KEPT_PLANS chunk shapes it met."""
+    """``pool(act(conv(x) + b))`` of a k x k stride-1 conv padded by ``pad``, an
+    elementwise activation ``act`` (in place; monotone for a max-pool) and a 2x2 pool of
+    stride 2 (``mean``: average, else max), by pooling windows: x (N, H, W, C), W (k, k,
+    C, C_out), b (C_out,) -> (N, H_out // 2, W_out // 2, C_out). Runs the batch in chunks
+    of INFERENCE_CHUNK_BYTES, keeping the work arrays of the last KEPT_PLANS chunk shapes."""
 
     def __init__(self) -> None:
         self._plans: dict[tuple, WindowPlan] = {}  # in the order they were made
 
-    def __call__(self, x: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, W: np.ndarray, b: np.ndarray, pad: int,
+                 act: Callable[[np.ndarray], object], mean: bool) -> np.ndarray:
         n, h, w, c = x.shape
-        c_out = W.shape[3]
+        k, c_out = W.shape[0], W.shape[3]
         kernel = row_kernel(W.astype(x.dtype, copy=False), 2)
         kernel = np.ascontiguousarray(kernel.reshape(-1, 2, c_out).transpose(0, 2, 1)).reshape(-1, 2 * c_out)
-        b = np.tile(b.astype(x.dtype, copy=False), (h // 2) * (w // 2))  # see primitives.add_bias
-        per_image = (h // 2) * (w // 2) * (16 * c + 4 * c_out) * x.dtype.itemsize
-        out = np.empty((n, h // 2, w // 2, c_out), dtype=x.dtype)
+        rows, cols = ((size + 2 * pad - k + 1) // 2 for size in (h, w))
+        b = b.astype(x.dtype, copy=False)  # tiled over one image's row, as primitives.add_bias
+        b = np.tile(np.repeat(b, 2), rows * cols) if mean else np.tile(b, rows * cols)
+        per_image = rows * cols * ((k + 1) ** 2 * c + 4 * c_out) * x.dtype.itemsize
+        out = np.empty((n, rows, cols, c_out), dtype=x.dtype)
         for part in chunk_slices(n, max(1, budgets.INFERENCE_CHUNK_BYTES // per_image)):
             chunk = x[part]
-            key = (chunk.shape, c_out, x.dtype)
-            plan = self._plans.get(key) or self._new_plan(key)
-            plan.run(chunk, kernel, b, out[part])
+            key = (chunk.shape, k, pad, c_out, x.dtype)
+            first, second = (self._plans.get(key) or self._new_plan(key)).run(chunk, kernel)
+            pooled = out[part].reshape(-1)
+            if mean:
+                for product in (first, second):
+                    rows_of = product.reshape(len(chunk), -1)
+                    rows_of += b
+                    act(rows_of)
+            np.add(first, second, out=first) if mean else np.maximum(first, second, out=first)
+            flat = first.reshape(-1)  # over b: adjacent columns
+            (np.add if mean else np.maximum)(flat[0::2], flat[1::2], out=pooled)
+            if mean:
+                pooled *= 0.25
+            else:
+                per_image_row = pooled.reshape(len(chunk), -1)
+                per_image_row += b
+                act(per_image_row)
         return out
 
     def _new_plan(self, key: tuple) -> WindowPlan:
-        """A plan for ``key`` (chunk shape, C_out, dtype), forgetting the oldest beyond
-        KEPT_PLANS."""
+        """A plan for ``key`` (chunk shape, k, pad, C_out, dtype), forgetting the oldest
+        beyond KEPT_PLANS."""
         self._plans[key] = plan = WindowPlan(*key)
         while len(self._plans) > budgets.KEPT_PLANS:
             del self._plans[next(iter(self._plans))]
