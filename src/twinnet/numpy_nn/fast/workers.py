@@ -203,7 +203,7 @@ class SharedArrays:
     def _reserve(self, size: int) -> None:
         """Take the block's memory now: SharedMemory only sets the file's size, and a file
         in a full /dev/shm would then fail at its first write with SIGBUS, which kills the
-        process, rather than with an OSError here (the parts then run on threads)."""
+        process, rather than with an OSError here (the parts then run in this process)."""
         path = os.path.join("/dev/shm", self.shm.name.lstrip("/"))  # where Linux keeps the block
         if not hasattr(os, "posix_fallocate") or not os.path.exists(path):
             return  # nothing to reserve with: another system
