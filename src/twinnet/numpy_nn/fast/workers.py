@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 # Seconds a worker may take to start and take a model, and to answer one request: past
-# them it counts as hung (a stopped process never answers) and the parts run on threads.
+# them it counts as hung (a stopped process never answers) and the parts run in this process.
 START_SECONDS = 60
 REPLY_SECONDS = 60
 # What a worker runs (with -P: nothing from the working directory): the request loop on its
