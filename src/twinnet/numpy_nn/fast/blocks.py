@@ -37,13 +37,6 @@ from twinnet.numpy_nn.normalization import BatchNorm
 from twinnet.util import chunk_slices
 
 
-def check_even(name: str, x: np.ndarray) -> None:
-    """ValueError unless x (N, H, W, C) has even H and W, as a 2x2 max-pool block needs."""
-    h, w = x.shape[1:3]
-    if h % 2 or w % 2:
-        raise ValueError(f"{name}: max-pooling needs even height and width, got {h}x{w}")
-
-
 class ConvReLUPool:
     """conv 3x3 'same' -> ReLU -> 2x2 max-pool, one block (derivations, sections 4, 3, 5):
     x (N, H, W, C_in), H and W even; W (3, 3, C_in, C_out) HWIO; b (C_out,) -> (N, H/2,
@@ -89,8 +82,9 @@ class ConvReLUPool:
         return max(1, budgets.CHUNK_BYTES // (h * w * max(9 * c_in, c_out) * itemsize))
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
-        check_even(self.name, x)
         n, h, w, _ = x.shape
+        if h % 2 or w % 2:
+            raise ValueError(f"{self.name}: max-pooling needs even height and width, got {h}x{w}")
         if not train and self.infer_by_windows:
             return self._windows(x, self.W, self.b, 1, self._relu.infer, mean=False)
         c_out = self.W.shape[3]

@@ -88,22 +88,20 @@ class WindowInference:
         for part in chunk_slices(n, max(1, budgets.INFERENCE_CHUNK_BYTES // per_image)):
             chunk = x[part]
             key = (chunk.shape, k, pad, c_out, x.dtype)
-            first, second = (self._plans.get(key) or self._new_plan(key)).run(chunk, kernel)
-            pooled = out[part].reshape(-1)
-            if mean:
-                for product in (first, second):
-                    rows_of = product.reshape(len(chunk), -1)
-                    rows_of += b
-                    act(rows_of)
-            np.add(first, second, out=first) if mean else np.maximum(first, second, out=first)
-            flat = first.reshape(-1)  # over b: adjacent columns
-            (np.add if mean else np.maximum)(flat[0::2], flat[1::2], out=pooled)
+            first, second = products = (self._plans.get(key) or self._new_plan(key)).run(chunk, kernel)
+            combine, pooled = (np.add if mean else np.maximum), out[part].reshape(-1)
+            rows_of = (products if mean else pooled).reshape(-1, len(b))  # one image's row each
+            if mean:  # the bias and the activation on every conv output, then the mean
+                rows_of += b
+                act(rows_of)
+            combine(first, second, out=first)
+            flat = first.reshape(-1)
+            combine(flat[0::2], flat[1::2], out=pooled)  # over b: adjacent columns
             if mean:
                 pooled *= 0.25
-            else:
-                per_image_row = pooled.reshape(len(chunk), -1)
-                per_image_row += b
-                act(per_image_row)
+            else:  # a monotone activation after the maximum
+                rows_of += b
+                act(rows_of)
         return out
 
     def _new_plan(self, key: tuple) -> WindowPlan:
