@@ -17,6 +17,7 @@ import pytest
 from twinnet import gradcheck, models
 from twinnet.models import MODEL_NAMES, init_params, param_shapes
 from twinnet.numpy_nn import SGD, Adam, NumpyModel, make_optimizer, optimizer_state, softmax_cross_entropy
+from twinnet.numpy_nn import model as model_module
 from twinnet.numpy_nn.fast.blocks import DenseReLU
 from twinnet.numpy_nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, same_padding
 from twinnet.numpy_nn.network import MAX_EVAL_CHUNK, Network, build_layers
@@ -664,3 +665,26 @@ def test_the_lesson_imports_no_engine() -> None:
                             env={**os.environ, "PYTHONPATH": str(SRC)}, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_denormal_adam_moments_are_flushed_and_move_no_parameter(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pixels 0-299 are lit in the first batch only: their weights' first moments then decay
+    # by beta_1 each update, into the denormal range after about 800 updates.
+    rng = np.random.default_rng(0)
+    first = rng.random((10, 28, 28, 1), dtype=np.float32)
+    rest = first.copy()
+    rest.reshape(10, -1)[:, :300] = 0
+    y = np.arange(10)
+    runs = {}
+    for flush_every in (model_module.FLUSH_EVERY, 10**9):
+        monkeypatch.setattr(model_module, "FLUSH_EVERY", flush_every)
+        model = NumpyModel("linear", init_params("linear", 0), optimizer="adam")
+        model.train_step(first, y, 1e-3)
+        for _ in range(900):
+            model.train_step(rest, y, 1e-3)
+        m = model._opt.m["dense1/W"]
+        runs[flush_every] = (model.params, np.count_nonzero((m != 0) & (np.abs(m) < np.finfo(m.dtype).tiny)))
+    (flushed, left), (kept, denormals) = runs.values()
+    assert denormals > 0 and left == 0  # the case arose, and the flush took it
+    for key, p in kept.items():
+        np.testing.assert_array_equal(flushed[key], p)
