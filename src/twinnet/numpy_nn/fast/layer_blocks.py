@@ -1,9 +1,6 @@
-"""Blocks for one reference layer each, the layers no fused block (``blocks.py``) takes,
-in a faster form of the same maths: ``FastConv2D``, ``TiledAvgPool2D``, ``FastActivation``
-and ``TiledMaxPool2D`` (``InferenceForm``s: trained as the layer, inferred faster), and
-``FastBatchNorm``. Each names its layer in ``replaces``, and ``matches(layer, shape)``
-says whether it can replace a layer whose input has that shape.
-"""
+"""Blocks for one reference layer each, in a faster form of its maths; each names its
+layer in ``replaces``, and ``matches(layer, shape)`` says whether it can replace a layer
+whose input has that shape (H, W, C)."""
 
 from __future__ import annotations
 
@@ -30,12 +27,6 @@ from twinnet.numpy_nn.fast.primitives import (
 )
 from twinnet.numpy_nn.normalization import BatchNorm
 from twinnet.util import chunk_slices
-
-
-def _tiles(pool: layers.MaxPool2D | layers.AvgPool2D, shape: tuple[int, ...]) -> bool:
-    """Whether the pool's windows tile an input of ``shape`` (H, W, C), or its top-left
-    part (the rest is left out, as the pool leaves it): stride = size."""
-    return pool.stride == pool.size
 
 
 class FastConv2D:
@@ -66,8 +57,6 @@ class FastConv2D:
             self.cache = (cols, xpad.shape, x.shape, *offset)
             return add_bias((cols @ self.W.reshape(k * k * c_in, c_out)).reshape(len(x), h_out, w_out, c_out),
                             self.b)
-        # Inference keeps no matrix, so it runs in chunks whose matrix stays in cache, with
-        # r output pixels to a matrix row (pixel_rows.py).
         r = pixels_per_row(w_out, c_out, k, self.conv.stride)
         kernel = row_kernel(self.W, r, self.conv.stride)
         z = np.empty((len(x), h_out, w_out, c_out), dtype=x.dtype)
@@ -108,7 +97,7 @@ class TiledAvgPool2D:
 
     @staticmethod
     def matches(layer: object, shape: tuple[int, ...]) -> bool:
-        return isinstance(layer, layers.AvgPool2D) and _tiles(layer, shape)
+        return isinstance(layer, layers.AvgPool2D) and layer.stride == layer.size  # tiles (the top-left of) x
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         self.shape = x.shape
@@ -203,7 +192,7 @@ class TiledMaxPool2D(InferenceForm):
 
     @staticmethod
     def matches(layer: object, shape: tuple[int, ...]) -> bool:
-        return isinstance(layer, layers.MaxPool2D) and _tiles(layer, shape)
+        return isinstance(layer, layers.MaxPool2D) and layer.stride == layer.size
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         return over_tiles(x, self.layer.size, np.maximum)
