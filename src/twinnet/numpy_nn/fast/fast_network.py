@@ -141,7 +141,7 @@ class PartSums:
             for total, part in zip(totals, worker.receive(), strict=True):
                 total += part
         for worker in self.taken:
-            worker.send(totals)
+            worker.answer(totals)
         return tuple(totals)
 
 

@@ -90,10 +90,14 @@ class Worker:
         child.close()
 
     def send(self, fn: Callable, *args: Any) -> None:
-        """Ask for ``fn(state, *args)``; with no ``args`` and fn not callable, send fn itself
-        to a request that waits for it mid-way (``state["parent"].recv()``)."""
+        """Ask for ``fn(state, *args)``."""
+        self.answer((fn, args))
+
+    def answer(self, message: Any) -> None:
+        """Send ``message`` as it is: to a request that waits for it mid-way
+        (``state["parent"].recv()``), or, from ``send``, a request."""
         try:
-            self.conn.send((fn, args) if callable(fn) or args else fn)
+            self.conn.send(message)
         except OSError as exc:
             raise WorkerError(f"worker {self.process.pid} is gone ({exc})") from None
 
