@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
 def mnist_dir() -> Path | None:
@@ -56,3 +60,16 @@ def presets_file(tmp_path) -> Path:
     path = tmp_path / "presets.toml"
     path.write_text(LINEAR_PRESETS)
     return path
+
+
+# The draw-a-digit and watch pages' browser tests: one Chromium a module, driven by Playwright.
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
+    if CHROMIUM is None:
+        pytest.skip("the browser test needs Chromium on PATH: on Debian or Ubuntu, "
+                    "sudo apt-get install chromium (Playwright drives it and never downloads one)")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

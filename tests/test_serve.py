@@ -32,9 +32,6 @@ from twinnet.serve import MAX_PENDING, MAX_UPLOAD_BYTES, UPLOAD_GRACE_SECONDS  #
 from twinnet.weights import DEFAULT_WEIGHTS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 DIGITS_DRAWN = 10
 
 
@@ -450,18 +447,6 @@ def test_strokes_cover_the_skeleton():
     assert all(max(abs(a[0] - b[0]), abs(a[1] - b[1])) == 1
                for s in strokes for a, b in zip(s, s[1:], strict=False))
     assert thin(image[..., 0] > 0.5)[:, 13].sum() >= 14  # the bar thins to a line, not to nothing
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
-    if CHROMIUM is None:
-        pytest.skip("the browser test needs Chromium on PATH: on Debian or Ubuntu, "
-                    "sudo apt-get install chromium (Playwright drives it and never downloads one)")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def read_twin(page, twin: str) -> tuple[int, list[float]]:

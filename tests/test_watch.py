@@ -29,8 +29,8 @@ from PIL import Image
 pytest.importorskip("starlette", reason="needs the serve extra: pip install 'twinnet[serve]'")
 pytest.importorskip("uvicorn", reason="needs the serve extra: pip install 'twinnet[serve]'")
 
-from test_serve import CHROMIUM, CHROMIUM_ARGS, outside_viewport  # noqa: E402
 from test_serve import draw as draw_on_pad  # noqa: E402
+from test_serve import outside_viewport  # noqa: E402
 
 from twinnet.cli import main  # noqa: E402
 from twinnet.config import DEFAULT_LR  # noqa: E402
@@ -359,18 +359,6 @@ def test_ctrl_c_midway_saves_both_run_folders(tmp_path):
 
 
 # --- the page in a real browser -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
-    if CHROMIUM is None:
-        pytest.skip("the browser test needs Chromium on PATH: on Debian or Ubuntu, "
-                    "sudo apt-get install chromium (Playwright drives it and never downloads one)")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def draw(page, image: np.ndarray) -> None:
