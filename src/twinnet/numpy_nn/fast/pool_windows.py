@@ -26,6 +26,12 @@ from twinnet.numpy_nn.fast.primitives import tap_major_windows
 from twinnet.util import chunk_slices
 
 
+def window_grid(h: int, w: int, k: int, pad: int) -> tuple[int, int]:
+    """The pooling windows down and across, (H_out // 2, W_out // 2), over a k x k stride-1
+    conv of an h x w image padded by ``pad`` on every side."""
+    return (h + 2 * pad - k + 1) // 2, (w + 2 * pad - k + 1) // 2
+
+
 class WindowPlan:
     """The work arrays for chunks of shape (n, H, W, C) of a k x k conv padded by ``pad``
     on every side, made once: the padded images, a strided view of their (k+1) x (k+1)
@@ -46,7 +52,7 @@ class WindowPlan:
             self.matrix = np.empty((p * p, math.prod(self.patches.shape[2:])), dtype=dtype)
             self.halves = (self.matrix[:k * p].T, self.matrix[p:].T)
         else:  # patches[n, i, j, p, q*C + c] = xpad[n, 2i + p, 2j + q, c]
-            rows, cols = ((size + 2 * pad - k + 1) // 2 for size in (h, w))
+            rows, cols = window_grid(h, w, k, pad)
             self.patches = as_strided(xpad, shape=(n, rows, cols, p, p * c),
                                       strides=(s_n, 2 * s_h, 2 * s_w, s_h, s_c), writeable=False)
             self.matrix = np.empty((n * rows * cols, p * p * c), dtype=dtype)
@@ -80,7 +86,7 @@ class WindowInference:
         k, c_out = W.shape[0], W.shape[3]
         kernel = row_kernel(W.astype(x.dtype, copy=False), 2)
         kernel = np.ascontiguousarray(kernel.reshape(-1, 2, c_out).transpose(0, 2, 1)).reshape(-1, 2 * c_out)
-        rows, cols = ((size + 2 * pad - k + 1) // 2 for size in (h, w))
+        rows, cols = window_grid(h, w, k, pad)
         b = b.astype(x.dtype, copy=False)  # tiled over one image's row, as primitives.add_bias
         b = np.tile(np.repeat(b, 2), rows * cols) if mean else np.tile(b, rows * cols)
         per_image = rows * cols * ((k + 1) ** 2 * c + 4 * c_out) * x.dtype.itemsize
