@@ -9,12 +9,14 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -816,6 +818,21 @@ def test_ctrl_c_at_the_terminal_is_left_to_the_parent(runtime, caplog: pytest.Lo
     with caplog.at_level(logging.WARNING):
         _train_three_steps(model)
     assert _on_workers(model) and worker.poll() is None and not _warnings(caplog)
+
+
+def test_a_waiting_worker_takes_a_request_at_once_and_waits_actively_only_a_while(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(workers, "ACTIVE_WAIT_SECONDS", 0.1)
+    parent, child = multiprocessing.Pipe()
+    started, cpu = time.monotonic(), time.process_time()
+    workers._wait_actively(child)  # nothing comes: gives up after ACTIVE_WAIT_SECONDS
+    waited = time.monotonic() - started
+    assert waited >= 0.1 and not child.poll(0)
+    assert time.process_time() - cpu > 0.2 * waited  # it ran, rather than slept
+    threading.Timer(0.02, parent.send, ("request",)).start()
+    started = time.monotonic()
+    workers._wait_actively(child)
+    assert child.poll(0) and time.monotonic() - started < 0.1
 
 
 def test_a_worker_reports_its_errors_and_leaves_no_shared_files(runtime) -> None:

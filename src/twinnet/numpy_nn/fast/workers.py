@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import Pipe, connection, resource_tracker, shared_memory
@@ -32,6 +33,11 @@ import numpy as np
 # them it counts as hung (a stopped process never answers) and the parts run in this process.
 START_SECONDS = 60
 REPLY_SECONDS = 60
+# After a request a worker waits for the next one actively this long, giving its core to
+# any other runnable process, then sleeps (as OpenMP runtimes spin before they block):
+# a request after a short pause then finds it running on its own core
+# (docs/performance.md, "A step after a pause").
+ACTIVE_WAIT_SECONDS = 0.2
 # What a worker runs (with -P: nothing from the working directory): the request loop on its
 # end of the pipe, descriptor argv[1].
 START = ("import sys; from multiprocessing.connection import Connection; "
@@ -58,6 +64,7 @@ def serve(conn: connection.Connection) -> None:
     threadpool_limits(limits=1, user_api="blas")
     state: dict[Any, Any] = {"parent": conn}  # for a request that exchanges with the parent mid-way
     while True:
+        _wait_actively(conn)
         try:
             fn, args = conn.recv()
         except (EOFError, OSError):
@@ -70,6 +77,13 @@ def serve(conn: connection.Connection) -> None:
             conn.send(reply)
         except OSError:  # the parent is gone
             return
+
+
+def _wait_actively(conn: connection.Connection) -> None:
+    """Return when ``conn`` has a message, or after ACTIVE_WAIT_SECONDS without one."""
+    deadline = time.monotonic() + ACTIVE_WAIT_SECONDS
+    while not conn.poll(0) and time.monotonic() < deadline:
+        os.sched_yield()
 
 
 def _import_path() -> str:
