@@ -24,7 +24,6 @@ from twinnet.numpy_nn.fast.layer_blocks import (
 )
 from twinnet.numpy_nn.fast.pool_windows import WindowInference
 from twinnet.numpy_nn.fast.primitives import (
-    PaddedBuffer,
     Scratch,
     add_bias,
     column_sums,
@@ -60,17 +59,13 @@ class ConvReLUPool:
         self.needs_input_grad = needs_input_grad
         self.cache: tuple | None = None
         self.grads: dict[str, np.ndarray] = {}
-        self._xpad = PaddedBuffer()
-        self._dzpad = PaddedBuffer()
         self._scratch = Scratch()
         self._windows, self._relu = WindowInference(), FastActivation(relu)
         self._relu.in_place = True
 
     @staticmethod
     def matches(*run: object) -> bool:
-        if len(run) < 3:
-            return False
-        conv, relu, pool = run[:3]
+        conv, relu, pool = (*run, None, None, None)[:3]  # None past a short run's end: no match
         return (isinstance(conv, layers.Conv2D) and conv.W.shape[:2] == (3, 3) and conv.stride == 1
                 and conv.padding == "same" and isinstance(relu, layers.ReLU)
                 and isinstance(pool, layers.MaxPool2D) and (pool.size, pool.stride) == (2, 2))
@@ -92,10 +87,12 @@ class ConvReLUPool:
         routing = self._scratch.get("routing", (4, *pooled.shape), np.dtype(bool)) if train else None
         # Without an input gradient to compute, the backward pass takes dW from these.
         kept_cols: list[np.ndarray] | None = [] if train and not self.needs_input_grad else None
+        cols_scratch = None if kept_cols is not None else self._scratch
         for part in chunk_slices(n, self.chunk_size(h, w, x.dtype.itemsize)):
             m = part.stop - part.start
-            cols = im2col_rows(self._xpad.fill(x[part]), 3, pool_order=True,
-                               scratch=None if kept_cols is not None else self._scratch)
+            xpad = self._scratch.padded("xpad", (m, h, w, x.shape[3]), x.dtype)
+            xpad[:, 1:-1, 1:-1] = x[part]
+            cols = im2col_rows(xpad, 3, pool_order=True, scratch=cols_scratch)
             z = self._scratch.get("z", (4, m, h // 2, w // 2, c_out), x.dtype)  # window-major
             np.matmul(cols, self.W.reshape(-1, c_out), out=z.reshape(-1, c_out))
             max_pool_blocks(z, None if routing is None else routing[:, part], out=pooled[part])
@@ -126,7 +123,7 @@ class ConvReLUPool:
             np.multiply(dpooled[part], routing[:, part], out=dz)  # to each window's first maximum
             if self.needs_input_grad:
                 # dz goes from window-major straight into the padded buffer's interior.
-                dzpad = self._dzpad.padded((m, h, w, c_out), dz.dtype)
+                dzpad = self._scratch.padded("dzpad", (m, h, w, c_out), dz.dtype)
                 window_major_view(dzpad[:, 1:-1, 1:-1, :])[...] = dz.reshape(2, 2, m, h // 2, w // 2, c_out)
                 dzcols = im2col_rows(dzpad, 3, scratch=self._scratch)
                 np.matmul(dzcols, w_flip, out=dx[part].reshape(-1, c_in))
@@ -212,9 +209,8 @@ class ConvActPool:
     def matches(*run: object) -> int:
         """How many layers of the run this block replaces (3, or 4 with a batch norm), 0 if none."""
         count = 4 if len(run) > 1 and isinstance(run[1], BatchNorm) else 3
-        if len(run) < count:
-            return 0
-        conv, act, pool = run[0], run[count - 2], run[count - 1]
+        padded = (*run, None, None, None)  # None past a short run's end: no match
+        conv, act, pool = padded[0], padded[count - 2], padded[count - 1]
         fits = (isinstance(conv, layers.Conv2D) and conv.stride == 1
                 and (conv.padding == "valid" or conv.W.shape[0] % 2 == 1)
                 and FastActivation.matches(act, ()) and getattr(act, "alpha", 0) >= 0  # monotone

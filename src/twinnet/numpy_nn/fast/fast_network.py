@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import weakref
+from contextlib import suppress
 from functools import cache
 from itertools import count
 from typing import Any
@@ -103,29 +104,24 @@ def _forget(owner: tuple[int, int], key: int, taken: list[workers.Worker]) -> No
     if owner != (os.getpid(), workers.generation()):
         return
     for worker in taken:
-        try:
+        with suppress(workers.WorkerError):
             worker.send(_drop_model, key)
             worker.receive(workers.START_SECONDS)
-        except workers.WorkerError:
-            pass
 
 
 def _set_part(network: Network, masks: list[np.ndarray | None], sums: Any) -> None:
     """A part's rows of the batch's dropout masks, and its batch norms' sums over every
     part (``PartSums``, ``ParentSums``; None for a whole batch)."""
-    for layer, mask in zip(_dropouts(network), masks, strict=True):
+    for layer, mask in zip(_steps(network, Dropout), masks, strict=True):
         layer.mask = mask
-    for bn in _batch_norms(network):
+    for bn in _steps(network, FastBatchNorm):
         bn.reduce = sums
 
 
-def _batch_norms(network: Network) -> list[FastBatchNorm]:
-    return [step for layer in network.layers for step in getattr(layer, "steps", [layer])
-            if isinstance(step, FastBatchNorm)]
-
-
-def _dropouts(network: Network) -> list[Dropout]:
-    return [layer for layer in network.layers if isinstance(layer, Dropout)]
+def _steps(network: Network, kind: type | tuple[type, ...]) -> list:
+    """The layers of ``network`` of type ``kind``, those inside fused blocks included."""
+    steps = [step for layer in network.layers for step in getattr(layer, "steps", [layer])]
+    return [step for step in steps if isinstance(step, kind)]
 
 
 class PartSums:
@@ -171,7 +167,7 @@ class FastNetwork:
         # Batch norm's statistics and dropout's masks are of the whole batch: on workers the
         # parts exchange their sums and take their rows of each mask (_set_part); in this
         # process alone such a model's step runs as one part.
-        self.whole_batch = bool(_batch_norms(self.network) or _dropouts(self.network))
+        self.whole_batch = bool(_steps(self.network, (FastBatchNorm, Dropout)))
         self._flops = 2 * models.multiply_adds_per_image(self.spec)  # forward, per image
         self.dtype = next(iter(params.values())).dtype
         self._shared: workers.SharedArrays | None = None
@@ -245,7 +241,7 @@ class FastNetwork:
             return self._pieces_on_workers(parts, x)
         taken = self._share(len(parts) - 1, max(p.stop - p.start for p in parts))
         shared = self._shared
-        masks = [layer.mask for layer in _dropouts(self.network)]
+        masks = [layer.mask for layer in _steps(self.network, Dropout)]
         rows = [[None if mask is None else mask[part] for mask in masks] for part in parts]
         for index, (worker, part) in enumerate(zip(taken, parts[1:], strict=False)):
             n = part.stop - part.start

@@ -1,11 +1,7 @@
-"""Matmul rows of several output pixels: the im2col of a conv, r pixels to a row.
-
-With r adjacent output pixels of an image row to a matrix row, the row holds the k x
-((r-1)*s + k) patch they read together (s the stride), and its product with
-``row_kernel`` (W at the r column offsets b*s, zeros elsewhere) is r*C_out wide rather
-than C_out, its rows the output in NHWC order. Why, and the cost of the multiply-adds
-by zero: docs/performance.md, "Layers no fused block takes".
-"""
+"""Matmul rows of several output pixels: the im2col of a conv with r adjacent output
+pixels of an image row to a matrix row, multiplied by ``row_kernel`` (W at the r column
+offsets, zeros elsewhere) into rows r*C_out wide. Why, and the cost of the multiply-adds
+by zero: docs/performance.md, "Layers no fused block takes"."""
 
 from __future__ import annotations
 
@@ -43,10 +39,7 @@ def contiguous_strides(x: np.ndarray) -> tuple[int, ...]:
     stride, e.g. the channel axis that ``x[..., None]`` adds); ValueError if x is not."""
     if not x.flags.c_contiguous:
         raise ValueError(f"expected a C-contiguous NHWC array, got strides {x.strides}")
-    strides = [x.itemsize]
-    for size in x.shape[:0:-1]:
-        strides.insert(0, strides[0] * size)
-    return tuple(strides)
+    return tuple(x.itemsize * math.prod(x.shape[axis + 1:]) for axis in range(x.ndim))
 
 
 def pixel_windows(xpad: np.ndarray, k: int, stride: int, r: int) -> np.ndarray:

@@ -1,21 +1,14 @@
-"""The inference form of conv -> activation -> 2x2 pool: matmul rows per pooling window.
-
-A 2x2 pooling window over a k x k stride-1 conv reads one (k+1) x (k+1) patch of the
-padded input: window (i, j) pools conv outputs (2i + a, 2j + b), a, b in {0, 1}, and
-output row a reads patch rows a..a+k-1. So with one row of the patch matrix per window,
-the matrix's columns of patch rows 0..k-1 and of rows 1..k, each times
-``pixel_rows.row_kernel(W, 2)`` (W at both column offsets b, zeros elsewhere), give a
-window's four conv outputs. A max-pool takes their maximum, then the bias and the
-activation (monotone: act(max(z) + b) = max(act(z + b))); an average pool adds the bias,
-applies the activation and takes the mean. Why it is faster: docs/performance.md,
-"Inference by pooling windows". The values are the reference layers' (a zero term
-leaves a sum unchanged; an infinite input gives NaN here: zero times infinity).
-"""
+"""The inference form of conv -> activation -> 2x2 pool: one matmul row per pooling
+window, whose (k+1) x (k+1) patch of the padded input holds all four of the window's
+conv outputs (patch rows 0..k-1 give its top row, rows 1..k its bottom row). The maths,
+why the values are the reference layers' and why it is faster: docs/performance.md,
+"The fused block" and "Inference by pooling windows"."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -78,7 +71,7 @@ class WindowInference:
     of INFERENCE_CHUNK_BYTES, keeping the work arrays of the last KEPT_PLANS chunk shapes."""
 
     def __init__(self) -> None:
-        self._plans: dict[tuple, WindowPlan] = {}  # in the order they were made
+        self.plan = lru_cache(maxsize=budgets.KEPT_PLANS)(WindowPlan)  # (chunk shape, k, pad, C_out, dtype)
 
     def __call__(self, x: np.ndarray, W: np.ndarray, b: np.ndarray, pad: int,
                  act: Callable[[np.ndarray], object], mean: bool) -> np.ndarray:
@@ -93,8 +86,7 @@ class WindowInference:
         out = np.empty((n, rows, cols, c_out), dtype=x.dtype)
         for part in chunk_slices(n, max(1, budgets.INFERENCE_CHUNK_BYTES // per_image)):
             chunk = x[part]
-            key = (chunk.shape, k, pad, c_out, x.dtype)
-            first, second = products = (self._plans.get(key) or self._new_plan(key)).run(chunk, kernel)
+            first, second = products = self.plan(chunk.shape, k, pad, c_out, x.dtype).run(chunk, kernel)
             combine, pooled = (np.add if mean else np.maximum), out[part].reshape(-1)
             rows_of = (products if mean else pooled).reshape(-1, len(b))  # one image's row each
             if mean:  # the bias and the activation on every conv output, then the mean
@@ -109,11 +101,3 @@ class WindowInference:
                 rows_of += b
                 act(rows_of)
         return out
-
-    def _new_plan(self, key: tuple) -> WindowPlan:
-        """A plan for ``key`` (chunk shape, k, pad, C_out, dtype), forgetting the oldest
-        beyond KEPT_PLANS."""
-        self._plans[key] = plan = WindowPlan(*key)
-        while len(self._plans) > budgets.KEPT_PLANS:
-            del self._plans[next(iter(self._plans))]
-        return plan

@@ -25,20 +25,16 @@ def per_image_rows(x: np.ndarray) -> np.ndarray:
 def add_bias(z: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``z += b`` in place for z (N, ..., C) C-contiguous and b (C,); returns z. b is tiled
     into one image's row: broadcast, it makes an inner loop of C values per pixel."""
-    rows = per_image_rows(z)
-    rows += np.tile(b, rows.shape[1] // len(b))
+    per_image_rows(z)[...] += tile_row(b, z)
     return z
 
 
 def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``np.maximum(x, 0)`` of a C-contiguous x (N, ...) into ``out`` (may be x) or a new
     array, against one image's row of zeros: the scalar 0 misses the vectorised loop."""
-    rows = per_image_rows(x)
-    zeros = np.zeros(rows.shape[1], dtype=x.dtype)
-    if out is None:
-        return np.maximum(rows, zeros).reshape(x.shape)
-    np.maximum(rows, zeros, out=per_image_rows(out))
-    return out
+    rows, into = per_image_rows(x), None if out is None else per_image_rows(out)
+    result = np.maximum(rows, np.zeros(rows.shape[1], dtype=x.dtype), out=into)
+    return result.reshape(x.shape) if out is None else out
 
 
 def column_sums(a: np.ndarray) -> np.ndarray:
@@ -62,29 +58,15 @@ class Scratch:
             flat = self._flat[name] = np.empty(size, dtype=dtype)
         return flat[:size].reshape(shape)
 
-
-class PaddedBuffer:
-    """A zero-bordered (N, H+2, W+2, C) array reused across calls, grown as needed: the
-    border is zeroed once, each call copies only the interior (``np.pad`` allocates and
-    zeroes every time), and the first n images of a larger buffer serve a batch of n."""
-
-    def __init__(self) -> None:
-        self.array: np.ndarray | None = None
-
-    def padded(self, shape: tuple[int, int, int, int], dtype: np.dtype) -> np.ndarray:
-        """The (N, H+2, W+2, C) buffer for images of ``shape`` (N, H, W, C); only its
-        interior may be written."""
+    def padded(self, name: str, shape: tuple[int, int, int, int], dtype: np.dtype) -> np.ndarray:
+        """``get`` of an (N, H+2, W+2, C) array for images of ``shape`` (N, H, W, C), its
+        one-pixel border zeroed (``np.pad`` allocates and zeroes all of it every time); the
+        caller writes the interior."""
         n, h, w, c = shape
-        a = self.array
-        if a is None or len(a) < n or a.shape[1:] != (h + 2, w + 2, c) or a.dtype != dtype:
-            a = self.array = np.zeros((n, h + 2, w + 2, c), dtype=dtype)
-        return a[:n]
-
-    def fill(self, x: np.ndarray) -> np.ndarray:
-        """x (N, H, W, C) copied into the buffer; returns the padded (N, H+2, W+2, C) array."""
-        padded = self.padded(x.shape, x.dtype)
-        padded[:, 1:-1, 1:-1, :] = x
-        return padded
+        a = self.get(name, (n, h + 2, w + 2, c), dtype)
+        a[:, [0, -1]] = 0
+        a[:, 1:-1, [0, -1]] = 0
+        return a
 
 
 def im2col_rows(xpad: np.ndarray, kernel: int, stride: int = 1, pool_order: bool = False,

@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing import Pipe, connection, resource_tracker, shared_memory
 from pathlib import Path
 from typing import Any
@@ -48,16 +47,10 @@ class WorkerError(RuntimeError):
     """A worker failed, went away or did not answer in time."""
 
 
-@dataclass
-class Failure:
-    """What a worker replies when a request raised: the exception, as one line."""
-
-    message: str
-
-
 def serve(conn: connection.Connection) -> None:
     """A worker's loop: run each ``(fn, args)`` received as ``fn(state, *args)`` and send
-    back its result (a Failure if it raised), until the parent's end closes."""
+    back its result (a WorkerError, the exception in one line, if it raised), until the
+    parent's end closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from threadpoolctl import threadpool_limits
 
@@ -72,7 +65,7 @@ def serve(conn: connection.Connection) -> None:
         try:
             reply = fn(state, *args)
         except Exception as exc:  # noqa: BLE001 (sent to the parent, which decides)
-            reply = Failure(f"{type(exc).__name__}: {exc}")
+            reply = WorkerError(f"{type(exc).__name__}: {exc}")
         try:
             conn.send(reply)
         except OSError:  # the parent is gone
@@ -125,8 +118,8 @@ class Worker:
             reply = self.conn.recv()
         except (EOFError, OSError):
             raise WorkerError(f"worker {self.process.pid} exited with code {self.process.wait()}") from None
-        if isinstance(reply, Failure):
-            raise WorkerError(f"worker {self.process.pid} failed: {reply.message}")
+        if isinstance(reply, WorkerError):
+            raise WorkerError(f"worker {self.process.pid} failed: {reply}")
         return reply
 
     def close(self) -> None:
@@ -226,11 +219,8 @@ class SharedArrays:
         if not hasattr(os, "posix_fallocate") or not os.path.exists(path):
             return  # nothing to reserve with: another system
         try:
-            fd = os.open(path, os.O_RDWR)
-            try:
-                os.posix_fallocate(fd, 0, size)
-            finally:
-                os.close(fd)
+            with open(path, "r+b") as block:
+                os.posix_fallocate(block.fileno(), 0, size)
         except OSError:
             self.shm.close()
             self.shm.unlink()
