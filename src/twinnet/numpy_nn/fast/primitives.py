@@ -25,7 +25,8 @@ def per_image_rows(x: np.ndarray) -> np.ndarray:
 def add_bias(z: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``z += b`` in place for z (N, ..., C) C-contiguous and b (C,); returns z. b is tiled
     into one image's row: broadcast, it makes an inner loop of C values per pixel."""
-    per_image_rows(z)[...] += tile_row(b, z)
+    rows = per_image_rows(z)
+    rows += tile_row(b, z)
     return z
 
 
@@ -64,8 +65,7 @@ class Scratch:
         caller writes the interior."""
         n, h, w, c = shape
         a = self.get(name, (n, h + 2, w + 2, c), dtype)
-        a[:, [0, -1]] = 0
-        a[:, 1:-1, [0, -1]] = 0
+        a[:, 0] = a[:, -1] = a[:, :, 0] = a[:, :, -1] = 0
         return a
 
 
