@@ -164,9 +164,8 @@ class FastNetwork:
         self.network = fused_network(self.spec, params)
         has_conv = any(isinstance(layer, models.Conv2DSpec) for layer in self.spec)
         self.parts = max(1, threads if threads is not None else blas_threads()) if has_conv else 1
-        # Batch norm's statistics and dropout's masks are of the whole batch: on workers the
-        # parts exchange their sums and take their rows of each mask (_set_part); in this
-        # process alone such a model's step runs as one part.
+        # Batch norm's statistics and dropout's masks are of the whole batch: workers' parts
+        # exchange sums and take mask rows (_set_part); in this process such a step is one part.
         self.whole_batch = bool(_steps(self.network, (FastBatchNorm, Dropout)))
         self._flops = 2 * models.multiply_adds_per_image(self.spec)  # forward, per image
         self.dtype = next(iter(params.values())).dtype

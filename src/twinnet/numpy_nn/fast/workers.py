@@ -32,11 +32,11 @@ import numpy as np
 # them it counts as hung (a stopped process never answers) and the parts run in this process.
 START_SECONDS = 60
 REPLY_SECONDS = 60
-# After a request a worker waits for the next one actively this long, giving its core to
-# any other runnable process, then sleeps (as OpenMP runtimes spin before they block):
-# a request after a short pause then finds it running on its own core
-# (docs/performance.md, "A step after a pause").
-ACTIVE_WAIT_SECONDS = 0.2
+# After a request a worker spins, polling its pipe and yielding its core, for up to
+# SPIN_SECONDS before it blocks on the pipe: a request after a short pause then finds it
+# on its own core (docs/performance.md, "A step after a pause"). It blocks at once when
+# a yield took longer than YIELD_SECONDS: another program wants the core.
+SPIN_SECONDS, YIELD_SECONDS = 0.2, 0.0005
 # What a worker runs (with -P: nothing from the working directory): the request loop on its
 # end of the pipe, descriptor argv[1].
 START = ("import sys; from multiprocessing.connection import Connection; "
@@ -57,7 +57,7 @@ def serve(conn: connection.Connection) -> None:
     threadpool_limits(limits=1, user_api="blas")
     state: dict[Any, Any] = {"parent": conn}  # for a request that exchanges with the parent mid-way
     while True:
-        _wait_actively(conn)
+        _spin(conn)
         try:
             fn, args = conn.recv()
         except (EOFError, OSError):
@@ -72,11 +72,14 @@ def serve(conn: connection.Connection) -> None:
             return
 
 
-def _wait_actively(conn: connection.Connection) -> None:
-    """Return when ``conn`` has a message, or after ACTIVE_WAIT_SECONDS without one."""
-    deadline = time.monotonic() + ACTIVE_WAIT_SECONDS
-    while not conn.poll(0) and time.monotonic() < deadline:
+def _spin(conn: connection.Connection) -> None:
+    """Return when ``conn`` has a message, after SPIN_SECONDS, or at a yield over YIELD_SECONDS."""
+    start = last = time.monotonic()
+    while not conn.poll(0) and last - start < SPIN_SECONDS:
         os.sched_yield()
+        last, before = time.monotonic(), last
+        if last - before > YIELD_SECONDS:
+            return
 
 
 def _import_path() -> str:
@@ -138,8 +141,7 @@ _generation = 0  # counts close_workers(): state registered with older workers i
 
 
 def generation() -> int:
-    """How many times the workers were closed: a model registered at another count must
-    register again."""
+    """How many times the workers were closed: a model registered at another count registers again."""
     return _generation
 
 
