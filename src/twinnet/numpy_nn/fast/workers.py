@@ -4,10 +4,10 @@ A worker (a process: its own GIL) serves requests from its end of a ``multiproce
 Pipe``: a module-level function and its arguments, ``fn(state, *args)``, whose return
 value is the reply. A model's parameters, each worker's gradients and input images live
 in one ``shared_memory`` block (``SharedArrays``). Workers start on first use, are shared
-by every model of the process, run BLAS on one thread, ignore Ctrl-C and exit when the
-parent's end of the pipe closes; every wait for a reply has a timeout; a child made by
-``os.fork`` forgets them. Why hand-built (not ``multiprocessing.Pool``) and started with
-``subprocess`` (not as ``multiprocessing.Process``): docs/performance.md, "What stayed
+by every model of the process, run BLAS on one thread, spin a while for the next request,
+ignore Ctrl-C and exit when the parent's end of the pipe closes; every wait for a reply
+has a timeout; a child made by ``os.fork`` forgets them. Why hand-built (not ``Pool``)
+and started with ``subprocess`` (not as ``Process``): docs/performance.md, "What stayed
 hand-built, and why".
 """
 
