@@ -272,6 +272,28 @@ def test_inference_forms_infer_bit_for_bit_and_train_as_their_layer(make, shape:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("alpha", [0.0, 1e-30, 0.1, 0.2, 1 / 3, 0.7, 1.0])
+def test_leaky_relu_trains_without_where_as_its_layer_byte_for_byte(alpha: float, dtype: type) -> None:
+    # The larger of x and alpha * x, and d times a slope of 1 - alpha plus alpha: the same
+    # bytes as np.where, signed zeros, tiny values and infinities included (+inf as input
+    # only where alpha > 0: 0 * inf is NaN, the caveat of docs/performance.md).
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5, 6, 7, 3)).astype(dtype)
+    x.flat[:6] = [0.0, -0.0, 1e-40, -1e-40, -np.inf, np.inf if alpha else 2.0]
+    d = rng.standard_normal(x.shape).astype(dtype)
+    d.flat[:8] = [np.inf, -0.0, -np.inf, 0.0, np.inf, -np.inf, 1e-40, -0.0]
+    layer, block = LeakyReLU(alpha), FastActivation(LeakyReLU(alpha))
+    assert FastActivation.matches(layer, x.shape[1:])
+    with np.errstate(invalid="ignore"):
+        out, expected = block.forward(x), layer.forward(x)
+        assert out.dtype == expected.dtype and out.tobytes() == expected.tobytes()
+        np.testing.assert_array_equal(block.layer.cache, layer.cache)
+        back, expected = block.backward(d), layer.backward(d)
+        assert back.dtype == expected.dtype and back.tobytes() == expected.tobytes()
+    assert not FastActivation.matches(LeakyReLU(1.5), x.shape[1:])  # then where() is not the larger
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_first_blocks_skip_the_input_gradient(dtype: type) -> None:
     rng = np.random.default_rng(3)
     W, b = _block_data((3, 3, 1, 4), dtype, rng), _block_data((4,), dtype, rng)

@@ -213,7 +213,7 @@ class ConvActPool:
         conv, act, pool = padded[0], padded[count - 2], padded[count - 1]
         fits = (isinstance(conv, layers.Conv2D) and conv.stride == 1
                 and (conv.padding == "valid" or conv.W.shape[0] % 2 == 1)
-                and FastActivation.matches(act, ()) and getattr(act, "alpha", 0) >= 0  # monotone
+                and FastActivation.matches(act, ())  # monotone: a leaky ReLU's alpha is in [0, 1]
                 and isinstance(pool, layers.MaxPool2D | layers.AvgPool2D)
                 and (pool.size, pool.stride) == (2, 2))
         return count if fits else 0

@@ -17,6 +17,7 @@ from twinnet.numpy_nn.fast.primitives import (
     column_sums,
     feature_sums,
     im2col_rows,
+    in_cache,
     max_pool_blocks,
     over_tiles,
     per_image_rows,
@@ -137,13 +138,30 @@ class InferenceForm:
 class FastActivation(InferenceForm):
     """An elementwise activation: ReLU, tanh, sigmoid or leaky ReLU (derivations,
     sections 3, 9-11), inferred in place (into the input when the fusion pass set
-    ``in_place``: an array this forward pass made), in the reference's arithmetic."""
+    ``in_place``: an array this forward pass made), in the reference's arithmetic. Leaky
+    ReLU (0 <= alpha <= 1, as specs have it) trains without ``np.where``, in the values
+    of the layer's own forward and backward (docs/performance.md, "Kernels")."""
 
     in_place = False
 
     @staticmethod
     def matches(layer: object, shape: tuple[int, ...]) -> bool:
-        return isinstance(layer, layers.ReLU | Tanh | Sigmoid | LeakyReLU)
+        leaky = isinstance(layer, LeakyReLU) and 0 <= layer.alpha <= 1
+        return leaky or isinstance(layer, layers.ReLU | Tanh | Sigmoid)
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        if not train or not isinstance(self.layer, LeakyReLU):
+            return super().forward(x, train)
+        self.layer.cache = x > 0
+        return np.maximum(x, x * self.layer.alpha)  # where(x > 0, x, alpha * x) is the larger
+
+    def backward(self, d: np.ndarray) -> np.ndarray:
+        if not isinstance(self.layer, LeakyReLU):
+            return self.layer.backward(d)
+        alpha = d.dtype.type(self.layer.alpha)  # d times the slope: 1 where x > 0, else alpha
+        slope = self.layer.cache * (1 - alpha)  # 1 - alpha is off by at most half an ulp: plus alpha, 1
+        slope += alpha
+        return np.multiply(slope, d, out=slope)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         layer, x = self.layer, x if self.in_place else x.copy()
@@ -157,10 +175,7 @@ class FastActivation(InferenceForm):
             x += 1
             x *= 0.5
             return x
-        if 0 <= layer.alpha <= 1:  # where(x > 0, x, alpha * x) is the larger of the two
-            return np.maximum(x, x * layer.alpha, out=x)
-        np.copyto(x, x * layer.alpha, where=~(x > 0))
-        return x
+        return np.maximum(x, x * layer.alpha, out=x)  # leaky ReLU, as in training
 
 
 class TiledMaxPool2D(InferenceForm):
@@ -173,9 +188,11 @@ class TiledMaxPool2D(InferenceForm):
         if not train or self.layer.size != 2:
             return super().forward(x, train)
         n, h, w, c = x.shape
-        view = window_major_view(x[:, :h - h % 2, :w - w % 2])
-        routing = np.empty((4, n, h // 2, w // 2, c), dtype=bool)
-        out = max_pool_blocks([view[0, 0], view[0, 1], view[1, 0], view[1, 1]], routing)
+        out = np.empty((n, h // 2, w // 2, c), dtype=x.dtype)
+        routing = np.empty((4, *out.shape), dtype=bool)
+        for part in in_cache(x):  # the strided passes over a chunk while it is in cache
+            view = window_major_view(x[part, :h - h % 2, :w - w % 2])
+            max_pool_blocks([view[0, 0], view[0, 1], view[1, 0], view[1, 1]], routing[:, part], out[part])
         self.layer.cache = (routing, x.shape)
         return out
 
@@ -248,10 +265,13 @@ class FastBatchNorm:
         dgamma, dbeta = feature_sums(d * xhat, shape), feature_sums(d, shape)
         self.grads = {f"{self.name}/gamma": dgamma, f"{self.name}/beta": dbeta}  # this part's
         dgamma, dbeta = self._total(dgamma, dbeta)
-        dx = d * m
-        dx -= tile_row(dbeta, xhat)
-        dx -= xhat * tile_row(dgamma, xhat)
-        dx *= tile_row(self.bn.gamma * inv_std / m, xhat)
+        dx = np.empty_like(d)
+        tiles = [tile_row(v, xhat) for v in (dbeta, dgamma, self.bn.gamma * inv_std / m)]
+        for part in in_cache(d):  # the four passes over a chunk while it is in cache
+            out = np.multiply(d[part], m, out=dx[part])
+            out -= tiles[0]
+            out -= xhat[part] * tiles[1]
+            out *= tiles[2]
         return dx.reshape(shape)
 
     def _values_per_feature(self, shape: tuple[int, ...]) -> int:

@@ -10,8 +10,10 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from twinnet.numpy_nn.fast import budgets
 from twinnet.numpy_nn.fast.pixel_rows import contiguous_strides, pixel_windows
 from twinnet.numpy_nn.layers import output_size
+from twinnet.util import chunk_slices
 
 
 def per_image_rows(x: np.ndarray) -> np.ndarray:
@@ -141,6 +143,11 @@ def feature_sums(a: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndar
     rows = a.reshape(shape[0], -1)
     per_image = np.ones(shape[0], dtype=a.dtype) @ rows
     return per_image.reshape(-1, shape[-1]).sum(axis=0, dtype=np.float64).astype(a.dtype)
+
+
+def in_cache(x: np.ndarray) -> list[slice]:
+    """Chunks of x's images (axis 0) of at most ACTIVATION_BYTES each (at least one image)."""
+    return chunk_slices(len(x), max(1, budgets.ACTIVATION_BYTES // max(1, x[0].nbytes)))
 
 
 def tile_row(v: np.ndarray, x: np.ndarray) -> np.ndarray:
