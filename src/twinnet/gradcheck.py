@@ -40,7 +40,7 @@ from twinnet import models
 from twinnet.memory import check_memory
 from twinnet.numpy_nn.activations import LeakyReLU, Sigmoid, Tanh
 from twinnet.numpy_nn.fast.blocks import ConvActPool, ConvReLUPool, DenseReLU
-from twinnet.numpy_nn.fast.layer_blocks import InferenceForm
+from twinnet.numpy_nn.fast.layer_blocks import LayerBlock
 from twinnet.numpy_nn.layers import AvgPool2D, Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
 from twinnet.numpy_nn.losses import softmax_cross_entropy
 from twinnet.numpy_nn.model import NumpyModel
@@ -187,7 +187,7 @@ def kink_pattern(parts: list) -> Callable[[], bytes]:
     def masks(part: object) -> list[np.ndarray]:
         if isinstance(part, ConvActPool):  # trains as the blocks of its layers
             return [m for step in part.steps for m in masks(step)]
-        if isinstance(part, InferenceForm):  # trains as the reference layer it wraps
+        if isinstance(part, LayerBlock):  # its kinks are its reference layer's
             part = part.layer
         if isinstance(part, ReLU | LeakyReLU):
             return [part.cache]

@@ -17,109 +17,22 @@ from twinnet.numpy_nn.fast.primitives import (
     column_sums,
     feature_sums,
     im2col_rows,
-    in_cache,
     max_pool_blocks,
     over_tiles,
     per_image_rows,
     relu,
     tile_row,
-    tile_spread,
     window_major_view,
 )
 from twinnet.numpy_nn.normalization import BatchNorm
 from twinnet.util import chunk_slices
 
 
-class FastConv2D:
-    """Any Conv2D (derivations, section 4), shapes as ``layers.Conv2D``'s: ``im2col_rows``,
-    one matmul, ``add_bias``; backward ``layers.affine_grads``, and dx (None without
-    ``needs_input_grad``) as one matmul per kernel tap, dz @ W[p, q].T, added into the
-    view of dx that tap read (``layers.tap``). Inference keeps nothing, and runs in chunks
-    with r output pixels to a matrix row (``pixel_rows``)."""
-
-    def __init__(self, conv: layers.Conv2D, needs_input_grad: bool = True) -> None:
-        self.replaces = (conv,)
-        self.conv = conv
-        self.name, self.W, self.b, self.params = conv.name, conv.W, conv.b, conv.params
-        self.needs_input_grad = needs_input_grad
-        self.grads: dict[str, np.ndarray] = {}
-
-    @staticmethod
-    def matches(layer: object, shape: tuple[int, ...]) -> bool:
-        return isinstance(layer, layers.Conv2D)
-
-    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
-        k, _, c_in, c_out = self.W.shape
-        xpad, offset = self.conv.pad(x)
-        xpad = np.ascontiguousarray(xpad)
-        h_out, w_out = (layers.output_size(size, k, self.conv.stride) for size in xpad.shape[1:3])
-        if train:
-            cols = im2col_rows(xpad, k, self.conv.stride)
-            self.cache = (cols, xpad.shape, x.shape, *offset)
-            return add_bias((cols @ self.W.reshape(k * k * c_in, c_out)).reshape(len(x), h_out, w_out, c_out),
-                            self.b)
-        r = pixels_per_row(w_out, c_out, k, self.conv.stride)
-        kernel = row_kernel(self.W, r, self.conv.stride)
-        z = np.empty((len(x), h_out, w_out, c_out), dtype=x.dtype)
-        per_image = h_out * w_out * (len(kernel) // r + c_out) * x.dtype.itemsize  # matrix and product
-        for part in chunk_slices(len(x), max(1, budgets.INFERENCE_CHUNK_BYTES // per_image)):
-            np.matmul(pixel_rows(xpad[part], k, self.conv.stride, r), kernel,
-                      out=z[part].reshape(-1, r * c_out))
-            add_bias(z[part], self.b)  # while the chunk is in cache
-        return z
-
-    def backward(self, dz: np.ndarray) -> np.ndarray | None:
-        cols, xpad_shape, (_, h, w, _), top, left = self.cache
-        k, _, c_in, c_out = self.W.shape
-        n, h_out, w_out = dz.shape[:3]
-        dz2d = dz.reshape(-1, c_out)
-        self.grads = layers.affine_grads(self.name, cols, dz2d, self.W.shape, column_sums)
-        if not self.needs_input_grad:
-            return None
-        W_t = np.ascontiguousarray(self.W.transpose(0, 1, 3, 2))  # (k, k, C_out, C_in)
-        dxpad = np.zeros(xpad_shape, dtype=dz.dtype)
-        for p in range(k):
-            for q in range(k):
-                layers.tap(dxpad, p, q, self.conv.stride, h_out, w_out)[...] += \
-                    (dz2d @ W_t[p, q]).reshape(n, h_out, w_out, c_in)
-        return dxpad[:, top:top + h, left:left + w]
-
-
-class TiledAvgPool2D:
-    """An AvgPool2D whose windows tile its input (derivations, section 8), x (N, H, W, C) ->
-    (N, H/size, W/size, C): forward ``over_tiles`` of np.add, backward ``tile_spread``."""
-
-    params: dict[str, np.ndarray] = {}
-    grads: dict[str, np.ndarray] = {}
-
-    def __init__(self, pool: layers.AvgPool2D) -> None:
-        self.replaces = (pool,)
-        self.size = pool.size
-
-    @staticmethod
-    def matches(layer: object, shape: tuple[int, ...]) -> bool:
-        return isinstance(layer, layers.AvgPool2D) and layer.stride == layer.size  # tiles (the top-left of) x
-
-    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
-        self.shape = x.shape
-        means = over_tiles(x, self.size, np.add)
-        means *= 1 / self.size**2
-        return means
-
-    def backward(self, d: np.ndarray) -> np.ndarray:
-        spread = tile_spread(d, self.size)
-        if spread.shape == self.shape:
-            return spread
-        dx = np.zeros(self.shape, dtype=d.dtype)  # the rows and columns no window reads
-        dx[:, :spread.shape[1], :spread.shape[2]] = spread
-        return dx
-
-
-class InferenceForm:
-    """A reference layer that trains as it is and infers in a faster form of the same
-    arithmetic, bit for bit: ``forward(x, train=True)`` and ``backward`` are the layer's
-    own (its caches, masks and gradients included); ``forward(x, train=False)`` is the
-    subclass's ``infer(x)``, x C-contiguous."""
+class LayerBlock:
+    """A block for one reference layer, ``layer``: its parameters, by reference, and its
+    gradients (``layer.grads``). ``forward(x, train=False)`` is the subclass's ``infer(x)``,
+    x C-contiguous; training is the layer's own forward and backward (its caches, masks
+    and gradients included) where the subclass has no faster form of them."""
 
     def __init__(self, layer: layers.Layer | BatchNorm) -> None:
         self.replaces, self.layer, self.params = (layer,), layer, layer.params
@@ -135,7 +48,84 @@ class InferenceForm:
         return self.layer.backward(d)
 
 
-class FastActivation(InferenceForm):
+class FastConv2D(LayerBlock):
+    """Any Conv2D (derivations, section 4), shapes as ``layers.Conv2D``'s: ``im2col_rows``,
+    one matmul, ``add_bias``; backward ``layers.affine_grads``, and dx (None without
+    ``needs_input_grad``) as one matmul per kernel tap, dz @ W[p, q].T, added into the
+    view of dx that tap read (``layers.tap``). Inference keeps nothing, and runs in chunks
+    with r output pixels to a matrix row (``pixel_rows``)."""
+
+    def __init__(self, conv: layers.Conv2D, needs_input_grad: bool = True) -> None:
+        super().__init__(conv)
+        self.name, self.W, self.b, self.needs_input_grad = conv.name, conv.W, conv.b, needs_input_grad
+
+    @staticmethod
+    def matches(layer: object, shape: tuple[int, ...]) -> bool:
+        return isinstance(layer, layers.Conv2D)
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        k, _, c_in, c_out = self.W.shape
+        xpad, offset = self.layer.pad(x)
+        xpad = np.ascontiguousarray(xpad)
+        h_out, w_out = (layers.output_size(size, k, self.layer.stride) for size in xpad.shape[1:3])
+        if train:
+            cols = im2col_rows(xpad, k, self.layer.stride)
+            self.cache = (cols, xpad.shape, x.shape, *offset)
+            return add_bias((cols @ self.W.reshape(k * k * c_in, c_out)).reshape(len(x), h_out, w_out, c_out),
+                            self.b)
+        r = pixels_per_row(w_out, c_out, k, self.layer.stride)
+        kernel = row_kernel(self.W, r, self.layer.stride)
+        z = np.empty((len(x), h_out, w_out, c_out), dtype=x.dtype)
+        per_image = h_out * w_out * (len(kernel) // r + c_out) * x.dtype.itemsize  # matrix and product
+        for part in chunk_slices(len(x), max(1, budgets.INFERENCE_CHUNK_BYTES // per_image)):
+            np.matmul(pixel_rows(xpad[part], k, self.layer.stride, r), kernel,
+                      out=z[part].reshape(-1, r * c_out))
+            add_bias(z[part], self.b)  # while the chunk is in cache
+        return z
+
+    def backward(self, dz: np.ndarray) -> np.ndarray | None:
+        cols, xpad_shape, (_, h, w, _), top, left = self.cache
+        k, _, c_in, c_out = self.W.shape
+        n, h_out, w_out = dz.shape[:3]
+        dz2d = dz.reshape(-1, c_out)
+        self.layer.grads = layers.affine_grads(self.name, cols, dz2d, self.W.shape, column_sums)
+        if not self.needs_input_grad:
+            return None
+        W_t = np.ascontiguousarray(self.W.transpose(0, 1, 3, 2))  # (k, k, C_out, C_in)
+        dxpad = np.zeros(xpad_shape, dtype=dz.dtype)
+        for p in range(k):
+            for q in range(k):
+                layers.tap(dxpad, p, q, self.layer.stride, h_out, w_out)[...] += \
+                    (dz2d @ W_t[p, q]).reshape(n, h_out, w_out, c_in)
+        return dxpad[:, top:top + h, left:left + w]
+
+
+class TiledAvgPool2D(LayerBlock):
+    """An AvgPool2D whose windows tile its input (derivations, section 8), x (N, H, W, C) ->
+    (N, H/size, W/size, C): forward ``over_tiles`` of np.add; backward each pixel d /
+    size**2 of its tile's gradient, by two ``np.repeat``s, zero where no tile reads."""
+
+    @staticmethod
+    def matches(layer: object, shape: tuple[int, ...]) -> bool:
+        return isinstance(layer, layers.AvgPool2D) and layer.stride == layer.size  # tiles (the top-left of) x
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        self.shape, size = x.shape, self.layer.size
+        means = over_tiles(x, size, np.add)
+        means *= 1 / size**2
+        return means
+
+    def backward(self, d: np.ndarray) -> np.ndarray:
+        size = self.layer.size
+        spread = np.repeat(np.repeat(d * (1 / size**2), size, axis=2), size, axis=1)
+        if spread.shape == self.shape:
+            return spread
+        dx = np.zeros(self.shape, dtype=d.dtype)  # the rows and columns no window reads
+        dx[:, :spread.shape[1], :spread.shape[2]] = spread
+        return dx
+
+
+class FastActivation(LayerBlock):
     """An elementwise activation: ReLU, tanh, sigmoid or leaky ReLU (derivations,
     sections 3, 9-11), inferred in place (into the input when the fusion pass set
     ``in_place``: an array this forward pass made), in the reference's arithmetic. Leaky
@@ -178,7 +168,7 @@ class FastActivation(InferenceForm):
         return np.maximum(x, x * layer.alpha, out=x)  # leaky ReLU, as in training
 
 
-class TiledMaxPool2D(InferenceForm):
+class TiledMaxPool2D(LayerBlock):
     """A MaxPool2D whose windows tile its input (derivations, section 5); inference by
     ``over_tiles`` of np.maximum; a 2x2 pool trains by ``max_pool_blocks`` over the
     window's four strided views, its routing in the layer's own cache (``routing``).
@@ -188,11 +178,9 @@ class TiledMaxPool2D(InferenceForm):
         if not train or self.layer.size != 2:
             return super().forward(x, train)
         n, h, w, c = x.shape
-        out = np.empty((n, h // 2, w // 2, c), dtype=x.dtype)
-        routing = np.empty((4, *out.shape), dtype=bool)
-        for part in in_cache(x):  # the strided passes over a chunk while it is in cache
-            view = window_major_view(x[part, :h - h % 2, :w - w % 2])
-            max_pool_blocks([view[0, 0], view[0, 1], view[1, 0], view[1, 1]], routing[:, part], out[part])
+        view = window_major_view(x[:, :h - h % 2, :w - w % 2])
+        routing = np.empty((4, n, h // 2, w // 2, c), dtype=bool)
+        out = max_pool_blocks([view[0, 0], view[0, 1], view[1, 0], view[1, 1]], routing)
         self.layer.cache = (routing, x.shape)
         return out
 
@@ -215,18 +203,12 @@ class TiledMaxPool2D(InferenceForm):
         return over_tiles(x, self.layer.size, np.maximum)
 
 
-class FastBatchNorm:
+class FastBatchNorm(LayerBlock):
     """BatchNorm, alone (derivations, section 13): the reference's formulas, with each
     per-feature vector tiled into one image's row (``tile_row``), so that NumPy's inner
     loops run a whole row rather than F values, and sums over a feature's M = N (*H*W)
     values as ``feature_sums``. Inference is the reference's arithmetic, bit for bit, in
     place as ``FastActivation``'s. Shapes as ``BatchNorm``'s."""
-
-    def __init__(self, bn: BatchNorm) -> None:
-        self.replaces = (bn,)
-        self.bn = bn
-        self.name, self.params = bn.name, bn.params
-        self.grads: dict[str, np.ndarray] = {}
 
     @staticmethod
     def matches(layer: object, shape: tuple[int, ...]) -> bool:
@@ -238,14 +220,9 @@ class FastBatchNorm:
     reduce = None
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
-        bn, x = self.bn, np.ascontiguousarray(x)
-        if not train:  # the reference's arithmetic, in place
-            rows = per_image_rows(x if self.in_place else x.copy())
-            rows -= tile_row(bn.moving_mean, x)
-            rows *= tile_row(1 / np.sqrt(bn.moving_variance + bn.epsilon), x)
-            rows *= tile_row(bn.gamma, x)
-            rows += tile_row(bn.beta, x)
-            return rows.reshape(x.shape)
+        if not train:
+            return super().forward(x, train)
+        bn, x = self.layer, np.ascontiguousarray(x)
         m = self._values_per_feature(x.shape)
         mean = self._total(feature_sums(x))[0] / m
         centered = per_image_rows(x) - tile_row(mean, x)
@@ -263,16 +240,25 @@ class FastBatchNorm:
         d = per_image_rows(np.ascontiguousarray(d))
         m = self._values_per_feature(shape)
         dgamma, dbeta = feature_sums(d * xhat, shape), feature_sums(d, shape)
-        self.grads = {f"{self.name}/gamma": dgamma, f"{self.name}/beta": dbeta}  # this part's
-        dgamma, dbeta = self._total(dgamma, dbeta)
+        self.layer.grads = {f"{self.layer.name}/gamma": dgamma, f"{self.layer.name}/beta": dbeta}
+        dgamma, dbeta = self._total(dgamma, dbeta)  # the batch's, where the grads above are this part's
         dx = np.empty_like(d)
-        tiles = [tile_row(v, xhat) for v in (dbeta, dgamma, self.bn.gamma * inv_std / m)]
-        for part in in_cache(d):  # the four passes over a chunk while it is in cache
+        tiles = [tile_row(v, xhat) for v in (dbeta, dgamma, self.layer.gamma * inv_std / m)]
+        for part in chunk_slices(len(d), max(1, budgets.ACTIVATION_BYTES // d[0].nbytes)):  # in cache
             out = np.multiply(d[part], m, out=dx[part])
             out -= tiles[0]
             out -= xhat[part] * tiles[1]
             out *= tiles[2]
         return dx.reshape(shape)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """The reference's arithmetic, in place."""
+        bn, rows = self.layer, per_image_rows(x if self.in_place else x.copy())
+        rows -= tile_row(bn.moving_mean, x)
+        rows *= tile_row(1 / np.sqrt(bn.moving_variance + bn.epsilon), x)
+        rows *= tile_row(bn.gamma, x)
+        rows += tile_row(bn.beta, x)
+        return rows.reshape(x.shape)
 
     def _values_per_feature(self, shape: tuple[int, ...]) -> int:
         """M, the values of a feature in the whole batch: N (*H*W)."""

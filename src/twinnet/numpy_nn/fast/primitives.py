@@ -10,10 +10,8 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from twinnet.numpy_nn.fast import budgets
 from twinnet.numpy_nn.fast.pixel_rows import contiguous_strides, pixel_windows
 from twinnet.numpy_nn.layers import output_size
-from twinnet.util import chunk_slices
 
 
 def per_image_rows(x: np.ndarray) -> np.ndarray:
@@ -145,22 +143,11 @@ def feature_sums(a: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndar
     return per_image.reshape(-1, shape[-1]).sum(axis=0, dtype=np.float64).astype(a.dtype)
 
 
-def in_cache(x: np.ndarray) -> list[slice]:
-    """Chunks of x's images (axis 0) of at most ACTIVATION_BYTES each (at least one image)."""
-    return chunk_slices(len(x), max(1, budgets.ACTIVATION_BYTES // max(1, x[0].nbytes)))
-
-
 def tile_row(v: np.ndarray, x: np.ndarray) -> np.ndarray:
     """A per-feature vector v (F,) repeated over one image's row of x (N, ..., F): the
     operand that makes ``per_image_rows(x) - tile_row(v, x)`` an inner loop one image
     long, where broadcasting v makes one loop of F values per pixel (see ``add_bias``)."""
     return np.tile(v, math.prod(x.shape[1:]) // len(v))
-
-
-def tile_spread(d: np.ndarray, size: int) -> np.ndarray:
-    """The adjoint of a tiled average pool: d (N, H', W', C) -> (N, H'*size, W'*size, C), each
-    pixel d / size**2 of its tile's gradient, by two ``np.repeat``s."""
-    return np.repeat(np.repeat(d * (1 / size**2), size, axis=2), size, axis=1)
 
 
 def window_major_view(x: np.ndarray) -> np.ndarray:
