@@ -1246,6 +1246,8 @@ def test_activations_and_batch_norm_infer_in_place_as_they_would_into_a_new_arra
     fused = fuse(spec, build_layers(spec, params))
     flags = [layer.in_place for layer in fused if hasattr(layer, "in_place")]
     assert flags == ([False, True] if first else [True] * 6)  # the tanh made the relu's input
+    if not first:  # the batch norm right after the first conv: folded into it at inference
+        assert fused[0].bn is fused[1].layer and fused[1].folded
     x = np.random.default_rng(5).standard_normal((9, 28, 28, 1)).astype(np.float32)
     kept = x.copy()
     in_place = Network(fused).logits(x)

@@ -21,6 +21,7 @@ from twinnet.numpy_nn.fast.layer_blocks import (
     FastConv2D,
     TiledAvgPool2D,
     TiledMaxPool2D,
+    folded_conv,
 )
 from twinnet.numpy_nn.fast.pool_windows import WindowInference
 from twinnet.numpy_nn.fast.primitives import (
@@ -168,14 +169,6 @@ class DenseReLU:
             return self.dense.backward(dz)
         self.dense.grads = layers.affine_grads(self.name, self.dense.cache, dz, self.W.shape)
         return None
-
-
-def folded_conv(conv: layers.Conv2D, bn: BatchNorm) -> tuple[np.ndarray, np.ndarray]:
-    """The (W, b) of the one conv that computes bn(conv(x)) at inference: W (k, k, C_in,
-    C_out) HWIO with output channel o scaled by g[o], b (C_out,) = g * (b - moving_mean)
-    + beta."""
-    g = bn.gamma / np.sqrt(bn.moving_variance + bn.epsilon)
-    return conv.W * g, (conv.b - bn.moving_mean) * g + bn.beta
 
 
 class ConvActPool:

@@ -1,11 +1,5 @@
-"""The fusion pass: reference layers in, the same network with fused blocks out.
-
-Reading the layers in order, a run that a block ``matches`` (conv 3x3 'same' -> ReLU ->
-2x2 max-pool on an even-sized image; other stride-1 convs -> [batch norm] -> activation
--> 2x2 pool; dense -> ReLU; then any other conv alone, a pool of stride = size, an
-activation, a batch norm) becomes that block; every other layer stays the
-reference layer it is, so any list of layers runs on the fast path.
-"""
+"""The fusion pass: reference layers in, the same network with fused blocks out; which
+run becomes which block: docs/architecture.md, "The fusion pass"."""
 
 from __future__ import annotations
 
@@ -53,6 +47,8 @@ def fuse(model: str | tuple, layer_list: list) -> list:
         else:
             kind = next((kind for kind in ONE_LAYER_BLOCKS if kind.matches(run[0], shapes[i])), None)
             fused.append(kind(run[0]) if kind is not None else run[0])
+            if isinstance(fused[-1], FastBatchNorm) and isinstance(fused[-2:-1] and fused[-2], FastConv2D):
+                fused[-2].bn, fused[-1].folded = run[0], True  # at inference, one conv
             if hasattr(fused[-1], "in_place"):  # only into an array this forward pass made
                 fused[-1].in_place = not all(isinstance(layer, VIEWS) for layer in layer_list[:i])
             i += 1

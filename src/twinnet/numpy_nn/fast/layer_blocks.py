@@ -48,12 +48,23 @@ class LayerBlock:
         return self.layer.backward(d)
 
 
+def folded_conv(conv: layers.Conv2D, bn: BatchNorm) -> tuple[np.ndarray, np.ndarray]:
+    """The (W, b) of the one conv that computes bn(conv(x)) at inference: W (k, k, C_in,
+    C_out) HWIO with output channel o scaled by g[o], b (C_out,) = g * (b - moving_mean)
+    + beta."""
+    g = bn.gamma / np.sqrt(bn.moving_variance + bn.epsilon)
+    return conv.W * g, (conv.b - bn.moving_mean) * g + bn.beta
+
+
 class FastConv2D(LayerBlock):
     """Any Conv2D (derivations, section 4), shapes as ``layers.Conv2D``'s: ``im2col_rows``,
     one matmul, ``add_bias``; backward ``layers.affine_grads``, and dx (None without
     ``needs_input_grad``) as one matmul per kernel tap, dz @ W[p, q].T, added into the
     view of dx that tap read (``layers.tap``). Inference keeps nothing, and runs in chunks
-    with r output pixels to a matrix row (``pixel_rows``)."""
+    with r output pixels to a matrix row (``pixel_rows``), a batch norm right after it
+    (``bn``, set by the fusion pass) folded in (``folded_conv``)."""
+
+    bn: BatchNorm | None = None
 
     def __init__(self, conv: layers.Conv2D, needs_input_grad: bool = True) -> None:
         super().__init__(conv)
@@ -73,14 +84,15 @@ class FastConv2D(LayerBlock):
             self.cache = (cols, xpad.shape, x.shape, *offset)
             return add_bias((cols @ self.W.reshape(k * k * c_in, c_out)).reshape(len(x), h_out, w_out, c_out),
                             self.b)
+        W, b = folded_conv(self.layer, self.bn) if self.bn else (self.W, self.b)
         r = pixels_per_row(w_out, c_out, k, self.layer.stride)
-        kernel = row_kernel(self.W, r, self.layer.stride)
+        kernel = row_kernel(W, r, self.layer.stride)
         z = np.empty((len(x), h_out, w_out, c_out), dtype=x.dtype)
         per_image = h_out * w_out * (len(kernel) // r + c_out) * x.dtype.itemsize  # matrix and product
         for part in chunk_slices(len(x), max(1, budgets.INFERENCE_CHUNK_BYTES // per_image)):
             np.matmul(pixel_rows(xpad[part], k, self.layer.stride, r), kernel,
                       out=z[part].reshape(-1, r * c_out))
-            add_bias(z[part], self.b)  # while the chunk is in cache
+            add_bias(z[part], b)  # while the chunk is in cache
         return z
 
     def backward(self, dz: np.ndarray) -> np.ndarray | None:
@@ -118,11 +130,8 @@ class TiledAvgPool2D(LayerBlock):
     def backward(self, d: np.ndarray) -> np.ndarray:
         size = self.layer.size
         spread = np.repeat(np.repeat(d * (1 / size**2), size, axis=2), size, axis=1)
-        if spread.shape == self.shape:
-            return spread
-        dx = np.zeros(self.shape, dtype=d.dtype)  # the rows and columns no window reads
-        dx[:, :spread.shape[1], :spread.shape[2]] = spread
-        return dx
+        pad = [(0, a - b) for a, b in zip(self.shape, spread.shape, strict=True)]  # what no tile reads
+        return np.pad(spread, pad) if any(after for _, after in pad) else spread
 
 
 class FastActivation(LayerBlock):
@@ -208,16 +217,15 @@ class FastBatchNorm(LayerBlock):
     per-feature vector tiled into one image's row (``tile_row``), so that NumPy's inner
     loops run a whole row rather than F values, and sums over a feature's M = N (*H*W)
     values as ``feature_sums``. Inference is the reference's arithmetic, bit for bit, in
-    place as ``FastActivation``'s. Shapes as ``BatchNorm``'s."""
+    place as ``FastActivation``'s (none when ``folded``). Shapes as ``BatchNorm``'s."""
 
     @staticmethod
     def matches(layer: object, shape: tuple[int, ...]) -> bool:
         return isinstance(layer, BatchNorm)
 
     in_place = False  # inference into the input array (set by the fusion pass)
-    # A split step's sums over every part of the batch (``fast_network.PartSums``); None:
-    # this part is the whole batch.
-    reduce = None
+    folded = False  # inference leaves x as it is: the conv before took the batch norm in
+    reduce = None  # a split step's sums over every part (``fast_network.PartSums``); None: one part
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         if not train:
@@ -253,6 +261,8 @@ class FastBatchNorm(LayerBlock):
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """The reference's arithmetic, in place."""
+        if self.folded:
+            return x
         bn, rows = self.layer, per_image_rows(x if self.in_place else x.copy())
         rows -= tile_row(bn.moving_mean, x)
         rows *= tile_row(1 / np.sqrt(bn.moving_variance + bn.epsilon), x)
