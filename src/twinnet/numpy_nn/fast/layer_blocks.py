@@ -187,9 +187,11 @@ class TiledMaxPool2D(LayerBlock):
         if not train or self.layer.size != 2:
             return super().forward(x, train)
         n, h, w, c = x.shape
-        view = window_major_view(x[:, :h - h % 2, :w - w % 2])
-        routing = np.empty((4, n, h // 2, w // 2, c), dtype=bool)
-        out = max_pool_blocks([view[0, 0], view[0, 1], view[1, 0], view[1, 1]], routing)
+        out = np.empty((n, h // 2, w // 2, c), dtype=x.dtype)
+        routing = np.empty((4, *out.shape), dtype=bool)
+        for part in chunk_slices(n, max(1, budgets.ACTIVATION_BYTES // x[0].nbytes)):  # in cache
+            view = window_major_view(x[part, :h - h % 2, :w - w % 2])
+            max_pool_blocks([view[0, 0], view[0, 1], view[1, 0], view[1, 1]], routing[:, part], out[part])
         self.layer.cache = (routing, x.shape)
         return out
 
