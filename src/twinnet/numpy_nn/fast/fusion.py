@@ -47,7 +47,7 @@ def fuse(model: str | tuple, layer_list: list) -> list:
         else:
             kind = next((kind for kind in ONE_LAYER_BLOCKS if kind.matches(run[0], shapes[i])), None)
             fused.append(kind(run[0]) if kind is not None else run[0])
-            if isinstance(fused[-1], FastBatchNorm) and isinstance(fused[-2:-1] and fused[-2], FastConv2D):
+            if isinstance(fused[-1], FastBatchNorm) and len(fused) > 1 and isinstance(fused[-2], FastConv2D):
                 fused[-2].bn, fused[-1].folded = run[0], True  # at inference, one conv
             if hasattr(fused[-1], "in_place"):  # only into an array this forward pass made
                 fused[-1].in_place = not all(isinstance(layer, VIEWS) for layer in layer_list[:i])
