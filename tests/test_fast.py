@@ -43,6 +43,7 @@ from twinnet.numpy_nn.fast.primitives import (
     add_bias,
     column_sums,
     im2col_rows,
+    matmul_by_images,
     max_pool_blocks,
     relu,
     window_major_view,
@@ -463,6 +464,23 @@ def test_relu_add_bias_and_column_sums_kernels() -> None:
     a = rng.standard_normal((50, 16))
     np.testing.assert_allclose(column_sums(a), a.sum(axis=0), rtol=1e-12)
 
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+def test_products_by_images_are_one_products_values(monkeypatch, per_image: bool) -> None:
+    """One BLAS call per image, or one for all (a small-matrix bound of 0), give a @ b up
+    to rounding; a may be a Fortran-ordered view (the C = 1 im2col matrix)."""
+    monkeypatch.setattr(budgets, "SMALL_MATMUL", 10**9 if per_image else 0)
+    rng = np.random.default_rng(11)
+    images, rows = 6, 49
+    for a in (rng.standard_normal((images * rows, 20)).astype(np.float32),
+              np.asfortranarray(rng.standard_normal((images * rows, 9)).astype(np.float32))):
+        b = rng.standard_normal((a.shape[1], 16)).astype(np.float32)
+        out = np.full((images, 7, 7, 16), np.nan, dtype=np.float32)
+        assert matmul_by_images(a, b, out, images) is out
+        np.testing.assert_allclose(out.reshape(-1, 16), a @ b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="C-contiguous"):  # a copy would lose the product
+        matmul_by_images(a, b, np.empty((images * rows, 32), np.float32)[:, ::2], images)
 
 # -- the fusion pass ------------------------------------------------------------------------
 

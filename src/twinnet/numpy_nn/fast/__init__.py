@@ -1,8 +1,6 @@
-"""The NumPy twin's engine: the reference layers' network, faster (``FastNetwork``).
-
-Its modules are mapped in docs/architecture.md and explained in docs/performance.md ("The
-engine"). Nothing here is needed to learn the maths (``numpy_nn/layers.py``,
-docs/derivations.md); each block is tested equal to the reference layers it replaces."""
+"""The NumPy twin's engine: the reference layers' network, faster (``FastNetwork``), each
+block tested equal to the layers it replaces. Nothing here is needed to learn the maths;
+its modules: docs/architecture.md and docs/performance.md ("The engine")."""
 
 from twinnet.numpy_nn.fast.fast_network import FastNetwork
 

@@ -1,13 +1,7 @@
-"""Fused blocks, each in place of a run of reference layers (``replaces``), built from
-``primitives.py``: ``ConvReLUPool`` (Conv2D 3x3 'same' stride 1 -> ReLU -> MaxPool2D
-2x2), ``ConvActPool`` (other convs, a batch norm, activations and 2x2 pools) and
-``DenseReLU`` (Dense -> ReLU). A test holds each equal to their composition.
-
-A block has the layers' interface: ``forward(x, train=True)``, ``backward(d)``,
-``params`` and ``grads`` under canonical names. ``backward`` returns None when built
-with ``needs_input_grad=False`` (the first block, whose input is the image, whose
-gradient nobody needs). Parameters are those of the replaced layer, by reference.
-"""
+"""Fused blocks, each in place of a run of reference layers (``replaces``), with the
+layers' interface (``forward(x, train=True)``, ``backward(d)``, ``params`` and ``grads``,
+the layers' parameters by reference). ``backward`` returns None when built with
+``needs_input_grad=False`` (the first block: nobody needs the image's gradient)."""
 
 from __future__ import annotations
 
@@ -29,6 +23,7 @@ from twinnet.numpy_nn.fast.primitives import (
     add_bias,
     column_sums,
     im2col_rows,
+    matmul_by_images,
     max_pool_blocks,
     relu,
     window_major_view,
@@ -95,7 +90,7 @@ class ConvReLUPool:
             xpad[:, 1:-1, 1:-1] = x[part]
             cols = im2col_rows(xpad, 3, pool_order=True, scratch=cols_scratch)
             z = self._scratch.get("z", (4, m, h // 2, w // 2, c_out), x.dtype)  # window-major
-            np.matmul(cols, self.W.reshape(-1, c_out), out=z.reshape(-1, c_out))
+            matmul_by_images(cols, self.W.reshape(-1, c_out), z, m)
             max_pool_blocks(z, None if routing is None else routing[:, part], out=pooled[part])
             if kept_cols is not None:
                 kept_cols.append(cols)
@@ -127,7 +122,7 @@ class ConvReLUPool:
                 dzpad = self._scratch.padded("dzpad", (m, h, w, c_out), dz.dtype)
                 window_major_view(dzpad[:, 1:-1, 1:-1, :])[...] = dz.reshape(2, 2, m, h // 2, w // 2, c_out)
                 dzcols = im2col_rows(dzpad, 3, scratch=self._scratch)
-                np.matmul(dzcols, w_flip, out=dx[part].reshape(-1, c_in))
+                matmul_by_images(dzcols, w_flip, dx[part], m)
                 dW_flip += x[part].reshape(-1, c_in).T @ dzcols
             else:
                 dW += kept_cols[i].T @ dz.reshape(-1, c_out)  # rows in the order of cols'

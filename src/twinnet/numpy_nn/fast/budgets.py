@@ -1,10 +1,5 @@
-"""Every size the engine cuts work by, in one place: the chunk and budget constants.
-
-The sizes follow the caches (a core's own L2 is 1-2 MB on the CPUs measured) and the
-cost of handing work to another core; docs/performance.md says how each was measured.
-Tests may set them (``monkeypatch.setattr(budgets, ...)``): every use reads them here,
-at the time of the call.
-"""
+"""Every size the engine cuts work by, in one place, measured as docs/performance.md says.
+Tests may set them (``monkeypatch.setattr(budgets, ...)``): every use reads them here."""
 
 # Training: a conv block runs its batch in chunks whose largest work array (an im2col
 # matrix or a conv output) fits in this, written and read back in the core's own cache.
@@ -25,6 +20,9 @@ BLOCK_ACTIVATION_BYTES = 8 << 20
 PRODUCT_WIDTH = 32
 # ... with a patch row at most this many kernels wide (the rest are multiply-adds by zero).
 MAX_PATCH_WIDTHS = 3
+# A conv's matmul makes one BLAS call per image where one is at most this many
+# multiply-adds: OpenBLAS's bound for its small-matrix kernels, which skip packing.
+SMALL_MATMUL = 100**3
 # A batch part gets a core of its own only with at least this much matmul work (about
 # half a millisecond's): a few images run faster on one thread than handed over.
 MIN_PART_FLOPS = 50e6

@@ -1,12 +1,8 @@
-"""``FastNetwork``: the fused network, with each batch split over the cores.
-
-A batch of a model with convolutions is cut into one contiguous part per core: the first
-runs on the calling thread, the others in worker processes (``workers.py``), each on one
-BLAS thread, and the parts' gradients are added in part order (the same seed, part count
-and machine give the same bits). Where workers cannot run or fail, the parts run one
-after another in this process, with the same results. Dense-only models leave the cores
-to BLAS's own threads.
-"""
+"""``FastNetwork``: the fused network, each batch of a model with convolutions cut into
+one part per core, the first on the calling thread, the others on workers (``workers.py``)
+or, where they cannot run, one after another here; the parts' gradients added in part
+order (the same seed, part count and machine give the same bits). Dense-only models
+leave the cores to BLAS's own threads."""
 
 from __future__ import annotations
 

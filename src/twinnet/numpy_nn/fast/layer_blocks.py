@@ -17,6 +17,7 @@ from twinnet.numpy_nn.fast.primitives import (
     column_sums,
     feature_sums,
     im2col_rows,
+    matmul_by_images,
     max_pool_blocks,
     over_tiles,
     per_image_rows,
@@ -79,19 +80,17 @@ class FastConv2D(LayerBlock):
         xpad, offset = self.layer.pad(x)
         xpad = np.ascontiguousarray(xpad)
         h_out, w_out = (layers.output_size(size, k, self.layer.stride) for size in xpad.shape[1:3])
+        z = np.empty((len(x), h_out, w_out, c_out), dtype=x.dtype)
         if train:
             cols = im2col_rows(xpad, k, self.layer.stride)
             self.cache = (cols, xpad.shape, x.shape, *offset)
-            return add_bias((cols @ self.W.reshape(k * k * c_in, c_out)).reshape(len(x), h_out, w_out, c_out),
-                            self.b)
+            return add_bias(matmul_by_images(cols, self.W.reshape(k * k * c_in, c_out), z, len(x)), self.b)
         W, b = folded_conv(self.layer, self.bn) if self.bn else (self.W, self.b)
         r = pixels_per_row(w_out, c_out, k, self.layer.stride)
         kernel = row_kernel(W, r, self.layer.stride)
-        z = np.empty((len(x), h_out, w_out, c_out), dtype=x.dtype)
         per_image = h_out * w_out * (len(kernel) // r + c_out) * x.dtype.itemsize  # matrix and product
         for part in chunk_slices(len(x), max(1, budgets.INFERENCE_CHUNK_BYTES // per_image)):
-            np.matmul(pixel_rows(xpad[part], k, self.layer.stride, r), kernel,
-                      out=z[part].reshape(-1, r * c_out))
+            matmul_by_images(pixel_rows(xpad[part], k, self.layer.stride, r), kernel, z[part], len(z[part]))
             add_bias(z[part], b)  # while the chunk is in cache
         return z
 

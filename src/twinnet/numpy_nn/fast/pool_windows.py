@@ -1,8 +1,7 @@
-"""The inference form of conv -> activation -> 2x2 pool: one matmul row per pooling
-window, whose (k+1) x (k+1) patch of the padded input holds all four of the window's
-conv outputs (patch rows 0..k-1 give its top row, rows 1..k its bottom row). The maths,
-why the values are the reference layers' and why it is faster: docs/performance.md,
-"The fused block" and "Inference by pooling windows"."""
+"""The inference form of conv -> activation -> 2x2 pool: one matmul row per pooling window,
+whose (k+1) x (k+1) patch of the padded input holds all four of the window's conv outputs
+(patch rows 0..k-1 give its top row, rows 1..k its bottom row). The maths, and why it is
+faster: docs/performance.md, "The fused block" and "Inference by pooling windows"."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from twinnet.numpy_nn.fast import budgets
 from twinnet.numpy_nn.fast.pixel_rows import row_kernel
-from twinnet.numpy_nn.fast.primitives import tap_major_windows
+from twinnet.numpy_nn.fast.primitives import matmul_by_images, tap_major_windows
 from twinnet.util import chunk_slices
 
 
@@ -58,8 +57,8 @@ class WindowPlan:
         ``row_kernel(W, 2)`` with its columns in (o, b) order."""
         self.interior[...] = x
         np.copyto(self.target, self.patches)
-        np.matmul(self.halves[0], kernel, out=self.products[0])
-        np.matmul(self.halves[1], kernel, out=self.products[1])
+        matmul_by_images(self.halves[0], kernel, self.products[0], len(x))
+        matmul_by_images(self.halves[1], kernel, self.products[1], len(x))
         return self.products
 
 

@@ -1,7 +1,5 @@
-"""Measured fast primitives for the engine's blocks: each computes something a reference
-layer (``numpy_nn/layers.py``) also computes, in a form that runs faster with NumPy; its
-docstring says what and, in a line, why. The measurements: docs/performance.md
-("Kernels")."""
+"""Primitives for the engine's blocks: each computes what a reference layer also computes,
+in a form NumPy runs faster; its docstring says what and why (docs/performance.md, "Kernels")."""
 
 from __future__ import annotations
 
@@ -10,6 +8,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from twinnet.numpy_nn.fast import budgets
 from twinnet.numpy_nn.fast.pixel_rows import contiguous_strides, pixel_windows
 from twinnet.numpy_nn.layers import output_size
 
@@ -36,6 +35,20 @@ def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     rows, into = per_image_rows(x), None if out is None else per_image_rows(out)
     result = np.maximum(rows, np.zeros(rows.shape[1], dtype=x.dtype), out=into)
     return result.reshape(x.shape) if out is None else out
+
+
+def _calls(a: np.ndarray, width: int, images: int) -> int:
+    """One BLAS call per image where one is at most SMALL_MATMUL multiply-adds, else one."""
+    return images if a.size // images * width <= budgets.SMALL_MATMUL else 1
+
+
+def matmul_by_images(a: np.ndarray, b: np.ndarray, out: np.ndarray, images: int) -> np.ndarray:
+    """``np.matmul(a, b, out=out)``, a (R, K) holding ``images`` images' rows in turn, b (K,
+    N), out C-contiguous of R*N floats, one BLAS call per small image: OpenBLAS's small-matrix
+    kernels (SkylakeX and later) run it unpacked, to the same bits; others round apart."""
+    calls = _calls(a, b.shape[1], images)
+    np.matmul(a.reshape(calls, -1, a.shape[1]), b, out=per_image_rows(out).reshape(calls, -1, b.shape[1]))
+    return out
 
 
 def column_sums(a: np.ndarray) -> np.ndarray:

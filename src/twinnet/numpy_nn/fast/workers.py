@@ -1,15 +1,7 @@
-"""Worker processes that run parts of a batch, started with the standard library's subprocess.
-
-A worker (a process: its own GIL) serves requests from its end of a ``multiprocessing.
-Pipe``: a module-level function and its arguments, ``fn(state, *args)``, whose return
-value is the reply. A model's parameters, each worker's gradients and input images live
-in one ``shared_memory`` block (``SharedArrays``). Workers start on first use, are shared
-by every model of the process, run BLAS on one thread, spin a while for the next request,
-ignore Ctrl-C and exit when the parent's end of the pipe closes; every wait for a reply
-has a timeout; a child made by ``os.fork`` forgets them. Why hand-built (not ``Pool``)
-and started with ``subprocess`` (not as ``Process``): docs/performance.md, "What stayed
-hand-built, and why".
-"""
+"""Worker processes that run parts of a batch (``serve``: requests ``fn(state, *args)``
+from a ``multiprocessing.Pipe``), a model's parameters, gradients and images in one
+``shared_memory`` block (``SharedArrays``). Why hand-built (not ``Pool``) and started
+with ``subprocess`` (not as ``Process``): docs/performance.md, "What stayed hand-built"."""
 
 from __future__ import annotations
 
