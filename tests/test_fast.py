@@ -42,6 +42,7 @@ from twinnet.numpy_nn.fast.primitives import (
     Scratch,
     add_bias,
     column_sums,
+    gram_by_images,
     im2col_rows,
     matmul_by_images,
     max_pool_blocks,
@@ -468,8 +469,8 @@ def test_relu_add_bias_and_column_sums_kernels() -> None:
 
 @pytest.mark.parametrize("per_image", [True, False])
 def test_products_by_images_are_one_products_values(monkeypatch, per_image: bool) -> None:
-    """One BLAS call per image, or one for all (a small-matrix bound of 0), give a @ b up
-    to rounding; a may be a Fortran-ordered view (the C = 1 im2col matrix)."""
+    """One BLAS call per image, or one for all (a small-matrix bound of 0), give a @ b and
+    a.T @ b up to rounding; a may be a Fortran-ordered view (the C = 1 im2col matrix)."""
     monkeypatch.setattr(budgets, "SMALL_MATMUL", 10**9 if per_image else 0)
     rng = np.random.default_rng(11)
     images, rows = 6, 49
@@ -479,6 +480,8 @@ def test_products_by_images_are_one_products_values(monkeypatch, per_image: bool
         out = np.full((images, 7, 7, 16), np.nan, dtype=np.float32)
         assert matmul_by_images(a, b, out, images) is out
         np.testing.assert_allclose(out.reshape(-1, 16), a @ b, rtol=1e-5, atol=1e-5)
+        d = rng.standard_normal((len(a), 16)).astype(np.float32)
+        np.testing.assert_allclose(gram_by_images(a, d, images), a.T @ d, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="C-contiguous"):  # a copy would lose the product
         matmul_by_images(a, b, np.empty((images * rows, 32), np.float32)[:, ::2], images)
 

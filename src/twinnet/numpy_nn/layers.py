@@ -32,13 +32,16 @@ class NoParams:
 
 
 def affine_grads(name: str, inputs: np.ndarray, dz: np.ndarray, w_shape: tuple[int, ...],
-                 sum_rows: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                 sum_rows: Callable[[np.ndarray], np.ndarray] | None = None,
+                 gram: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The parameter gradients of an affine map ``z = inputs @ W + b`` (a dense layer, or a
     conv with inputs its im2col matrix): dW = inputs.T @ dz reshaped to ``w_shape``, db =
-    the sum of dz's rows. inputs (M, n_in), dz (M, n_out). ``sum_rows`` may give the same
-    sum in another form (the engine's BLAS one); by default ``dz.sum(axis=0)``."""
+    the sum of dz's rows. inputs (M, n_in), dz (M, n_out). ``sum_rows`` and ``gram`` may
+    give the sum and the product in another form (the engine's); by default
+    ``dz.sum(axis=0)`` and ``inputs.T @ dz``."""
     db = dz.sum(axis=0) if sum_rows is None else sum_rows(dz)
-    return {f"{name}/W": (inputs.T @ dz).reshape(w_shape), f"{name}/b": db}
+    dW = inputs.T @ dz if gram is None else gram(inputs, dz)
+    return {f"{name}/W": dW.reshape(w_shape), f"{name}/b": db}
 
 
 def output_size(size: int, kernel: int, stride: int) -> int:

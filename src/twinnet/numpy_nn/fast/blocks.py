@@ -22,6 +22,7 @@ from twinnet.numpy_nn.fast.primitives import (
     Scratch,
     add_bias,
     column_sums,
+    gram_by_images,
     im2col_rows,
     matmul_by_images,
     max_pool_blocks,
@@ -123,9 +124,9 @@ class ConvReLUPool:
                 window_major_view(dzpad[:, 1:-1, 1:-1, :])[...] = dz.reshape(2, 2, m, h // 2, w // 2, c_out)
                 dzcols = im2col_rows(dzpad, 3, scratch=self._scratch)
                 matmul_by_images(dzcols, w_flip, dx[part], m)
-                dW_flip += x[part].reshape(-1, c_in).T @ dzcols
+                dW_flip += gram_by_images(x[part].reshape(-1, c_in), dzcols, m)
             else:
-                dW += kept_cols[i].T @ dz.reshape(-1, c_out)  # rows in the order of cols'
+                dW += gram_by_images(kept_cols[i], dz.reshape(-1, c_out), m)  # rows in cols' order
         if self.needs_input_grad:
             dW = dW_flip.reshape(c_in, 3, 3, c_out)[:, ::-1, ::-1].transpose(1, 2, 0, 3)
         self.grads = {f"{self.name}/W": np.ascontiguousarray(dW).reshape(self.W.shape),

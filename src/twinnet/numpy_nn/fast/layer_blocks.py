@@ -16,6 +16,7 @@ from twinnet.numpy_nn.fast.primitives import (
     add_bias,
     column_sums,
     feature_sums,
+    gram_by_images,
     im2col_rows,
     matmul_by_images,
     max_pool_blocks,
@@ -99,7 +100,8 @@ class FastConv2D(LayerBlock):
         k, _, c_in, c_out = self.W.shape
         n, h_out, w_out = dz.shape[:3]
         dz2d = dz.reshape(-1, c_out)
-        self.layer.grads = layers.affine_grads(self.name, cols, dz2d, self.W.shape, column_sums)
+        self.layer.grads = layers.affine_grads(self.name, cols, dz2d, self.W.shape, column_sums,
+                                               lambda a, b: gram_by_images(a, b, n))
         if not self.needs_input_grad:
             return None
         W_t = np.ascontiguousarray(self.W.transpose(0, 1, 3, 2))  # (k, k, C_out, C_in)
