@@ -135,7 +135,8 @@ def test_dense_relu_equals_the_layers_it_replaces(dtype: type, n: int) -> None:
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("c_in", "kernel", "stride", "padding", "size"),
                          [(1, 5, 1, "same", 28), (6, 5, 1, "valid", 14), (3, 3, 2, "same", 9),
-                          (2, 4, 3, "valid", 11), (4, 1, 1, "valid", 5)])
+                          (2, 4, 3, "valid", 11), (4, 1, 1, "valid", 5), (4, 3, 1, "same", 6),
+                          (3, 3, 2, "same", 5), (16, 3, 1, "same", 6)])
 def test_fast_conv_equals_the_conv_it_replaces(dtype: type, c_in: int, kernel: int, stride: int,
                                                padding: str, size: int) -> None:
     rng = np.random.default_rng(c_in * kernel)

@@ -68,8 +68,7 @@ class ConvReLUPool:
                 and isinstance(pool, layers.MaxPool2D) and (pool.size, pool.stride) == (2, 2))
 
     def chunk_size(self, h: int, w: int, itemsize: int) -> int:
-        """Images per chunk for inputs of h x w pixels: CHUNK_BYTES over the larger of one
-        image's im2col matrix and conv output."""
+        """Images per chunk of h x w inputs: CHUNK_BYTES over one image's im2col matrix or output."""
         c_in, c_out = self.W.shape[2:]
         return max(1, budgets.CHUNK_BYTES // (h * w * max(9 * c_in, c_out) * itemsize))
 

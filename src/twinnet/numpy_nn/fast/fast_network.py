@@ -43,8 +43,7 @@ def _blas() -> ThreadpoolController:
 
 
 def fused_network(model: str | tuple, params: dict[str, np.ndarray]) -> Network:
-    """The reference layers of ``model`` over ``params``, fused where a block matches,
-    inferring ``inference_images`` images at a time."""
+    """The reference layers of ``model`` over ``params``, fused, inferring ``inference_images``."""
     fused = fuse(model, build_layers(model, params))
     itemsize = next(iter(params.values())).dtype.itemsize
     return Network(fused, inference_images(model, fused, itemsize))
@@ -95,8 +94,7 @@ def _drop_model(state: dict, key: int) -> None:
 
 
 def _forget(owner: tuple[int, int], key: int, taken: list[workers.Worker]) -> None:
-    """Tell the workers that took model ``key`` to drop it: only from the process that
-    registered it, and only while they are the same workers (``owner``: pid, generation)."""
+    """Tell the workers that took model ``key`` to drop it, if still theirs (``owner``: pid, generation)."""
     if owner != (os.getpid(), workers.generation()):
         return
     for worker in taken:
@@ -176,8 +174,7 @@ class FastNetwork:
         return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int, dict[str, np.ndarray]]:
-        """Mean loss, number correct and gradients of the batch: its parts' (each divided by
-        the whole batch's size) added in part order."""
+        """Mean loss, number correct and gradients: the parts' (each over the batch) in part order."""
         parts = self._split(len(x), 3 * self._flops * len(x))
         if len(parts) == 1:
             return self.network.loss_and_grads(x, y)
@@ -223,8 +220,7 @@ class FastNetwork:
             return self._in_this_process(parts, x, y)
 
     def _in_this_process(self, parts: list[slice], x: np.ndarray, y: np.ndarray | None) -> list[Any]:
-        """The parts one after another, each as a worker computes it (one step of a batch
-        norm or dropout model as one part)."""
+        """The parts one after another, as workers compute them (a batch norm or dropout step: one)."""
         if y is None:
             return [self.network.logits(x[piece]) for piece in parts]
         if self.whole_batch:

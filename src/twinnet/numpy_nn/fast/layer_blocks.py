@@ -61,10 +61,10 @@ def folded_conv(conv: layers.Conv2D, bn: BatchNorm) -> tuple[np.ndarray, np.ndar
 class FastConv2D(LayerBlock):
     """Any Conv2D (derivations, section 4), shapes as ``layers.Conv2D``'s: ``im2col_rows``,
     one matmul, ``add_bias``; backward ``layers.affine_grads``, and dx (None without
-    ``needs_input_grad``) as one matmul per kernel tap, dz @ W[p, q].T, added into the
-    view of dx that tap read (``layers.tap``). Inference keeps nothing, and runs in chunks
-    with r output pixels to a matrix row (``pixel_rows``), a batch norm right after it
-    (``bn``, set by the fusion pass) folded in (``folded_conv``)."""
+    ``needs_input_grad``) as dz @ W[p, q].T added into the view of dx each tap read
+    (``layers.tap``), or for few input channels as rows of dz @ ``row_kernel``'s transpose.
+    Inference keeps nothing, in chunks with r output pixels to a matrix row (``pixel_rows``),
+    a batch norm right after it (``bn``, set by the fusion pass) folded in (``folded_conv``)."""
 
     bn: BatchNorm | None = None
 
@@ -104,12 +104,17 @@ class FastConv2D(LayerBlock):
                                                lambda a, b: gram_by_images(a, b, n))
         if not self.needs_input_grad:
             return None
-        W_t = np.ascontiguousarray(self.W.transpose(0, 1, 3, 2))  # (k, k, C_out, C_in)
-        dxpad = np.zeros(xpad_shape, dtype=dz.dtype)
-        for p in range(k):
-            for q in range(k):
-                layers.tap(dxpad, p, q, self.layer.stride, h_out, w_out)[...] += \
-                    (dz2d @ W_t[p, q]).reshape(n, h_out, w_out, c_in)
+        dxpad, stride = np.zeros(xpad_shape, dtype=dz.dtype), self.layer.stride
+        span = (w_out - 1) * stride + k  # the padded columns a row of dz reaches
+        if span <= budgets.MAX_PATCH_WIDTHS * k and c_in < budgets.TAP_PRODUCT_WIDTH:
+            kernel = np.ascontiguousarray(row_kernel(self.W, w_out, stride).T)  # (W_out*C_out, k*span*C_in)
+            rows = (dz.reshape(n * h_out, -1) @ kernel).reshape(n, h_out, k, span, c_in)
+            for p in range(k):  # row i of dz reaches padded rows i*stride + p
+                dxpad[:, p:p + stride * h_out:stride, :span] += rows[:, :, p]
+        else:
+            for p, q in np.ndindex(k, k):
+                layers.tap(dxpad, p, q, stride, h_out, w_out)[...] += \
+                    (dz2d @ self.W[p, q].T).reshape(n, h_out, w_out, c_in)
         return dxpad[:, top:top + h, left:left + w]
 
 

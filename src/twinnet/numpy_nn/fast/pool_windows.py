@@ -53,8 +53,7 @@ class WindowPlan:
         self.products = np.empty((2, len(self.halves[0]), 2 * c_out), dtype=dtype)
 
     def run(self, x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-        """The products (2, windows, 2*C_out) for x (n, H, W, C); ``kernel`` is
-        ``row_kernel(W, 2)`` with its columns in (o, b) order."""
+        """The products (2, windows, 2*C_out) of x (n, H, W, C); ``kernel``: row_kernel(W, 2), (o, b)."""
         self.interior[...] = x
         np.copyto(self.target, self.patches)
         matmul_by_images(self.halves[0], kernel, self.products[0], len(x))

@@ -52,8 +52,7 @@ def matmul_by_images(a: np.ndarray, b: np.ndarray, out: np.ndarray, images: int)
 
 
 def gram_by_images(a: np.ndarray, b: np.ndarray, images: int) -> np.ndarray:
-    """``a.T @ b``, b (R, N), as ``matmul_by_images`` calls BLAS: the sum over R of the
-    calls' products, in another order than one call's."""
+    """``a.T @ b``, b (R, N): one product per ``matmul_by_images`` call, summed (another order)."""
     calls, (k, n) = _calls(a, b.shape[1], images), (a.shape[1], b.shape[1])
     return np.matmul(a.reshape(calls, -1, k).transpose(0, 2, 1), b.reshape(calls, -1, n)).sum(axis=0)
 
