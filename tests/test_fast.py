@@ -37,16 +37,17 @@ from twinnet.numpy_nn.fast.layer_blocks import (
     TiledAvgPool2D,
     TiledMaxPool2D,
 )
-from twinnet.numpy_nn.fast.pixel_rows import pixel_rows, pixels_per_row, row_kernel
 from twinnet.numpy_nn.fast.primitives import (
     Scratch,
     add_bias,
     column_sums,
+    conv_chunk,
     gram_by_images,
     im2col_rows,
     matmul_by_images,
     max_pool_blocks,
     relu,
+    row_kernel,
     window_major_view,
 )
 from twinnet.numpy_nn.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, ReLU, windows
@@ -370,7 +371,7 @@ def test_conv_relu_pool_results_do_not_depend_on_its_chunks(chunk_bytes: int, ne
     out, dx, grads = _compose(reference.replaces, x, dout)
     monkeypatch.setattr(budgets, "CHUNK_BYTES", chunk_bytes)
     block = _conv_block(W, b, needs_input_grad)
-    assert (block.chunk_size(6, 8, 8) == 1) == (chunk_bytes == 1)
+    assert (conv_chunk(block.W, 6, 8, 8) == 1) == (chunk_bytes == 1)
     _assert_close(block.forward(x), out)
     block.forward(rng.standard_normal((9, 6, 8, 3)), train=False)  # reuses the work arrays
     backward = block.backward(dout.copy())
@@ -414,27 +415,18 @@ def test_fast_im2col_equals_the_reference_windows(c_in: int, pool_order: bool) -
         im2col_rows(np.ones((2, 6, 8, 2))[..., ::-1][:, :, ::2], 3)
 
 
-@pytest.mark.parametrize(("c_in", "k", "stride", "r"),
-                         [(1, 5, 1, 7), (6, 5, 1, 2), (3, 3, 2, 5), (2, 4, 3, 3), (4, 1, 1, 5), (3, 3, 1, 1),
-                          (1, 3, 1, 2), (1, 3, 2, 1)])
-def test_pixel_rows_times_row_kernel_is_the_im2col_product(c_in: int, k: int, stride: int, r: int) -> None:
-    rng = np.random.default_rng(k * r)
-    W = rng.standard_normal((k, k, c_in, 6))
-    w_out = r * (8 if c_in == 1 else 2)  # one channel: rows long enough to copy tap-major too
+@pytest.mark.parametrize(("c_in", "k", "stride"), [(1, 5, 1), (6, 5, 1), (3, 3, 2), (2, 4, 3), (4, 1, 1)])
+def test_padded_rows_times_row_kernel_is_the_im2col_product(c_in: int, k: int, stride: int) -> None:
+    """A whole row of output pixels: its k padded input rows (contiguous) times
+    row_kernel(W, W_out), the kernel at every column offset, is the conv's row."""
+    rng = np.random.default_rng(k * stride)
+    W, w_out = rng.standard_normal((k, k, c_in, 6)), 4
     xpad = rng.standard_normal((3, 9, (w_out - 1) * stride + k, c_in))
     expected = im2col_rows(xpad, k, stride) @ W.reshape(-1, 6)  # one row per output pixel
-    product = pixel_rows(xpad, k, stride, r) @ row_kernel(W, r, stride)  # r pixels a row
+    h_out = len(expected) // (3 * w_out)
+    rows = np.stack([xpad[:, p:p + stride * h_out:stride] for p in range(k)], axis=2)  # (N, H_out, k, Wp, C)
+    product = rows.reshape(3 * h_out, -1) @ row_kernel(W, w_out, stride)
     np.testing.assert_allclose(product.reshape(expected.shape), expected, rtol=1e-12, atol=1e-12)
-
-
-def test_pixels_per_row_widens_the_product_to_a_divisor_of_the_width() -> None:
-    assert pixels_per_row(28, 6, 5, 1) == 7  # LeNet-5's conv1: 42 columns
-    assert pixels_per_row(10, 16, 5, 1) == 2  # its conv2
-    assert pixels_per_row(5, 5, 5, 1) == 5  # no divisor is wide enough: the whole row
-    assert pixels_per_row(28, 64, 5, 1) == 1  # wide already
-    # 13 pixels of a 3x3 stride-2 conv would make a patch 27 wide, 8/9 of it zeros: one pixel.
-    assert pixels_per_row(13, 16, 3, 2) == 1
-    assert pixels_per_row(14, 8, 3, 2) == 2  # 7 pixels would be 15 wide
 
 
 def test_max_pool_blocks_routes_as_max_pool_2d() -> None:

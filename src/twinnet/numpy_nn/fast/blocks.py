@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 
 from twinnet.numpy_nn import layers
-from twinnet.numpy_nn.fast import budgets
 from twinnet.numpy_nn.fast.layer_blocks import (
     FastActivation,
     FastBatchNorm,
@@ -22,11 +21,13 @@ from twinnet.numpy_nn.fast.primitives import (
     Scratch,
     add_bias,
     column_sums,
+    conv_chunk,
     gram_by_images,
     im2col_rows,
     matmul_by_images,
     max_pool_blocks,
     relu,
+    same_conv_grads,
     window_major_view,
 )
 from twinnet.numpy_nn.normalization import BatchNorm
@@ -38,7 +39,7 @@ class ConvReLUPool:
     x (N, H, W, C_in), H and W even; W (3, 3, C_in, C_out) HWIO; b (C_out,) -> (N, H/2,
     W/2, C_out). Its conv output is window-major, (4, N, H/2, W/2, C_out), ``z[2a + b, n,
     i, j] = conv(x)[n, 2i + a, 2j + b]``: the pool reads four contiguous blocks, and the
-    bias and ReLU run on the pooled quarter. Chunks of ``chunk_size`` images, their
+    bias and ReLU run on the pooled quarter. Chunks of ``conv_chunk`` images, their
     gradients summed in chunk order; dW from the padded dz's im2col matrix (the first
     block: the forward's). Why these are the reference's values: docs/performance.md,
     "The fused block". Inference by pooling windows unless ``infer_by_windows`` is False.
@@ -67,11 +68,6 @@ class ConvReLUPool:
                 and conv.padding == "same" and isinstance(relu, layers.ReLU)
                 and isinstance(pool, layers.MaxPool2D) and (pool.size, pool.stride) == (2, 2))
 
-    def chunk_size(self, h: int, w: int, itemsize: int) -> int:
-        """Images per chunk of h x w inputs: CHUNK_BYTES over one image's im2col matrix or output."""
-        c_in, c_out = self.W.shape[2:]
-        return max(1, budgets.CHUNK_BYTES // (h * w * max(9 * c_in, c_out) * itemsize))
-
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         n, h, w, _ = x.shape
         if h % 2 or w % 2:
@@ -84,7 +80,7 @@ class ConvReLUPool:
         # Without an input gradient to compute, the backward pass takes dW from these.
         kept_cols: list[np.ndarray] | None = [] if train and not self.needs_input_grad else None
         cols_scratch = None if kept_cols is not None else self._scratch
-        for part in chunk_slices(n, self.chunk_size(h, w, x.dtype.itemsize)):
+        for part in chunk_slices(n, conv_chunk(self.W, h, w, x.dtype.itemsize)):
             m = part.stop - part.start
             xpad = self._scratch.padded("xpad", (m, h, w, x.shape[3]), x.dtype)
             xpad[:, 1:-1, 1:-1] = x[part]
@@ -102,35 +98,25 @@ class ConvReLUPool:
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         x, routing, positive, kept_cols = self.cache
         n, h, w, c_in = x.shape
-        c_out = self.W.shape[3]
+        c_out, chunk = self.W.shape[3], conv_chunk(self.W, h, w, dout.dtype.itemsize)
         dpooled = dout * positive  # through the ReLU
+
+        def window_dz(part: slice) -> np.ndarray:  # (4, m, H/2, W/2, C_out), window-major
+            dz = self._scratch.get("dz", (4, part.stop - part.start, h // 2, w // 2, c_out), dout.dtype)
+            return np.multiply(dpooled[part], routing[:, part], out=dz)  # to each window's first maximum
+
+        def into_padded(part: slice, interior: np.ndarray) -> None:  # from window-major straight in
+            window_major_view(interior)[...] = window_dz(part).reshape(2, 2, -1, h // 2, w // 2, c_out)
+
         if self.needs_input_grad:
-            # dW from the im2col matrix of the padded dz that dx needs anyway (performance.md,
-            # "The fused block"): dW[p, q, c, o] = (x2d.T @ dzcols)[c, 2-p, 2-q, o].
-            dW_flip = np.zeros((c_in, 9 * c_out), dtype=dout.dtype)
-            dx = np.empty(x.shape, dtype=dout.dtype)
-            # dx = 'same' correlation of dz (NHWC) with W_flip[p, q, o, c] = W[2-p, 2-q, c, o].
-            w_flip = np.ascontiguousarray(self.W[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(9 * c_out, c_in)
-        else:
-            dW = np.zeros((9 * c_in, c_out), dtype=dout.dtype)
-        for i, part in enumerate(chunk_slices(n, self.chunk_size(h, w, dout.dtype.itemsize))):
-            m = part.stop - part.start
-            dz = self._scratch.get("dz", (4, m, h // 2, w // 2, c_out), dout.dtype)
-            np.multiply(dpooled[part], routing[:, part], out=dz)  # to each window's first maximum
-            if self.needs_input_grad:
-                # dz goes from window-major straight into the padded buffer's interior.
-                dzpad = self._scratch.padded("dzpad", (m, h, w, c_out), dz.dtype)
-                window_major_view(dzpad[:, 1:-1, 1:-1, :])[...] = dz.reshape(2, 2, m, h // 2, w // 2, c_out)
-                dzcols = im2col_rows(dzpad, 3, scratch=self._scratch)
-                matmul_by_images(dzcols, w_flip, dx[part], m)
-                dW_flip += gram_by_images(x[part].reshape(-1, c_in), dzcols, m)
-            else:
-                dW += gram_by_images(kept_cols[i], dz.reshape(-1, c_out), m)  # rows in cols' order
-        if self.needs_input_grad:
-            dW = dW_flip.reshape(c_in, 3, 3, c_out)[:, ::-1, ::-1].transpose(1, 2, 0, 3)
+            dx, dW = same_conv_grads(x, self.W, into_padded, chunk, self._scratch)
+        else:  # the first block: dW from the forward's im2col matrices, rows in their order
+            dx, dW = None, np.zeros((9 * c_in, c_out), dtype=dout.dtype)
+            for cols, part in zip(kept_cols, chunk_slices(n, chunk), strict=True):
+                dW += gram_by_images(cols, window_dz(part).reshape(-1, c_out), part.stop - part.start)
         self.grads = {f"{self.name}/W": np.ascontiguousarray(dW).reshape(self.W.shape),
                       f"{self.name}/b": column_sums(dpooled.reshape(-1, c_out))}
-        return dx if self.needs_input_grad else None
+        return dx
 
 
 class DenseReLU:

@@ -16,11 +16,9 @@ ACTIVATION_BYTES = 1 << 20
 # The same where every layer is a block that chunks its own work (the cnn): only the
 # per-chunk calls are then paid, so chunks are larger.
 BLOCK_ACTIVATION_BYTES = 8 << 20
-# A conv's inference matmul takes output pixels to a row until it is this wide ...
-PRODUCT_WIDTH = 32
-# ... with a patch row at most this many kernels wide (the rest are multiply-adds by zero).
-# FastConv2D's input gradient runs by rows of dz (as wide) where a tap's product, C_in
-# wide, would be narrower than TAP_PRODUCT_WIDTH.
+# FastConv2D's input gradient runs by rows of dz where a row reaches at most this many
+# kernels' width of columns (the rest of its product is multiply-adds by zero) and a
+# tap's product, C_in wide, would be narrower than TAP_PRODUCT_WIDTH.
 MAX_PATCH_WIDTHS, TAP_PRODUCT_WIDTH = 3, 16
 # A conv's matmul makes one BLAS call per image where one is at most this many
 # multiply-adds: OpenBLAS's bound for its small-matrix kernels, which skip packing.

@@ -11,10 +11,11 @@ import numpy as np
 from twinnet.numpy_nn import layers
 from twinnet.numpy_nn.activations import LeakyReLU, Sigmoid, Tanh
 from twinnet.numpy_nn.fast import budgets
-from twinnet.numpy_nn.fast.pixel_rows import pixel_rows, pixels_per_row, row_kernel
 from twinnet.numpy_nn.fast.primitives import (
+    Scratch,
     add_bias,
     column_sums,
+    conv_chunk,
     feature_sums,
     gram_by_images,
     im2col_rows,
@@ -23,6 +24,8 @@ from twinnet.numpy_nn.fast.primitives import (
     over_tiles,
     per_image_rows,
     relu,
+    row_kernel,
+    same_conv_grads,
     tile_row,
     window_major_view,
 )
@@ -62,15 +65,18 @@ class FastConv2D(LayerBlock):
     """Any Conv2D (derivations, section 4), shapes as ``layers.Conv2D``'s: ``im2col_rows``,
     one matmul, ``add_bias``; backward ``layers.affine_grads``, and dx (None without
     ``needs_input_grad``) as dz @ W[p, q].T added into the view of dx each tap read
-    (``layers.tap``), or for few input channels as rows of dz @ ``row_kernel``'s transpose.
-    Inference keeps nothing, in chunks with r output pixels to a matrix row (``pixel_rows``),
-    a batch norm right after it (``bn``, set by the fusion pass) folded in (``folded_conv``)."""
+    (``layers.tap``), or for few input channels as rows of dz @ ``row_kernel``'s transpose;
+    a 3x3 'same' stride-1 conv with dx trains as ``ConvReLUPool``'s conv (``in_chunks``).
+    Inference keeps nothing, in chunks of ``INFERENCE_CHUNK_BYTES``, a batch norm right after
+    it (``bn``, set by the fusion pass) folded in (``folded_conv``)."""
 
     bn: BatchNorm | None = None
 
     def __init__(self, conv: layers.Conv2D, needs_input_grad: bool = True) -> None:
         super().__init__(conv)
         self.name, self.W, self.b, self.needs_input_grad = conv.name, conv.W, conv.b, needs_input_grad
+        self.in_chunks = needs_input_grad and (len(conv.W), conv.stride, conv.padding) == (3, 1, "same")
+        self._scratch = Scratch()
 
     @staticmethod
     def matches(layer: object, shape: tuple[int, ...]) -> bool:
@@ -78,6 +84,14 @@ class FastConv2D(LayerBlock):
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         k, _, c_in, c_out = self.W.shape
+        if train and self.in_chunks:  # the im2col matrix of a chunk at a time, none kept
+            z, self.cache = np.empty((*x.shape[:3], c_out), dtype=x.dtype), x
+            for part in chunk_slices(len(x), conv_chunk(self.W, *x.shape[1:3], x.dtype.itemsize)):
+                xpad = self._scratch.padded("xpad", x[part].shape, x.dtype)
+                xpad[:, 1:-1, 1:-1] = x[part]
+                cols = im2col_rows(xpad, 3, scratch=self._scratch)
+                matmul_by_images(cols, self.W.reshape(-1, c_out), z[part], part.stop - part.start)
+            return add_bias(z, self.b)
         xpad, offset = self.layer.pad(x)
         xpad = np.ascontiguousarray(xpad)
         h_out, w_out = (layers.output_size(size, k, self.layer.stride) for size in xpad.shape[1:3])
@@ -87,15 +101,21 @@ class FastConv2D(LayerBlock):
             self.cache = (cols, xpad.shape, x.shape, *offset)
             return add_bias(matmul_by_images(cols, self.W.reshape(k * k * c_in, c_out), z, len(x)), self.b)
         W, b = folded_conv(self.layer, self.bn) if self.bn else (self.W, self.b)
-        r = pixels_per_row(w_out, c_out, k, self.layer.stride)
-        kernel = row_kernel(W, r, self.layer.stride)
-        per_image = h_out * w_out * (len(kernel) // r + c_out) * x.dtype.itemsize  # matrix and product
+        per_image = h_out * w_out * (k * k * c_in + c_out) * x.dtype.itemsize  # matrix and product
         for part in chunk_slices(len(x), max(1, budgets.INFERENCE_CHUNK_BYTES // per_image)):
-            matmul_by_images(pixel_rows(xpad[part], k, self.layer.stride, r), kernel, z[part], len(z[part]))
+            cols = im2col_rows(xpad[part], k, self.layer.stride, scratch=self._scratch)
+            matmul_by_images(cols, W.reshape(-1, c_out), z[part], len(z[part]))
             add_bias(z[part], b)  # while the chunk is in cache
         return z
 
     def backward(self, dz: np.ndarray) -> np.ndarray | None:
+        if self.in_chunks:
+            chunk = conv_chunk(self.W, *dz.shape[1:3], dz.dtype.itemsize)
+            dx, dW = same_conv_grads(self.cache, self.W, lambda part, into: np.copyto(into, dz[part]), chunk,
+                                     self._scratch)
+            self.layer.grads = {f"{self.name}/W": np.ascontiguousarray(dW),
+                                f"{self.name}/b": column_sums(dz.reshape(-1, dz.shape[3]))}
+            return dx
         cols, xpad_shape, (_, h, w, _), top, left = self.cache
         k, _, c_in, c_out = self.W.shape
         n, h_out, w_out = dz.shape[:3]

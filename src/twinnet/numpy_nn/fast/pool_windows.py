@@ -13,8 +13,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from twinnet.numpy_nn.fast import budgets
-from twinnet.numpy_nn.fast.pixel_rows import row_kernel
-from twinnet.numpy_nn.fast.primitives import matmul_by_images, tap_major_windows
+from twinnet.numpy_nn.fast.primitives import matmul_by_images, row_kernel, tap_major_windows
 from twinnet.util import chunk_slices
 
 

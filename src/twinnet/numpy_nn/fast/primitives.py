@@ -4,13 +4,14 @@ in a form NumPy runs faster; its docstring says what and why (docs/performance.m
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from twinnet.numpy_nn.fast import budgets
-from twinnet.numpy_nn.fast.pixel_rows import contiguous_strides, pixel_windows
 from twinnet.numpy_nn.layers import output_size
+from twinnet.util import chunk_slices
 
 
 def per_image_rows(x: np.ndarray) -> np.ndarray:
@@ -57,6 +58,34 @@ def gram_by_images(a: np.ndarray, b: np.ndarray, images: int) -> np.ndarray:
     return np.matmul(a.reshape(calls, -1, k).transpose(0, 2, 1), b.reshape(calls, -1, n)).sum(axis=0)
 
 
+def conv_chunk(W: np.ndarray, h: int, w: int, itemsize: int) -> int:
+    """Images per training chunk of a 3x3 conv of h x w inputs: CHUNK_BYTES over one image's
+    im2col matrix or output, whichever is larger."""
+    c_in, c_out = W.shape[2:]
+    return max(1, budgets.CHUNK_BYTES // (h * w * max(9 * c_in, c_out) * itemsize))
+
+
+def same_conv_grads(x: np.ndarray, W: np.ndarray, fill_dz: Callable[[slice, np.ndarray], object],
+                    chunk: int, scratch: Scratch) -> tuple[np.ndarray, np.ndarray]:
+    """dx (N, H, W, C_in) and dW (3, 3, C_in, C_out) of a 3x3 'same' stride-1 conv of x, ``chunk``
+    images at a time, ``fill_dz(part, interior)`` writing dz (NHWC) of images ``part`` into a
+    zero-bordered buffer: dx = its im2col matrix times W flipped, and dW from the same matrix,
+    dW[p, q, c, o] = (x2d.T @ dzcols)[c, 2-p, 2-q, o] (docs/performance.md, "The fused block")."""
+    n, h, w, c_in = x.shape
+    c_out = W.shape[3]
+    dW_flip, dx = np.zeros((c_in, 9 * c_out), dtype=x.dtype), np.empty(x.shape, dtype=x.dtype)
+    # dx = 'same' correlation of dz (NHWC) with W_flip[p, q, o, c] = W[2-p, 2-q, c, o].
+    w_flip = np.ascontiguousarray(W[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(9 * c_out, c_in)
+    for part in chunk_slices(n, chunk):
+        m = part.stop - part.start
+        dzpad = scratch.padded("dzpad", (m, h, w, c_out), x.dtype)
+        fill_dz(part, dzpad[:, 1:-1, 1:-1])
+        dzcols = im2col_rows(dzpad, 3, scratch=scratch)
+        matmul_by_images(dzcols, w_flip, dx[part], m)
+        dW_flip += gram_by_images(x[part].reshape(-1, c_in), dzcols, m)
+    return dx, dW_flip.reshape(c_in, 3, 3, c_out)[:, ::-1, ::-1].transpose(1, 2, 0, 3)
+
+
 def column_sums(a: np.ndarray) -> np.ndarray:
     """``a.sum(axis=0)`` of a 2-D array as ``ones @ a``: BLAS, faster for a tall, narrow a."""
     return np.ones(a.shape[0], dtype=a.dtype) @ a
@@ -88,6 +117,35 @@ class Scratch:
         return a
 
 
+def row_kernel(W: np.ndarray, r: int, stride: int = 1) -> np.ndarray:
+    """W (k, k, C, C_out) HWIO -> (k * ((r-1)*stride + k) * C, r * C_out): row (p, q, c)
+    and column (b, o) hold W[p, q - b*stride, c, o] where 0 <= q - b*stride < k, else 0."""
+    k, _, c, c_out = W.shape
+    kernel = np.zeros((k, (r - 1) * stride + k, c, r, c_out), dtype=W.dtype)
+    for b in range(r):
+        kernel[:, b * stride:b * stride + k, :, b] = W
+    return kernel.reshape(-1, r * c_out)
+
+
+def contiguous_strides(x: np.ndarray) -> tuple[int, ...]:
+    """The strides of a C-contiguous x, from its shape (an axis of length 1 may carry any
+    stride, e.g. the channel axis that ``x[..., None]`` adds); ValueError if x is not."""
+    if not x.flags.c_contiguous:
+        raise ValueError(f"expected a C-contiguous NHWC array, got strides {x.strides}")
+    return tuple(x.itemsize * math.prod(x.shape[axis + 1:]) for axis in range(x.ndim))
+
+
+def pixel_windows(xpad: np.ndarray, k: int, stride: int) -> np.ndarray:
+    """xpad (N, Hp, Wp, C) C-contiguous, already padded -> a view (N, H_out, W_out, k, k*C):
+    [n, i, j, p] is row p of the window that output pixel (i, j) reads, its (q, c) values
+    contiguous."""
+    n, hp, wp, c = xpad.shape
+    s_n, s_h, s_w, s_c = contiguous_strides(xpad)
+    h_out, w_out = (output_size(size, k, stride) for size in (hp, wp))
+    strides = (s_n, s_h * stride, s_w * stride, s_h, s_c)
+    return as_strided(xpad, shape=(n, h_out, w_out, k, k * c), strides=strides, writeable=False)
+
+
 def im2col_rows(xpad: np.ndarray, kernel: int, stride: int = 1, pool_order: bool = False,
                 scratch: Scratch | None = None) -> np.ndarray:
     """The im2col matrix of any ``layers.Conv2D``, copied in runs of a kernel row's k*C
@@ -109,7 +167,7 @@ def im2col_rows(xpad: np.ndarray, kernel: int, stride: int = 1, pool_order: bool
         if pool_order:
             view = view.reshape(k, k, n, h // 2, 2, w // 2, 2).transpose(0, 1, 4, 6, 2, 3, 5)
     else:
-        view = pixel_windows(xpad, k, stride, 1)  # (N, H, W, k, k*C)
+        view = pixel_windows(xpad, k, stride)  # (N, H, W, k, k*C)
         if pool_order:
             view = view.reshape(n, h // 2, 2, w // 2, 2, k, k * c).transpose(2, 4, 0, 1, 3, 5, 6)
     shape, dtype = view.shape, xpad.dtype
