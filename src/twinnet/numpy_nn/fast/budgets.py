@@ -1,10 +1,13 @@
 """Every size the engine cuts work by, in one place, measured as docs/performance.md says.
 Tests may set them (``monkeypatch.setattr(budgets, ...)``): every use reads them here."""
 
+import numpy  # noqa: F401 (loads the BLAS that threadpool_info reads)
+from threadpoolctl import threadpool_info
+
 # Training: a conv block runs its batch in chunks whose largest work array (an im2col
 # matrix or a conv output) fits in this, written and read back in the core's own cache.
 CHUNK_BYTES = 2 << 20
-# Inference of a conv (by pooling windows, or by pixel rows): images per chunk so that one
+# Inference of a conv (by pooling windows, or by im2col rows): images per chunk so that one
 # image's patch rows and products, times the chunk, fit in this.
 INFERENCE_CHUNK_BYTES = 512 << 10
 # Work arrays of the pooling-window inference are kept for this many chunk shapes (a
@@ -20,9 +23,10 @@ BLOCK_ACTIVATION_BYTES = 8 << 20
 # kernels' width of columns (the rest of its product is multiply-adds by zero) and a
 # tap's product, C_in wide, would be narrower than TAP_PRODUCT_WIDTH.
 MAX_PATCH_WIDTHS, TAP_PRODUCT_WIDTH = 3, 16
-# A conv's matmul makes one BLAS call per image where one is at most this many
-# multiply-adds: OpenBLAS's bound for its small-matrix kernels, which skip packing.
-SMALL_MATMUL = 100**3
+# A conv's matmul: a BLAS call per image where one is at most this many multiply-adds, the
+# bound of OpenBLAS's unpacked small-matrix kernels (SkylakeX, and Cooperlake: Zen 4); else one.
+SMALL_KERNELS = {"SkylakeX", "Cooperlake", "SapphireRapids"}
+SMALL_MATMUL = 100**3 if SMALL_KERNELS & {pool.get("architecture") for pool in threadpool_info()} else 0
 # A batch part gets a core of its own only with at least this much matmul work (about
 # half a millisecond's): a few images run faster on one thread than handed over.
 MIN_PART_FLOPS = 50e6
