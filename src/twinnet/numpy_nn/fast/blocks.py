@@ -21,17 +21,16 @@ from twinnet.numpy_nn.fast.primitives import (
     Scratch,
     add_bias,
     column_sums,
-    conv_chunk,
+    conv_chunks,
     gram_by_images,
-    im2col_rows,
     matmul_by_images,
     max_pool_blocks,
     relu,
+    same_conv_cols,
     same_conv_grads,
     window_major_view,
 )
 from twinnet.numpy_nn.normalization import BatchNorm
-from twinnet.util import chunk_slices
 
 
 class ConvReLUPool:
@@ -39,7 +38,7 @@ class ConvReLUPool:
     x (N, H, W, C_in), H and W even; W (3, 3, C_in, C_out) HWIO; b (C_out,) -> (N, H/2,
     W/2, C_out). Its conv output is window-major, (4, N, H/2, W/2, C_out), ``z[2a + b, n,
     i, j] = conv(x)[n, 2i + a, 2j + b]``: the pool reads four contiguous blocks, and the
-    bias and ReLU run on the pooled quarter. Chunks of ``conv_chunk`` images, their
+    bias and ReLU run on the pooled quarter. Chunks of images (``conv_chunks``), their
     gradients summed in chunk order; dW from the padded dz's im2col matrix (the first
     block: the forward's). Why these are the reference's values: docs/performance.md,
     "The fused block". Inference by pooling windows unless ``infer_by_windows`` is False.
@@ -77,18 +76,13 @@ class ConvReLUPool:
         c_out = self.W.shape[3]
         pooled = np.empty((n, h // 2, w // 2, c_out), dtype=x.dtype)
         routing = self._scratch.get("routing", (4, *pooled.shape), np.dtype(bool)) if train else None
-        # Without an input gradient to compute, the backward pass takes dW from these.
-        kept_cols: list[np.ndarray] | None = [] if train and not self.needs_input_grad else None
-        cols_scratch = None if kept_cols is not None else self._scratch
-        for part in chunk_slices(n, conv_chunk(self.W, h, w, x.dtype.itemsize)):
+        keep, kept_cols = train and not self.needs_input_grad, []  # no input gradient: dW from these
+        for part, cols in same_conv_cols(x, self.W, self._scratch, pool_order=True, keep=keep):
             m = part.stop - part.start
-            xpad = self._scratch.padded("xpad", (m, h, w, x.shape[3]), x.dtype)
-            xpad[:, 1:-1, 1:-1] = x[part]
-            cols = im2col_rows(xpad, 3, pool_order=True, scratch=cols_scratch)
             z = self._scratch.get("z", (4, m, h // 2, w // 2, c_out), x.dtype)  # window-major
             matmul_by_images(cols, self.W.reshape(-1, c_out), z, m)
             max_pool_blocks(z, None if routing is None else routing[:, part], out=pooled[part])
-            if kept_cols is not None:
+            if keep:
                 kept_cols.append(cols)
         add_bias(pooled, self.b)
         if train:
@@ -98,7 +92,7 @@ class ConvReLUPool:
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         x, routing, positive, kept_cols = self.cache
         n, h, w, c_in = x.shape
-        c_out, chunk = self.W.shape[3], conv_chunk(self.W, h, w, dout.dtype.itemsize)
+        c_out = self.W.shape[3]
         dpooled = dout * positive  # through the ReLU
 
         def window_dz(part: slice) -> np.ndarray:  # (4, m, H/2, W/2, C_out), window-major
@@ -109,10 +103,10 @@ class ConvReLUPool:
             window_major_view(interior)[...] = window_dz(part).reshape(2, 2, -1, h // 2, w // 2, c_out)
 
         if self.needs_input_grad:
-            dx, dW = same_conv_grads(x, self.W, into_padded, chunk, self._scratch)
+            dx, dW = same_conv_grads(x, self.W, into_padded, self._scratch)
         else:  # the first block: dW from the forward's im2col matrices, rows in their order
             dx, dW = None, np.zeros((9 * c_in, c_out), dtype=dout.dtype)
-            for cols, part in zip(kept_cols, chunk_slices(n, chunk), strict=True):
+            for cols, part in zip(kept_cols, conv_chunks(x, self.W), strict=True):
                 dW += gram_by_images(cols, window_dz(part).reshape(-1, c_out), part.stop - part.start)
         self.grads = {f"{self.name}/W": np.ascontiguousarray(dW).reshape(self.W.shape),
                       f"{self.name}/b": column_sums(dpooled.reshape(-1, c_out))}

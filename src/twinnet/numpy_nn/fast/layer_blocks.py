@@ -15,7 +15,6 @@ from twinnet.numpy_nn.fast.primitives import (
     Scratch,
     add_bias,
     column_sums,
-    conv_chunk,
     feature_sums,
     gram_by_images,
     im2col_rows,
@@ -25,6 +24,7 @@ from twinnet.numpy_nn.fast.primitives import (
     per_image_rows,
     relu,
     row_kernel,
+    same_conv_cols,
     same_conv_grads,
     tile_row,
     window_major_view,
@@ -86,10 +86,7 @@ class FastConv2D(LayerBlock):
         k, _, c_in, c_out = self.W.shape
         if train and self.in_chunks:  # the im2col matrix of a chunk at a time, none kept
             z, self.cache = np.empty((*x.shape[:3], c_out), dtype=x.dtype), x
-            for part in chunk_slices(len(x), conv_chunk(self.W, *x.shape[1:3], x.dtype.itemsize)):
-                xpad = self._scratch.padded("xpad", x[part].shape, x.dtype)
-                xpad[:, 1:-1, 1:-1] = x[part]
-                cols = im2col_rows(xpad, 3, scratch=self._scratch)
+            for part, cols in same_conv_cols(x, self.W, self._scratch):
                 matmul_by_images(cols, self.W.reshape(-1, c_out), z[part], part.stop - part.start)
             return add_bias(z, self.b)
         xpad, offset = self.layer.pad(x)
@@ -110,8 +107,7 @@ class FastConv2D(LayerBlock):
 
     def backward(self, dz: np.ndarray) -> np.ndarray | None:
         if self.in_chunks:
-            chunk = conv_chunk(self.W, *dz.shape[1:3], dz.dtype.itemsize)
-            dx, dW = same_conv_grads(self.cache, self.W, lambda part, into: np.copyto(into, dz[part]), chunk,
+            dx, dW = same_conv_grads(self.cache, self.W, lambda part, into: np.copyto(into, dz[part]),
                                      self._scratch)
             self.layer.grads = {f"{self.name}/W": np.ascontiguousarray(dW),
                                 f"{self.name}/b": column_sums(dz.reshape(-1, dz.shape[3]))}

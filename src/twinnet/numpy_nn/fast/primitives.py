@@ -4,7 +4,7 @@ in a form NumPy runs faster; its docstring says what and why (docs/performance.m
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -58,17 +58,27 @@ def gram_by_images(a: np.ndarray, b: np.ndarray, images: int) -> np.ndarray:
     return np.matmul(a.reshape(calls, -1, k).transpose(0, 2, 1), b.reshape(calls, -1, n)).sum(axis=0)
 
 
-def conv_chunk(W: np.ndarray, h: int, w: int, itemsize: int) -> int:
-    """Images per training chunk of a 3x3 conv of h x w inputs: CHUNK_BYTES over one image's
+def conv_chunks(x: np.ndarray, W: np.ndarray) -> list[slice]:
+    """The image chunks a 3x3 conv of x (N, H, W, C_in) trains in: CHUNK_BYTES over one image's
     im2col matrix or output, whichever is larger."""
-    c_in, c_out = W.shape[2:]
-    return max(1, budgets.CHUNK_BYTES // (h * w * max(9 * c_in, c_out) * itemsize))
+    per_image = math.prod(x.shape[1:3]) * max(9 * x.shape[3], W.shape[3]) * x.dtype.itemsize
+    return chunk_slices(len(x), max(1, budgets.CHUNK_BYTES // per_image))
+
+
+def same_conv_cols(x: np.ndarray, W: np.ndarray, scratch: Scratch, pool_order: bool = False,
+                   keep: bool = False) -> Iterator[tuple[slice, np.ndarray]]:
+    """(part, cols) for each of ``conv_chunks``: ``im2col_rows`` of images ``part`` padded by
+    a pixel on every side (a 3x3 'same' conv), in ``scratch`` unless ``keep``."""
+    for part in conv_chunks(x, W):
+        xpad = scratch.padded("xpad", x[part].shape, x.dtype)
+        xpad[:, 1:-1, 1:-1] = x[part]
+        yield part, im2col_rows(xpad, 3, pool_order=pool_order, scratch=None if keep else scratch)
 
 
 def same_conv_grads(x: np.ndarray, W: np.ndarray, fill_dz: Callable[[slice, np.ndarray], object],
-                    chunk: int, scratch: Scratch) -> tuple[np.ndarray, np.ndarray]:
-    """dx (N, H, W, C_in) and dW (3, 3, C_in, C_out) of a 3x3 'same' stride-1 conv of x, ``chunk``
-    images at a time, ``fill_dz(part, interior)`` writing dz (NHWC) of images ``part`` into a
+                    scratch: Scratch) -> tuple[np.ndarray, np.ndarray]:
+    """dx (N, H, W, C_in) and dW (3, 3, C_in, C_out) of a 3x3 'same' stride-1 conv of x, in
+    ``conv_chunks``, ``fill_dz(part, interior)`` writing dz (NHWC) of images ``part`` into a
     zero-bordered buffer: dx = its im2col matrix times W flipped, and dW from the same matrix,
     dW[p, q, c, o] = (x2d.T @ dzcols)[c, 2-p, 2-q, o] (docs/performance.md, "The fused block")."""
     n, h, w, c_in = x.shape
@@ -76,7 +86,7 @@ def same_conv_grads(x: np.ndarray, W: np.ndarray, fill_dz: Callable[[slice, np.n
     dW_flip, dx = np.zeros((c_in, 9 * c_out), dtype=x.dtype), np.empty(x.shape, dtype=x.dtype)
     # dx = 'same' correlation of dz (NHWC) with W_flip[p, q, o, c] = W[2-p, 2-q, c, o].
     w_flip = np.ascontiguousarray(W[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(9 * c_out, c_in)
-    for part in chunk_slices(n, chunk):
+    for part in conv_chunks(x, W):
         m = part.stop - part.start
         dzpad = scratch.padded("dzpad", (m, h, w, c_out), x.dtype)
         fill_dz(part, dzpad[:, 1:-1, 1:-1])
