@@ -11,6 +11,7 @@ import json
 import logging
 import multiprocessing
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -876,6 +877,29 @@ def test_a_worker_spins_for_a_request_only_while_its_core_is_free(monkeypatch: p
     started = time.monotonic()
     workers._spin(child)
     assert time.monotonic() - started < 0.05 and not child.poll(0)
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="sets glibc's malloc")
+def test_a_training_step_reuses_the_memory_of_the_last_one() -> None:
+    # Without keep_freed_memory, glibc hands LeNet-5's arrays fresh pages from the system
+    # step after step: hundreds of page faults each. In a new process: the heap of this one
+    # depends on the tests before.
+    code = textwrap.dedent("""
+        import resource, numpy as np
+        from twinnet.models import init_params
+        from twinnet.numpy_nn.fast.fast_network import FastNetwork
+        network = FastNetwork("lenet5", init_params("lenet5", 0), threads=1)
+        rng = np.random.default_rng(0)
+        x, y = rng.random((100, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 100)
+        for _ in range(20):  # the heap grows to what a step needs
+            network.loss_and_grads(x, y)
+        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        for _ in range(20):
+            network.loss_and_grads(x, y)
+        print(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
+    """)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert int(result.stdout) < 20 * 50  # a step's arrays are about 8,000 pages
 
 
 def test_a_worker_reports_its_errors_and_leaves_no_shared_files(runtime) -> None:

@@ -50,10 +50,9 @@ def fused_network(model: str | tuple, params: dict[str, np.ndarray]) -> Network:
 
 
 def inference_images(model: str | tuple, fused: list, itemsize: int) -> int:
-    """Images per inference chunk: ACTIVATION_BYTES over the largest output of a fused
-    layer (a block's is that of the last layer it replaces), at most MAX_EVAL_CHUNK; or
-    BLOCK_ACTIVATION_BYTES over it where no activation or batch norm runs alone, every
-    conv block then chunking its own work."""
+    """Images per inference chunk: ACTIVATION_BYTES over the largest output of a fused layer (a
+    block's: its last layer's), at most MAX_EVAL_CHUNK; or BLOCK_ACTIVATION_BYTES over it where no
+    activation or batch norm runs alone, every conv block then chunking its own work."""
     shapes, end, largest = models.walk(model), 0, 1
     for layer in fused:
         end += len(getattr(layer, "replaces", (layer,)))
@@ -148,11 +147,11 @@ class ParentSums:
 
 class FastNetwork:
     """The fast path of model ``model`` over ``params`` (canonical names -> arrays, held by
-    reference): ``logits(x)`` and ``loss_and_grads(x, y)`` as ``Network`` has them, the
-    same values up to the rounding of the split. ``threads`` (default: BLAS's thread
-    count) is the most parts a batch is split into."""
+    reference): ``logits(x)`` and ``loss_and_grads(x, y)`` as ``Network``'s, the same values up to
+    the split's rounding; ``threads`` (default: BLAS's thread count) is the most parts of a batch."""
 
     def __init__(self, model: str, params: dict[str, np.ndarray], threads: int | None = None) -> None:
+        workers.keep_freed_memory()  # in this process; a worker does in ``serve``
         self.spec = models.get_spec(model)
         self.params = params
         self.network = fused_network(self.spec, params)

@@ -1,11 +1,12 @@
-"""Worker processes that run parts of a batch (``serve``: requests ``fn(state, *args)``
-from a ``multiprocessing.Pipe``), a model's parameters, gradients and images in one
-``shared_memory`` block (``SharedArrays``). Why hand-built (not ``Pool``) and started
-with ``subprocess`` (not as ``Process``): docs/performance.md, "What stayed hand-built"."""
+"""Worker processes that run parts of a batch (``serve``: requests ``fn(state, *args)`` from a
+``multiprocessing.Pipe``), a model's parameters, gradients and images in one ``shared_memory``
+block (``SharedArrays``). Why hand-built (not ``Pool``), started by ``subprocess`` (not as
+``Process``), and the malloc settings: docs/performance.md, "What stayed hand-built"."""
 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import math
 import os
 import signal
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from multiprocessing import Pipe, connection, resource_tracker, shared_memory
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,10 @@ import numpy as np
 
 # Seconds a worker may take to start and take a model, and to answer one request: past
 # them it counts as hung (a stopped process never answers) and the parts run in this process.
-START_SECONDS = 60
-REPLY_SECONDS = 60
-# After a request a worker spins, polling its pipe and yielding its core, for up to
-# SPIN_SECONDS before it blocks on the pipe: a request after a short pause then finds it
-# on its own core (docs/performance.md, "A step after a pause"). It blocks at once when
-# a yield took longer than YIELD_SECONDS: another program wants the core.
+START_SECONDS, REPLY_SECONDS = 60, 60
+# A worker spins after a request (polling its pipe, yielding its core) for up to SPIN_SECONDS
+# before it blocks, so that a request after a short pause finds it on its core (docs/performance.md,
+# "A step after a pause"); it blocks at once after a yield over YIELD_SECONDS (a program wants the core).
 SPIN_SECONDS, YIELD_SECONDS = 0.2, 0.0005
 # What a worker runs (with -P: nothing from the working directory): the request loop on its
 # end of the pipe, descriptor argv[1].
@@ -40,13 +40,13 @@ class WorkerError(RuntimeError):
 
 
 def serve(conn: connection.Connection) -> None:
-    """A worker's loop: run each ``(fn, args)`` received as ``fn(state, *args)`` and send
-    back its result (a WorkerError, the exception in one line, if it raised), until the
-    parent's end closes."""
+    """A worker's loop: each ``(fn, args)`` received runs as ``fn(state, *args)``, its result sent
+    back (a WorkerError, the exception in one line, if it raised), until the parent's end closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1, user_api="blas")
+    keep_freed_memory()
     state: dict[Any, Any] = {"parent": conn}  # for a request that exchanges with the parent mid-way
     while True:
         _spin(conn)
@@ -64,6 +64,15 @@ def serve(conn: connection.Connection) -> None:
             return
 
 
+def keep_freed_memory() -> None:
+    """Have glibc's malloc keep a step's arrays in its heap (``mallopt``): by default it follows
+    the largest array freed so far, and hands a step's arrays fresh pages from the system again
+    and again, a page fault every 4 KB (docs/performance.md, "Page faults"). Elsewhere, nothing."""
+    if sys.platform == "linux" and hasattr(libc := ctypes.CDLL(None), "mallopt"):
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: arrays up to 32 MB (glibc's most) from the heap
+        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD: up to 64 MB freed at its top stays there
+
+
 def _spin(conn: connection.Connection) -> None:
     """Return when ``conn`` has a message, after SPIN_SECONDS, or at a yield over YIELD_SECONDS."""
     start = last = time.monotonic()
@@ -75,8 +84,7 @@ def _spin(conn: connection.Connection) -> None:
 
 
 def _import_path() -> str:
-    """PYTHONPATH for a worker: the folder this twinnet was imported from first (a source
-    tree a notebook put on sys.path, say), then the caller's own PYTHONPATH."""
+    """A worker's PYTHONPATH: the folder this twinnet came from (a notebook's source tree, say), then ours."""
     package_root = Path(__file__).resolve().parents[3]
     return os.pathsep.join(filter(None, (str(package_root), os.environ.get("PYTHONPATH"))))
 
@@ -96,8 +104,7 @@ class Worker:
         self.answer((fn, args))
 
     def answer(self, message: Any) -> None:
-        """Send ``message`` as it is: to a request that waits for it mid-way
-        (``state["parent"].recv()``), or, from ``send``, a request."""
+        """Send ``message``: a request (``send``), or what one waits for (``state["parent"].recv()``)."""
         try:
             self.conn.send(message)
         except OSError as exc:
@@ -158,9 +165,8 @@ def close_workers() -> None:
 
 
 def _forget_workers_in_child() -> None:
-    """After os.fork, in the child: the workers are the parent's. Drop them without a word
-    to them, closing only this child's copies of the pipes (their handles, collected,
-    find the processes are not this child's and say nothing)."""
+    """After os.fork, in the child: drop the parent's workers without a word to them, closing
+    only this child's copies of the pipes (their handles, collected, see the processes are not its)."""
     global _lock
     for worker in _workers:
         worker.conn.close()
@@ -173,12 +179,9 @@ atexit.register(close_workers)  # the pipes close, the workers exit, and are wai
 
 
 class SharedArrays:
-    """One shared-memory block holding a model's parameters, and for each of the
-    workers its gradients (same shapes) and a room for ``rooms[k]`` input images.
-
-    ``params[key]``, ``grads[k][key]`` and ``inputs[k]`` (images, *image_shape) are
-    C-contiguous views of ``dtype`` into the block named ``name``.
-    """
+    """One shared-memory block, named ``name``: a model's parameters (``params[key]``), and for
+    worker k its gradients (``grads[k][key]``, same shapes) and a room for ``rooms[k]`` input
+    images (``inputs[k]``, (images, *image_shape)), all C-contiguous views of ``dtype``."""
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], dtype: np.dtype, rooms: list[int],
                  image_shape: tuple[int, ...], name: str | None = None) -> None:
@@ -223,8 +226,6 @@ class SharedArrays:
     def close(self) -> None:
         """Unmap the block (views must no longer be used)."""
         self.params, self.grads, self.inputs = {}, [], []
-        try:
+        with suppress(BufferError):  # a view still alive: the mapping goes with the process
             self.shm.close()
-        except BufferError:  # a view still alive: the mapping goes with the process
-            pass
 
