@@ -67,7 +67,7 @@ def serve(conn: connection.Connection) -> None:
 def keep_freed_memory() -> None:
     """Have glibc's malloc keep a step's arrays in its heap (``mallopt``): by default it follows
     the largest array freed so far, and hands a step's arrays fresh pages from the system again
-    and again, a page fault every 4 KB (docs/performance.md, "Page faults"). Elsewhere, nothing."""
+    and again, a page fault every 4 KB (docs/performance.md, "Chunks and work arrays"). Elsewhere, nothing."""
     if sys.platform == "linux" and hasattr(libc := ctypes.CDLL(None), "mallopt"):
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: arrays up to 32 MB (glibc's most) from the heap
         libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD: up to 64 MB freed at its top stays there
