@@ -5,8 +5,8 @@ import numpy  # noqa: F401 (loads the BLAS that threadpool_info reads)
 from threadpoolctl import threadpool_info
 
 # Training: a conv block runs its batch in chunks whose largest work array (an im2col
-# matrix or a conv output) fits in this, written and read back in the core's own cache.
-CHUNK_BYTES = 2 << 20
+# matrix or a conv output) fits in this, written and read back in the core's own L2.
+CHUNK_BYTES = 512 << 10
 # Inference of a conv (by pooling windows, or by im2col rows): images per chunk so that one
 # image's patch rows and products, times the chunk, fit in this.
 INFERENCE_CHUNK_BYTES = 512 << 10
