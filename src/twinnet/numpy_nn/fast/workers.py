@@ -84,7 +84,7 @@ def _spin(conn: connection.Connection) -> None:
 
 
 def _import_path() -> str:
-    """A worker's PYTHONPATH: the folder this twinnet came from (a notebook's source tree, say), then ours."""
+    """A worker's PYTHONPATH: the folder this twinnet came from (a notebook's, say), then the caller's."""
     package_root = Path(__file__).resolve().parents[3]
     return os.pathsep.join(filter(None, (str(package_root), os.environ.get("PYTHONPATH"))))
 
